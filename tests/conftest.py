@@ -1,0 +1,125 @@
+"""Shared pytest configuration: hypothesis profiles and the ``gpu`` marker.
+
+Profiles (select with ``HYPOTHESIS_PROFILE=<name>``):
+
+- ``ci``: bounded and deterministic enough for 2-core CI (used when ``CI`` is set);
+- ``dev``: the default for local runs;
+- ``thorough``: many examples, for hunting bugs locally.
+
+Individual tests must not raise ``max_examples`` beyond small overrides: the profile rules.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    deadline=None,
+    max_examples=10,
+    derandomize=True,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "dev",
+    deadline=None,
+    max_examples=25,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "thorough",
+    deadline=None,
+    max_examples=200,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+def _profile_name() -> str:
+    explicit = os.environ.get("HYPOTHESIS_PROFILE")
+    if explicit:
+        return explicit
+    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        return "ci"
+    return "dev"
+
+
+PROFILE = _profile_name()
+settings.load_profile(PROFILE)
+
+
+def pytest_report_header(config):
+    return (
+        f"hypothesis profile: {PROFILE}, "
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+# --- executing the code in Markdown files (README, docs) ---------------------------------
+
+_FENCE = re.compile(r"^```(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^```\s*$", re.M | re.S)
+
+
+def code_blocks(text: str, lang: str = "python") -> list[str]:
+    """The bodies of the fenced code blocks in Markdown ``text`` whose language is ``lang``."""
+    return [m.group("body") for m in _FENCE.finditer(text) if m.group("lang") == lang]
+
+
+def markdown_code_blocks(path: Path, lang: str = "python") -> list[str]:
+    """The bodies of the fenced code blocks in the file ``path`` whose language is ``lang``."""
+    return code_blocks(Path(path).read_text(encoding="utf-8"), lang)
+
+
+def run_markdown_python(path: Path, workdir: Path) -> dict:
+    """Execute every ``python`` block of ``path`` in order, in one namespace, in ``workdir``.
+
+    Blocks of one page share a namespace like a tutorial; a failing block raises with
+    its index and file so the report points at the right snippet.
+    """
+    blocks = markdown_code_blocks(path)
+    if not blocks:
+        raise AssertionError(f"{path} has no python code blocks to run")
+    namespace: dict = {"__name__": f"markdown_{Path(path).stem}"}
+    old = os.getcwd()
+    os.chdir(workdir)
+    try:
+        for k, body in enumerate(blocks):
+            code = compile(body, f"{path}:python-block-{k}", "exec")
+            exec(code, namespace)
+    finally:
+        os.chdir(old)
+    return namespace
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture
+def run_markdown(tmp_path, monkeypatch):
+    """``run_markdown(path)`` executes the python blocks of a Markdown file in ``tmp_path``."""
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+
+    def _run(path: Path) -> dict:
+        return run_markdown_python(path, tmp_path)
+
+    return _run

@@ -1,0 +1,41 @@
+"""Composable energy terms with analytic gradients and per-site curvature blocks.
+
+``E(y, x, c) -> Tensor[B]``; ``E.grad``, ``E.curvature``; ``a + b`` and ``2.0 * a`` compose.
+"""
+
+from . import compatibility, kernels, potentials
+from .base import Energy, EnergyWarning, IllPosedEnergyError, ScaledEnergy, SumEnergy, site_colouring
+from .compatibility import Compatibility, IdentityCompatibility, MatrixCompatibility, TextCompatibility
+from .field_of_experts import FieldOfExperts
+from .kernels import DenseKernel, LocalKernel, LongRangeKernel, SpatialKernel
+from .pairwise import Pairwise
+from .potentials import Charbonnier, Huber, Potential, ReLUExpert, StudentT
+from .unary import Unary
+
+__all__ = [
+    "Energy",
+    "SumEnergy",
+    "ScaledEnergy",
+    "EnergyWarning",
+    "IllPosedEnergyError",
+    "site_colouring",
+    "Unary",
+    "Pairwise",
+    "FieldOfExperts",
+    "SpatialKernel",
+    "LocalKernel",
+    "LongRangeKernel",
+    "DenseKernel",
+    "Compatibility",
+    "IdentityCompatibility",
+    "MatrixCompatibility",
+    "TextCompatibility",
+    "Potential",
+    "ReLUExpert",
+    "StudentT",
+    "Charbonnier",
+    "Huber",
+    "compatibility",
+    "kernels",
+    "potentials",
+]

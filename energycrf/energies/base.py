@@ -1,0 +1,500 @@
+r"""The energy base class, flat sums and scalings, and the autograd fallbacks.
+
+An energy maps a state ``y`` ``[B, C, H, W]``, an observation ``x`` (same shape) and an
+optional condition ``c`` (pooled ``[B, D]`` or tokens ``[B, L, D]``) to one value per
+sample, ``E(y, x, c) -> Tensor[B]``. A new term needs only :meth:`Energy.energy`; the
+gradient, the per-site curvature blocks and the interaction radius have fallbacks
+(``torch.func``) that the built-in terms override analytically.
+
+Per-site curvature blocks (the solvers' one mechanism). At a reference point ``y`` a term
+gives its gradient ``g`` and blocks ``A_i`` (``C x C``, positive semi-definite) such that
+for any set ``S`` of sites that share no term (pairwise farther apart than the
+interaction radius)
+
+.. math::
+
+    E(y + \delta_S) \le E(y) + g^\top \delta + \tfrac12 \sum_{i \in S} \delta_i^\top A_i \delta_i .
+
+Quadratic terms give the exact diagonal Hessian blocks (equality); the concave
+Field-of-Experts term gives zero (the tangent bound); half-quadratic experts give
+:math:`\rho'(u)/u`-weighted outer products of filter taps.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Iterable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from ._validation import check_condition, check_pair
+
+__all__ = [
+    "Energy",
+    "SumEnergy",
+    "ScaledEnergy",
+    "EnergyWarning",
+    "IllPosedEnergyError",
+    "site_colouring",
+]
+
+
+class EnergyWarning(UserWarning):
+    """An energy may be ill-posed (unbounded below) or its well-posedness is unknown."""
+
+
+class IllPosedEnergyError(ValueError):
+    """Raised by :meth:`Energy.check_well_posed` with ``on_fail="raise"``."""
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def site_colouring(height: int, width: int, radius: int, periodic: bool = False) -> Tensor:
+    r"""Colour ids ``[H, W]`` (int64) such that two sites of one colour are farther apart than ``radius``.
+
+    Sites are coloured by their position modulo the stride ``t = radius + 1`` in each axis
+    (``t^2`` colours). With periodic (wrapping) coupling and a side not divisible by ``t``,
+    the last ``side mod t`` rows (columns) get colours of their own, so no two sites of a
+    colour are within ``radius`` across the wrap either.
+    """
+
+    t = radius + 1
+
+    def axis_colours(n: int) -> Tensor:
+        idx = torch.arange(n)
+        if not periodic or n % t == 0:
+            return idx % t
+        full = (n // t) * t
+        return torch.where(idx < full, idx % t, t + idx - full)
+
+    rows, cols = axis_colours(height), axis_colours(width)
+    ids = rows[:, None] * (2 * t) + cols[None, :]
+    return torch.unique(ids, return_inverse=True)[1]
+
+
+class Energy(nn.Module):
+    r"""Base class of every energy term: ``E(y, x, c) -> Tensor[B]``.
+
+    Subclasses implement :meth:`energy`. Optional analytic overrides: ``_grad``
+    (:math:`\nabla_y E`), ``_curvature`` (per-site blocks :math:`A_i`), the attributes
+    ``interaction_radius`` (int, or ``None`` for global coupling), ``periodic`` and
+    ``is_quadratic``, and :meth:`convexity_margin`.
+
+    Attributes:
+        channels: the number of channels the term requires, or ``None`` for any.
+        cond_dim: the condition width ``D`` the term reads, or ``None`` if it ignores ``c``.
+        requires_condition: whether ``c`` must be given.
+
+    Example:
+        >>> import torch, energycrf as ec
+        >>> class Smooth(ec.Energy):
+        ...     def energy(self, y, x, c=None):
+        ...         return ((y[..., 1:] - y[..., :-1]) ** 2).sum((1, 2, 3))
+        >>> E = ec.energies.Unary() + Smooth()
+        >>> y = torch.zeros(2, 1, 4, 4); E(y, y).shape
+        torch.Size([2])
+    """
+
+    channels: int | None = None
+    cond_dim: int | None = None
+    requires_condition: bool = False
+    is_quadratic: bool = False
+    periodic: bool = False
+    interaction_radius: int | None = None
+
+    # ----------------------------------------------------------------- the one method
+    def energy(self, y: Tensor, x: Tensor, c: Tensor | None = None) -> Tensor:
+        """The energy of each sample, ``Tensor[B]``. The one method a new term must write."""
+        raise NotImplementedError(f"{type(self).__name__} must implement energy(y, x, c=None) -> Tensor[B]")
+
+    # ----------------------------------------------------------------- public, validated
+    def forward(self, y: Tensor, x: Tensor, c: Tensor | None = None) -> Tensor:
+        """Validate the inputs and return :meth:`energy` (``Tensor[B]``)."""
+        c = self.validate(y, x, c)
+        return self.energy(y, x, c)
+
+    def grad(self, y: Tensor, x: Tensor, c: Tensor | None = None) -> Tensor:
+        r"""The gradient :math:`\nabla_y E(y, x, c)`, a tensor like ``y``."""
+        c = self.validate(y, x, c)
+        return self._grad(y, x, c)
+
+    def curvature(self, y: Tensor, x: Tensor, c: Tensor | None = None) -> Tensor:
+        r"""Per-site curvature blocks :math:`A_i`, ``Tensor[B, H, W, C, C]`` (see the module docstring)."""
+        c = self.validate(y, x, c)
+        return self._curvature(y, x, c)
+
+    def breakdown(self, y: Tensor, x: Tensor, c: Tensor | None = None) -> dict[str, Tensor]:
+        """Each term's energy by name (a single term gives one entry)."""
+        c = self.validate(y, x, c)
+        return {self.term_name: self.energy(y, x, c)}
+
+    def validate(self, y: Tensor, x: Tensor, c: Tensor | None = None) -> Tensor | None:
+        """Check ``y``, ``x`` and ``c`` against each other and against this term; return ``c``."""
+        check_pair(y, x)
+        c = check_condition(c, y.shape[0], y.dtype, y.device)
+        self._check_term_inputs(y, c)
+        return c
+
+    def _check_term_inputs(self, y: Tensor, c: Tensor | None) -> None:
+        name = type(self).__name__
+        if self.channels is not None and y.shape[1] != self.channels:
+            raise ValueError(
+                f"y has {y.shape[1]} channels but {name} was built for channels={self.channels} "
+                f"(y shape {tuple(y.shape)})"
+            )
+        if c is None:
+            if self.requires_condition:
+                raise ValueError(f"{name} is conditioned: pass c of shape [B, {self.cond_dim}] or [B, L, {self.cond_dim}]")
+        elif self.cond_dim is not None and c.shape[-1] != self.cond_dim:
+            raise ValueError(
+                f"c must have feature size {self.cond_dim} in its last dimension for {name}, got shape {tuple(c.shape)}"
+            )
+        self._check_spatial(y.shape[-2], y.shape[-1])
+
+    def _check_spatial(self, height: int, width: int) -> None:
+        """Terms with size limits (circular windows) override this."""
+
+    # ----------------------------------------------------------------- fallbacks
+    def _grad(self, y: Tensor, x: Tensor, c: Tensor | None) -> Tensor:
+        """Autograd fallback: ``torch.func.grad`` of the summed energy (samples are independent)."""
+        return torch.func.grad(lambda v: self.energy(v, x, c).sum())(y)
+
+    def _curvature(self, y: Tensor, x: Tensor, c: Tensor | None) -> Tensor:
+        """Fallback: the exact diagonal ``C x C`` Hessian blocks, by Hessian-vector products.
+
+        One product per colour class and channel: for a probe that is one on the sites of a
+        colour class (channel ``k``), the product restricted to those sites is column ``k``
+        of their diagonal blocks, since sites of one class share no term.
+        For quadratic terms this is the exact majoriser; solvers safeguard the others.
+        """
+        B, C, H, W = y.shape
+        radius = self.resolve_interaction_radius(y, x, c)
+        colours = site_colouring(H, W, H + W if radius is None else radius, self.periodic).to(y.device)
+        _, hvp = torch.func.vjp(lambda v: self._grad(v, x, c), y)
+        blocks = y.new_zeros(B, H, W, C, C)
+        for colour in range(int(colours.max()) + 1):
+            mask = (colours == colour).to(y.dtype)
+            for k in range(C):
+                probe = torch.zeros_like(y)
+                probe[:, k] = mask
+                (column,) = hvp(probe)
+                blocks[..., :, k] += (column * mask).permute(0, 2, 3, 1)
+        return blocks
+
+    def resolve_interaction_radius(self, y: Tensor, x: Tensor, c: Tensor | None = None) -> int | None:
+        """The declared interaction radius, or one estimated by :meth:`estimate_interaction_radius`."""
+        if self._declares_radius():
+            return self.interaction_radius
+        return self.estimate_interaction_radius(y, x, c)
+
+    def _declares_radius(self) -> bool:
+        if "interaction_radius" in self.__dict__:
+            return True
+        return any("interaction_radius" in vars(k) for k in type(self).__mro__ if k not in (Energy,))
+
+    @torch.no_grad()
+    def estimate_interaction_radius(self, y: Tensor, x: Tensor, c: Tensor | None = None) -> int | None:
+        """Estimate the coupling radius of a term that declares none, from Hessian sparsity.
+
+        Hessian columns of one interior site are probed at ``y`` and at a random nearby point;
+        the radius is the largest (wrap-aware) Chebyshev distance of a site they touch.
+        ``None`` (global) is returned when the coupling reaches the whole image. Set the
+        attribute ``interaction_radius`` on a term to skip the probe.
+        """
+        y1, x1 = y[:1], x[:1]
+        c1 = None if c is None else c[:1]
+        _, C, H, W = y1.shape
+        h0, w0 = H // 2, W // 2
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        points = [y1, y1 + 0.1 * torch.randn(y1.shape, generator=gen, dtype=y1.dtype).to(y1.device)]
+        touched = torch.zeros(H, W, dtype=torch.bool, device=y.device)
+        with torch.enable_grad():
+            for point in points:
+                _, hvp = torch.func.vjp(lambda v: self._grad(v, x1, c1), point)
+                for k in range(C):
+                    probe = torch.zeros_like(point)
+                    probe[0, k, h0, w0] = 1
+                    (column,) = hvp(probe)
+                    touched |= column[0].abs().amax(0) > 1e-12 * (1 + column.abs().max())
+        rows = torch.arange(H, device=y.device)[:, None].expand(H, W)
+        cols = torch.arange(W, device=y.device)[None, :].expand(H, W)
+        dist = torch.maximum((rows - h0).abs(), (cols - w0).abs())
+        if not bool(touched.any()):
+            return 0
+        radius = int(dist[touched].max())
+        reach = max(h0, H - 1 - h0, w0, W - 1 - w0)
+        if radius >= reach and max(H, W) > 2:
+            return None
+        return radius
+
+    # ----------------------------------------------------------------- well-posedness
+    def convexity_margin(self, c: Tensor | None = None) -> float | None:
+        r"""A lower bound on the smallest eigenvalue of the Hessian of :math:`E` in ``y``.
+
+        Positive means strongly convex with that modulus (a unique minimiser exists).
+        ``None`` means unknown (a user's term that does not say).
+        """
+        return None
+
+    def check_well_posed(self, c: Tensor | None = None, on_fail: str = "warn") -> float | None:
+        r"""Check :math:`2 w - \sum_m \|C_m\|^2 > 0` (generally: a positive convexity margin).
+
+        Args:
+            c: the condition, for terms whose curvature depends on it.
+            on_fail: ``"warn"`` (an :class:`EnergyWarning`), ``"raise"``
+                (:class:`IllPosedEnergyError`, also when the margin is unknown) or ``"ignore"``.
+
+        Returns:
+            The margin, or ``None`` when unknown.
+        """
+        if on_fail not in ("warn", "raise", "ignore"):
+            raise ValueError(f"on_fail must be one of ('warn', 'raise', 'ignore'), got {on_fail!r}")
+        margin = self.convexity_margin(c)
+        if on_fail == "ignore":
+            return margin
+        if margin is None:
+            message = (
+                f"the convexity margin of {type(self).__name__} is unknown (a term does not report it): "
+                "E may be unbounded below; implement convexity_margin() on custom terms to check it"
+            )
+        elif margin <= 0:
+            message = (
+                f"{type(self).__name__} may be unbounded below: convexity margin {margin:.4g} <= 0 "
+                "(unary curvature 2w does not dominate the experts' negative curvature sum_m ||C_m||^2). "
+                "Increase the unary weight or shrink the filters (filter_constraint='normalize')"
+            )
+        else:
+            return margin
+        if on_fail == "raise":
+            raise IllPosedEnergyError(message)
+        warnings.warn(message, EnergyWarning, stacklevel=2)
+        return margin
+
+    # ----------------------------------------------------------------- composition
+    @property
+    def term_name(self) -> str:
+        """The default name of this term inside a sum (snake case of the class name)."""
+        return _snake(type(self).__name__)
+
+    def __add__(self, other: object) -> SumEnergy:
+        if isinstance(other, (int, float)) and other == 0:
+            return SumEnergy([self])
+        if not isinstance(other, Energy):
+            return NotImplemented
+        return SumEnergy([self, other])
+
+    def __radd__(self, other: object) -> SumEnergy:
+        if isinstance(other, (int, float)) and other == 0:  # sum([...]) starts from 0
+            return SumEnergy([self])
+        return NotImplemented
+
+    def __mul__(self, scale: object) -> Energy:
+        if isinstance(scale, Tensor) and scale.numel() == 1:
+            scale = float(scale)
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            return NotImplemented
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"an energy can only be scaled by a positive finite number, got {scale!r}")
+        return ScaledEnergy(self, float(scale))
+
+    __rmul__ = __mul__
+
+
+class ScaledEnergy(Energy):
+    """``scale * term`` with ``scale > 0`` (energy, gradient and curvature scale alike)."""
+
+    def __init__(self, term: Energy, scale: float):
+        super().__init__()
+        if not isinstance(term, Energy):
+            raise TypeError(f"term must be an Energy, got {type(term).__name__}")
+        if isinstance(term, ScaledEnergy):
+            scale, term = scale * term.scale, term.term
+        self.term = term
+        self.scale = float(scale)
+
+    @property
+    def term_name(self) -> str:
+        return self.term.term_name
+
+    channels = property(lambda self: self.term.channels)  # type: ignore[assignment]
+    cond_dim = property(lambda self: self.term.cond_dim)  # type: ignore[assignment]
+    requires_condition = property(lambda self: self.term.requires_condition)  # type: ignore[assignment]
+    is_quadratic = property(lambda self: self.term.is_quadratic)  # type: ignore[assignment]
+    periodic = property(lambda self: self.term.periodic)  # type: ignore[assignment]
+    interaction_radius = property(lambda self: self.term.interaction_radius)  # type: ignore[assignment]
+
+    def _declares_radius(self) -> bool:
+        return self.term._declares_radius()
+
+    def resolve_interaction_radius(self, y, x, c=None):
+        return self.term.resolve_interaction_radius(y, x, c)
+
+    def _check_term_inputs(self, y, c):
+        self.term._check_term_inputs(y, c)
+
+    def energy(self, y, x, c=None):
+        return self.scale * self.term.energy(y, x, c)
+
+    def _grad(self, y, x, c):
+        return self.scale * self.term._grad(y, x, c)
+
+    def _curvature(self, y, x, c):
+        return self.scale * self.term._curvature(y, x, c)
+
+    def convexity_margin(self, c=None):
+        margin = self.term.convexity_margin(c)
+        return None if margin is None else self.scale * margin
+
+    def __mul__(self, scale):
+        scaled = Energy.__mul__(self.term, scale)
+        if scaled is NotImplemented:
+            return NotImplemented
+        return ScaledEnergy(self.term, self.scale * scaled.scale)
+
+    __rmul__ = __mul__
+
+    def __repr__(self) -> str:
+        return f"{self.scale:g} * {self.term!r}"
+
+
+class SumEnergy(Energy):
+    """A flat sum of terms: ``a + b + c`` is one sum of three, indexable by position and name.
+
+    Example:
+        >>> import energycrf as ec
+        >>> E = ec.energies.Unary() + ec.energies.Pairwise(channels=4)
+        >>> E.names, type(E["pairwise"]).__name__
+        (['unary', 'pairwise'], 'Pairwise')
+    """
+
+    def __init__(self, terms: Iterable[Energy], names: Iterable[str] | None = None):
+        super().__init__()
+        flat: list[Energy] = []
+        flat_names: list[str | None] = []
+        given = list(names) if names is not None else None
+        terms = list(terms)
+        if given is not None and len(given) != len(terms):
+            raise ValueError(f"names must have one entry per term ({len(terms)}), got {len(given)}")
+        for k, term in enumerate(terms):
+            if not isinstance(term, Energy):
+                raise TypeError(f"terms[{k}] must be an Energy, got {type(term).__name__}")
+            if isinstance(term, SumEnergy):
+                flat.extend(term.terms)
+                flat_names.extend(term.names)
+            else:
+                flat.append(term)
+                flat_names.append(given[k] if given is not None else None)
+        if not flat:
+            raise ValueError("a SumEnergy needs at least one term")
+        self.terms = nn.ModuleList(flat)
+        self.names = self._unique([n if n is not None else t.term_name for n, t in zip(flat_names, flat)])
+
+    @staticmethod
+    def _unique(names: list[str]) -> list[str]:
+        seen: dict[str, int] = {}
+        out = []
+        for name in names:
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"term names must be non-empty strings, got {name!r}")
+            if name in seen:
+                seen[name] += 1
+                candidate = f"{name}_{seen[name]}"
+                while candidate in names or candidate in out:
+                    seen[name] += 1
+                    candidate = f"{name}_{seen[name]}"
+                out.append(candidate)
+            else:
+                seen[name] = 1
+                out.append(name)
+        return out
+
+    # indexable
+    def __len__(self) -> int:
+        return len(self.terms)
+
+    def __iter__(self) -> Iterator[Energy]:
+        return iter(self.terms)
+
+    def __getitem__(self, key: int | str) -> Energy:
+        if isinstance(key, str):
+            if key not in self.names:
+                raise KeyError(f"no term named {key!r}; terms are {self.names}")
+            return self.terms[self.names.index(key)]
+        if isinstance(key, int):
+            return self.terms[key]
+        raise TypeError(f"a sum is indexed by int or str, got {type(key).__name__}")
+
+    def __add__(self, other):
+        if isinstance(other, (int, float)) and other == 0:
+            return self
+        if not isinstance(other, Energy):
+            return NotImplemented
+        extra = list(other.terms) if isinstance(other, SumEnergy) else [other]
+        extra_names = list(other.names) if isinstance(other, SumEnergy) else [other.term_name]
+        return SumEnergy(list(self.terms) + extra, self.names + extra_names)
+
+    def __radd__(self, other):
+        if isinstance(other, (int, float)) and other == 0:
+            return self
+        if isinstance(other, Energy):
+            return SumEnergy([other, *self.terms], [other.term_name, *self.names])
+        return NotImplemented
+
+    def __mul__(self, scale):
+        # distribute, so the sum stays flat and indexable
+        scaled = [Energy.__mul__(t, scale) for t in self.terms]
+        if any(s is NotImplemented for s in scaled):
+            return NotImplemented
+        return SumEnergy(scaled, self.names)
+
+    __rmul__ = __mul__
+
+    # structure
+    channels = property(lambda self: next((t.channels for t in self.terms if t.channels is not None), None))  # type: ignore[assignment]
+    cond_dim = property(lambda self: next((t.cond_dim for t in self.terms if t.cond_dim is not None), None))  # type: ignore[assignment]
+    requires_condition = property(lambda self: any(t.requires_condition for t in self.terms))  # type: ignore[assignment]
+    is_quadratic = property(lambda self: all(t.is_quadratic for t in self.terms))  # type: ignore[assignment]
+    periodic = property(lambda self: any(t.periodic for t in self.terms))  # type: ignore[assignment]
+
+    @property
+    def interaction_radius(self) -> int | None:  # type: ignore[override]
+        radii = [t.interaction_radius for t in self.terms]
+        return None if any(r is None for r in radii) else max(radii)
+
+    def _declares_radius(self) -> bool:
+        return all(t._declares_radius() for t in self.terms)
+
+    def resolve_interaction_radius(self, y, x, c=None):
+        radii = [t.resolve_interaction_radius(y, x, c) for t in self.terms]
+        return None if any(r is None for r in radii) else max(radii)
+
+    def _check_term_inputs(self, y, c):
+        for term in self.terms:
+            term._check_term_inputs(y, c)
+
+    # values
+    def energy(self, y, x, c=None):
+        return sum(t.energy(y, x, c) for t in self.terms)
+
+    def _grad(self, y, x, c):
+        return sum(t._grad(y, x, c) for t in self.terms)
+
+    def _curvature(self, y, x, c):
+        return sum(t._curvature(y, x, c) for t in self.terms)
+
+    def breakdown(self, y, x, c=None):
+        c = self.validate(y, x, c)
+        return {name: t.energy(y, x, c) for name, t in zip(self.names, self.terms)}
+
+    def convexity_margin(self, c=None):
+        margins = [t.convexity_margin(c) for t in self.terms]
+        return None if any(m is None for m in margins) else float(sum(margins))
+
+    def __repr__(self) -> str:
+        lines = [f"  {name}: {term!r}".replace("\n", "\n  ") for name, term in zip(self.names, self.terms)]
+        return "SumEnergy(\n" + ",\n".join(lines) + "\n)"

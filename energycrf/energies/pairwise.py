@@ -1,0 +1,159 @@
+r"""The pairwise term (paper eq. 3) with its message-passing operator.
+
+.. math::
+
+    E_p = \tfrac12 \sum_i \sum_j W^s_{ij} \, \| P(c) (y_i - y_j) \|^2
+    \qquad \text{(each unordered pair once)}
+
+With :math:`M = P(c)^\top P(c)` and :math:`d_i = \sum_j W^s_{ij}`:
+
+.. math::
+
+    \nabla_i E_p = 2 M \big(d_i y_i - (W^s y)_i\big), \qquad
+    E_p = \sum_i y_i^\top M \big(d_i y_i - (W^s y)_i\big), \qquad
+    A_i = 2 d_i M,
+
+the pairwise part of the paper's eq. 8. :math:`(W^s y)_i` is the message-passing step of
+Algorithm 1, exposed as :meth:`Pairwise.message` for the learned layer.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._validation import check_int
+from .base import Energy
+from .compatibility import (
+    Compatibility,
+    IdentityCompatibility,
+    MatrixCompatibility,
+    TextCompatibility,
+)
+from .kernels import SpatialKernel, default_kernel
+
+__all__ = ["Pairwise"]
+
+
+def _make_compatibility(compatibility, channels: int, cond_dim: int | None) -> Compatibility:
+    if compatibility is None or compatibility == "identity":
+        return IdentityCompatibility(channels)
+    if isinstance(compatibility, Compatibility):
+        return compatibility
+    if isinstance(compatibility, torch.Tensor):
+        return MatrixCompatibility(compatibility)
+    if compatibility == "learnable":
+        return MatrixCompatibility(torch.eye(channels), learnable=True)
+    if compatibility == "text":
+        if cond_dim is None:
+            raise ValueError("compatibility='text' needs cond_dim (the width D of the text embeddings)")
+        return TextCompatibility(channels, cond_dim)
+    raise ValueError(
+        "compatibility must be None, 'identity', 'learnable', 'text', a [D, C] tensor or a Compatibility, "
+        f"got {compatibility!r}"
+    )
+
+
+class Pairwise(Energy):
+    r"""Pairwise compatibility term :math:`E_p` (paper eq. 3; gradient eq. 8).
+
+    Args:
+        channels: latent channels ``C``.
+        kernel: the spatial kernel :math:`W^s` (a :class:`~energycrf.energies.kernels.SpatialKernel`);
+            default a Gaussian window of radius 2 with interior degree 1, zero boundary.
+        compatibility: :math:`P(c)`: ``None``/``"identity"``, ``"learnable"``, ``"text"``
+            (needs ``cond_dim``), a fixed ``[D, C]`` tensor, or a
+            :class:`~energycrf.energies.compatibility.Compatibility`.
+        cond_dim: the text-embedding width for ``compatibility="text"``.
+
+    Example:
+        >>> import torch, energycrf as ec
+        >>> E = ec.energies.Pairwise(channels=4)
+        >>> y = torch.ones(2, 4, 8, 8)
+        >>> E(y, y)  # constant images have zero pairwise energy
+        tensor([0., 0.])
+    """
+
+    is_quadratic = True
+
+    def __init__(
+        self,
+        channels: int = 4,
+        kernel: SpatialKernel | None = None,
+        compatibility=None,
+        cond_dim: int | None = None,
+    ):
+        super().__init__()
+        self.channels = check_int("channels", channels, minimum=1)
+        if kernel is None:
+            kernel = default_kernel()
+        if not isinstance(kernel, SpatialKernel):
+            raise TypeError(f"kernel must be a SpatialKernel (LocalKernel, LongRangeKernel, DenseKernel), got {kernel!r}")
+        self.kernel = kernel
+        self.compatibility = _make_compatibility(compatibility, channels, cond_dim)
+        if self.compatibility.channels != channels:
+            raise ValueError(
+                f"compatibility acts on {self.compatibility.channels} channels but channels={channels}"
+            )
+
+    @property
+    def cond_dim(self):  # type: ignore[override]
+        return self.compatibility.cond_dim
+
+    @property
+    def requires_condition(self):  # type: ignore[override]
+        return self.compatibility.requires_condition
+
+    @property
+    def interaction_radius(self):  # type: ignore[override]
+        return self.kernel.radius
+
+    @property
+    def periodic(self):  # type: ignore[override]
+        return self.kernel.periodic
+
+    def _declares_radius(self):
+        return True
+
+    def _check_spatial(self, height, width):
+        self.kernel.check_size(height, width)
+
+    # ---------------------------------------------------------------- public operators
+    def message(self, y: Tensor) -> Tensor:
+        r"""Message passing :math:`(W^s y)_i = \sum_j W^s_{ij} y_j` (Algorithm 1), like ``y``."""
+        return self.kernel.message(y)
+
+    def degree(self, height: int, width: int, dtype: torch.dtype, device) -> Tensor:
+        r"""The degree :math:`d_i = \sum_j W^s_{ij}`, ``Tensor[H, W]``."""
+        return self.kernel.degree(height, width, dtype, device)
+
+    def compatibility_matrix(self, c: Tensor | None, batch: int, dtype: torch.dtype, device) -> Tensor:
+        r""":math:`M = P(c)^\top P(c)`, ``Tensor[B, C, C]``."""
+        return self.compatibility.matrix(c, batch, dtype, device)
+
+    # ---------------------------------------------------------------- energy
+    def _residual(self, y: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``M`` and ``d y - W^s y``."""
+        b, _, h, w = y.shape
+        m = self.compatibility_matrix(c, b, y.dtype, y.device)
+        return m, self.degree(h, w, y.dtype, y.device) * y - self.message(y)
+
+    def energy(self, y, x, c=None):
+        m, residual = self._residual(y, c)
+        return torch.einsum("bchw,bcd,bdhw->b", y, m, residual)
+
+    def _grad(self, y, x, c):
+        m, residual = self._residual(y, c)
+        return 2 * torch.einsum("bcd,bdhw->bchw", m, residual)
+
+    def _curvature(self, y, x, c):
+        b, _, h, w = y.shape
+        m = self.compatibility_matrix(c, b, y.dtype, y.device)
+        d = self.degree(h, w, y.dtype, y.device)
+        return 2 * d[None, :, :, None, None] * m[:, None, None]
+
+    def convexity_margin(self, c=None):
+        return 0.0  # positive semi-definite
+
+    def extra_repr(self):
+        return f"channels={self.channels}"

@@ -132,18 +132,23 @@ class Pairwise(Energy):
         return self.compatibility.matrix(c, batch, dtype, device)
 
     # ---------------------------------------------------------------- energy
-    def _residual(self, y: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:
-        """``M`` and ``d y - W^s y``."""
+    def _residual(self, y: Tensor, c: Tensor | None) -> tuple[Tensor | None, Tensor]:
+        """``M`` (``None`` for the identity, skipping a product) and ``d y - W^s y``."""
         b, _, h, w = y.shape
-        m = self.compatibility_matrix(c, b, y.dtype, y.device)
+        identity = isinstance(self.compatibility, IdentityCompatibility)
+        m = None if identity else self.compatibility_matrix(c, b, y.dtype, y.device)
         return m, self.degree(h, w, y.dtype, y.device) * y - self.message(y)
 
     def energy(self, y, x, c=None):
         m, residual = self._residual(y, c)
+        if m is None:
+            return (y * residual).sum((1, 2, 3))
         return torch.einsum("bchw,bcd,bdhw->b", y, m, residual)
 
     def _grad(self, y, x, c):
         m, residual = self._residual(y, c)
+        if m is None:
+            return 2 * residual
         return 2 * torch.einsum("bcd,bdhw->bchw", m, residual)
 
     def _curvature(self, y, x, c):

@@ -1,0 +1,49 @@
+"""Inference solvers: minimise an energy ``E(y, x, c)`` over ``y`` and compare how.
+
+``ec.solve(E, x, c, method=...)`` runs one method; ``ec.compare_solvers`` runs several and
+tabulates and plots them. One file per method's step (``coordinate_descent``,
+``mean_field``, ``gradient_descent``, ``lbfgs``, ``quadratic``), one driver loop
+(:class:`~energycrf.solvers.base.Solver`), and the per-site majoriser step that
+coordinate descent and mean-field share (:func:`~energycrf.solvers.base.block_solve`).
+"""
+
+from .api import SOLVERS, SequentialCoordinateDescent, get_solver, method_names, register_solver, solve
+from .base import Problem, Solver, StepOutput, block_solve
+from .compare import Comparison, ComparisonRow, compare_solvers
+from .coordinate_descent import CoordinateDescent, axis_colouring, colour_classes
+from .gradient_descent import GradientDescent
+from .lbfgs import LBFGS, ScipyLBFGS, TorchLBFGS
+from .mean_field import MeanField
+from .quadratic import ConjugateGradient, FFTSolver, hessian_vector_product
+from .result import DivergenceError, DivergenceWarning, SolveResult, SolverWarning
+
+__all__ = [
+    "solve",
+    "compare_solvers",
+    "Comparison",
+    "ComparisonRow",
+    "SolveResult",
+    "SOLVERS",
+    "get_solver",
+    "method_names",
+    "register_solver",
+    "Solver",
+    "StepOutput",
+    "Problem",
+    "block_solve",
+    "CoordinateDescent",
+    "SequentialCoordinateDescent",
+    "MeanField",
+    "GradientDescent",
+    "LBFGS",
+    "TorchLBFGS",
+    "ScipyLBFGS",
+    "ConjugateGradient",
+    "FFTSolver",
+    "hessian_vector_product",
+    "axis_colouring",
+    "colour_classes",
+    "DivergenceWarning",
+    "DivergenceError",
+    "SolverWarning",
+]

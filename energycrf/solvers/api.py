@@ -1,0 +1,117 @@
+"""``ec.solve``: one entry point, a registry of methods by name."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import Tensor
+
+from .base import Solver
+from .coordinate_descent import CoordinateDescent
+from .gradient_descent import GradientDescent
+from .lbfgs import LBFGS, ScipyLBFGS, TorchLBFGS
+from .mean_field import MeanField
+from .quadratic import ConjugateGradient, FFTSolver
+from .result import SolveResult
+
+__all__ = ["SOLVERS", "get_solver", "register_solver", "solve", "method_names"]
+
+
+class SequentialCoordinateDescent(CoordinateDescent):
+    """Coordinate descent one site at a time in raster order: the slow reference."""
+
+    name = "sequential"
+
+    def __init__(self, radius: int | None = None, safeguard: bool | str = "auto", max_backtracks: int = 30):
+        super().__init__(order="sequential", radius=radius, safeguard=safeguard, max_backtracks=max_backtracks)
+
+
+#: name -> Solver class. Add your own with :func:`register_solver`.
+SOLVERS: dict[str, type[Solver]] = {
+    "coordinate_descent": CoordinateDescent,
+    "sequential": SequentialCoordinateDescent,
+    "mean_field": MeanField,
+    "gradient_descent": GradientDescent,
+    "lbfgs": LBFGS,
+    "torch_lbfgs": TorchLBFGS,
+    "scipy_lbfgs": ScipyLBFGS,
+    "conjugate_gradient": ConjugateGradient,
+    "fft": FFTSolver,
+}
+
+
+def method_names() -> list[str]:
+    return list(SOLVERS)
+
+
+def register_solver(cls: type[Solver], name: str | None = None) -> type[Solver]:
+    """Add a :class:`Solver` subclass to the registry (usable as a decorator)."""
+    if not (isinstance(cls, type) and issubclass(cls, Solver)):
+        raise TypeError(f"cls: expected a Solver subclass, got {cls!r}")
+    SOLVERS[name or cls.name] = cls
+    return cls
+
+
+def get_solver(method: str | Solver, **options: Any) -> Solver:
+    """A solver instance from a registry name and the method's options."""
+    if isinstance(method, Solver):
+        if options:
+            raise TypeError(f"options {sorted(options)} given with a Solver instance; set them on the instance")
+        return method
+    if not isinstance(method, str) or method not in SOLVERS:
+        raise ValueError(f"method: expected one of {method_names()}, got {method!r}")
+    cls = SOLVERS[method]
+    params = inspect.signature(cls.__init__).parameters
+    unknown = sorted(k for k in options if k not in params)
+    if unknown:
+        valid = [k for k in params if k != "self"]
+        raise TypeError(f"method {method!r} has no option(s) {unknown}; its options are {valid}")
+    return cls(**options)
+
+
+def solve(
+    E: Any,
+    x: Tensor,
+    c: Tensor | None = None,
+    method: str | Solver = "coordinate_descent",
+    y0: Tensor | None = None,
+    max_iters: int = 500,
+    tol: float | None = None,
+    gtol: float | None = None,
+    *,
+    on_diverge: str = "warn",
+    rise_tol: float = 1.0,
+    blowup: float = 1e6,
+    well_posed: str = "ignore",
+    progress: bool = False,
+    **options: Any,
+) -> SolveResult:
+    """Minimise the energy ``E(y, x, c)`` over ``y`` and return a :class:`SolveResult`.
+
+    Args:
+        E: an ``ec.Energy`` (a built-in sum or a user term).
+        x: observed latent ``[B, C, H, W]``; ``y`` starts at ``x`` unless ``y0`` is given.
+        c: condition (``None``, ``[B, D]`` or ``[B, L, D]``).
+        method: a registry name (see :data:`SOLVERS`) or a :class:`Solver` instance:
+            ``"coordinate_descent"`` (colour classes; ``order="sequential"`` for one site at
+            a time), ``"sequential"``, ``"mean_field"`` (``damping``, ``adaptive``),
+            ``"gradient_descent"``, ``"lbfgs"``, ``"torch_lbfgs"``, ``"scipy_lbfgs"``,
+            ``"conjugate_gradient"``, ``"fft"``.
+        max_iters, tol, gtol, on_diverge, rise_tol, blowup, well_posed, progress: the
+            driver's options, see :meth:`Solver.solve`.
+        **options: the method's own options (e.g. ``damping=0.5``).
+
+    Example:
+        >>> import torch, energycrf as ec
+        >>> E = ec.energies.Unary() + ec.energies.Pairwise(channels=4)
+        >>> x = torch.randn(2, 4, 16, 16)
+        >>> res = ec.solve(E, x, method="coordinate_descent")
+        >>> res.energies.shape[1], res.status[0]
+        (2, 'converged')
+    """
+    solver = get_solver(method, **options)
+    return solver.solve(
+        E, x, c, y0=y0, max_iters=max_iters, tol=tol, gtol=gtol, on_diverge=on_diverge,
+        rise_tol=rise_tol, blowup=blowup, well_posed=well_posed, progress=progress,
+    )

@@ -1,0 +1,375 @@
+"""The driver loop every solver shares, and the per-site block solve.
+
+A solver is one *step* (:meth:`Solver.step`): given ``y^{(t)}``, its energy and gradient,
+return ``y^{(t+1)}``. :meth:`Solver.solve` owns the loop: it records the history, stops
+each sample on its own (relative energy change or relative gradient norm), detects
+divergence (energy rising, non-finite values, a run-away iterate), and times the run.
+
+The update that coordinate descent, mean-field and the preconditioners share is the
+site-wise majoriser step of ``energy-model.md``,
+
+.. math::  y_i \\leftarrow y_i - A_i^{-1} g_i,
+
+with ``g = grad E(y)`` and ``A_i`` the ``C x C`` curvature block of site ``i``
+(``E.curvature``); :func:`block_solve` does it for all sites at once.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from .result import DivergenceError, DivergenceWarning, SolveResult, SolverWarning
+
+__all__ = ["Problem", "StepOutput", "Solver", "block_solve", "sample_norm", "sample_dot"]
+
+_ON_DIVERGE = ("warn", "raise", "ignore")
+
+
+# ----------------------------------------------------------------------------------------
+# small batched helpers
+
+
+def sample_dot(a: Tensor, b: Tensor) -> Tensor:
+    """Per-sample inner product of two ``[B, ...]`` tensors -> ``[B]``."""
+    return (a * b).flatten(1).sum(1)
+
+
+def sample_norm(a: Tensor) -> Tensor:
+    """Per-sample Euclidean norm of a ``[B, ...]`` tensor -> ``[B]``."""
+    return a.flatten(1).norm(dim=1)
+
+
+def _bcast(mask: Tensor, like: Tensor) -> Tensor:
+    """``[B]`` -> ``[B, 1, 1, ...]`` matching ``like``'s rank."""
+    return mask.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _positive_definite_blocks(A: Tensor) -> Tensor:
+    """Symmetrise ``[..., C, C]`` blocks and lift eigenvalues of non-PD ones to a floor.
+
+    Blocks whose Cholesky factorisation fails (singular or indefinite curvature, e.g. a
+    user term whose exact Hessian block is not positive) are rebuilt from their
+    eigendecomposition with eigenvalues ``max(lambda, floor)``; ``floor`` is ``1e-6``
+    times the block's (or, for an all-zero block, the batch's) largest eigenvalue.
+    """
+    A = 0.5 * (A + A.transpose(-1, -2))
+    _, info = torch.linalg.cholesky_ex(A)
+    bad = info != 0
+    if not bool(bad.any()):
+        return A
+    lam, V = torch.linalg.eigh(A[bad])
+    big = lam.abs().amax(-1, keepdim=True)
+    glob = A.diagonal(dim1=-2, dim2=-1).abs().amax()
+    tiny = torch.finfo(A.dtype).eps ** 0.5
+    floor = torch.clamp(1e-6 * torch.maximum(big, glob.expand_as(big)), min=tiny)
+    lam = torch.maximum(lam, floor)
+    A = A.clone()
+    A[bad] = (V * lam.unsqueeze(-2)) @ V.transpose(-1, -2)
+    return A
+
+
+def block_solve(A: Tensor, g: Tensor) -> Tensor:
+    """Solve ``A_i d_i = g_i`` at every site: ``A`` is ``[B, H, W, C, C]``, ``g`` ``[B, C, H, W]``.
+
+    Returns ``d`` shaped like ``g``. Blocks are symmetrised and, where not positive
+    definite, lifted to a small positive floor (see :func:`_positive_definite_blocks`)
+    so that ``-d`` is always a descent direction. One batched Cholesky solve, no loop.
+    """
+    A = _positive_definite_blocks(A)
+    rhs = g.permute(0, 2, 3, 1).unsqueeze(-1)  # [B, H, W, C, 1]
+    L = torch.linalg.cholesky(A)
+    d = torch.cholesky_solve(rhs, L)
+    return d.squeeze(-1).permute(0, 3, 1, 2).contiguous()
+
+
+# ----------------------------------------------------------------------------------------
+# the problem a solver sees
+
+
+class Problem:
+    """An energy with its data bound: ``energy(y)``, ``grad(y)``, ``curvature(y)``.
+
+    Counts evaluations (reported in :attr:`SolveResult.evaluations`) and runs them
+    without building an autograd graph through the energy's parameters.
+    """
+
+    def __init__(self, E: Any, x: Tensor, c: Tensor | None = None):
+        if not callable(E) or not hasattr(E, "grad"):
+            raise TypeError(
+                f"E: expected an energycrf Energy (callable with a .grad method), got {type(E).__name__}"
+            )
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x: expected a torch.Tensor [B, C, H, W], got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"x: expected a [B, C, H, W] tensor (rank 4), got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"x: expected a floating-point tensor, got dtype {x.dtype}")
+        if c is not None and not isinstance(c, Tensor):
+            raise TypeError(f"c: expected None or a torch.Tensor, got {type(c).__name__}")
+        self.E, self.x, self.c = E, x, c
+        self.counts = {"energy": 0, "grad": 0, "curvature": 0}
+        self._curv_cache: Tensor | None = None
+
+    @property
+    def is_quadratic(self) -> bool:
+        return bool(getattr(self.E, "is_quadratic", False))
+
+    def energy(self, y: Tensor) -> Tensor:
+        self.counts["energy"] += 1
+        with torch.no_grad():
+            return self.E(y, self.x, self.c).detach()
+
+    def grad(self, y: Tensor) -> Tensor:
+        self.counts["grad"] += 1
+        with torch.no_grad():
+            return self.E.grad(y, self.x, self.c).detach()
+
+    def curvature(self, y: Tensor) -> Tensor:
+        """``[B, H, W, C, C]`` blocks ``A_i``; computed once when the energy is quadratic."""
+        if self._curv_cache is not None:
+            return self._curv_cache
+        self.counts["curvature"] += 1
+        with torch.no_grad():
+            A = self.E.curvature(y, self.x, self.c).detach()
+        if self.is_quadratic:  # the exact Hessian blocks do not depend on y
+            self._curv_cache = A
+        return A
+
+
+@dataclass
+class StepOutput:
+    """What one step returns.
+
+    ``grad`` may be left ``None`` (the driver computes it). ``accepted[b]`` is False when
+    the step was rejected for sample ``b`` (it did not move): energy-change convergence
+    is not judged on such a step. ``stalled`` / ``diverged`` let a method give up on a
+    sample with a reason; ``done`` marks samples the step solved exactly.
+    """
+
+    y: Tensor
+    energy: Tensor
+    grad: Tensor | None = None
+    accepted: Tensor | None = None
+    stalled: Tensor | None = None
+    stall_reason: str = "no step lowered the energy"
+    diverged: Tensor | None = None
+    diverge_reason: str = "the energy is unbounded below"
+    done: Tensor | None = None
+
+
+# ----------------------------------------------------------------------------------------
+# the driver
+
+
+class Solver:
+    """Base class: subclasses set :attr:`name` and implement :meth:`init_state` and :meth:`step`.
+
+    Construct with the method's own options (keyword arguments, typed), then call
+    :meth:`solve`. ``ec.solve(E, x, c, method=name, **options)`` does both.
+    """
+
+    name: ClassVar[str] = "solver"
+    #: True when every step can only lower the energy (coordinate descent, line searches).
+    monotone: ClassVar[bool] = False
+
+    def check(self, problem: Problem, y0: Tensor) -> None:
+        """Raise ``ValueError`` when the method cannot handle this energy (before any work)."""
+
+    def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> Any:
+        return None
+
+    def step(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor, state: Any) -> StepOutput:
+        raise NotImplementedError
+
+    # -- the loop -----------------------------------------------------------------------
+    def solve(
+        self,
+        E: Any,
+        x: Tensor,
+        c: Tensor | None = None,
+        *,
+        y0: Tensor | None = None,
+        max_iters: int = 500,
+        tol: float | None = None,
+        gtol: float | None = None,
+        on_diverge: str = "warn",
+        rise_tol: float = 1.0,
+        blowup: float = 1e6,
+        well_posed: str = "ignore",
+        progress: bool = False,
+    ) -> SolveResult:
+        """Minimise ``E(., x, c)`` from ``y0`` (default ``x``).
+
+        Args:
+            max_iters: iterations of this method (a sweep over all colour classes for
+                coordinate descent, one line search for L-BFGS, ...).
+            tol: a sample converges when ``|E_t - E_{t-1}| / max(|E_t|, |E_{t-1}|) <= tol``
+                after an accepted step. Default ``max(1e-9, 10 * eps)`` of the dtype.
+            gtol: ... or when ``||grad E(y_t)|| <= gtol * ||grad E(y_0)||``. Default
+                ``1e-5`` (float32) / ``1e-8`` (float64).
+            on_diverge: ``"warn"`` (a :class:`DivergenceWarning`), ``"raise"``
+                (:class:`DivergenceError`) or ``"ignore"``. A sample diverges when a value
+                becomes non-finite, when ``E_t - min_s E_s > rise_tol * scale`` (scale:
+                ``|min E| + |E_0 - min E|``), or when ``max |y| > blowup * (1 + max|x| + max|y0|)``
+                (an energy unbounded below).
+            well_posed: passed to ``E.check_well_posed(c, on_fail=...)`` first when the
+                energy has that method: ``"warn"``, ``"raise"`` or ``"ignore"``.
+            progress: show a tqdm bar.
+        """
+        problem = Problem(E, x, c)
+        if on_diverge not in _ON_DIVERGE:
+            raise ValueError(f"on_diverge: expected one of {_ON_DIVERGE}, got {on_diverge!r}")
+        if not isinstance(max_iters, int) or isinstance(max_iters, bool) or max_iters < 0:
+            raise ValueError(f"max_iters: expected a non-negative int, got {max_iters!r}")
+        if y0 is None:
+            y0 = x.detach().clone()
+        elif not isinstance(y0, Tensor) or y0.shape != x.shape:
+            got = tuple(y0.shape) if isinstance(y0, Tensor) else type(y0).__name__
+            raise ValueError(f"y0: expected a tensor shaped like x {tuple(x.shape)}, got {got}")
+        elif y0.dtype != x.dtype or y0.device != x.device:
+            raise ValueError(
+                f"y0: expected dtype {x.dtype} on {x.device} like x, got {y0.dtype} on {y0.device}"
+            )
+        eps = torch.finfo(x.dtype).eps
+        tol = max(1e-9, 10 * eps) if tol is None else float(tol)
+        gtol = (1e-5 if x.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-8) if gtol is None else float(gtol)
+        if tol < 0 or gtol < 0:
+            raise ValueError(f"tol, gtol: expected non-negative numbers, got tol={tol}, gtol={gtol}")
+        if well_posed not in ("warn", "raise", "ignore"):
+            raise ValueError(f"well_posed: expected 'warn', 'raise' or 'ignore', got {well_posed!r}")
+        if well_posed != "ignore" and hasattr(E, "check_well_posed"):
+            E.check_well_posed(c, on_fail=well_posed)
+        self.check(problem, y0)
+
+        t_start = time.perf_counter()
+        y = y0.detach().clone()
+        e = problem.energy(y)
+        g = problem.grad(y)
+        if not (torch.isfinite(e).all() and torch.isfinite(g).all()):
+            raise ValueError("y0: the energy or its gradient is not finite at the starting point")
+        gn = sample_norm(g)
+        B = y.shape[0]
+        dev = y.device
+
+        e_hist, g_hist, t_hist = [e.clone()], [gn.clone()], [0.0]
+        active = torch.ones(B, dtype=torch.bool, device=dev)
+        status = ["max_iters"] * B
+        reason = [f"reached max_iters={max_iters}"] * B
+        iters = torch.zeros(B, dtype=torch.long)
+        e0, e_min, g0n = e.clone(), e.clone(), gn.clone()
+        lim = blowup * (1.0 + x.detach().flatten(1).abs().amax(1) + y0.detach().flatten(1).abs().amax(1))
+
+        def stop(mask: Tensor, st: str, why: str, it: int) -> None:
+            for b in torch.nonzero(mask).flatten().tolist():
+                status[b], reason[b] = st, why
+                iters[b] = it
+
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=max_iters, desc=self.name, leave=False)
+
+        state = self.init_state(problem, y, e, g)
+        it = 0
+        for it in range(1, max_iters + 1):
+            out = self.step(problem, y, e, g, state)
+            y_new, e_new = out.y, out.energy
+            g_new = out.grad if out.grad is not None else problem.grad(y_new)
+            gn_new = sample_norm(g_new)
+            acc = out.accepted if out.accepted is not None else torch.ones_like(active)
+
+            finite = (
+                torch.isfinite(e_new)
+                & torch.isfinite(y_new.flatten(1)).all(1)
+                & torch.isfinite(gn_new)
+            )
+            runaway = finite & (y_new.flatten(1).abs().amax(1) > lim)
+            scale = e_min.abs() + (e0 - e_min).abs() + eps**0.5
+            rise = finite & (e_new - e_min > rise_tol * scale)
+            own_div = out.diverged if out.diverged is not None else torch.zeros_like(active)
+            div = active & (~finite | runaway | rise | own_div)
+            stop(active & ~finite, "diverged", "a value became non-finite (NaN or inf)", it)
+            stop(active & finite & runaway, "diverged",
+                 "the iterate ran away (|y| grew past the blow-up limit): the energy looks unbounded below", it)
+            stop(active & finite & ~runaway & rise, "diverged",
+                 f"the energy rose by more than rise_tol={rise_tol} times its scale", it)
+            stop(active & finite & ~runaway & ~rise & own_div, "diverged", out.diverge_reason, it)
+
+            ok = active & ~div
+            rel = (e - e_new).abs() / torch.clamp(torch.maximum(e.abs(), e_new.abs()), min=torch.finfo(e.dtype).tiny)
+            by_e = acc & (rel <= tol)
+            by_g = gn_new <= gtol * g0n
+            done = out.done if out.done is not None else torch.zeros_like(active)
+            conv = ok & (by_e | by_g | done)
+            stop(conv & done, "converged", "solved exactly", it)
+            stop(conv & ~done & by_g, "converged", f"relative gradient norm <= gtol={gtol:g}", it)
+            stop(conv & ~done & ~by_g, "converged", f"relative energy change <= tol={tol:g}", it)
+            stalled = ok & ~conv & (out.stalled if out.stalled is not None else torch.zeros_like(active))
+            stop(stalled, "stalled", out.stall_reason, it)
+
+            m4 = _bcast(ok, y)
+            y = torch.where(m4, y_new, y)
+            g = torch.where(m4, g_new, g)
+            e = torch.where(ok, e_new, e)
+            gn = torch.where(ok, gn_new, gn)
+            e_min = torch.minimum(e_min, e)
+            active = active & ~(div | conv | stalled)
+
+            e_hist.append(e.clone())
+            g_hist.append(gn.clone())
+            t_hist.append(time.perf_counter() - t_start)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(E=f"{float(e.sum()):.6g}", active=int(active.sum()))
+            if not bool(active.any()):
+                break
+        if bar is not None:
+            bar.close()
+        for b in torch.nonzero(active).flatten().tolist():
+            iters[b] = it
+
+        wall = time.perf_counter() - t_start
+        res = SolveResult(
+            y=y,
+            energies=torch.stack(e_hist),
+            grad_norms=torch.stack(g_hist),
+            times=torch.tensor(t_hist, dtype=torch.float64),
+            iterations=iters,
+            converged=torch.tensor([s == "converged" for s in status], dtype=torch.bool),
+            status=status,
+            reason=reason,
+            method=self.name,
+            wall_time=wall,
+            evaluations=dict(problem.counts),
+        )
+        report_outcome(res, on_diverge)
+        return res
+
+
+def report_outcome(res: SolveResult, on_diverge: str) -> None:
+    """Warn or raise for diverged samples; warn for stalled ones."""
+    bad = [b for b, s in enumerate(res.status) if s == "diverged"]
+    if bad:
+        msg = (
+            f"{res.method}: sample(s) {bad} diverged: {res.reason[bad[0]]}. "
+            "The energy may be ill-posed (see E.check_well_posed); for mean_field try "
+            "damping < 1 or adaptive=True."
+        )
+        if on_diverge == "raise":
+            raise DivergenceError(msg)
+        if on_diverge == "warn":
+            warnings.warn(msg, DivergenceWarning, stacklevel=3)
+    stalled = [b for b, s in enumerate(res.status) if s == "stalled"]
+    if stalled and on_diverge != "ignore":
+        warnings.warn(
+            f"{res.method}: sample(s) {stalled} stalled before converging: {res.reason[stalled[0]]}",
+            SolverWarning,
+            stacklevel=3,
+        )

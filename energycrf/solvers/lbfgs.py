@@ -1,0 +1,285 @@
+"""L-BFGS: energycrf's batched, preconditioned version, and the two peers a user would pick.
+
+``"lbfgs"`` (:class:`LBFGS`): limited-memory BFGS run independently per sample (each
+sample has its own memory, step and line search, all evaluated in one batched call).
+The search direction is :math:`d = -H_t g` from the two-loop recursion over the last
+``m`` pairs :math:`s_k = y_{k+1} - y_k`, :math:`q_k = g_{k+1} - g_k`, with initial inverse
+Hessian :math:`H^0 = \\gamma P`, where ``P`` applies the inverse curvature blocks,
+:math:`(P v)_i = A_i^{-1} v_i` (the mean-field step as preconditioner) and
+:math:`\\gamma = s^\\top q / q^\\top P q`. The step length comes from a backtracking
+Armijo search (:math:`E(y + \\alpha d) \\le E(y) + c_1 \\alpha g^\\top d`) with quadratic
+interpolation; pairs with :math:`s^\\top q \\le 0` (non-convex regions) are skipped.
+
+``"torch_lbfgs"`` (:class:`TorchLBFGS`): ``torch.optim.LBFGS`` with the strong-Wolfe line
+search, fed ``E.grad``; the whole batch is one problem.
+
+``"scipy_lbfgs"`` (:class:`ScipyLBFGS`): ``scipy.optimize.minimize(method="L-BFGS-B")`` in
+float64, fed the analytic gradient; the whole batch is one problem.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .base import Problem, Solver, StepOutput, _positive_definite_blocks, report_outcome, sample_norm
+from .result import SolveResult
+
+__all__ = ["LBFGS", "TorchLBFGS", "ScipyLBFGS"]
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    return (a * b).flatten(1).sum(1)
+
+
+def _col(v: Tensor) -> Tensor:
+    return v.view(-1, 1, 1, 1)
+
+
+class LBFGS(Solver):
+    """Batched, block-preconditioned L-BFGS with a backtracking Armijo search.
+
+    Args:
+        history: number of stored pairs ``m``.
+        precondition: ``True`` to use the inverse curvature blocks (taken at ``y0``) as
+            ``H^0``; ``False`` for the scaled identity.
+        c1: Armijo constant.
+        max_backtracks: trials per line search before the sample is reported stalled.
+    """
+
+    name = "lbfgs"
+    monotone = True
+
+    def __init__(self, history: int = 10, precondition: bool = True, c1: float = 1e-4, max_backtracks: int = 30):
+        if not isinstance(history, int) or history < 1:
+            raise ValueError(f"history: expected an int >= 1, got {history!r}")
+        if not 0.0 < c1 < 0.5:
+            raise ValueError(f"c1: expected a number in (0, 0.5), got {c1!r}")
+        self.history, self.precondition = history, bool(precondition)
+        self.c1, self.max_backtracks = float(c1), int(max_backtracks)
+
+    def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> Any:
+        L = None
+        if self.precondition:
+            A = _positive_definite_blocks(problem.curvature(y))
+            L = torch.linalg.cholesky(A)
+        return {"pairs": [], "L": L, "gamma": None}
+
+    def _P(self, state: Any, v: Tensor) -> Tensor:
+        L = state["L"]
+        if L is None:
+            return v
+        rhs = v.permute(0, 2, 3, 1).unsqueeze(-1)
+        return torch.cholesky_solve(rhs, L).squeeze(-1).permute(0, 3, 1, 2)
+
+    def _direction(self, state: Any, g: Tensor) -> Tensor:
+        q = g.clone()
+        alphas = []
+        for s, qv, rho in reversed(state["pairs"]):
+            a = rho * _dot(s, q)
+            q = q - _col(a) * qv
+            alphas.append(a)
+        r = self._P(state, q)
+        if state["gamma"] is not None:
+            r = _col(state["gamma"]) * r
+        for (s, qv, rho), a in zip(state["pairs"], reversed(alphas)):
+            b = rho * _dot(qv, r)
+            r = r + _col(a - b) * s
+        return -r
+
+    def step(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor, state: Any) -> StepOutput:
+        eps = torch.finfo(y.dtype).eps
+        d = self._direction(state, g)
+        gd = _dot(g, d)
+        bad = ~(gd < 0)  # not a descent direction (or NaN): fall back to the preconditioned gradient
+        if bool(bad.any()):
+            d0 = -self._P(state, g)
+            d = torch.where(_col(bad), d0, d)
+            gd = torch.where(bad, _dot(g, d0), gd)
+        alpha = torch.ones_like(e)
+        if state["gamma"] is None and state["L"] is None:  # first step without any scale
+            alpha = torch.clamp(1.0 / g.flatten(1).abs().sum(1).clamp_min(torch.finfo(y.dtype).tiny), max=1.0)
+        roundoff = (-alpha * gd) <= 16 * eps * e.abs()
+        y_try = y + _col(alpha) * d
+        e_try = problem.energy(y_try)
+        ok = e_try <= e + self.c1 * alpha * gd
+        for _ in range(self.max_backtracks):
+            if bool(ok.all()):
+                break
+            # minimiser of the quadratic through E(y), slope gd and E(y + alpha d), kept in [0.1, 0.5] alpha
+            denom = 2.0 * (e_try - e - gd * alpha)
+            a_q = torch.where(denom > 0, -gd * alpha * alpha / denom, 0.5 * alpha)
+            a_q = torch.where(torch.isfinite(a_q), a_q, 0.1 * alpha)
+            a_new = torch.clamp(a_q, min=0.1 * alpha, max=0.5 * alpha)
+            alpha = torch.where(ok, alpha, a_new)
+            y_try = torch.where(_col(ok), y_try, y + _col(alpha) * d)
+            e_try = torch.where(ok, e_try, problem.energy(y_try))
+            ok = e_try <= e + self.c1 * alpha * gd
+        y_new = torch.where(_col(ok), y_try, y)
+        e_new = torch.where(ok, e_try, e)
+        g_new = problem.grad(y_new)
+        s, qv = y_new - y, g_new - g
+        sq = _dot(s, qv)
+        valid = ok & (sq > eps * sample_norm(s) * sample_norm(qv))
+        if bool(valid.any()):
+            rho = torch.where(valid, 1.0 / torch.where(valid, sq, torch.ones_like(sq)), torch.zeros_like(sq))
+            state["pairs"].append((s, qv, rho))
+            if len(state["pairs"]) > self.history:
+                state["pairs"].pop(0)
+            qPq = _dot(qv, self._P(state, qv))
+            gam = torch.where(valid & (qPq > 0), sq / torch.where(qPq > 0, qPq, torch.ones_like(qPq)), torch.ones_like(sq))
+            state["gamma"] = gam if state["gamma"] is None else torch.where(valid, gam, state["gamma"])
+        return StepOutput(
+            y=y_new,
+            energy=e_new,
+            grad=g_new,
+            accepted=ok | roundoff,
+            stalled=~ok & ~roundoff,
+            stall_reason=f"the line search found no decrease in {self.max_backtracks} trials",
+        )
+
+
+class TorchLBFGS(Solver):
+    """``torch.optim.LBFGS`` (strong-Wolfe line search) on the sum of the batch's energies.
+
+    One driver iteration is one L-BFGS iteration (``max_iter=1`` per ``step`` call; the
+    optimiser keeps its memory across calls). The closure returns ``E(y).sum()`` and sets
+    ``y.grad = E.grad(y)``. Its own stopping tests are switched off; the driver stops.
+
+    Args:
+        history: ``history_size``.
+        line_search: ``"strong_wolfe"`` or ``None`` (fixed ``lr``).
+        lr: step scale.
+    """
+
+    name = "torch_lbfgs"
+
+    def __init__(self, history: int = 10, line_search: str | None = "strong_wolfe", lr: float = 1.0):
+        if line_search not in ("strong_wolfe", None):
+            raise ValueError(f"line_search: expected 'strong_wolfe' or None, got {line_search!r}")
+        self.history, self.line_search, self.lr = int(history), line_search, float(lr)
+
+    def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> Any:
+        p = y.detach().clone().requires_grad_(True)
+        opt = torch.optim.LBFGS(
+            [p], lr=self.lr, max_iter=1, history_size=self.history, line_search_fn=self.line_search,
+            tolerance_grad=0.0, tolerance_change=0.0,
+        )
+        cache: dict[str, Tensor] = {}
+
+        def closure() -> Tensor:
+            with torch.no_grad():
+                e_b = problem.energy(p.detach())
+                p.grad = problem.grad(p.detach())
+                cache.update(y=p.detach().clone(), e=e_b, g=p.grad.clone())
+            return e_b.sum()
+
+        return {"p": p, "opt": opt, "closure": closure, "cache": cache}
+
+    def step(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor, state: Any) -> StepOutput:
+        p, cache = state["p"], state["cache"]
+        state["opt"].step(state["closure"])
+        y_new = p.detach().clone()
+        if "y" in cache and torch.equal(cache["y"], y_new):
+            return StepOutput(y=y_new, energy=cache["e"], grad=cache["g"])
+        return StepOutput(y=y_new, energy=problem.energy(y_new))
+
+
+class ScipyLBFGS(Solver):
+    """``scipy.optimize.minimize(method="L-BFGS-B")`` in float64 with the analytic gradient.
+
+    The batch is one flat vector; the energy is ``E(y).sum()`` and the gradient
+    ``E.grad(y)`` (both computed by torch on a float64 copy of the energy). scipy runs its
+    own loop; the history is recorded from its per-iteration callback, so every row of
+    :attr:`SolveResult.energies` is an accepted L-BFGS-B iterate.
+
+    Args:
+        history: ``maxcor``.
+    """
+
+    name = "scipy_lbfgs"
+    monotone = True
+
+    def __init__(self, history: int = 10):
+        self.history = int(history)
+
+    def solve(self, E, x, c=None, *, y0=None, max_iters=500, tol=None, gtol=None,
+              on_diverge="warn", rise_tol=1.0, blowup=1e6, well_posed="ignore", progress=False) -> SolveResult:
+        from scipy.optimize import minimize
+
+        Problem(E, x, c)  # validates the arguments
+        if on_diverge not in ("warn", "raise", "ignore"):
+            raise ValueError(f"on_diverge: expected 'warn', 'raise' or 'ignore', got {on_diverge!r}")
+        if y0 is not None and (not isinstance(y0, Tensor) or y0.shape != x.shape):
+            raise ValueError(f"y0: expected a tensor shaped like x {tuple(x.shape)}")
+        if well_posed != "ignore" and hasattr(E, "check_well_posed"):
+            E.check_well_posed(c, on_fail=well_posed)
+        eps = torch.finfo(x.dtype).eps
+        tol = max(1e-9, 10 * eps) if tol is None else float(tol)
+        gtol_rel = (1e-5 if x.dtype == torch.float32 else 1e-8) if gtol is None else float(gtol)
+
+        E64 = copy.deepcopy(E).to(torch.float64)
+        x64 = x.detach().to(torch.float64)
+        c64 = c.detach().to(torch.float64) if (c is not None and c.is_floating_point()) else c
+        prob = Problem(E64, x64, c64)
+        shape = x.shape
+        start = (x64 if y0 is None else y0.detach().to(torch.float64)).clone()
+        cache: dict[str, Any] = {}
+
+        def fun(v: np.ndarray):
+            y = torch.from_numpy(v).view(shape).to(x64.device)
+            e_b = prob.energy(y)
+            g = prob.grad(y)
+            cache.update(v=v.copy(), e=e_b, gn=sample_norm(g))
+            return float(e_b.sum()), g.detach().cpu().numpy().ravel().astype(np.float64)
+
+        t0 = time.perf_counter()
+        f0, g0 = fun(start.cpu().numpy().ravel())
+        e_hist, g_hist, t_hist = [cache["e"].clone()], [cache["gn"].clone()], [0.0]
+        g0_inf = float(np.abs(g0).max())
+
+        def callback(intermediate_result):
+            v = intermediate_result.x
+            if not np.array_equal(v, cache["v"]):
+                fun(v)
+            e_hist.append(cache["e"].clone())
+            g_hist.append(cache["gn"].clone())
+            t_hist.append(time.perf_counter() - t0)
+
+        res = minimize(
+            fun, start.cpu().numpy().ravel(), jac=True, method="L-BFGS-B", callback=callback,
+            options={"maxcor": self.history, "maxiter": max_iters, "maxfun": 20 * max(max_iters, 1),
+                     "ftol": tol, "gtol": gtol_rel * g0_inf},
+        )
+        wall = time.perf_counter() - t0
+        y = torch.from_numpy(res.x).view(shape).to(device=x.device, dtype=x.dtype)
+        finite = bool(np.isfinite(res.x).all()) and bool(np.isfinite(res.fun))
+        runaway = float(np.abs(res.x).max()) > blowup * (1 + float(x.abs().max()) + float(start.abs().max()))
+        B = shape[0]
+        if not finite or runaway:
+            st, why = "diverged", ("a value became non-finite" if not finite else "the iterate ran away: the energy looks unbounded below")
+        elif res.success:
+            st, why = "converged", f"scipy: {res.message}"
+        else:
+            st, why = "max_iters", f"scipy: {res.message}"
+        n_it = len(e_hist) - 1
+        out = SolveResult(
+            y=y,
+            energies=torch.stack(e_hist).to(x.dtype),
+            grad_norms=torch.stack(g_hist).to(x.dtype),
+            times=torch.tensor(t_hist, dtype=torch.float64),
+            iterations=torch.full((B,), n_it, dtype=torch.long),
+            converged=torch.full((B,), st == "converged", dtype=torch.bool),
+            status=[st] * B,
+            reason=[why] * B,
+            method=self.name,
+            wall_time=wall,
+            evaluations=dict(prob.counts),
+        )
+        report_outcome(out, on_diverge)
+        return out

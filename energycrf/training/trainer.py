@@ -1,0 +1,529 @@
+"""The two-stage trainer (paper 3.4-3.5, section 4).
+
+Stage 1 learns from clean samples ``z`` (latents or image patches) corrupted on the fly
+(:class:`~energycrf.training.data.NoiseSpec`: the paper's ``z~ = sqrt(a) z + sqrt(1-a) n``
+or additive Gaussian noise), with the denoising loss ``L_NT = ||z - M(z~)||_2`` and,
+when ``adversarial=True``, the latent adversarial game: the model minimises
+``L_NT-F = L_NT + L_SCE(D(M(z~)), 1)`` (eq. 13) and the discriminator, in an alternating
+step on the same batch, ``L_disc = L_SCE(D(z), 1) + L_SCE(D(M(z~)), 0)`` (eq. 14).
+Stage 2 distils a diffusion model: ``L_DT = ||z_f - M(z_s)||_2`` on ``(z_s, z_f)``
+pairs read from safetensors shards, started from a stage-1 checkpoint.
+
+Optimisation follows the paper: AdamW with linear warm-up and cosine decay (5000
+warm-up steps, base rate 1e-3 in stage 1 and 1e-5 in stage 2 by default). On CUDA the
+forward pass runs under ``torch.autocast`` (float16 with a ``GradScaler``, or bfloat16);
+on CPU everything stays float32.
+
+Checkpoints (:mod:`energycrf.training.checkpoint`) hold the weights, the optimiser,
+scheduler and grad-scaler states, the global RNG states and the data position, so a
+run stopped after ``k`` steps and resumed ends bit-identical to an uninterrupted run
+(same device and thread settings). Under ``torchrun`` the model is wrapped in
+``DistributedDataParallel`` and each process reads its share of every global batch
+(:class:`~energycrf.training.data.ResumableDistributedSampler`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .checkpoint import (
+    atomic_write_text,
+    capture_rng_state,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from .data import NoiseSpec, ResumableDistributedSampler, collate
+from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from .schedule import warmup_cosine_scheduler
+
+__all__ = ["TrainConfig", "Trainer", "plot_loss_curve", "read_log"]
+
+_STAGE_LR = {1: 1e-3, 2: 1e-5}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (saved in every checkpoint).
+
+    ``batch_size`` is per process; the global batch is ``batch_size * world_size``.
+    ``lr=None`` takes the paper's rate for the stage (1e-3 or 1e-5). ``noise_mode`` and
+    ``noise_level`` (a number or a ``[low, high]`` range) define stage 1's corruption.
+    ``checkpoint_every=0`` writes a checkpoint only when the run stops.
+    """
+
+    output_dir: str = "runs/energycrf"
+    stage: int = 1
+    max_steps: int = 1000
+    batch_size: int = 16
+    lr: float | None = None
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 5000
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = None
+    noise_mode: str = "alpha"
+    noise_level: float | tuple[float, float] = 0.5
+    adversarial: bool = False
+    adv_weight: float = 1.0
+    loss_norm: str = "l2"
+    disc_lr: float | None = None
+    amp: bool = True
+    amp_dtype: str = "float16"
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    progress: bool = True
+    condition_key: str = "prompt_embeds"
+
+    def __post_init__(self):
+        if self.stage not in (1, 2):
+            raise ValueError(f"stage: expected 1 or 2, got {self.stage!r}")
+        for name in ("max_steps", "batch_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+        for name in ("warmup_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 0:
+                raise ValueError(f"{name}: expected an int >= 0, got {v!r}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr: expected a positive float or None, got {self.lr!r}")
+        if self.loss_norm not in ("l2", "mse"):
+            raise ValueError(f"loss_norm: expected 'l2' (the paper) or 'mse', got {self.loss_norm!r}")
+        if self.amp_dtype not in ("float16", "bfloat16"):
+            raise ValueError(f"amp_dtype: expected 'float16' or 'bfloat16', got {self.amp_dtype!r}")
+        self.betas = tuple(float(b) for b in self.betas)
+        if isinstance(self.noise_level, list):
+            self.noise_level = tuple(self.noise_level)
+        NoiseSpec(self.noise_mode, self.noise_level)  # validates
+
+    @property
+    def base_lr(self) -> float:
+        return float(self.lr) if self.lr is not None else _STAGE_LR[self.stage]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        if isinstance(self.noise_level, tuple):
+            d["noise_level"] = list(self.noise_level)
+        return d
+
+
+def _default_forward(model: nn.Module, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
+    return model(x) if c is None else model(x, c)
+
+
+class _StopRequested(Exception):
+    pass
+
+
+class Trainer:
+    """Train ``model`` (``M``) on ``dataset`` with the config's stage and objectives.
+
+    Parameters
+    ----------
+    model:
+        the module to train, called as ``model(x)`` or ``model(x, c)`` (or through
+        ``forward_fn(model, x, c)``).
+    config:
+        a :class:`TrainConfig`.
+    dataset:
+        stage 1: items with ``"z"`` (clean sample) and ``"index"``; stage 2: items with
+        ``"z_s"``, ``"z_f"`` and ``"index"`` (see :mod:`energycrf.training.data`);
+        an optional condition under ``config.condition_key``.
+    discriminator:
+        required when ``config.adversarial`` (e.g. the appendix-D discriminator).
+    loss_fn:
+        ``loss_fn(pred, target) -> scalar``; defaults to ``L_NT`` (stage 1) or
+        ``L_DT`` (stage 2) from :mod:`energycrf.losses`.
+    gen_adv_fn, disc_loss_fn:
+        ``gen_adv_fn(logits_fake) -> scalar`` (the ``L_SCE(D(M(z~)), 1)`` term of
+        eq. 13) and ``disc_loss_fn(logits_real, logits_fake) -> scalar`` (eq. 14);
+        default to :mod:`energycrf.losses`.
+    dist:
+        a :class:`~energycrf.training.distributed.DistInfo`; by default read from the
+        ``torchrun`` environment.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainConfig,
+        dataset: Dataset,
+        discriminator: nn.Module | None = None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        gen_adv_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        disc_loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        forward_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None,
+        dist: DistInfo | None = None,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(config, TrainConfig):
+            raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
+        if config.adversarial and discriminator is None:
+            raise ValueError("discriminator: config.adversarial=True needs a discriminator module, got None")
+        self.config = config
+        self.dist = dist if dist is not None else init_distributed()
+        self.device = self.dist.device
+        self.model = model.to(self.device)
+        self.discriminator = discriminator.to(self.device) if discriminator is not None else None
+        self.dataset = dataset
+        self.forward_fn = forward_fn or _default_forward
+        self.loss_fn = loss_fn or self._default_loss()
+        if config.adversarial:
+            self.gen_adv_fn, self.disc_loss_fn = self._default_adv(gen_adv_fn, disc_loss_fn)
+        self.noise = NoiseSpec(config.noise_mode, config.noise_level)
+        self.output_dir = Path(config.output_dir)
+
+        self.model_ddp: nn.Module = self.model
+        self.disc_ddp: nn.Module | None = self.discriminator
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model_ddp = DDP(self.model, device_ids=ids)
+            if self.discriminator is not None:
+                self.disc_ddp = DDP(self.discriminator, device_ids=ids)
+
+        lr = config.base_lr
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=lr, betas=config.betas,
+                                           eps=config.eps, weight_decay=config.weight_decay)
+        self.scheduler = warmup_cosine_scheduler(self.optimizer, config.warmup_steps,
+                                                 config.max_steps, config.min_lr_ratio)
+        self.disc_optimizer = self.disc_scheduler = None
+        if config.adversarial:
+            self.disc_optimizer = torch.optim.AdamW(
+                self.discriminator.parameters(), lr=config.disc_lr or lr, betas=config.betas,
+                eps=config.eps, weight_decay=config.weight_decay)
+            self.disc_scheduler = warmup_cosine_scheduler(self.disc_optimizer, config.warmup_steps,
+                                                          config.max_steps, config.min_lr_ratio)
+        self.use_amp = bool(config.amp) and self.device.type == "cuda"
+        self.amp_dtype = getattr(torch, config.amp_dtype)
+        scaler_on = self.use_amp and self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=scaler_on)
+        self.disc_scaler = torch.amp.GradScaler("cuda", enabled=scaler_on)
+
+        self.sampler = ResumableDistributedSampler(
+            dataset, batch_size=config.batch_size, num_replicas=self.dist.world_size,
+            rank=self.dist.rank, seed=config.seed)
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self._stop = False
+
+    # ------------------------------------------------------------------ losses
+    def _default_loss(self):
+        from functools import partial
+
+        from energycrf import losses
+
+        fn = losses.denoising_loss if self.config.stage == 1 else losses.distillation_loss
+        return partial(fn, norm=self.config.loss_norm)
+
+    def _default_adv(self, gen_adv_fn, disc_loss_fn):
+        from energycrf import losses
+
+        def gen_adv(logits_fake):  # the L_SCE(D(M(z~)), 1) term of eq. 13
+            return losses.sigmoid_cross_entropy(logits_fake, 1.0)
+
+        return gen_adv_fn or gen_adv, disc_loss_fn or losses.discriminator_loss
+
+    def _disc_logits(self, disc: nn.Module, real: torch.Tensor, fake: torch.Tensor):
+        # one batch through D so that its batch norm sees real and generated latents together
+        logits = disc(torch.cat([real, fake], dim=0)).float()
+        return logits[: real.shape[0]], logits[real.shape[0]:]
+
+    # ------------------------------------------------------------------ data
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.sampler.batches_per_epoch
+
+    def _batches(self):
+        """Yield ``(epoch, batch)`` from the current step on, epoch after epoch."""
+        while True:
+            epoch, start = divmod(self.step, self.batches_per_epoch)
+            self.sampler.set_epoch(epoch)
+            self.sampler.start_batch = start
+            # a private generator: creating a loader iterator must not draw from the global RNG
+            loader = DataLoader(self.dataset, batch_size=self.config.batch_size, sampler=self.sampler,
+                                collate_fn=collate, drop_last=True, num_workers=0,
+                                generator=torch.Generator().manual_seed(self.config.seed + epoch))
+            for batch in loader:
+                yield epoch, batch
+
+    def _inputs(self, epoch: int, batch: dict[str, Any]):
+        cfg = self.config
+        c = batch.get(cfg.condition_key)
+        if cfg.stage == 1:
+            z = batch["z"].float()
+            noise, level = self.noise.draw(z.shape[1:], batch["index"], cfg.seed, epoch)
+            x = self.noise.apply(z, noise, level)
+            target = z
+        else:
+            x, target = batch["z_s"].float(), batch["z_f"].float()
+        dev = self.device
+        return x.to(dev), target.to(dev), (c.to(dev) if c is not None else None)
+
+    # ------------------------------------------------------------------ one step
+    def _autocast(self):
+        if self.use_amp:
+            return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return contextlib.nullcontext()
+
+    def train_step(self, x: torch.Tensor, target: torch.Tensor, c: torch.Tensor | None) -> dict[str, float]:
+        cfg = self.config
+        self.model_ddp.train()
+        logs: dict[str, torch.Tensor] = {}
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            pred = self.forward_fn(self.model_ddp, x, c)
+            loss_main = self.loss_fn(pred.float(), target)
+            loss = loss_main
+            if cfg.adversarial:
+                self.discriminator.requires_grad_(False)
+                _, fake_logits = self._disc_logits(self.discriminator, target, pred)
+                adv = self.gen_adv_fn(fake_logits)
+                self.discriminator.requires_grad_(True)
+                loss = loss_main + cfg.adv_weight * adv
+                logs["loss_adv"] = adv.detach()
+        if not torch.isfinite(loss.detach()):
+            raise FloatingPointError(f"training diverged: loss is {loss.item()} at step {self.step}")
+        self.scaler.scale(loss).backward()
+        if cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        logs["loss"] = loss.detach()
+        logs["loss_main"] = loss_main.detach()
+
+        if cfg.adversarial:
+            self.disc_ddp.train()
+            self.disc_optimizer.zero_grad(set_to_none=True)
+            with self._autocast():
+                d_loss = self.disc_loss_fn(*self._disc_logits(self.disc_ddp, target, pred.detach()))
+            self.disc_scaler.scale(d_loss).backward()
+            self.disc_scaler.step(self.disc_optimizer)
+            self.disc_scaler.update()
+            self.disc_scheduler.step()
+            logs["loss_disc"] = d_loss.detach()
+        return {k: float(all_reduce_mean(v.float())) for k, v in logs.items()}
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        cfg = self.config
+        epoch, batch = divmod(self.step, self.batches_per_epoch)
+        st: dict[str, Any] = {
+            "step": self.step,
+            "config": cfg.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": capture_rng_state(),
+            "data": {"seed": cfg.seed, "epoch": epoch, "batch_in_epoch": batch,
+                     "batches_per_epoch": self.batches_per_epoch,
+                     "global_batch": cfg.batch_size * self.dist.world_size,
+                     "world_size": self.dist.world_size},
+        }
+        if cfg.adversarial:
+            st["disc_optimizer"] = self.disc_optimizer.state_dict()
+            st["disc_scheduler"] = self.disc_scheduler.state_dict()
+            st["disc_scaler"] = self.disc_scaler.state_dict()
+        return st
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``output_dir/step-N`` (rank 0) and point ``output_dir/latest`` at it."""
+        path = None
+        if self.dist.is_main:
+            modules: dict[str, nn.Module] = {"model": self.model}
+            if self.discriminator is not None:
+                modules["discriminator"] = self.discriminator
+            name = f"step-{self.step:07d}"
+            path = save_checkpoint(self.output_dir / name, modules, self.state())
+            atomic_write_text(self.output_dir / "latest", name + "\n")
+            self._prune_checkpoints(keep=name)
+            self._write_log()
+            plot_loss_curve(self.output_dir / "log.jsonl", self.output_dir / "loss_curve.png")
+        barrier()
+        return path
+
+    def _prune_checkpoints(self, keep: str) -> None:
+        k = self.config.keep_checkpoints
+        if k <= 0:
+            return
+        steps = sorted(p for p in self.output_dir.glob("step-*") if p.is_dir())
+        for p in steps[:-k]:
+            if p.name != keep:
+                shutil.rmtree(p, ignore_errors=True)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore weights, optimiser, scheduler, scaler, RNG and data position from ``path``."""
+        modules, st = load_checkpoint(path)
+        self.model.load_state_dict(modules["model"], strict=True)
+        if self.discriminator is not None and "discriminator" in modules:
+            self.discriminator.load_state_dict(modules["discriminator"], strict=True)
+        gb = self.config.batch_size * self.dist.world_size
+        if st["data"]["global_batch"] != gb:
+            raise ValueError(f"path: checkpoint was written with global batch {st['data']['global_batch']}, "
+                             f"this run has {gb} (batch_size x world_size); resuming would change the data order")
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.scheduler.load_state_dict(st["scheduler"])
+        self.scaler.load_state_dict(st["scaler"])
+        if self.config.adversarial and "disc_optimizer" in st:
+            self.disc_optimizer.load_state_dict(st["disc_optimizer"])
+            self.disc_scheduler.load_state_dict(st["disc_scheduler"])
+            self.disc_scaler.load_state_dict(st["disc_scaler"])
+        restore_rng_state(st["rng"])
+        self.step = int(st["step"])
+        self.history = [r for r in read_log(self.output_dir / "log.jsonl") if r["step"] <= self.step]
+
+    def init_from(self, path: str | Path, strict: bool = True) -> None:
+        """Load only the model weights of a checkpoint (stage 2 starts from stage 1)."""
+        path = Path(path)
+        if (path / "state.json").is_file():
+            modules, _ = load_checkpoint(path)
+            sd = modules["model"]
+        else:
+            from safetensors.torch import load_file
+
+            files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
+            if not files:
+                raise ValueError(f"path: no checkpoint or .safetensors weights at {str(path)!r}")
+            sd = load_file(str(files[0]))
+        self.model.load_state_dict(sd, strict=strict)
+
+    # ------------------------------------------------------------------ logging
+    def _write_log(self) -> None:
+        lines = "".join(json.dumps(r) + "\n" for r in self.history)
+        atomic_write_text(self.output_dir / "log.jsonl", lines)
+
+    # ------------------------------------------------------------------ main loop
+    def fit(self, stop_after: int | None = None, resume: bool = True) -> dict[str, Any]:
+        """Train until ``config.max_steps`` (or ``stop_after`` more steps) and checkpoint.
+
+        ``resume=True`` continues from ``output_dir/latest`` when it exists. SIGINT /
+        SIGTERM finish the current step, write a checkpoint and return.
+        Returns ``{"step", "loss", "checkpoint"}``.
+        """
+        cfg = self.config
+        if stop_after is not None and (not isinstance(stop_after, int) or stop_after < 0):
+            raise ValueError(f"stop_after: expected an int >= 0 or None, got {stop_after!r}")
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            ckpt = latest_checkpoint(self.output_dir)
+            if ckpt is not None:
+                self.load_checkpoint(ckpt)
+        if self.dist.is_main:
+            atomic_write_text(self.output_dir / "config.json", json.dumps(cfg.to_dict(), indent=1))
+        end = cfg.max_steps if stop_after is None else min(cfg.max_steps, self.step + stop_after)
+
+        handlers = self._install_signal_handlers()
+        bar = None
+        if cfg.progress and self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.max_steps, initial=self.step, desc=f"stage {cfg.stage}", dynamic_ncols=True)
+        last: dict[str, float] = {}
+        t0 = time.perf_counter()
+        try:
+            if self.step < end:
+                for epoch, batch in self._batches():
+                    x, target, c = self._inputs(epoch, batch)
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    last = self.train_step(x, target, c)
+                    self.step += 1
+                    rec = {"step": self.step, "epoch": epoch, "lr": lr,
+                           **last, "time": round(time.perf_counter() - t0, 4)}
+                    if cfg.log_every and (self.step % cfg.log_every == 0 or self.step == end):
+                        self.history.append(rec)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{last['loss']:.4g}", lr=f"{lr:.2e}")
+                    if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < end:
+                        self.save_checkpoint()
+                    if self.step >= end or self._stop:
+                        break
+        finally:
+            if bar is not None:
+                bar.close()
+            self._restore_signal_handlers(handlers)
+        path = self.save_checkpoint()
+        return {"step": self.step, "loss": last.get("loss", math.nan), "checkpoint": path}
+
+    def _install_signal_handlers(self):
+        def handler(signum, frame):
+            self._stop = True
+
+        old = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, handler)
+        except ValueError:  # not in the main thread
+            return {}
+        return old
+
+    @staticmethod
+    def _restore_signal_handlers(old) -> None:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
+# ---------------------------------------------------------------------- log + picture
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``log.jsonl`` (empty when it does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def plot_loss_curve(log_path: str | Path, png_path: str | Path) -> Path | None:
+    """Plot every ``loss*`` column of ``log.jsonl`` against the step (log scale) to a PNG."""
+    recs = read_log(log_path)
+    if not recs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in recs[-1] if k.startswith("loss")]
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
+    steps = [r["step"] for r in recs]
+    for k in keys:
+        vals = [r.get(k, math.nan) for r in recs]
+        ax.plot(steps, vals, label=k, lw=1.2)
+    if all(v > 0 for k in keys for v in (r.get(k, 1.0) for r in recs)):
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    png_path = Path(png_path)
+    tmp = png_path.with_name(f".{png_path.stem}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    import os
+
+    os.replace(tmp, png_path)
+    return png_path

@@ -1,0 +1,123 @@
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from energycrf.losses import LatentDiscriminator
+from energycrf.training import ImagePatches, LatentShards, TrainConfig, Trainer, read_log
+
+from ._toy import ToyDenoiser, toy_images
+
+
+def _cfg(tmp, **kw):
+    base = dict(output_dir=str(tmp), max_steps=8, batch_size=4, lr=3e-3, warmup_steps=2,
+                noise_mode="sigma", noise_level=(0.05, 0.2), log_every=1, progress=False, seed=11)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _run(tmp, adversarial, stops, seed_model=0):
+    """Train in pieces: ``stops`` = steps per fresh Trainer (each one resumes)."""
+    ds = ImagePatches(toy_images(3, 32), patch_size=12, length=40, seed=2)  # 10 batches / epoch
+    for k, n in enumerate(stops):
+        torch.manual_seed(seed_model + 100 * k)  # a fresh, differently initialised object each time
+        model = ToyDenoiser()
+        disc = LatentDiscriminator(in_channels=1, channels=(4, 4, 8)) if adversarial else None
+        tr = Trainer(model, _cfg(tmp, adversarial=adversarial, max_steps=sum(stops)), ds, discriminator=disc)
+        out = tr.fit(stop_after=n)
+    return tr, out
+
+
+@pytest.mark.parametrize("adversarial", [False, True])
+def test_killed_and_resumed_run_is_bit_identical(tmp_path, adversarial):
+    """Stop after 3 and 8 steps (crossing an epoch boundary at 10), resume with new objects."""
+    torch.manual_seed(0)
+    whole, _ = _run(tmp_path / "whole", adversarial, [13])
+    torch.manual_seed(0)
+    pieces, out = _run(tmp_path / "pieces", adversarial, [3, 5, 5])
+    assert out["step"] == 13
+    for a, b in zip(whole.model.state_dict().values(), pieces.model.state_dict().values()):
+        assert torch.equal(a, b)
+    if adversarial:
+        for a, b in zip(whole.discriminator.state_dict().values(), pieces.discriminator.state_dict().values()):
+            assert torch.equal(a, b)
+    la, lb = read_log(tmp_path / "whole" / "log.jsonl"), read_log(tmp_path / "pieces" / "log.jsonl")
+    assert [r["step"] for r in lb] == list(range(1, 14))
+    assert [r["loss"] for r in la] == [r["loss"] for r in lb]
+    assert (tmp_path / "pieces" / "loss_curve.png").stat().st_size > 1000
+    # the final weights on disk are the model's, and only safetensors/json files were written
+    ck = tmp_path / "pieces" / (tmp_path / "pieces" / "latest").read_text().strip()
+    sd = load_file(str(ck / "model.safetensors"))
+    assert all(torch.equal(sd[k], v) for k, v in pieces.model.state_dict().items())
+    assert {p.suffix for p in ck.iterdir()} == {".safetensors", ".json"}
+    # without restoring the RNG state (dropout) the result would differ: a control
+    torch.manual_seed(0)
+    _run(tmp_path / "ctrl", adversarial, [3])
+    ctrl_ck = tmp_path / "ctrl" / (tmp_path / "ctrl" / "latest").read_text().strip()
+    st = load_file(str(ctrl_ck / "state.safetensors"))
+    st["rng.torch"] = torch.manual_seed(12345).get_state()
+    save_file(st, str(ctrl_ck / "state.safetensors"))
+    ctrl, _ = _run(tmp_path / "ctrl", adversarial, [10], seed_model=0)
+    assert any(not torch.equal(a, b) for a, b in zip(whole.model.state_dict().values(),
+                                                    ctrl.model.state_dict().values()))
+
+
+def test_learning_rate_follows_warmup_cosine(tmp_path):
+    tr, _ = _run(tmp_path, False, [8])
+    lrs = [r["lr"] for r in read_log(tmp_path / "log.jsonl")]
+    # the rate used by step t (0-based): warm-up over 2 steps, then cosine over the 6 others
+    import math
+    ref = [3e-3 * (t + 1) / 2 if t < 2 else 3e-3 * 0.5 * (1 + math.cos(math.pi * (t - 2) / 6)) for t in range(8)]
+    assert lrs == pytest.approx(ref)
+
+
+def test_stage2_reads_pairs_and_learns_the_map(tmp_path):
+    torch.manual_seed(0)
+    z_f = torch.randn(64, 1, 8, 8)
+    for k in range(2):  # the diffusers helper's shard layout
+        save_file({"z_s": z_f[32 * k:32 * (k + 1)] * 0.5, "z_f": z_f[32 * k:32 * (k + 1)]},
+                  str(tmp_path / f"pairs-{k}.safetensors"))
+
+    class Scale(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.s = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            return self.s * x
+
+    model = Scale()
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), stage=2, max_steps=150, batch_size=8, lr=0.05,
+                      warmup_steps=5, log_every=10, progress=False)
+    assert TrainConfig(stage=2).base_lr == 1e-5 and TrainConfig().base_lr == 1e-3
+    Trainer(model, cfg, LatentShards(tmp_path)).fit()
+    assert model.s.item() == pytest.approx(2.0, abs=0.05)
+
+
+def test_config_and_trainer_validate(tmp_path):
+    with pytest.raises(ValueError, match="stage"):
+        TrainConfig(stage=3)
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="noise_mode|mode"):
+        TrainConfig(noise_mode="x")
+    ds = ImagePatches(toy_images(1, 32), patch_size=12, length=8)
+    with pytest.raises(ValueError, match="discriminator"):
+        Trainer(ToyDenoiser(), _cfg(tmp_path, adversarial=True), ds)
+    with pytest.raises(TypeError, match="model"):
+        Trainer("nope", _cfg(tmp_path), ds)
+    with pytest.raises(ValueError, match="global batch"):
+        Trainer(ToyDenoiser(), _cfg(tmp_path, batch_size=16), ds)
+
+
+def test_divergence_is_reported_not_silent(tmp_path):
+    class Bad(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            return x * self.w * float("nan")
+
+    ds = ImagePatches(toy_images(1, 32), patch_size=12, length=8)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        Trainer(Bad(), _cfg(tmp_path), ds).fit()

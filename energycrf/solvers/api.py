@@ -85,6 +85,7 @@ def solve(
     blowup: float = 1e6,
     well_posed: str = "ignore",
     progress: bool = False,
+    callback: Any = None,
     **options: Any,
 ) -> SolveResult:
     """Minimise the energy ``E(y, x, c)`` over ``y`` and return a :class:`SolveResult`.
@@ -98,8 +99,8 @@ def solve(
             a time), ``"sequential"``, ``"mean_field"`` (``damping``, ``adaptive``),
             ``"gradient_descent"``, ``"lbfgs"``, ``"torch_lbfgs"``, ``"scipy_lbfgs"``,
             ``"conjugate_gradient"``, ``"fft"``.
-        max_iters, tol, gtol, on_diverge, rise_tol, blowup, well_posed, progress: the
-            driver's options, see :meth:`Solver.solve`.
+        max_iters, tol, gtol, on_diverge, rise_tol, blowup, well_posed, progress, callback:
+            the driver's options, see :meth:`Solver.solve`.
         **options: the method's own options (e.g. ``damping=0.5``).
 
     Example:
@@ -114,4 +115,5 @@ def solve(
     return solver.solve(
         E, x, c, y0=y0, max_iters=max_iters, tol=tol, gtol=gtol, on_diverge=on_diverge,
         rise_tol=rise_tol, blowup=blowup, well_posed=well_posed, progress=progress,
+        callback=callback,
     )

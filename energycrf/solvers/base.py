@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -51,12 +52,13 @@ def _bcast(mask: Tensor, like: Tensor) -> Tensor:
 
 
 def _positive_definite_blocks(A: Tensor) -> Tensor:
-    """Symmetrise ``[..., C, C]`` blocks and lift eigenvalues of non-PD ones to a floor.
+    """Symmetrise ``[..., C, C]`` blocks and make the non-PD ones positive definite.
 
     Blocks whose Cholesky factorisation fails (singular or indefinite curvature, e.g. a
     user term whose exact Hessian block is not positive) are rebuilt from their
-    eigendecomposition with eigenvalues ``max(lambda, floor)``; ``floor`` is ``1e-6``
-    times the block's (or, for an all-zero block, the batch's) largest eigenvalue.
+    eigendecomposition with eigenvalues ``max(|lambda|, floor)`` (negative curvature
+    mirrored, as in saddle-free Newton); ``floor`` is ``1e-6`` times the block's (or, for
+    an all-zero block, the batch's) largest eigenvalue.
     """
     A = 0.5 * (A + A.transpose(-1, -2))
     _, info = torch.linalg.cholesky_ex(A)
@@ -68,7 +70,7 @@ def _positive_definite_blocks(A: Tensor) -> Tensor:
     glob = A.diagonal(dim1=-2, dim2=-1).abs().amax()
     tiny = torch.finfo(A.dtype).eps ** 0.5
     floor = torch.clamp(1e-6 * torch.maximum(big, glob.expand_as(big)), min=tiny)
-    lam = torch.maximum(lam, floor)
+    lam = torch.maximum(lam.abs(), floor)
     A = A.clone()
     A[bad] = (V * lam.unsqueeze(-2)) @ V.transpose(-1, -2)
     return A
@@ -114,6 +116,7 @@ class Problem:
             raise TypeError(f"c: expected None or a torch.Tensor, got {type(c).__name__}")
         self.E, self.x, self.c = E, x, c
         self.counts = {"energy": 0, "grad": 0, "curvature": 0}
+        self.radius: int | None = None  # set by solvers that colour sites
         self._curv_cache: Tensor | None = None
 
     @property
@@ -203,6 +206,7 @@ class Solver:
         blowup: float = 1e6,
         well_posed: str = "ignore",
         progress: bool = False,
+        callback: Callable[[int, Tensor, Tensor], None] | None = None,
     ) -> SolveResult:
         """Minimise ``E(., x, c)`` from ``y0`` (default ``x``).
 
@@ -221,6 +225,8 @@ class Solver:
             well_posed: passed to ``E.check_well_posed(c, on_fail=...)`` first when the
                 energy has that method: ``"warn"``, ``"raise"`` or ``"ignore"``.
             progress: show a tqdm bar.
+            callback: ``callback(t, y, energies)`` after every iteration (its time is not
+                counted in :attr:`SolveResult.times`).
         """
         problem = Problem(E, x, c)
         if on_diverge not in _ON_DIVERGE:
@@ -277,7 +283,7 @@ class Solver:
             bar = tqdm(total=max_iters, desc=self.name, leave=False)
 
         state = self.init_state(problem, y, e, g)
-        it = 0
+        it, t_callback = 0, 0.0
         for it in range(1, max_iters + 1):
             out = self.step(problem, y, e, g, state)
             y_new, e_new = out.y, out.energy
@@ -324,7 +330,11 @@ class Solver:
 
             e_hist.append(e.clone())
             g_hist.append(gn.clone())
-            t_hist.append(time.perf_counter() - t_start)
+            t_hist.append(time.perf_counter() - t_start - t_callback)
+            if callback is not None:
+                t_cb = time.perf_counter()
+                callback(it, y, e)
+                t_callback += time.perf_counter() - t_cb
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(E=f"{float(e.sum()):.6g}", active=int(active.sum()))
@@ -335,7 +345,7 @@ class Solver:
         for b in torch.nonzero(active).flatten().tolist():
             iters[b] = it
 
-        wall = time.perf_counter() - t_start
+        wall = time.perf_counter() - t_start - t_callback
         res = SolveResult(
             y=y,
             energies=torch.stack(e_hist),

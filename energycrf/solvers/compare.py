@@ -198,7 +198,7 @@ def compare_solvers(
             )
         )
     for m, why in skipped.items():
-        rows.append(ComparisonRow(m, float("nan"), float("nan"), 0, 0.0, "skipped: " + why.split(".")[0]))
+        rows.append(ComparisonRow(m, float("nan"), float("nan"), 0, 0.0, "skipped: " + why.split(". ")[0]))
     if figure is not None:
         comp.plot(figure)
     return comp

@@ -112,23 +112,29 @@ class CoordinateDescent(Solver):
         self.order, self.radius, self.safeguard = order, radius, safeguard
         self.max_backtracks = int(max_backtracks)
 
-    def _radius(self, problem: Problem) -> int | None:
+    def _radius(self, problem: Problem, y0: Tensor) -> int | None:
+        """The option, else the energy's declared radius, else its estimate (user terms)."""
         if self.radius is not None:
             return self.radius
-        return getattr(problem.E, "interaction_radius", None)
+        E = problem.E
+        if hasattr(E, "resolve_interaction_radius"):
+            with torch.no_grad():
+                return E.resolve_interaction_radius(y0, problem.x, problem.c)
+        return getattr(E, "interaction_radius", None)
 
     def check(self, problem: Problem, y0: Tensor) -> None:
         if self.order == "sequential":
             return
-        r = self._radius(problem)
+        r = self._radius(problem, y0)
         if r is None:
             raise ValueError(
                 f"coordinate_descent: {type(problem.E).__name__} couples sites at any distance "
                 "(interaction_radius is None, e.g. a long-range FFT kernel), so no colouring "
                 f"splits it into non-interacting classes. Use {_ALTERNATIVES}."
             )
-        if not isinstance(r, int) or r < 0:
+        if not isinstance(r, int) or isinstance(r, bool) or r < 0:
             raise ValueError(f"interaction_radius: expected a non-negative int or None, got {r!r}")
+        problem.radius = r
 
     def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> Any:
         _, _, H, W = y.shape
@@ -140,7 +146,7 @@ class CoordinateDescent(Solver):
                 masks.append(m.view(H, W))
         else:
             periodic = bool(getattr(problem.E, "periodic", False))
-            masks = colour_classes(H, W, self._radius(problem), periodic, device=y.device)
+            masks = colour_classes(H, W, problem.radius, periodic, device=y.device)
         guard = (not problem.is_quadratic) if self.safeguard == "auto" else bool(self.safeguard)
         return {"masks": masks, "guard": guard, "g": g}
 

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Problem, Solver, StepOutput, _positive_definite_blocks, report_outcome, sample_norm
+from .base import Problem, Solver, StepOutput, report_outcome, sample_norm
+from .quadratic import _PRECONDITIONERS, make_preconditioner
 from .result import SolveResult
 
 __all__ = ["LBFGS", "TorchLBFGS", "ScipyLBFGS"]
@@ -46,8 +47,10 @@ class LBFGS(Solver):
 
     Args:
         history: number of stored pairs ``m``.
-        precondition: ``True`` to use the inverse curvature blocks (taken at ``y0``) as
-            ``H^0``; ``False`` for the scaled identity.
+        precondition: ``H^0`` (up to the scale ``gamma``): ``"blocks"`` (``True``) the
+            inverse curvature blocks at ``y0``; ``"fft"`` the inverse of the circulant
+            approximation of the energy's quadratic part (Unary + Pairwise), which removes
+            the pairwise term's ill-conditioning; ``"none"`` (``False``) the identity.
         c1: Armijo constant.
         max_backtracks: trials per line search before the sample is reported stalled.
     """
@@ -55,27 +58,22 @@ class LBFGS(Solver):
     name = "lbfgs"
     monotone = True
 
-    def __init__(self, history: int = 10, precondition: bool = True, c1: float = 1e-4, max_backtracks: int = 30):
+    def __init__(self, history: int = 10, precondition: str | bool = "blocks", c1: float = 1e-4,
+                 max_backtracks: int = 30):
+        if {True: "blocks", False: "none"}.get(precondition, precondition) not in _PRECONDITIONERS:
+            raise ValueError(f"precondition: expected one of {_PRECONDITIONERS} (or a bool), got {precondition!r}")
         if not isinstance(history, int) or history < 1:
             raise ValueError(f"history: expected an int >= 1, got {history!r}")
         if not 0.0 < c1 < 0.5:
             raise ValueError(f"c1: expected a number in (0, 0.5), got {c1!r}")
-        self.history, self.precondition = history, bool(precondition)
+        self.history, self.precondition = history, precondition
         self.c1, self.max_backtracks = float(c1), int(max_backtracks)
 
     def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> Any:
-        L = None
-        if self.precondition:
-            A = _positive_definite_blocks(problem.curvature(y))
-            L = torch.linalg.cholesky(A)
-        return {"pairs": [], "L": L, "gamma": None}
+        return {"pairs": [], "P": make_preconditioner(self.precondition, problem, y), "gamma": None}
 
     def _P(self, state: Any, v: Tensor) -> Tensor:
-        L = state["L"]
-        if L is None:
-            return v
-        rhs = v.permute(0, 2, 3, 1).unsqueeze(-1)
-        return torch.cholesky_solve(rhs, L).squeeze(-1).permute(0, 3, 1, 2)
+        return v if state["P"] is None else state["P"](v)
 
     def _direction(self, state: Any, g: Tensor) -> Tensor:
         q = g.clone()
@@ -102,7 +100,7 @@ class LBFGS(Solver):
             d = torch.where(_col(bad), d0, d)
             gd = torch.where(bad, _dot(g, d0), gd)
         alpha = torch.ones_like(e)
-        if state["gamma"] is None and state["L"] is None:  # first step without any scale
+        if state["gamma"] is None and state["P"] is None:  # first step without any scale
             alpha = torch.clamp(1.0 / g.flatten(1).abs().sum(1).clamp_min(torch.finfo(y.dtype).tiny), max=1.0)
         roundoff = (-alpha * gd) <= 16 * eps * e.abs()
         y_try = y + _col(alpha) * d
@@ -186,8 +184,15 @@ class TorchLBFGS(Solver):
         state["opt"].step(state["closure"])
         y_new = p.detach().clone()
         if "y" in cache and torch.equal(cache["y"], y_new):
-            return StepOutput(y=y_new, energy=cache["e"], grad=cache["g"])
-        return StepOutput(y=y_new, energy=problem.energy(y_new))
+            e_new, g_new = cache["e"], cache["g"]
+        else:
+            e_new, g_new = problem.energy(y_new), None
+        # its line search can end without moving: that is not convergence
+        moved = (y_new != y).flatten(1).any(1)
+        return StepOutput(
+            y=y_new, energy=e_new, grad=g_new, accepted=moved, stalled=~moved,
+            stall_reason="torch.optim.LBFGS's line search made no progress",
+        )
 
 
 class ScipyLBFGS(Solver):
@@ -209,7 +214,8 @@ class ScipyLBFGS(Solver):
         self.history = int(history)
 
     def solve(self, E, x, c=None, *, y0=None, max_iters=500, tol=None, gtol=None,
-              on_diverge="warn", rise_tol=1.0, blowup=1e6, well_posed="ignore", progress=False) -> SolveResult:
+              on_diverge="warn", rise_tol=1.0, blowup=1e6, well_posed="ignore", progress=False,
+              callback=None) -> SolveResult:
         from scipy.optimize import minimize
 
         Problem(E, x, c)  # validates the arguments
@@ -243,20 +249,27 @@ class ScipyLBFGS(Solver):
         e_hist, g_hist, t_hist = [cache["e"].clone()], [cache["gn"].clone()], [0.0]
         g0_inf = float(np.abs(g0).max())
 
-        def callback(intermediate_result):
+        t_cb = [0.0]
+
+        def scipy_callback(intermediate_result):
             v = intermediate_result.x
             if not np.array_equal(v, cache["v"]):
                 fun(v)
             e_hist.append(cache["e"].clone())
             g_hist.append(cache["gn"].clone())
-            t_hist.append(time.perf_counter() - t0)
+            t_hist.append(time.perf_counter() - t0 - t_cb[0])
+            if callback is not None:
+                t1 = time.perf_counter()
+                y_it = torch.from_numpy(v.copy()).view(shape).to(device=x.device, dtype=x.dtype)
+                callback(len(e_hist) - 1, y_it, cache["e"].to(x.dtype))
+                t_cb[0] += time.perf_counter() - t1
 
         res = minimize(
-            fun, start.cpu().numpy().ravel(), jac=True, method="L-BFGS-B", callback=callback,
+            fun, start.cpu().numpy().ravel(), jac=True, method="L-BFGS-B", callback=scipy_callback,
             options={"maxcor": self.history, "maxiter": max_iters, "maxfun": 20 * max(max_iters, 1),
                      "ftol": tol, "gtol": gtol_rel * g0_inf},
         )
-        wall = time.perf_counter() - t0
+        wall = time.perf_counter() - t0 - t_cb[0]
         y = torch.from_numpy(res.x).view(shape).to(device=x.device, dtype=x.dtype)
         finite = bool(np.isfinite(res.x).all()) and bool(np.isfinite(res.fun))
         runaway = float(np.abs(res.x).max()) > blowup * (1 + float(x.abs().max()) + float(start.abs().max()))

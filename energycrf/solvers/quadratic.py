@@ -35,7 +35,15 @@ from torch import Tensor
 
 from .base import Problem, Solver, StepOutput, _positive_definite_blocks, sample_dot, sample_norm
 
-__all__ = ["ConjugateGradient", "FFTSolver", "hessian_vector_product"]
+__all__ = [
+    "ConjugateGradient",
+    "FFTSolver",
+    "hessian_vector_product",
+    "impulse_spectrum",
+    "quadratic_part",
+    "SpectralPreconditioner",
+    "make_preconditioner",
+]
 
 _NOT_QUADRATIC = (
     "{name} minimises purely quadratic energies only (Unary, Pairwise and their sums; "
@@ -56,42 +64,128 @@ def hessian_vector_product(problem: Problem, y: Tensor, g: Tensor, v: Tensor) ->
     return (problem.grad(y + s4 * v) - g) / s4
 
 
+def quadratic_part(E: Any) -> Any | None:
+    """The quadratic terms of ``E`` as one energy (``E`` itself when it is quadratic), or ``None``."""
+    if bool(getattr(E, "is_quadratic", False)):
+        return E
+    terms = [t for t in getattr(E, "terms", []) if bool(getattr(t, "is_quadratic", False))]
+    if not terms:
+        return None
+    from ..energies import SumEnergy
+
+    return terms[0] if len(terms) == 1 else SumEnergy(terms)
+
+
+def impulse_spectrum(problem: Problem, y: Tensor, g: Tensor, centre: bool = False) -> Tensor:
+    """The 2-D real FFT of the Hessian's impulse responses, ``[B, H, W//2+1, C, C]`` (out, in).
+
+    With ``centre=False`` the impulse sits at site ``(0, 0)`` (exact for a circular,
+    translation-invariant Hessian); with ``centre=True`` at the centre of the image and the
+    response is rolled back to the origin: the circulant approximation of an operator whose
+    boundary is not circular (exact in the interior), used as a preconditioner.
+    """
+    B, C, H, W = y.shape
+    h0, w0 = (H // 2, W // 2) if centre else (0, 0)
+    taps = torch.empty(B, C, C, H, W, dtype=y.dtype, device=y.device)  # [b, out, in, h, w]
+    for ci in range(C):
+        v = torch.zeros_like(y)
+        v[:, ci, h0, w0] = 1.0
+        taps[:, :, ci] = hessian_vector_product(problem, y, g, v)
+    if centre:
+        taps = torch.roll(taps, shifts=(-h0, -w0), dims=(-2, -1))
+    return torch.fft.rfft2(taps).permute(0, 3, 4, 1, 2)
+
+
+def _apply_spectrum(K: Tensor, v: Tensor) -> Tensor:
+    """``F^{-1}[K(w) F[v](w)]`` for per-frequency ``C x C`` matrices ``K``."""
+    H, W = v.shape[-2:]
+    vh = torch.fft.rfft2(v).permute(0, 2, 3, 1).unsqueeze(-1)  # [B, H, W', C, 1]
+    out = (K @ vh).squeeze(-1).permute(0, 3, 1, 2)
+    return torch.fft.irfft2(out, s=(H, W))
+
+
+class SpectralPreconditioner:
+    """Applies the inverse of the circulant approximation of an energy's quadratic part.
+
+    ``P v = F^{-1}[\\hat K(\\omega)^{-1} \\hat v(\\omega)]`` with ``\\hat K`` from
+    :func:`impulse_spectrum` (``centre=True``) of the quadratic terms (Unary + Pairwise).
+    Exact inverse Hessian for a circular quadratic energy; for zero padding or extra
+    non-quadratic terms a preconditioner that removes the pairwise term's conditioning.
+    """
+
+    def __init__(self, E_quadratic: Any, x: Tensor, c: Tensor | None, y: Tensor):
+        prob = Problem(E_quadratic, x, c)
+        K = impulse_spectrum(prob, y, prob.grad(y), centre=True)
+        K = 0.5 * (K + K.conj().transpose(-1, -2))
+        self.Kinv = torch.linalg.inv(K)
+        self.evaluations = prob.counts["grad"]
+
+    def __call__(self, v: Tensor) -> Tensor:
+        return _apply_spectrum(self.Kinv, v)
+
+
+class BlockPreconditioner:
+    """Applies the inverse curvature blocks, ``(P v)_i = A_i^{-1} v_i`` (the mean-field step)."""
+
+    def __init__(self, problem: Problem, y: Tensor):
+        self.L = torch.linalg.cholesky(_positive_definite_blocks(problem.curvature(y)))
+
+    def __call__(self, v: Tensor) -> Tensor:
+        rhs = v.permute(0, 2, 3, 1).unsqueeze(-1)
+        return torch.cholesky_solve(rhs, self.L).squeeze(-1).permute(0, 3, 1, 2)
+
+
+_PRECONDITIONERS = ("blocks", "fft", "none")
+
+
+def make_preconditioner(kind: str | bool, problem: Problem, y: Tensor):
+    """``"blocks"`` (or True), ``"fft"`` or ``"none"`` (or False) -> a callable or ``None``.
+
+    ``"fft"`` falls back to ``"blocks"`` when the energy has no quadratic term.
+    """
+    kind = {True: "blocks", False: "none"}.get(kind, kind)
+    if kind not in _PRECONDITIONERS:
+        raise ValueError(f"precondition: expected one of {_PRECONDITIONERS} (or a bool), got {kind!r}")
+    if kind == "none":
+        return None
+    if kind == "fft":
+        Eq = quadratic_part(problem.E)
+        if Eq is not None:
+            P = SpectralPreconditioner(Eq, problem.x, problem.c, y)
+            problem.counts["grad"] += P.evaluations
+            return P
+    return BlockPreconditioner(problem, y)
+
+
 def _require_quadratic(problem: Problem, name: str) -> None:
     if not problem.is_quadratic:
         raise ValueError(_NOT_QUADRATIC.format(name=name, kind=type(problem.E).__name__))
 
 
 class ConjugateGradient(Solver):
-    """Matrix-free (block-Jacobi preconditioned) conjugate gradients for quadratic energies.
+    """Matrix-free preconditioned conjugate gradients for quadratic energies.
 
     Args:
-        precondition: use the inverse curvature blocks ``A_i^{-1}`` as preconditioner.
+        precondition: ``"blocks"`` (inverse curvature blocks, the default; ``True`` too),
+            ``"fft"`` (inverse circulant approximation: exact for circular boundaries, so
+            CG then ends in one step) or ``"none"`` (``False``).
     """
 
     name = "conjugate_gradient"
     monotone = True
 
-    def __init__(self, precondition: bool = True):
-        self.precondition = bool(precondition)
+    def __init__(self, precondition: str | bool = "blocks"):
+        if {True: "blocks", False: "none"}.get(precondition, precondition) not in _PRECONDITIONERS:
+            raise ValueError(f"precondition: expected one of {_PRECONDITIONERS} (or a bool), got {precondition!r}")
+        self.precondition = precondition
 
     def check(self, problem: Problem, y0: Tensor) -> None:
         _require_quadratic(problem, self.name)
 
-    def _P(self, state: Any, r: Tensor) -> Tensor:
-        L = state["L"]
-        if L is None:
-            return r
-        rhs = r.permute(0, 2, 3, 1).unsqueeze(-1)
-        return torch.cholesky_solve(rhs, L).squeeze(-1).permute(0, 3, 1, 2)
-
     def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> Any:
-        state: dict[str, Any] = {"L": None}
-        if self.precondition:
-            state["L"] = torch.linalg.cholesky(_positive_definite_blocks(problem.curvature(y)))
-        r = -g
-        z = self._P(state, r)
-        state.update(p=z, rz=sample_dot(r, z))
-        return state
+        P = make_preconditioner(self.precondition, problem, y) or (lambda r: r)
+        z = P(-g)
+        return {"P": P, "p": z, "rz": sample_dot(-g, z)}
 
     def step(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor, state: Any) -> StepOutput:
         p, rz = state["p"], state["rz"]
@@ -103,7 +197,7 @@ class ConjugateGradient(Solver):
         a4 = alpha.view(-1, 1, 1, 1)
         y_new = y + a4 * p
         g_new = g + a4 * Hp  # the residual recurrence r = -g
-        z = self._P(state, -g_new)
+        z = state["P"](-g_new)
         rz_new = sample_dot(-g_new, z)
         beta = rz_new / rz.clamp_min(tiny)
         state["p"] = z + beta.view(-1, 1, 1, 1) * p
@@ -143,20 +237,13 @@ class FFTSolver(Solver):
             )
 
     def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> Any:
-        B, C, H, W = y.shape
-        taps = torch.empty(B, C, C, H, W, dtype=y.dtype, device=y.device)  # [b, out, in, h, w]
-        for ci in range(C):
-            v = torch.zeros_like(y)
-            v[:, ci, 0, 0] = 1.0
-            taps[:, :, ci] = hessian_vector_product(problem, y, g, v)
-        K = torch.fft.rfft2(taps).permute(0, 3, 4, 1, 2)  # [B, H, W//2+1, out, in]
+        K = impulse_spectrum(problem, y, g)
         # the Hessian must be this convolution: test it on a random probe
         gen = torch.Generator(device="cpu").manual_seed(0)
         v = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(y.device)
         Hv = hessian_vector_product(problem, y, g, v)
-        Hv_fft = self._apply(K, v)
         tol = self.check_tol if self.check_tol is not None else torch.finfo(y.dtype).eps ** 0.5
-        err = sample_norm(Hv - Hv_fft) / sample_norm(Hv).clamp_min(torch.finfo(y.dtype).tiny)
+        err = sample_norm(Hv - _apply_spectrum(K, v)) / sample_norm(Hv).clamp_min(torch.finfo(y.dtype).tiny)
         if bool((err > tol).any()):
             raise ValueError(
                 f"fft: the energy's Hessian is not a circular convolution (relative mismatch "
@@ -164,13 +251,6 @@ class FFTSolver(Solver):
                 "is not circular. Use method='conjugate_gradient'."
             )
         return {"K": K}
-
-    @staticmethod
-    def _apply(K: Tensor, v: Tensor) -> Tensor:
-        H, W = v.shape[-2:]
-        vh = torch.fft.rfft2(v).permute(0, 2, 3, 1).unsqueeze(-1)  # [B, H, W', C, 1]
-        out = (K @ vh).squeeze(-1).permute(0, 3, 1, 2)
-        return torch.fft.irfft2(out, s=(H, W))
 
     def step(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor, state: Any) -> StepOutput:
         H, W = y.shape[-2:]

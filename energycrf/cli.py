@@ -1,0 +1,57 @@
+"""Command-line interface: ``energycrf <command> [options]`` (also ``python -m energycrf``).
+
+Adding a command: write a module with two functions,
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None: ...
+    def run(args: argparse.Namespace) -> int: ...
+
+keep its heavy imports inside ``run``, and add one entry to ``COMMANDS`` below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module implementing add_arguments/run, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("energycrf.demo", "an energy on a real photograph with noise: well-posedness, breakdown, picture"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="energycrf",
+        description="Continuous CRF energies for PyTorch.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        cmd = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip().splitlines()[0])
+        module.add_arguments(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``energycrf`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args._run(args) or 0)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("energycrf")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

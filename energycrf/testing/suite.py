@@ -1,0 +1,134 @@
+"""A pytest base class that runs the conformance checks with hypothesis-drawn cases.
+
+Subclass :class:`EnergyConformance` in a test module (name the subclass ``Test...``),
+write ``make_energy(self, case)``, and pytest collects one test per check::
+
+    class TestMyTerm(EnergyConformance):
+        conditions = (None,)
+        def make_energy(self, case):
+            return MyTerm(channels=case.channels)
+
+Each subclass gets its own test functions (so hypothesis keeps one database entry and
+one executor per class). The number of examples comes from the active hypothesis
+settings profile.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from . import conformance
+from .cases import DEFAULT_CASES, Case
+from .strategies import cases
+
+__all__ = ["EnergyConformance"]
+
+
+def _make_test(check: str):
+    @given(data=st.data())
+    def test(self, data):
+        case = data.draw(self.case_strategy(check), label="case")
+        self.run_check(check, case)
+
+    test.__name__ = f"test_{check}"
+    test.__doc__ = conformance.CHECKS[check].__doc__
+    # the profile decides the number of examples; only silence the checks that a slow
+    # float64 Hessian would trip
+    base = settings.default
+    suppressed = set(base.suppress_health_check) | {HealthCheck.too_slow, HealthCheck.differing_executors}
+    return settings(base, suppress_health_check=sorted(suppressed, key=lambda h: h.value))(test)
+
+
+class EnergyConformance:
+    """Base class of conformance test classes (like GPyTorch's ``BaseKernelTestCase``).
+
+    Override :meth:`make_energy`; tune with class attributes:
+
+    Attributes:
+        channels: a fixed channel count, or ``None`` to draw ``C`` in ``1..max_channels``.
+        conditions: condition kinds the term accepts (``None``, ``"pooled"``, ``"tokens"``).
+        min_size, max_size: the range of ``H`` and ``W`` (Hessians are built for the
+            curvature, radius and margin checks, so keep ``max_size`` small).
+        max_batch, max_channels, max_cond_dim: other bounds of the drawn cases.
+        builtin: require ``convexity_margin`` to be reported (not ``None``).
+        smooth: ``False`` for a term whose energy has jumps: skips ``gradcheck`` and the
+            majoriser check, which assume a continuous energy.
+        skip_checks: names of checks (see ``energycrf.testing.CHECKS``) not to run.
+        check_options: extra keyword arguments per check name.
+    """
+
+    channels: ClassVar[int | None] = None
+    conditions: ClassVar[tuple] = (None, "pooled", "tokens")
+    min_size: ClassVar[int] = 1
+    max_size: ClassVar[int] = 5
+    max_batch: ClassVar[int] = 2
+    max_channels: ClassVar[int] = 3
+    max_cond_dim: ClassVar[int] = 5
+    builtin: ClassVar[bool] = False
+    smooth: ClassVar[bool] = True
+    skip_checks: ClassVar[tuple] = ()
+    check_options: ClassVar[dict] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for check in conformance.CHECKS:
+            setattr(cls, f"test_{check}", _make_test(check))
+
+    # ------------------------------------------------------------------ hooks
+    def make_energy(self, case: Case) -> torch.nn.Module:
+        """Build the term under test for ``case`` (use ``case.channels``, ``case.cond_dim``)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement make_energy(self, case)")
+
+    def case_strategy(self, check: str):
+        """The hypothesis strategy of cases for ``check`` (override to constrain shapes)."""
+        return cases(
+            channels=self.channels,
+            max_channels=self.max_channels,
+            max_batch=self.max_batch,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            conditions=self.conditions,
+            max_cond_dim=self.max_cond_dim,
+        )
+
+    def skipped(self) -> set[str]:
+        skip = set(self.skip_checks)
+        if not self.smooth:
+            skip |= {"gradcheck", "majorizer"}
+        return skip
+
+    def run_check(self, check: str, case: Case) -> None:
+        if check in self.skipped():
+            pytest.skip(f"{check} is not applicable to {type(self).__name__}")
+        options = dict(self.check_options.get(check, {}))
+        if check == "convexity_margin" and self.builtin:
+            options.setdefault("required", True)
+        conformance.CHECKS[check](self.make_energy, case, **options)
+
+    def fixed_cases(self) -> list[Case]:
+        """:data:`DEFAULT_CASES` adapted to this class's constraints (channels, sizes, conditions)."""
+        out = []
+        for case in DEFAULT_CASES:
+            if case.condition not in self.conditions:
+                case = case.replace(condition=self.conditions[0])
+            out.append(case.replace(
+                channels=self.channels or min(case.channels, self.max_channels),
+                height=min(max(case.height, self.min_size), max(self.max_size, self.min_size)),
+                width=min(max(case.width, self.min_size), max(self.max_size, self.min_size)),
+                cond_dim=min(case.cond_dim, self.max_cond_dim),
+            ))
+        return out
+
+    # ------------------------------------------------------------------ device
+    @pytest.mark.gpu
+    def test_device(self):
+        """Outputs follow the input's CUDA device and match the CPU values."""
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device")
+        for case in self.fixed_cases():
+            conformance.check_device(self.make_energy, case, device="cuda")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -21,6 +22,7 @@ def test_mkdocs_build_strict(tmp_path):
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--clean",
          "-f", str(REPO_ROOT / "mkdocs.yml"), "-d", str(site)],
         cwd=REPO_ROOT,
+        env=dict(os.environ, NO_MKDOCS_2_WARNING="1"),
         capture_output=True,
         text=True,
         timeout=600,

@@ -88,7 +88,7 @@ class Wobble(ec.Energy):
 
 
 def autograd_grad(E, y, x, c=None):
-    return torch.func.grad(lambda v: E.energy(v, x, c).sum())(y)
+    return torch.func.grad(lambda v: E.energy(v, x, c).sum())(y).detach()
 
 
 def explicit_hessian(E, y, x, c=None):
@@ -98,7 +98,8 @@ def explicit_hessian(E, y, x, c=None):
     def f(v):
         return E.energy(v.view(1, *shape), x[:1], None if c is None else c[:1]).sum()
 
-    return torch.func.hessian(f)(y[0].flatten())
+    # reverse-over-reverse (torch.func.hessian's forward-over-reverse imports a deprecated jit path)
+    return torch.func.jacrev(torch.func.grad(f))(y[0].flatten())
 
 
 def exact_quadratic_minimiser(E, x, c=None):

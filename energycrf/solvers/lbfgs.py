@@ -278,8 +278,10 @@ class ScipyLBFGS(Solver):
             st, why = "diverged", ("a value became non-finite" if not finite else "the iterate ran away: the energy looks unbounded below")
         elif res.success:
             st, why = "converged", f"scipy: {res.message}"
-        else:
+        elif res.nit >= max_iters or "LIMIT" in str(res.message).upper():
             st, why = "max_iters", f"scipy: {res.message}"
+        else:  # e.g. ABNORMAL: its line search failed
+            st, why = "stalled", f"scipy: {res.message or 'the line search failed'}"
         n_it = len(e_hist) - 1
         out = SolveResult(
             y=y,

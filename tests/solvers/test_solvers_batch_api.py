@@ -1,0 +1,166 @@
+"""Batches (per-sample convergence), dtypes, the registry and its errors, compare_solvers and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+from solver_problems import F64, convex_energy, exact_quadratic_minimiser, quadratic_energy
+
+import energycrf as ec
+from energycrf.solvers import SOLVERS, method_names
+
+PER_SAMPLE = ["coordinate_descent", "mean_field", "gradient_descent", "lbfgs", "conjugate_gradient"]
+
+
+def _x(B=2, C=2, H=6, W=6, seed=0, dtype=F64):
+    return torch.randn(B, C, H, W, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+@pytest.mark.parametrize("method", PER_SAMPLE)
+def test_each_sample_converges_on_its_own(method):
+    E = quadratic_energy(2, strength=2.0)
+    x = _x(B=3)
+    y0 = x.clone()
+    y0[1] = exact_quadratic_minimiser(E, x[1:2])[0]  # sample 1 starts at its minimiser
+    res = ec.solve(E, x, method=method, y0=y0, max_iters=500, tol=1e-13)
+    assert res.status == ["converged"] * 3, res.summary()
+    assert int(res.iterations[1]) == 1 < int(res.iterations[0])
+    assert res.energies.shape == (res.num_iterations + 1, 3) and res.grad_norms.shape == res.energies.shape
+    assert bool((res.energies[1:, 1] == res.energies[1, 1]).all())  # frozen once converged
+    torch.testing.assert_close(res.y[1], y0[1], rtol=1e-9, atol=1e-9)
+    assert bool((res.times[1:] >= res.times[:-1]).all()) and res.wall_time >= float(res.times[-1])
+
+
+@pytest.mark.parametrize("method", PER_SAMPLE[:4])
+def test_a_batch_is_the_samples_solved_one_by_one(method):
+    E = convex_energy(2)
+    x = _x(B=2, seed=4)
+    kw = dict(method=method, max_iters=4, tol=0.0, gtol=0.0)
+    batch = ec.solve(E, x, **kw)
+    for b in range(2):
+        single = ec.solve(E, x[b : b + 1], **kw)
+        torch.testing.assert_close(batch.y[b : b + 1], single.y, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(batch.energies[:, b], single.energies[:, 0], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", [m for m in method_names() if m != "sequential"])
+def test_float32_solves_to_float32_accuracy(method):
+    E64 = quadratic_energy(2, strength=1.0, boundary="circular", seed=2)
+    x64 = _x(seed=2)
+    y_star = exact_quadratic_minimiser(E64, x64)
+    E32 = quadratic_energy(2, strength=1.0, boundary="circular", seed=2, dtype=torch.float32)
+    res = ec.solve(E32, x64.float(), method=method, max_iters=500)
+    assert res.y.dtype == torch.float32 and res.energies.dtype == torch.float32
+    assert all(s == "converged" for s in res.status), res.summary()
+    torch.testing.assert_close(res.y.double(), y_star, rtol=0, atol=2e-3)
+
+
+def test_unknown_method_lists_the_valid_names():
+    E = quadratic_energy(2)
+    with pytest.raises(ValueError, match="coordinate_descent.*mean_field.*lbfgs") as err:
+        ec.solve(E, _x(), method="newton")
+    assert "newton" in str(err.value) and "fft" in str(err.value)
+    assert set(method_names()) == set(SOLVERS) >= {
+        "coordinate_descent", "sequential", "mean_field", "gradient_descent", "lbfgs", "scipy_lbfgs",
+        "torch_lbfgs", "conjugate_gradient", "fft"}
+
+
+def test_bad_arguments_name_themselves():
+    E = quadratic_energy(2)
+    x = _x()
+    with pytest.raises(TypeError, match="damping"):
+        ec.solve(E, x, method="lbfgs", damping=0.5)
+    with pytest.raises(ValueError, match="damping"):
+        ec.solve(E, x, method="mean_field", damping=1.5)
+    with pytest.raises(ValueError, match="x"):
+        ec.solve(E, x[0], method="mean_field")
+    with pytest.raises(ValueError, match="y0"):
+        ec.solve(E, x, method="mean_field", y0=x[:1])
+    with pytest.raises(ValueError, match="on_diverge"):
+        ec.solve(E, x, method="mean_field", on_diverge="explode")
+    with pytest.raises(ValueError, match="order"):
+        ec.solve(E, x, method="coordinate_descent", order="random")
+    with pytest.raises(ValueError, match="max_iters"):
+        ec.solve(E, x, method="mean_field", max_iters=-1)
+
+
+def test_methods_that_do_not_apply_say_what_to_use():
+    E = convex_energy(2)
+    x = _x()
+    with pytest.raises(ValueError, match="quadratic.*lbfgs"):
+        ec.solve(E, x, method="conjugate_gradient")
+    with pytest.raises(ValueError, match="quadratic"):
+        ec.solve(E, x, method="fft")
+    with pytest.raises(ValueError, match="circular.*conjugate_gradient"):
+        ec.solve(quadratic_energy(2, boundary="zeros"), x, method="fft")
+
+
+def test_progress_bar_and_callback():
+    E = quadratic_energy(2)
+    seen = []
+    res = ec.solve(E, _x(), method="mean_field", progress=True, callback=lambda t, y, e: seen.append((t, e.clone())))
+    assert [t for t, _ in seen] == list(range(1, res.num_iterations + 1))
+    torch.testing.assert_close(seen[-1][1], res.energies[-1])
+
+
+def test_compare_solvers_table_and_figure(tmp_path):
+    E = convex_energy(1)
+    x = _x(B=2, C=1, H=8, W=8)
+    png = tmp_path / "gap.png"
+    comp = ec.compare_solvers(E, x, methods=["coordinate_descent", "mean_field", "lbfgs", "scipy_lbfgs", "fft"],
+                              max_iters=200, tol=1e-14, figure=png)
+    names = [r.method for r in comp.rows]
+    assert names == ["coordinate_descent", "mean_field", "lbfgs", "scipy_lbfgs", "fft"]
+    assert "fft" in comp.skipped and comp.rows[-1].status.startswith("skipped")
+    ran = comp.rows[:-1]
+    assert min(r.gap for r in ran) == 0.0 and all(0 <= r.gap < 1e-9 for r in ran)
+    best = min(float(r.energies.sum(1).min()) for r in comp.results.values())
+    assert comp.best_energy == pytest.approx(best, rel=0, abs=0)
+    for r in ran:
+        assert r.iterations_to_gap is not None and r.seconds_to_gap <= r.seconds + 1e-9
+    md = comp.to_markdown()
+    assert md.startswith("| method | final energy | gap to best") and md.count("\n") == 2 + len(comp.rows)
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _cli(argv):
+    from energycrf.solvers import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return cli.run(parser.parse_args(argv))
+
+
+def test_cli_compare_solvers_on_a_photograph(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    rc = _cli(["--size", "24", "--max-iters", "30", "--methods", "mean_field,lbfgs,scipy_lbfgs", "--out-dir", str(out)])
+    assert rc == 0
+    table = (out / "table.md").read_text()
+    assert "camera 24x24" in table and "| lbfgs |" in table and "| scipy_lbfgs |" in table
+    assert (out / "gap.png").stat().st_size > 1000
+    assert "wrote" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".safetensors"])
+def test_cli_compare_solvers_on_a_saved_latent(tmp_path, suffix):
+    z = _x(B=1, C=4, H=8, W=8, dtype=torch.float32)
+    path = tmp_path / f"z{suffix}"
+    if suffix == ".npy":
+        np.save(path, z.numpy())
+    else:
+        from safetensors.torch import save_file
+
+        save_file({"latent": z}, str(path))
+    out = tmp_path / "cmp"
+    assert _cli(["--latent", str(path), "--max-iters", "20", "--methods", "mean_field,lbfgs", "--out-dir", str(out)]) == 0
+    assert "(1, 4, 8, 8)" in (out / "table.md").read_text()
+
+
+def test_cli_rejects_unknown_latent_format(tmp_path):
+    bad = tmp_path / "z.pt"
+    bad.write_bytes(b"not a tensor")
+    with pytest.raises(ValueError, match="safetensors or .npy"):
+        _cli(["--latent", str(bad), "--out-dir", str(tmp_path)])

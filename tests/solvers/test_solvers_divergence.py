@@ -1,0 +1,97 @@
+"""Divergence is reported, never returned as convergence; damping rescues mean-field."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from solver_problems import F64, BoxSmooth, autograd_grad, exact_quadratic_minimiser, foe
+
+import energycrf as ec
+from energycrf.energies import potentials
+from energycrf.solvers import DivergenceError, DivergenceWarning, SolverWarning
+
+
+def _box_foe(C: int = 1) -> ec.energies.FieldOfExperts:
+    """Built-in FoE, one 3 x 3 all-ones filter, Huber expert with a huge quadratic zone:
+    a quadratic term whose Hessian's top eigenvalue is 9x its diagonal."""
+    term = ec.energies.FieldOfExperts(channels=C, num_filters=1, kernel_size=3, potential=potentials.Huber(delta=1e9))
+    with torch.no_grad():
+        term.weight.copy_(torch.ones_like(term.weight))
+    return term
+
+
+@pytest.mark.parametrize("coupling", ["builtin_foe", "user_box"])
+def test_damping_converges_where_undamped_mean_field_diverges(coupling):
+    if coupling == "builtin_foe":
+        E = (ec.energies.Unary(weight=4.0) + _box_foe()).to(F64)
+        damping = 0.3
+    else:
+        E = (ec.energies.Unary(weight=1.0) + BoxSmooth(a=1.0)).to(F64)
+        damping = 0.6
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=F64)
+    with pytest.warns(DivergenceWarning, match="diverged"):
+        undamped = ec.solve(E, x, method="mean_field", max_iters=300)
+    assert undamped.status == ["diverged", "diverged"]
+    assert not bool(undamped.converged.any())
+    assert bool(torch.isfinite(undamped.y).all())  # the last finite iterate, never NaN
+    y_star = exact_quadratic_minimiser(E, x)
+    for kw in ({"damping": damping}, {"adaptive": True}):
+        res = ec.solve(E, x, method="mean_field", max_iters=3000, tol=0.0, gtol=1e-11, **kw)
+        assert res.status == ["converged", "converged"], (kw, res.summary())
+        torch.testing.assert_close(res.y, y_star, rtol=1e-7, atol=1e-7)
+    adaptive = ec.solve(E, x, method="mean_field", adaptive=True, max_iters=50, tol=0.0, gtol=0.0)
+    e = adaptive.energies
+    assert bool((e[1:] <= e[:-1]).all())  # adaptive damping never accepts a rise
+
+
+def _unbounded_energy():
+    """The paper's concave FoE with big filters and a small unary weight: unbounded below."""
+    return (ec.energies.Unary(weight=0.01) + foe(1, num_filters=4, kernel_size=5, potential="relu", scale=3.0)).to(F64)
+
+
+@pytest.mark.parametrize("method", ["coordinate_descent", "mean_field", "gradient_descent", "lbfgs", "scipy_lbfgs"])
+def test_an_energy_unbounded_below_is_reported_as_diverged(method):
+    E = _unbounded_energy()
+    with pytest.warns(ec.energies.EnergyWarning):
+        E.check_well_posed()
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1), dtype=F64)
+    with pytest.warns(SolverWarning):
+        res = ec.solve(E, x, method=method, max_iters=500)
+    assert not bool(res.converged.any())
+    assert bool(torch.isfinite(res.y).all())
+    if method == "scipy_lbfgs":  # scipy's line search gives up first: reported as stalled
+        assert set(res.status) <= {"diverged", "stalled"}, res.summary()
+        return
+    assert res.status == ["diverged", "diverged"], res.summary()
+    with pytest.raises(DivergenceError):
+        ec.solve(E, x, method=method, max_iters=500, on_diverge="raise")
+
+
+def test_well_posed_option_refuses_an_ill_posed_energy_before_solving():
+    E = _unbounded_energy()
+    x = torch.randn(1, 1, 8, 8, dtype=F64)
+    with pytest.raises(ec.energies.IllPosedEnergyError):
+        ec.solve(E, x, method="mean_field", well_posed="raise")
+
+
+def test_negative_curvature_in_cg_is_reported():
+    class Saddle(ec.Energy):  # a quadratic that is unbounded below: -||y||^2 on top of a small unary
+        is_quadratic = True
+        interaction_radius = 0
+
+        def energy(self, y, x, c=None):
+            return -(y**2).sum((1, 2, 3))
+
+    E = (ec.energies.Unary(weight=0.1) + Saddle()).to(F64)
+    x = torch.randn(1, 1, 4, 4, dtype=F64)
+    res = ec.solve(E, x, method="conjugate_gradient", on_diverge="ignore")
+    assert res.status == ["diverged"]
+    assert "non-positive curvature" in res.reason[0] or "ran away" in res.reason[0]
+
+
+def test_converged_status_means_a_small_gradient():
+    E = (ec.energies.Unary() + _box_foe()).to(F64)
+    x = torch.randn(1, 1, 6, 6, dtype=F64)
+    res = ec.solve(E, x, method="mean_field", damping=0.2, max_iters=5000, tol=1e-14, gtol=1e-10)
+    assert res.status == ["converged"]
+    assert float(autograd_grad(E, res.y, x).norm()) < 1e-7 * (1 + float(autograd_grad(E, x, x).norm()))

@@ -5,7 +5,9 @@ Adding a command: write a module with two functions,
     def add_arguments(parser: argparse.ArgumentParser) -> None: ...
     def run(args: argparse.Namespace) -> int: ...
 
-keep its heavy imports inside ``run``, and add one entry to ``COMMANDS`` below.
+keep its heavy imports inside ``run``, and add one entry to ``COMMANDS`` below. Only the
+module of the command being run is imported, so one command's missing optional dependency
+never breaks another.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from collections.abc import Sequence
 
 # name -> (module implementing add_arguments/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("energycrf.demo", "an energy on a real photograph with noise: well-posedness, breakdown, picture"),
+    "demo": ("energycrf.demo", "an energy on a real photograph with noise: well-posedness, breakdown, solve, picture"),
+    "compare-solvers": ("energycrf.solvers.cli", "compare inference solvers on a real problem: table and picture"),
+    "denoise": ("energycrf.denoise", "denoise a grayscale image with a shipped checkpoint"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; the arguments of ``command`` (if given) are filled in by its module."""
     parser = argparse.ArgumentParser(
         prog="energycrf",
         description="Continuous CRF energies for PyTorch.",
@@ -30,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (module_name, help_text) in COMMANDS.items():
+        if name != command:
+            sub.add_parser(name, help=help_text, description=help_text)
+            continue
         module = importlib.import_module(module_name)
         cmd = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip().splitlines()[0])
         module.add_arguments(cmd)
@@ -39,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``energycrf`` console script; returns the exit status."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in COMMANDS else None)
     args = parser.parse_args(argv)
     return int(args._run(args) or 0)
 

@@ -103,3 +103,11 @@ def test_python_dash_m_entry_point():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "--size" in proc.stdout and "--out" in proc.stdout
+
+
+@pytest.mark.parametrize("command", sorted(cli.COMMANDS))
+def test_every_registered_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"energycrf {command}" in capsys.readouterr().out

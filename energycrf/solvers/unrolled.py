@@ -246,7 +246,7 @@ class Unrolled(nn.Module):
 
     @torch.no_grad()
     def _fixed_point(self, x: Tensor, c: Tensor | None, y0: Tensor) -> Tensor:
-        """Iterate without a graph until :math:`\|\nabla E(y)\| \le \mathrm{gtol}\,\|\nabla E(y_0)\|`.
+        r"""Iterate without a graph until :math:`\|\nabla E(y)\| \le \mathrm{gtol}\,\|\nabla E(y_0)\|`.
 
         The stopping rule is the gradient norm only: at float round-off the energy stops
         changing well before the gradient (the quantity implicit differentiation needs) is small.

@@ -466,6 +466,8 @@ class LatentCRF(nn.Module):
             if M is not None:
                 d = self.pairwise.degree(height, width, x.dtype, x.device)
                 K = K + d[None, :, :, None, None] * M[:, None, None]
+            if K.dtype in (torch.float16, torch.bfloat16):  # factorise in float32 (no half-precision Cholesky)
+                K = K.float()
             chol, info = torch.linalg.cholesky_ex(K)
             if bool((info != 0).any()):
                 raise ValueError(
@@ -492,8 +494,8 @@ class LatentCRF(nn.Module):
     def _normalize(self, m: Tensor, chol: Tensor | None) -> Tensor:
         r""":math:`\psi_N`."""
         if chol is not None:
-            rhs = m.permute(0, 2, 3, 1).unsqueeze(-1)  # [B, H, W, C, 1]
-            return torch.cholesky_solve(rhs, chol).squeeze(-1).permute(0, 3, 1, 2)
+            rhs = m.permute(0, 2, 3, 1).unsqueeze(-1).to(chol.dtype)  # [B, H, W, C, 1]
+            return torch.cholesky_solve(rhs, chol).squeeze(-1).permute(0, 3, 1, 2).to(m.dtype)
         if self.norm is not None:
             return self.norm(m)
         return m

@@ -311,3 +311,24 @@ def test_input_validation():
             LatentCRF(**{"channels": 4, **kwargs})
     with pytest.raises(ValueError, match="circular"):  # the kernel's own size check
         LatentCRF(channels=4, kernel=LocalKernel(radius=3, boundary="circular"))(torch.randn(1, 4, 5, 5))
+
+
+@pytest.mark.parametrize("normalization", ["batch", "mean_field"])
+def test_half_precision_runs(normalization):
+    crf = LatentCRF(channels=4, cond_dim=8, normalization=normalization, num_iterations=2).to(torch.bfloat16)
+    x = torch.randn(2, 4, 8, 8, dtype=torch.bfloat16)
+    y = crf(x, torch.randn(2, 3, 8, dtype=torch.bfloat16))
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+
+
+def test_layer_gradients_match_finite_differences():
+    """The layer is plain autograd; gradcheck guards against non-differentiable pieces (Cholesky, attention)."""
+    torch.manual_seed(0)
+    crf = LatentCRF(channels=2, cond_dim=3, num_iterations=2, normalization="mean_field", hidden_channels=4,
+                    attention_dim=4).double()
+    with torch.no_grad():
+        for p in crf.network.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(1, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: crf(a, b), (x, c), eps=1e-6, atol=1e-6)

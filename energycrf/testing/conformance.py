@@ -94,7 +94,7 @@ def _num_terms(energy) -> int:
 
 def full_hessian(energy, y, x, c=None) -> torch.Tensor:
     """The Hessian of ``E(y, x, c).sum()`` in ``y``: ``[B, C, H, W, B, C, H, W]`` (``torch.func``)."""
-    return torch.func.hessian(lambda v: energy(v, x, c).sum())(y)
+    return torch.func.hessian(lambda v: energy(v, x, c).sum())(y).detach()
 
 
 def hessian_site_blocks(hess: torch.Tensor) -> torch.Tensor:

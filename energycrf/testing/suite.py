@@ -132,3 +132,69 @@ class EnergyConformance:
             pytest.skip("needs a CUDA device")
         for case in self.fixed_cases():
             conformance.check_device(self.make_energy, case, device="cuda")
+
+
+class RegistryConformance(EnergyConformance):
+    """Runs the conformance checks over registered built-in specs (one family, or all).
+
+    Each example draws a :class:`~energycrf.testing.registry.Spec` of ``family`` and a case
+    inside that spec's domain (its condition kinds and minimum size). Every spec is also run
+    once on a fixed case by ``test_every_spec``, so none is left out by chance.
+    """
+
+    family: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        from . import registry
+
+        names = [s.name for s in registry.specs(cls.family)]
+
+        @pytest.mark.parametrize("spec_name", names)
+        def test_every_spec(self, spec_name):
+            spec = registry.get(spec_name)
+            case = spec.adapt(Case(batch=2, channels=2, height=3, width=4, condition="pooled",
+                                   seed=len(spec_name)))
+            for check in conformance.CHECKS:
+                self.run_check(check, (spec, case))
+
+        cls.test_every_spec = test_every_spec
+
+    def case_strategy(self, check: str):
+        from . import registry
+
+        def for_spec(spec):
+            strategy = cases(
+                max_channels=self.max_channels,
+                max_batch=self.max_batch,
+                min_size=max(self.min_size, spec.min_size),
+                max_size=max(self.max_size, spec.min_size),
+                conditions=spec.conditions,
+                max_cond_dim=self.max_cond_dim,
+            )
+            return strategy.map(lambda case: (spec, case))
+
+        return st.sampled_from(registry.specs(self.family)).flatmap(for_spec)
+
+    def run_check(self, check: str, drawn) -> None:
+        spec, case = drawn
+        if check in self.skip_checks or (not spec.smooth and check in ("gradcheck", "majorizer")):
+            return
+        options = dict(self.check_options.get(check, {}))
+        if check == "convexity_margin":
+            options.setdefault("required", spec.builtin)
+        conformance.CHECKS[check](spec, case, **options)
+
+    def fixed_cases(self):
+        return []
+
+    @pytest.mark.gpu
+    def test_device(self):
+        """Every spec of the family on CUDA: outputs on the device, equal to the CPU values."""
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device")
+        from . import registry
+
+        for spec in registry.specs(self.family):
+            for case in DEFAULT_CASES:
+                conformance.check_device(spec, spec.adapt(case), device="cuda")

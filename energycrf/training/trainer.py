@@ -63,7 +63,9 @@ class TrainConfig:
     ``batch_size`` is per process; the global batch is ``batch_size * world_size``.
     ``lr=None`` takes the paper's rate for the stage (1e-3 or 1e-5). ``noise_mode`` and
     ``noise_level`` (a number or a ``[low, high]`` range) define stage 1's corruption.
-    ``checkpoint_every=0`` writes a checkpoint only when the run stops.
+    ``checkpoint_every=0`` writes a checkpoint only when the run stops. ``loss_margin``
+    leaves a border of that many sites out of the main loss (patches whose zero-padded
+    borders would otherwise weigh on what is learned for the interior).
     """
 
     output_dir: str = "runs/energycrf"
@@ -82,6 +84,7 @@ class TrainConfig:
     adversarial: bool = False
     adv_weight: float = 1.0
     loss_norm: str = "l2"
+    loss_margin: int = 0
     disc_lr: float | None = None
     amp: bool = True
     amp_dtype: str = "float16"
@@ -99,7 +102,7 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
-        for name in ("warmup_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+        for name in ("warmup_steps", "log_every", "checkpoint_every", "keep_checkpoints", "loss_margin"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
                 raise ValueError(f"{name}: expected an int >= 0, got {v!r}")
@@ -294,7 +297,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             pred = self.forward_fn(self.model_ddp, x, c)
-            loss_main = self.loss_fn(pred.float(), target)
+            m = cfg.loss_margin
+            if m:
+                h, w = pred.shape[-2:]
+                if 2 * m >= min(h, w):
+                    raise ValueError(f"loss_margin: {m} leaves nothing of a {h}x{w} sample")
+                loss_main = self.loss_fn(pred[..., m:h - m, m:w - m].float(), target[..., m:h - m, m:w - m])
+            else:
+                loss_main = self.loss_fn(pred.float(), target)
             loss = loss_main
             if cfg.adversarial:
                 self.discriminator.requires_grad_(False)

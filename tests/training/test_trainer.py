@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -121,3 +122,28 @@ def test_divergence_is_reported_not_silent(tmp_path):
     ds = ImagePatches(toy_images(1, 32), patch_size=12, length=8)
     with pytest.raises(FloatingPointError, match="diverged"):
         Trainer(Bad(), _cfg(tmp_path), ds).fit()
+
+
+def test_loss_margin_ignores_the_border(tmp_path):
+    """With a margin, a model that is wrong only on the border has zero loss and gets no gradient."""
+
+    class BorderOnly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.b = torch.nn.Parameter(torch.tensor(0.5))
+
+        def forward(self, x):
+            mask = torch.ones_like(x)
+            mask[..., 2:-2, 2:-2] = 0
+            return self.b * mask  # interior: 0 = the target below
+
+    ds = ImagePatches([np.zeros((20, 20), np.float32)], patch_size=12, length=8)
+    model = BorderOnly()
+    cfg = _cfg(tmp_path, noise_mode="sigma", noise_level=0.0, loss_margin=2, max_steps=2, warmup_steps=0,
+               weight_decay=0.0)
+    tr = Trainer(model, cfg, ds)
+    tr.fit()
+    assert read_log(tmp_path / "log.jsonl")[0]["loss"] == 0.0
+    assert model.b.item() == 0.5
+    with pytest.raises(ValueError, match="loss_margin"):
+        Trainer(BorderOnly(), _cfg(tmp_path / "b", loss_margin=6, noise_level=0.0), ds).fit()

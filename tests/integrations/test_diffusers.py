@@ -306,3 +306,30 @@ def test_spliced_ddim_from_config_keeps_the_noise_schedule():
     s = SplicedDDIMScheduler.from_config(ref.config)
     torch.testing.assert_close(s.alphas_cumprod, ref.alphas_cumprod)
     assert dict(s.config) == dict(ref.config)
+
+
+def test_pipeline_and_real_latent_crf_saved_and_reloaded(tiny, tokenizer_dir, tmp_path, rec_cls):
+    """The real ec.LatentCRF in the pipeline; pipeline + CRF + plan round-trip through a local directory."""
+    import energycrf as ec
+    from energycrf.integrations.diffusers import load_pretrained, save_pretrained
+
+    pipe = tiny.build_sd(tokenizer_dir)
+    torch.manual_seed(0)
+    crf = ec.LatentCRF(channels=4, cond_dim=32)
+    with torch.no_grad():
+        for p in crf.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    plan = SplicePlan(pre_run=30, post_run=3, crf_output="post")
+    kw = dict(prompt="a red cube", guidance_scale=5.0, output_type="latent")
+    with rec_cls(pipe.unet) as rec:
+        before = generate(pipe, crf, plan, generator=torch.Generator().manual_seed(0), **kw).images
+    assert len(rec.timesteps) == 33 and torch.isfinite(before).all()
+    save_pretrained(tmp_path / "bundle", pipe, crf, plan)
+    pipe2, crf2, plan2 = load_pretrained(tmp_path / "bundle")
+    pipe2.set_progress_bar_config(disable=True)
+    assert type(pipe2) is type(pipe) and type(pipe2.scheduler) is DDIMScheduler
+    assert plan2 == plan and isinstance(crf2, ec.LatentCRF)
+    after = generate(pipe2, crf2, plan2, generator=torch.Generator().manual_seed(0), **kw).images
+    torch.testing.assert_close(after, before)
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        load_pretrained(tmp_path)

@@ -155,14 +155,26 @@ class CompatibilityNetwork(nn.Module):
             nn.init.zeros_(self.to_o.weight)
             nn.init.zeros_(self.to_o.bias)
 
-    def prepare(self, c: Tensor | None) -> dict[str, Tensor]:
-        """Per-forward quantities that do not change across iterations (FiLM, keys, values)."""
-        if c is None or self.cond_dim is None:
+    def prepare(self, c: Tensor | None, null: Tensor | None, batch: int) -> dict[str, Tensor]:
+        """Per-forward quantities that do not change across iterations (FiLM, keys, values).
+
+        ``c``: tokens ``[B, L, D]``, pooled ``[B, D]`` or None. ``null``: a learned ``[D]``
+        token (or None). The attention always sees ``null`` next to the tokens (a slot
+        that lets a site attend to nothing); FiLM reads the mean of the tokens, or
+        ``null`` when ``c`` is None.
+        """
+        if self.cond_dim is None:
             return {}
-        tokens = self.cond_norm(c if c.dim() == 3 else c[:, None])  # [B, L, D]
+        parts = [] if null is None else [null.reshape(1, 1, -1).expand(batch, 1, -1)]
+        if c is not None:
+            parts.append(c if c.dim() == 3 else c[:, None])
+        if not parts:
+            return {}
+        tokens = self.cond_norm(torch.cat(parts, 1))  # [B, L (+1), D]
         ctx: dict[str, Tensor] = {}
         if self.use_film:
-            gamma, beta = self.film(tokens.mean(1)).chunk(2, dim=-1)
+            pooled = tokens[:, 1:].mean(1) if (c is not None and null is not None) else tokens.mean(1)
+            gamma, beta = self.film(pooled).chunk(2, dim=-1)
             ctx["gamma"], ctx["beta"] = gamma[..., None, None], beta[..., None, None]
         if self.use_attention:
             ctx["k"], ctx["v"] = self.to_k(tokens), self.to_v(tokens)
@@ -321,7 +333,8 @@ class LatentCRF(nn.Module):
             self.norm = nn.GroupNorm(num_groups, channels)
         else:
             self.norm = None
-        self.null_condition = nn.Parameter(torch.zeros(cond_dim)) if cond_dim is not None else None
+        # the condition when c is None, and an always-present attention slot (unit scale: it is layer-normalised)
+        self.null_condition = nn.Parameter(torch.randn(cond_dim)) if cond_dim is not None else None
         self._config: dict | None = {
             "channels": channels, "cond_dim": cond_dim, "num_iterations": num_iterations,
             "kernel": kernel_spec, "num_filters": num_filters, "kernel_size": kernel_size,
@@ -420,8 +433,6 @@ class LatentCRF(nn.Module):
                     f"c must have feature size cond_dim={self.cond_dim} in its last dimension, got shape {tuple(c.shape)}"
                 )
             c = c.to(x.dtype)
-        elif self.null_condition is not None:
-            c = self.null_condition.to(x.dtype)[None].expand(x.shape[0], -1)
         if self.pairwise is not None:
             self.pairwise._check_spatial(x.shape[-2], x.shape[-1])
         if self.field_of_experts is not None:
@@ -455,11 +466,10 @@ class LatentCRF(nn.Module):
 
         w = self._unary_weight(x)
         unary = w.view(1, -1, 1, 1) * x
-        M = None
-        if self.pairwise is not None and (self.compatibility == "linear" or self.normalization == "mean_field"
-                                          or self.gate is not None):
-            M = self._compatibility(c, x)
-        ctx = self.network.prepare(c) if self.network is not None else {}
+        null = None if self.null_condition is None else self.null_condition.to(x.dtype)
+        c_pooled = c if (c is not None or null is None) else null[None].expand(b, -1)  # c=None: the null embedding
+        M = self._compatibility(c_pooled, x)  # None without a pairwise term
+        ctx = self.network.prepare(c, null, b) if self.network is not None else {}
         chol = None
         if self.normalization == "mean_field":
             K = torch.diag_embed(w).expand(b, height, width, channels, channels)

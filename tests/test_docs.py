@@ -31,8 +31,11 @@ def test_mkdocs_build_strict(tmp_path):
     assert (site / "index.html").is_file()
     # The API pages were generated from the docstrings, not left empty.
     api = (site / "api" / "index.html").read_text(encoding="utf-8")
-    for name in ("Unary", "Pairwise", "FieldOfExperts", "Energy"):
+    for name in ("Unary", "Pairwise", "FieldOfExperts", "Energy", "solve", "check_energy"):
         assert name in api, f"API page misses {name}"
+    # Docstring examples are rendered as code (docs/griffe_extensions.py), not as prose.
+    assert '<span class="gp">&gt;&gt;&gt; </span>' in api
+    assert "<p>&gt;&gt;&gt;" not in api
 
 
 @pytest.mark.parametrize("page", EXECUTABLE_PAGES)

@@ -74,7 +74,7 @@ def solve(
     E: Any,
     x: Tensor,
     c: Tensor | None = None,
-    method: str | Solver = "coordinate_descent",
+    method: str | Solver = "lbfgs",
     y0: Tensor | None = None,
     max_iters: int = 500,
     tol: float | None = None,
@@ -94,7 +94,8 @@ def solve(
         E: an ``ec.Energy`` (a built-in sum or a user term).
         x: observed latent ``[B, C, H, W]``; ``y`` starts at ``x`` unless ``y0`` is given.
         c: condition (``None``, ``[B, D]`` or ``[B, L, D]``).
-        method: a registry name (see :data:`SOLVERS`) or a :class:`Solver` instance:
+        method: a registry name (see :data:`SOLVERS`) or a :class:`Solver` instance
+            (default ``"lbfgs"``, which applies to every energy):
             ``"coordinate_descent"`` (colour classes; ``order="sequential"`` for one site at
             a time), ``"sequential"``, ``"mean_field"`` (``damping``, ``adaptive``),
             ``"gradient_descent"``, ``"lbfgs"``, ``"torch_lbfgs"``, ``"scipy_lbfgs"``,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from solver_problems import (
     F64,
     BoxSmooth,
@@ -46,9 +48,30 @@ def _explicit(E, x):
     return H, g0
 
 
-@pytest.mark.parametrize("kind,boundary", [("builtin", "zeros"), ("builtin", "circular"), ("user", "zeros")])
-def test_colour_class_sweeps_are_block_gauss_seidel(kind, boundary):
-    E, x, y0 = _tiny_quadratic(kind, boundary)
+@st.composite
+def tiny_quadratics(draw):
+    """Unary + Pairwise with random sizes, radius, boundary, compatibility; or Unary + a user term."""
+    kind = draw(st.sampled_from(["builtin", "builtin", "user"]))
+    seed = draw(st.integers(0, 2**16))
+    g = torch.Generator().manual_seed(seed)
+    if kind == "builtin":
+        C, r = draw(st.integers(1, 3)), draw(st.integers(1, 2))
+        boundary = draw(st.sampled_from(["zeros", "circular"]))
+        lo = 2 * r + 1 if boundary == "circular" else 2
+        H, W = draw(st.integers(lo, 7)), draw(st.integers(lo, 7))
+        E = quadratic_energy(C, radius=r, strength=draw(st.sampled_from([0.5, 2.0, 6.0])), boundary=boundary,
+                             weight=draw(st.sampled_from([0.1, 1.0])), seed=seed)
+    else:  # a user term: fallback gradient, curvature and estimated radius (2)
+        C, H, W = 1, draw(st.integers(7, 8)), draw(st.integers(7, 9))
+        E = (ec.energies.Unary(weight=1.0) + BoxSmooth(a=0.3)).to(F64)
+    x = torch.randn(1, C, H, W, generator=g, dtype=F64)
+    y0 = x + torch.randn(1, C, H, W, generator=g, dtype=F64)
+    return E, x, y0
+
+
+@given(problem=tiny_quadratics())
+def test_colour_class_sweeps_are_block_gauss_seidel(problem):
+    E, x, y0 = problem
     _, C, Hh, Ww = x.shape
     Hm, g0 = _explicit(E, x)
     radius = E.resolve_interaction_radius(y0, x)
@@ -82,10 +105,9 @@ def test_sequential_order_is_point_gauss_seidel(kind):
     torch.testing.assert_close(res.y.flatten(), y, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("damping", [1.0, 0.6])
-@pytest.mark.parametrize("kind", ["builtin", "user"])
-def test_mean_field_is_damped_block_jacobi(kind, damping):
-    E, x, y0 = _tiny_quadratic(kind, "zeros")
+@given(problem=tiny_quadratics(), damping=st.sampled_from([1.0, 0.6, 0.25]))
+def test_mean_field_is_damped_block_jacobi(problem, damping):
+    E, x, y0 = problem
     _, C, Hh, Ww = x.shape
     n = Hh * Ww
     Hm, g0 = _explicit(E, x)

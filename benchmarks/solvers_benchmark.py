@@ -1,0 +1,226 @@
+"""Benchmark: energycrf's inference solvers against scipy L-BFGS-B and torch.optim.LBFGS.
+
+Two problems, one run each, every method on the same energy and the same analytic gradient:
+
+1. ``camera``: the skimage ``camera`` photograph (512 x 512, grayscale in [0, 1]) with
+   Gaussian noise sigma = 25/255 (seed 0), energy Unary + Pairwise + FieldOfExperts (C = 1,
+   the paper's ReLU expert, 8 filters 5 x 5, seeded);
+2. ``latent``: a ``[4, 4, 64, 64]`` batch, four 128 x 128 grayscale skimage photographs
+   folded into 4 channels by space-to-depth (``pixel_unshuffle``, factor 2) plus noise
+   sigma = 25/255, energy Unary + Pairwise + FieldOfExperts with ``channels=4``.
+
+For each method: wall time and iterations until the batch's total energy is within a
+relative gap of 1e-6 of the best energy any method found. Every iterate is kept (outside
+the timed region) and its energy re-evaluated in float64, so float32 runs are judged on the
+float64 energy. scipy's L-BFGS-B is timed per accepted iterate (its callback);
+``torch.optim.LBFGS`` (strong-Wolfe line search, one ``step`` with ``max_iter`` iterations,
+its natural use) is judged on every closure evaluation, which can only flatter it.
+
+    python benchmarks/solvers_benchmark.py                 # both problems, ~10 min on 1 thread
+    python benchmarks/solvers_benchmark.py --size 128 --threads 2 --out /tmp/bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import energycrf as ec
+from energycrf.solvers.cli import default_energy, noisy_photograph
+
+TARGET = 1e-6
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}, {platform.python_version()}"
+
+
+def latent_batch(seed: int = 0, sigma: float = 25.0) -> torch.Tensor:
+    """``[4, 4, 64, 64]``: four grayscale photographs, space-to-depth, plus noise."""
+    import torch.nn.functional as F
+
+    imgs = []
+    for k, name in enumerate(("camera", "astronaut", "coffee", "chelsea")):
+        _, clean = noisy_photograph(name, 128, 0.0, seed + k)
+        imgs.append(clean)
+    z = F.pixel_unshuffle(torch.cat(imgs), 2)  # [4, 4, 64, 64]
+    g = torch.Generator().manual_seed(seed)
+    return z + (sigma / 255.0) * torch.randn(z.shape, generator=g, dtype=z.dtype)
+
+
+def run_energycrf(E, x, method, dtype, max_iters, **options):
+    Ed, xd = copy.deepcopy(E).to(dtype), x.to(dtype)
+    iterates = [xd.clone()]
+    res = ec.solve(Ed, xd, method=method, max_iters=max_iters, tol=1e-13 if dtype == torch.float64 else 1e-7,
+                   gtol=0.0, on_diverge="warn", callback=lambda t, y, e: iterates.append(y.clone()), **options)
+    return iterates, res.times.tolist(), res.evaluations
+
+
+def run_scipy(E, x, max_iters):
+    iterates = [x.to(torch.float64).clone()]
+    res = ec.solve(E, x.to(torch.float64), method="scipy_lbfgs", max_iters=max_iters, tol=1e-13, gtol=0.0,
+                   callback=lambda t, y, e: iterates.append(y.clone()))
+    return iterates, res.times.tolist(), res.evaluations
+
+
+def run_torch_lbfgs(E, x, dtype, max_iters):
+    """``torch.optim.LBFGS`` as a user would run it: one ``step`` call, strong Wolfe."""
+    Ed, xd = copy.deepcopy(E).to(dtype), x.to(dtype)
+    p = xd.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([p], lr=1.0, max_iter=max_iters, max_eval=2 * max_iters, history_size=10,
+                            line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0)
+    iterates, times, spent = [xd.clone()], [0.0], [0.0]
+    t0 = time.perf_counter()
+
+    def closure():
+        with torch.no_grad():
+            e = Ed(p.detach(), xd).sum()
+            p.grad = Ed.grad(p.detach(), xd)
+        t1 = time.perf_counter()
+        iterates.append(p.detach().clone())  # every evaluation: flatters the peer
+        times.append(t1 - t0 - spent[0])
+        spent[0] += time.perf_counter() - t1
+        return e
+
+    opt.step(closure)
+    return iterates, times, {"energy": len(iterates) - 1, "grad": len(iterates) - 1}
+
+
+def evaluate(E64, x64, iterates):
+    with torch.no_grad():
+        return [float(E64(y.to(torch.float64), x64).sum()) for y in iterates]
+
+
+def first_hit(gaps, times):
+    for k, (g, t) in enumerate(zip(gaps, times)):
+        if g <= TARGET:
+            return k, t
+    return None, None
+
+
+def bench(problem: str, E, x, max_iters: int, cd_iters: int):
+    E64, x64 = copy.deepcopy(E).to(torch.float64), x.to(torch.float64)
+    f64, f32 = torch.float64, torch.float32
+    plan = [
+        ("energycrf lbfgs (fft precond.)", "energycrf", lambda: run_energycrf(E, x, "lbfgs", f64, max_iters, precondition="fft"), "float64"),
+        ("energycrf lbfgs (block precond.)", "energycrf", lambda: run_energycrf(E, x, "lbfgs", f64, max_iters), "float64"),
+        ("energycrf mean_field", "energycrf", lambda: run_energycrf(E, x, "mean_field", f64, max_iters), "float64"),
+        ("energycrf gradient_descent", "energycrf", lambda: run_energycrf(E, x, "gradient_descent", f64, max_iters), "float64"),
+        ("energycrf coordinate_descent", "energycrf", lambda: run_energycrf(E, x, "coordinate_descent", f64, cd_iters), "float64"),
+        ("energycrf lbfgs (fft precond.)", "energycrf", lambda: run_energycrf(E, x, "lbfgs", f32, max_iters, precondition="fft"), "float32"),
+        ("energycrf mean_field", "energycrf", lambda: run_energycrf(E, x, "mean_field", f32, max_iters), "float32"),
+        ("scipy L-BFGS-B", "peer", lambda: run_scipy(E, x, max_iters), "float64"),
+        ("torch.optim.LBFGS", "peer", lambda: run_torch_lbfgs(E, x, f64, max_iters), "float64"),
+        ("torch.optim.LBFGS", "peer", lambda: run_torch_lbfgs(E, x, f32, max_iters), "float32"),
+    ]
+    runs = []
+    for name, kind, fn, dt in plan:
+        print(f"[{problem}] {name} ({dt}) ...", flush=True)
+        iterates, times, evals = fn()
+        runs.append({"method": name, "kind": kind, "dtype": dt, "energies": evaluate(E64, x64, iterates),
+                     "times": times, "evaluations": evals})
+        del iterates
+    best = min(min(r["energies"]) for r in runs)
+    for r in runs:
+        r["gaps"] = [(e - best) / abs(best) for e in r["energies"]]
+        k, t = first_hit(r["gaps"], r["times"])
+        r["iters_to_gap"], r["seconds_to_gap"] = k, t
+        r["final_gap"] = r["gaps"][-1]
+    peers = [r["seconds_to_gap"] for r in runs if r["kind"] == "peer" and r["seconds_to_gap"] is not None]
+    best_peer = min(peers) if peers else None
+    for r in runs:
+        r["speedup_vs_best_peer"] = (best_peer / r["seconds_to_gap"]) if (best_peer and r["seconds_to_gap"]) else None
+    return {"problem": problem, "best_energy": best, "best_peer_seconds": best_peer, "runs": runs}
+
+
+def table(result) -> str:
+    lines = [
+        f"Problem `{result['problem']}`: best energy {result['best_energy']:.10g}; target relative gap {TARGET:g}.\n",
+        "| method | dtype | iterations to gap | seconds to gap | speed-up vs best peer | final gap | evaluations (E, grad) |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    for r in result["runs"]:
+        k = "-" if r["iters_to_gap"] is None else str(r["iters_to_gap"])
+        t = "not reached" if r["seconds_to_gap"] is None else f"{r['seconds_to_gap']:.2f}"
+        s = "-" if r["speedup_vs_best_peer"] is None else f"{r['speedup_vs_best_peer']:.2f}x"
+        ev = f"{r['evaluations'].get('energy', 0)}, {r['evaluations'].get('grad', 0)}"
+        lines.append(f"| {r['method']} | {r['dtype']} | {k} | {t} | {s} | {r['final_gap']:.1e} | {ev} |")
+    return "\n".join(lines) + "\n"
+
+
+def figure(results, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6.2 * len(results), 4.3), squeeze=False)
+    for ax, res in zip(axes[0], results):
+        for r in res["runs"]:
+            style = "-" if r["kind"] == "energycrf" else "--"
+            width = 1.1 if r["dtype"] == "float32" else 1.7
+            gaps = [max(g, 1e-13) for g in r["gaps"]]
+            ax.plot(r["times"], gaps, style, lw=width, label=f"{r['method']} ({r['dtype']})")
+        ax.axhline(TARGET, color="0.5", ls=":", lw=1)
+        ax.set_yscale("log")
+        ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_xlabel("wall time [s]")
+        ax.set_ylabel("relative energy gap")
+        ax.set_title(res["problem"])
+        ax.grid(True, which="both", alpha=0.25)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=512, help="camera size (default 512)")
+    ap.add_argument("--max-iters", type=int, default=150)
+    ap.add_argument("--cd-iters", type=int, default=12, help="sweeps of coordinate descent (slow: t^2 classes)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--problems", default="camera,latent")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/energycrf-solvers-benchmark"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    results = []
+    for problem in args.problems.split(","):
+        if problem == "camera":
+            x, _ = noisy_photograph("camera", args.size, 25.0, 0)
+        elif problem == "latent":
+            x = latent_batch()
+        else:
+            raise ValueError(f"--problems: expected camera and/or latent, got {problem!r}")
+        E = default_energy(x.shape[1], seed=0).to(torch.float64)
+        margin = E.check_well_posed(on_fail="raise")
+        print(f"[{problem}] x {tuple(x.shape)}, convexity margin {margin:.4f}", flush=True)
+        results.append(bench(f"{problem} {tuple(x.shape)}", E, x, args.max_iters, args.cd_iters))
+        print(table(results[-1]), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = f"Machine: {machine()}\n\n" + "\n".join(table(r) for r in results)
+    (args.out / "solvers_benchmark.md").write_text(report)
+    (args.out / "solvers_benchmark.json").write_text(json.dumps(results, indent=1))
+    figure(results, args.out / "solvers_benchmark.png")
+    print(report)
+    print(f"wrote {args.out}/solvers_benchmark.{{md,json,png}}")
+
+
+if __name__ == "__main__":
+    main()

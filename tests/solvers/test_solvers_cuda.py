@@ -1,0 +1,31 @@
+"""The solvers on a CUDA device agree with the CPU (skipped without one)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from solver_problems import F64, convex_energy, quadratic_energy
+
+import energycrf as ec
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("method", ["coordinate_descent", "mean_field", "gradient_descent", "lbfgs",
+                                    "torch_lbfgs", "scipy_lbfgs"])
+def test_cuda_matches_cpu_on_a_convex_energy(method):
+    E = convex_energy(2)
+    x = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(0), dtype=F64)
+    cpu = ec.solve(E, x, method=method, max_iters=300, tol=1e-14, gtol=1e-10)
+    gpu = ec.solve(E.cuda(), x.cuda(), method=method, max_iters=300, tol=1e-14, gtol=1e-10)
+    assert gpu.y.device.type == "cuda" and gpu.status == cpu.status == ["converged", "converged"]
+    torch.testing.assert_close(gpu.y.cpu(), cpu.y, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["conjugate_gradient", "fft"])
+def test_cuda_exact_quadratic_solvers(method):
+    E = quadratic_energy(2, boundary="circular")
+    x = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(1), dtype=F64)
+    cpu = ec.solve(E, x, method=method, tol=1e-15, gtol=1e-11)
+    gpu = ec.solve(E.cuda(), x.cuda(), method=method, tol=1e-15, gtol=1e-11)
+    torch.testing.assert_close(gpu.y.cpu(), cpu.y, rtol=1e-8, atol=1e-8)

@@ -26,10 +26,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="directory of the saved pipeline")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/energycrf-ldm-work"), help="checkpoints (resume)")
-    ap.add_argument("--vae-steps", type=int, default=400)
+    ap.add_argument("--vae-steps", type=int, default=600)
     ap.add_argument("--vae-batch", type=int, default=64)
-    ap.add_argument("--unet-steps", type=int, default=1800)
-    ap.add_argument("--unet-batch", type=int, default=128)
+    ap.add_argument("--unet-steps", type=int, default=1500)
+    ap.add_argument("--unet-batch", type=int, default=64)
+    ap.add_argument("--ema", type=float, default=0.995, help="EMA decay of the UNet weights")
     ap.add_argument("--unet-lr", type=float, default=1e-3)
     ap.add_argument("--limit", type=int, default=0, help="use only the first N training images (0: all)")
     ap.add_argument("--threads", type=int, default=1)
@@ -65,7 +66,7 @@ def main(argv=None) -> int:
     t_enc = time.perf_counter() - t0
     t0 = time.perf_counter()
     unet = train.train_unet(z, y, args.unet_steps, batch_size=args.unet_batch, lr=args.unet_lr,
-                            workdir=args.workdir, seed=args.seed, tiny=args.tiny, log=log,
+                            ema_decay=args.ema, workdir=args.workdir, seed=args.seed, tiny=args.tiny, log=log,
                             progress=not args.quiet)
     t_unet = time.perf_counter() - t0
     pipe = train.assemble_pipeline(vae, unet)
@@ -74,7 +75,7 @@ def main(argv=None) -> int:
         "dataset": "Fashion-MNIST train split (Debian dataset-fashion-mnist)",
         "images": int(len(x)),
         "vae_steps": args.vae_steps, "vae_batch": args.vae_batch, "vae_reconstruction_mse": vae_mse,
-        "unet_steps": args.unet_steps, "unet_batch": args.unet_batch, "unet_lr": args.unet_lr,
+        "unet_steps": args.unet_steps, "unet_batch": args.unet_batch, "unet_lr": args.unet_lr, "ema": args.ema,
         "seed": args.seed, "threads": args.threads,
         "seconds": {"vae": round(t_vae, 1), "encode": round(t_enc, 1), "unet": round(t_unet, 1), "total": round(total, 1)},
         "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}, {args.threads} thread(s), CPU",

@@ -165,3 +165,23 @@ def test_written_metadata_is_json(tmp_path):
         meta = json.loads(f.metadata()["energycrf"])
     assert meta["count"] == 2 and meta["format"] == FORMAT
     assert not (tmp_path / "s.safetensors.tmp").exists()
+
+
+def test_cli_writes_shards_from_a_saved_pipeline(sd_pipe, tmp_path, capsys):
+    import argparse
+
+    from energycrf.integrations import cli
+
+    sd_pipe.save_pretrained(str(tmp_path / "pipe"))
+    (tmp_path / "prompts.txt").write_text("a red cube\n\nthe sea\n")
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args([
+        "--pipeline", str(tmp_path / "pipe"), "--prompts", str(tmp_path / "prompts.txt"), "--out", str(tmp_path / "out"),
+        "--pre-run", "35", "--post-run", "1", "--guidance-scale", "5", "--no-progress", "--ddim",
+    ])
+    assert cli.run(args) == 0
+    data = DistillationShards(tmp_path / "out")
+    assert len(data) == 2 and data.metadata[0]["prompts"] == ["a red cube", "the sea"]
+    assert SplicePlan.from_dict(data.metadata[0]["plan"]) == SplicePlan(pre_run=35, post_run=1)
+    assert "1 shard(s)" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""``energycrf compare-solvers``: compare inference solvers on a real problem, write a table and a PNG.
+"""Compare inference solvers on a real problem and write a table and a PNG (energycrf compare-solvers).
 
 The built-in problem is a ``skimage.data`` photograph (grayscale, in ``[0, 1]``) with
 Gaussian noise, and the energy ``Unary + Pairwise + FieldOfExperts`` (``C = 1``); or pass

@@ -159,6 +159,15 @@ def test_cli_compare_solvers_on_a_saved_latent(tmp_path, suffix):
     assert "(1, 4, 8, 8)" in (out / "table.md").read_text()
 
 
+def test_cli_subcommand_is_registered(tmp_path):
+    from energycrf.cli import main
+
+    out = tmp_path / "cmp"
+    assert main(["compare-solvers", "--size", "16", "--max-iters", "5", "--methods", "mean_field",
+                 "--out-dir", str(out)]) == 0
+    assert (out / "table.md").is_file() and (out / "gap.png").is_file()
+
+
 def test_cli_rejects_unknown_latent_format(tmp_path):
     bad = tmp_path / "z.pt"
     bad.write_bytes(b"not a tensor")

@@ -29,7 +29,7 @@ from .strategies import cases
 __all__ = ["EnergyConformance"]
 
 
-def _make_test(check: str):
+def _make_test(check: str, example_fraction: float = 1.0):
     @given(data=st.data())
     def test(self, data):
         case = data.draw(self.case_strategy(check), label="case")
@@ -41,7 +41,9 @@ def _make_test(check: str):
     # float64 Hessian would trip
     base = settings.default
     suppressed = set(base.suppress_health_check) | {HealthCheck.too_slow, HealthCheck.differing_executors}
-    return settings(base, suppress_health_check=sorted(suppressed, key=lambda h: h.value))(test)
+    examples = max(2, round(base.max_examples * example_fraction))
+    return settings(base, max_examples=examples,
+                    suppress_health_check=sorted(suppressed, key=lambda h: h.value))(test)
 
 
 class EnergyConformance:
@@ -60,6 +62,8 @@ class EnergyConformance:
             majoriser check, which assume a continuous energy.
         skip_checks: names of checks (see ``energycrf.testing.CHECKS``) not to run.
         check_options: extra keyword arguments per check name.
+        example_fraction: the share of the profile's ``max_examples`` each check runs
+            (at least 2); lower it for classes that sweep many configurations.
     """
 
     channels: ClassVar[int | None] = None
@@ -73,11 +77,12 @@ class EnergyConformance:
     smooth: ClassVar[bool] = True
     skip_checks: ClassVar[tuple] = ()
     check_options: ClassVar[dict] = {}
+    example_fraction: ClassVar[float] = 1.0
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         for check in conformance.CHECKS:
-            setattr(cls, f"test_{check}", _make_test(check))
+            setattr(cls, f"test_{check}", _make_test(check, cls.example_fraction))
 
     # ------------------------------------------------------------------ hooks
     def make_energy(self, case: Case) -> torch.nn.Module:
@@ -143,6 +148,7 @@ class RegistryConformance(EnergyConformance):
     """
 
     family: ClassVar[str | None] = None
+    example_fraction: ClassVar[float] = 0.3  # every spec also runs once in test_every_spec
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -123,3 +123,9 @@ def run_markdown(tmp_path, monkeypatch):
         return run_markdown_python(path, tmp_path)
 
     return _run
+
+
+@pytest.fixture
+def markdown_blocks():
+    """``markdown_blocks(text, lang="python")``: the fenced code blocks of Markdown text."""
+    return code_blocks

@@ -6,9 +6,11 @@ import os
 import subprocess
 import sys
 
-import pytest
-from conftest import REPO_ROOT
+from pathlib import Path
 
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DOCS = REPO_ROOT / "docs"
 
 # Pages whose python blocks are executable examples (run in order, one namespace per page).

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import re
 
+from pathlib import Path
+
 import pytest
-from conftest import REPO_ROOT, code_blocks
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     tomllib = pytest.importorskip("tomli")
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 README = REPO_ROOT / "README.md"
 
 TEST_COMMAND = 'pip install torch==2.13.0 && pip install -e ".[test,docs]" && python -m pytest'
@@ -26,10 +28,10 @@ def test_readme_python_blocks_run(run_markdown):
     assert (g - g_ad).abs().max().item() < 1e-4
 
 
-def test_readme_has_exactly_two_setup_commands():
+def test_readme_has_exactly_two_setup_commands(markdown_blocks):
     text = README.read_text(encoding="utf-8")
     section = text.split("## Set up on a fresh machine", 1)[1].split("\n## ", 1)[0]
-    commands = [b.strip() for b in code_blocks(section, "bash")]
+    commands = [b.strip() for b in markdown_blocks(section, "bash")]
     assert commands == [MAIN_COMMAND, TEST_COMMAND]
     assert "main job" in section.lower() and "run the tests" in section.lower()
 

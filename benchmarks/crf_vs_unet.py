@@ -168,8 +168,11 @@ def plot(record: dict, path: Path) -> None:
     u, r = record["unet"]["median_s"], record["crf"]["median_s"]
     p = record["plan"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
-    ax1.bar(["UNet call", "LatentCRF"], [u, r], color=["#888", "#d62728"])
-    ax1.set_ylabel("seconds per call")
+    bars = ax1.bar(["UNet call", "LatentCRF"], [u, r], color=["#888", "#d62728"])
+    ax1.set_yscale("log")
+    ax1.set_ylabel("seconds per call (log scale)")
+    for bar, v in zip(bars, [u, r]):
+        ax1.annotate(f"{v:.3g} s", (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom")
     ax1.set_title(f"one call, {record['dtype']} {record['machine']['device']}\nCRF / UNet = {100 * record['ratio_crf_over_unet']:.2f}%")
     base = p["baseline_unet_calls"] * u
     spliced = p["unet_calls"] * u + r

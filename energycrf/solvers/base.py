@@ -118,6 +118,7 @@ class Problem:
         self.counts = {"energy": 0, "grad": 0, "curvature": 0}
         self.radius: int | None = None  # set by solvers that colour sites
         self._curv_cache: Tensor | None = None
+        self._curv_quadratic: Tensor | None = None
 
     @property
     def is_quadratic(self) -> bool:
@@ -134,15 +135,26 @@ class Problem:
             return self.E.grad(y, self.x, self.c).detach()
 
     def curvature(self, y: Tensor) -> Tensor:
-        """``[B, H, W, C, C]`` blocks ``A_i``; computed once when the energy is quadratic."""
+        """``[B, H, W, C, C]`` blocks ``A_i``.
+
+        The blocks of quadratic terms do not depend on ``y``: they are computed once (the
+        whole energy's when it is quadratic, else those of the quadratic terms of a sum,
+        to which the other terms' blocks at ``y`` are added).
+        """
         if self._curv_cache is not None:
             return self._curv_cache
         self.counts["curvature"] += 1
+        E, x, c = self.E, self.x, self.c
+        terms = list(getattr(E, "terms", []))
         with torch.no_grad():
-            A = self.E.curvature(y, self.x, self.c).detach()
-        if self.is_quadratic:  # the exact Hessian blocks do not depend on y
-            self._curv_cache = A
-        return A
+            if self.is_quadratic:
+                self._curv_cache = E.curvature(y, x, c).detach()
+                return self._curv_cache
+            if not any(bool(getattr(t, "is_quadratic", False)) for t in terms):
+                return E.curvature(y, x, c).detach()
+            if self._curv_quadratic is None:
+                self._curv_quadratic = sum(t.curvature(y, x, c) for t in terms if t.is_quadratic).detach()
+            return self._curv_quadratic + sum(t.curvature(y, x, c) for t in terms if not t.is_quadratic).detach()
 
 
 @dataclass

@@ -173,3 +173,14 @@ def test_cli_rejects_unknown_latent_format(tmp_path):
     bad.write_bytes(b"not a tensor")
     with pytest.raises(ValueError, match="safetensors or .npy"):
         _cli(["--latent", str(bad), "--out-dir", str(tmp_path)])
+
+
+def test_problem_curvature_caches_only_the_quadratic_terms():
+    from energycrf.solvers import Problem
+
+    E = convex_energy(2)  # Unary + Pairwise (cached) + Charbonnier FoE (depends on y)
+    x = _x(seed=6)
+    prob = Problem(E, x)
+    for y in (x, x + 0.7 * _x(seed=7), x - 2.0):
+        torch.testing.assert_close(prob.curvature(y), E.curvature(y, x), rtol=1e-12, atol=1e-12)
+    assert prob._curv_quadratic is not None

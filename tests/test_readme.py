@@ -47,3 +47,11 @@ def test_main_command_entry_point_exists():
     assert meta["project"]["scripts"]["energycrf"] == "energycrf.cli:main"
     from energycrf.cli import main  # noqa: F401  (importable)
 
+
+
+def test_readme_lists_every_command():
+    from energycrf.cli import COMMANDS
+
+    text = README.read_text(encoding="utf-8")
+    for name in COMMANDS:
+        assert f"energycrf {name}" in text, f"README does not show `energycrf {name}`"

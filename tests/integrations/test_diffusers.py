@@ -333,3 +333,35 @@ def test_pipeline_and_real_latent_crf_saved_and_reloaded(tiny, tokenizer_dir, tm
     torch.testing.assert_close(after, before)
     with pytest.raises(FileNotFoundError, match="model_index.json"):
         load_pretrained(tmp_path)
+
+
+def test_batched_prompts_and_images_per_prompt_two_call_path(sd_pipe, tiny, rec_cls):
+    pos, neg = _embeds(batch=2)
+    kw = dict(prompt_embeds=pos, negative_prompt_embeds=neg, guidance_scale=5.0, num_images_per_prompt=2,
+              output_type="latent")
+    sched = sd_pipe.scheduler
+    try:
+        sd_pipe.scheduler = DDIMScheduler(**{**SD15_SCHEDULER, "set_alpha_to_one": True})
+        crf_a = tiny.make_crf()
+        ref = generate(sd_pipe, crf_a, generator=torch.Generator().manual_seed(0), **kw).images
+        sd_pipe.scheduler = EulerDiscreteScheduler(**SIGMA_CONFIG)
+        crf_b = tiny.make_crf()
+        with rec_cls(sd_pipe.unet) as rec:
+            out = generate(sd_pipe, crf_b, generator=torch.Generator().manual_seed(0), **kw).images
+    finally:
+        sd_pipe.scheduler = sched
+    assert out.shape == (4, 4, H, W) and len(rec.timesteps) == 33
+    c = crf_b.calls[0][1]
+    torch.testing.assert_close(c, pos.repeat_interleave(2, dim=0))  # positive half, per image
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_interrupted_before_the_splice_is_an_error(sd_pipe, standin_crf):
+    def stop(pipe, i, t, tensors):
+        if i == 3:
+            pipe._interrupt = True
+        return tensors
+
+    with pytest.raises(RuntimeError, match="the CRF ran 0 times"):
+        generate(sd_pipe, standin_crf, callback_on_step_end=stop, **_sd_kwargs())
+    assert not sd_pipe._interrupt

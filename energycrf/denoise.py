@@ -1,0 +1,347 @@
+"""Grayscale Gaussian denoising with the shipped checkpoints, and the ``energycrf denoise`` command.
+
+A shipped denoiser is a learned model ``M`` trained (``scripts/train_denoisers.py``) on
+patches of scikit-image photographs corrupted by additive white Gaussian noise,
+``x = y + sigma n`` with ``n ~ N(0, I)`` and pixel values in ``[0, 1]`` (``sigma`` given
+on the 0-255 scale, divided by 255). It works on one channel (``C = 1``); colour images
+are denoised channel by channel. Pixels enter the model centred and scaled,
+``x' = (x - offset) * scale``, and leave as ``y = M(x') / scale + offset``.
+
+Checkpoints live in ``energycrf/pretrained/denoise-sigma{15,25,50}/{foe,latentcrf}/``
+(package data): ``denoiser.json`` (the kind of model, ``sigma``, ``offset``, ``scale``, how
+it was trained and measured) next to the model's own ``config.json`` + ``model.safetensors``.
+``foe`` is a Field-of-Experts energy (Student-t experts) minimised by the mean-field
+solver, learned through the unrolled solver; ``latentcrf`` is the LatentCRF layer.
+
+Command line::
+
+    energycrf denoise noisy.png --sigma 25 -o clean.png
+    energycrf denoise noisy.npy --sigma 50 -o clean.npy     # float arrays, values outside [0, 1] allowed
+    energycrf denoise photo.jpg --sigma 15 -o out.png --add-noise --seed 0   # noise it first (a demo)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "SIGMAS",
+    "TRAIN_IMAGES",
+    "TEST_IMAGES",
+    "PixelDenoiser",
+    "FoEEnergyDenoiser",
+    "pretrained_dir",
+    "load_denoiser",
+    "denoise",
+    "read_image",
+    "write_image",
+    "skimage_gray",
+    "heldout_pair",
+    "add_arguments",
+    "run",
+]
+
+SIGMAS = (15, 25, 50)
+PRETRAINED_ROOT = Path(__file__).resolve().parent / "pretrained"
+DENOISER_JSON = "denoiser.json"
+
+# scikit-image photographs (bundled with scikit-image, nothing is downloaded).
+# Training and evaluation sets are disjoint; ``cat`` is the same photograph as
+# ``chelsea`` and is used by neither set.
+TRAIN_IMAGES = ("astronaut", "coffee", "chelsea", "rocket", "brick", "grass", "gravel", "text",
+                "page", "hubble_deep_field", "immunohistochemistry", "retina", "cell")
+TEST_IMAGES = ("camera", "coins", "clock", "moon")
+
+
+def skimage_gray(name: str) -> np.ndarray:
+    """A scikit-image sample photograph as float64 grayscale in ``[0, 1]``."""
+    import skimage.data
+    from skimage.color import rgb2gray
+    from skimage.util import img_as_float
+
+    if not hasattr(skimage.data, name):
+        raise ValueError(f"name: {name!r} is not a scikit-image sample image")
+    im = getattr(skimage.data, name)()
+    if im.ndim == 3:
+        im = rgb2gray(im[..., :3])
+    return img_as_float(im).astype(np.float64)
+
+
+def heldout_pair(name: str, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(clean, noisy)`` for a photograph: additive Gaussian noise of ``sigma`` (0-255 scale),
+    seeded by ``sigma`` and the name, so every evaluation sees the same noisy copy."""
+    clean = skimage_gray(name)
+    names = TRAIN_IMAGES + TEST_IMAGES
+    rng = np.random.default_rng(int(round(sigma)) * 1000 + (names.index(name) if name in names else 999))
+    return clean, clean + rng.normal(0.0, sigma / 255.0, clean.shape)
+
+
+class PixelDenoiser(nn.Module):
+    """A one-channel model ``M`` applied to pixel values: ``y = M((x - offset) scale) / scale + offset``.
+
+    Args:
+        model: the learned module, called as ``model(x)`` on ``[B, 1, H, W]``.
+        sigma: the noise level it was trained for (0-255 scale).
+        offset, scale: the pixel normalisation.
+        kind: ``"latent_crf"`` (an :class:`energycrf.LatentCRF`), or another name
+            registered in ``_LOADERS``.
+    """
+
+    def __init__(self, model: nn.Module, sigma: float, offset: float = 0.5, scale: float = 4.0,
+                 kind: str = "latent_crf", info: dict[str, Any] | None = None):
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+        if kind not in _LOADERS:
+            raise ValueError(f"kind: expected one of {sorted(_LOADERS)}, got {kind!r}")
+        if not float(scale) > 0:
+            raise ValueError(f"scale: expected a positive number, got {scale!r}")
+        self.model = model
+        self.sigma = float(sigma)
+        self.offset = float(offset)
+        self.scale = float(scale)
+        self.kind = kind
+        self.info = dict(info or {})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 1:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x: expected a tensor [B, 1, H, W] of pixel values, got {got}")
+        return self.model((x - self.offset) * self.scale) / self.scale + self.offset
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write the model (its own ``save_pretrained``) and ``denoiser.json`` to ``directory``."""
+        from .training.checkpoint import atomic_write_text
+
+        directory = Path(directory)
+        self.model.save_pretrained(directory)
+        meta = {"kind": self.kind, "sigma": self.sigma, "offset": self.offset, "scale": self.scale,
+                "channels": 1, **({"info": self.info} if self.info else {})}
+        atomic_write_text(directory / DENOISER_JSON, json.dumps(meta, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "PixelDenoiser":
+        """Load a directory written by :meth:`save_pretrained` (safetensors + JSON only)."""
+        directory = Path(directory)
+        meta_path = directory / DENOISER_JSON
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"directory: {str(directory)!r} holds no {DENOISER_JSON}")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        kind = meta.get("kind")
+        if kind not in _LOADERS:
+            raise ValueError(f"directory: {str(meta_path)!r} names an unknown model kind {kind!r}")
+        model = _LOADERS[kind](directory)
+        return cls(model, meta["sigma"], meta["offset"], meta["scale"], kind=kind, info=meta.get("info"))
+
+
+class FoEEnergyDenoiser(nn.Module):
+    r"""A Field-of-Experts energy minimised by a solver, as a trainable module.
+
+    .. math::
+
+        E(y, x) = w \|y - x\|^2 + \sum_m \sum_k \alpha \log\big(1 + \tfrac12 (J_m \odot y)_k^2\big)
+
+    (``Unary`` + ``FieldOfExperts`` with Student-t experts, paper eqs. 4-6 with a classic
+    expert), and ``M(x)`` = ``num_iterations`` steps of the solver ``method`` from
+    ``y = x`` (the shared site-wise update ``y_i <- y_i - A_i^{-1} g_i``; for
+    ``"mean_field"`` all sites at once), through :class:`energycrf.solvers.unrolled.Unrolled`,
+    which backpropagates through the steps: training learns ``w`` and the filters ``J_m``.
+    """
+
+    def __init__(self, num_filters: int = 24, kernel_size: int = 5, alpha: float = 1.0,
+                 num_iterations: int = 6, method: str = "mean_field", unary_weight: float = 1.0,
+                 init_scale: float = 1.0):
+        super().__init__()
+        from .energies import FieldOfExperts, Unary
+        from .energies.potentials import StudentT
+        from .solvers.unrolled import Unrolled
+
+        self.config = {"num_filters": int(num_filters), "kernel_size": int(kernel_size), "alpha": float(alpha),
+                       "num_iterations": int(num_iterations), "method": str(method),
+                       "unary_weight": float(unary_weight), "init_scale": float(init_scale)}
+        energy = (Unary(weight=unary_weight, learnable=True)
+                  + FieldOfExperts(channels=1, num_filters=num_filters, kernel_size=kernel_size,
+                                   potential=StudentT(alpha), init_scale=init_scale))
+        self.layer = Unrolled(energy, method, num_iterations=num_iterations)
+
+    @property
+    def energy(self):
+        """The learned energy (an :class:`energycrf.Energy`): solve it with any solver."""
+        return self.layer.energy
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return self.layer(x)
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        from safetensors.torch import save_file
+
+        from .training.checkpoint import atomic_write_text
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / ".model.safetensors.tmp"
+        save_file({k: v.detach().contiguous().clone() for k, v in self.state_dict().items()}, str(tmp))
+        os.replace(tmp, directory / "model.safetensors")
+        atomic_write_text(directory / "config.json",
+                          json.dumps({"_class_name": type(self).__name__, **self.config}, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "FoEEnergyDenoiser":
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        if config.pop("_class_name", cls.__name__) != cls.__name__:
+            raise ValueError(f"directory: {str(directory)!r} does not hold a {cls.__name__}")
+        model = cls(**config)
+        model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)
+        return model
+
+
+def _load_latent_crf(directory: Path) -> nn.Module:
+    from .solvers.latent_crf import LatentCRF
+
+    return LatentCRF.from_pretrained(directory)
+
+
+_LOADERS = {"latent_crf": _load_latent_crf, "foe_energy": FoEEnergyDenoiser.from_pretrained}
+MODELS = ("foe", "latentcrf")
+DEFAULT_MODEL = "foe"
+
+
+def pretrained_dir(sigma: int | float, model: str = DEFAULT_MODEL) -> Path:
+    """The shipped checkpoint directory for ``sigma`` (one of :data:`SIGMAS`) and ``model``
+    (``"foe"``: the Field-of-Experts energy; ``"latentcrf"``: the LatentCRF layer)."""
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or float(sigma) not in SIGMAS:
+        raise ValueError(f"sigma: shipped checkpoints exist for sigma in {SIGMAS} (0-255 scale), got {sigma!r}; "
+                         "train one with scripts/train_denoisers.py and pass its directory as checkpoint")
+    if model not in MODELS:
+        raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
+    return PRETRAINED_ROOT / f"denoise-sigma{int(sigma)}" / model
+
+
+def load_denoiser(sigma: int | float = 25, checkpoint: str | os.PathLike | None = None,
+                  model: str = DEFAULT_MODEL) -> PixelDenoiser:
+    """The shipped denoiser for ``sigma`` and ``model``, or the one in ``checkpoint``, in eval mode."""
+    path = Path(checkpoint) if checkpoint is not None else pretrained_dir(sigma, model)
+    return PixelDenoiser.from_pretrained(path).eval()
+
+
+@torch.no_grad()
+def denoise(image: np.ndarray, sigma: int | float = 25, denoiser: PixelDenoiser | None = None) -> np.ndarray:
+    """Denoise ``image`` (``[H, W]`` or ``[H, W, C]``, float pixel values, nominally in ``[0, 1]``).
+
+    Channels are denoised one by one with the one-channel model. Returns float32, same
+    shape, not clipped.
+    """
+    arr = np.asarray(image)
+    if arr.ndim not in (2, 3) or arr.size == 0:
+        raise ValueError(f"image: expected a non-empty [H, W] or [H, W, C] array, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        raise TypeError(f"image: expected float pixel values (scale integers to [0, 1] first), got {arr.dtype}")
+    if not np.isfinite(arr).all():
+        raise ValueError("image: contains NaN or infinite values")
+    den = denoiser if denoiser is not None else load_denoiser(sigma)
+    planes = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
+    x = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32))[:, None]
+    y = den(x)[:, 0].numpy()
+    return y[0] if arr.ndim == 2 else np.moveaxis(y, 0, -1)
+
+
+# --------------------------------------------------------------------------- files
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read PNG / JPEG (to float in ``[0, 1]``) or ``.npy`` (float, values kept as they are)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise FileNotFoundError(f"IN: no file at {str(path)!r}")
+    if suffix == ".npy":
+        arr = np.load(path, allow_pickle=False)
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise TypeError(f"IN: a .npy input must hold floats (pixel values, [0, 1] nominal), got {arr.dtype}")
+        return arr.astype(np.float32)
+    if suffix in _IMAGE_SUFFIXES:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            if im.mode in ("I;16", "I;16B", "I"):
+                return np.asarray(im, dtype=np.float32) / 65535.0
+            if im.mode not in ("L", "RGB"):
+                im = im.convert("RGB")
+            return np.asarray(im, dtype=np.float32) / 255.0
+    raise ValueError(f"IN: expected a .png, .jpg, .jpeg or .npy file, got {str(path)!r}")
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Write ``.npy`` (float32 as is) or PNG / JPEG (clipped to ``[0, 1]``, 8 bit)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    arr = np.asarray(image, dtype=np.float32)
+    if suffix == ".npy":
+        np.save(path, arr, allow_pickle=False)
+        return path
+    if suffix in _IMAGE_SUFFIXES:
+        from PIL import Image
+
+        q = np.clip(np.rint(np.clip(arr, 0.0, 1.0) * 255.0), 0, 255).astype(np.uint8)
+        Image.fromarray(q).save(path, **({"quality": 95} if suffix != ".png" else {}))
+        return path
+    raise ValueError(f"OUT: expected a .png, .jpg, .jpeg or .npy file name, got {str(path)!r}")
+
+
+# --------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", metavar="IN", help="noisy image: .png, .jpg/.jpeg or .npy (float)")
+    parser.add_argument("--sigma", type=float, default=25.0,
+                        help=f"noise standard deviation on the 0-255 scale; shipped: {', '.join(map(str, SIGMAS))}")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output .png, .jpg/.jpeg or .npy")
+    parser.add_argument("--model", choices=MODELS, default=DEFAULT_MODEL,
+                        help="which shipped model: the Field-of-Experts energy (foe) or the LatentCRF layer")
+    parser.add_argument("--checkpoint", default=None, help="a denoiser directory (default: the shipped one for --sigma)")
+    parser.add_argument("--add-noise", action="store_true",
+                        help="first add Gaussian noise of level --sigma to IN (to try the denoiser on a clean photo)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --add-noise")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    image = read_image(args.input)
+    den = load_denoiser(args.sigma, args.checkpoint, model=args.model)
+    if args.add_noise:
+        rng = np.random.default_rng(args.seed)
+        image = (image + rng.normal(0.0, args.sigma / 255.0, image.shape)).astype(np.float32)
+    t0 = time.process_time()
+    out = denoise(image, denoiser=den)
+    cpu = time.process_time() - t0
+    write_image(args.output, out)
+    print(f"denoised {args.input} ({'x'.join(map(str, image.shape))}, sigma {args.sigma:g}) -> {args.output} "
+          f"in {cpu:.2f} s CPU [{den.kind}, {'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'shipped'}]")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m energycrf.denoise IN --sigma 25 -o OUT`` (same as ``energycrf denoise``)."""
+    parser = argparse.ArgumentParser(prog="energycrf denoise",
+                                     description="Denoise a photograph with the shipped checkpoints.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,127 @@
+#!/usr/bin/env python
+"""Reproduce the shipped grayscale denoisers (energycrf/pretrained/denoise-sigma{S}/{foe,latentcrf}/).
+
+For each sigma (0-255 scale) and model, the stage-1 trainer learns from random patches of
+the scikit-image training photographs (energycrf.denoise.TRAIN_IMAGES) corrupted by
+additive Gaussian noise of that sigma, with the denoising loss L_NT (mean squared form),
+AdamW and warm-up + cosine decay. Models:
+
+- ``foe``: a Unary + FieldOfExperts (24 Student-t experts, 5x5) energy minimised by 6
+  mean-field steps, learned through energycrf.solvers.unrolled.Unrolled;
+- ``latentcrf``: the LatentCRF layer (channels=1, cond_dim=None; Algorithm 1 with the
+  paper's ReLU experts, the mean-field normalisation K^-1 and the MLP compatibility).
+
+Each is then measured (PSNR) on the held-out photographs (energycrf.denoise.TEST_IMAGES)
+and saved with save_pretrained.
+
+    python scripts/train_denoisers.py                      # everything (about 5 min per run, 1 CPU thread)
+    python scripts/train_denoisers.py --models foe --sigmas 25 --steps 100 --out /tmp/try
+
+Everything is seeded; on the same machine and thread count the run is repeatable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+try:
+    import energycrf  # noqa: F401
+except ImportError:  # running from a checkout without `pip install -e .`
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from energycrf.denoise import (PRETRAINED_ROOT, TEST_IMAGES, TRAIN_IMAGES, FoEEnergyDenoiser, PixelDenoiser,
+                               heldout_pair, skimage_gray)
+from energycrf.solvers.latent_crf import LatentCRF
+from energycrf.training import ImagePatches, TrainConfig, Trainer
+
+CRF_ARCH = dict(channels=1, cond_dim=None, num_iterations=5, num_filters=24, kernel_size=5,
+                compatibility="mlp", hidden_channels=16, normalization="mean_field")
+FOE_ARCH = dict(num_filters=24, kernel_size=5, alpha=1.0, num_iterations=6, method="mean_field", init_scale=1.0)
+# per model: (steps, learning rate); both use batch 8 of 48x48 patches, the loss ignoring an 8-pixel border
+RECIPES = {"foe": (400, 3e-3), "latentcrf": (800, 2e-3)}
+
+
+def psnr(ref: np.ndarray, est: np.ndarray) -> float:
+    from skimage.metrics import peak_signal_noise_ratio
+
+    return float(peak_signal_noise_ratio(ref, np.clip(est, 0, 1), data_range=1.0))
+
+
+@torch.no_grad()
+def evaluate(den: PixelDenoiser, sigma: float) -> dict[str, float]:
+    out = {}
+    for name in TEST_IMAGES:
+        clean, noisy = heldout_pair(name, sigma)
+        y = den(torch.from_numpy(noisy).float()[None, None])[0, 0].double().numpy()
+        out[name] = round(psnr(clean, y), 3)
+    return out
+
+
+def train_one(model: str, sigma: float, args) -> PixelDenoiser:
+    torch.manual_seed(args.seed)
+    steps, lr = RECIPES[model]
+    steps, lr = args.steps or steps, args.lr or lr
+    images = [skimage_gray(n) for n in TRAIN_IMAGES]
+    ds = ImagePatches(images, patch_size=args.patch_size, length=steps * args.batch_size, seed=args.seed)
+    if model == "foe":
+        den = PixelDenoiser(FoEEnergyDenoiser(**FOE_ARCH), sigma=sigma, scale=args.scale, kind="foe_energy")
+    else:
+        den = PixelDenoiser(LatentCRF(**CRF_ARCH), sigma=sigma, scale=args.scale, kind="latent_crf")
+    cfg = TrainConfig(output_dir=str(Path(args.work_dir) / f"{model}-sigma{int(sigma)}"), stage=1,
+                      max_steps=steps, batch_size=args.batch_size, lr=lr, weight_decay=0.0,
+                      warmup_steps=args.warmup, min_lr_ratio=0.05, noise_mode="sigma",
+                      noise_level=sigma / 255.0, loss_norm="mse", loss_margin=args.margin, seed=args.seed, log_every=10,
+                      checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
+    t0 = time.process_time()
+    Trainer(den, cfg, ds).fit(resume=args.resume)
+    cpu = time.process_time() - t0
+    den.eval()
+    scores = evaluate(den, sigma)
+    den.info = {"train_images": list(TRAIN_IMAGES), "test_images": list(TEST_IMAGES),
+                "steps": steps, "batch_size": args.batch_size, "patch_size": args.patch_size,
+                "lr": lr, "warmup_steps": args.warmup, "loss_margin": args.margin, "seed": args.seed, "threads": torch.get_num_threads(),
+                "train_cpu_s": round(cpu, 1), "test_psnr": scores,
+                "command": "python scripts/train_denoisers.py " + " ".join(args.argv)}
+    return den
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    p.add_argument("--models", nargs="+", choices=sorted(RECIPES), default=["foe", "latentcrf"])
+    p.add_argument("--sigmas", type=float, nargs="+", default=[15, 25, 50])
+    p.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--patch-size", type=int, default=48)
+    p.add_argument("--margin", type=int, default=8, help="border left out of the loss (zero-padded patch edges)")
+    p.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--scale", type=float, default=4.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
+    p.add_argument("--checkpoint-every", type=int, default=250)
+    p.add_argument("--resume", action="store_true", help="continue interrupted runs in --work-dir")
+    p.add_argument("--work-dir", default="/tmp/energycrf-denoise-train")
+    p.add_argument("--out", default=str(PRETRAINED_ROOT), help="where denoise-sigma{S}/ directories go")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    args.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
+    torch.set_num_threads(args.threads)
+    for model in args.models:
+        for sigma in args.sigmas:
+            den = train_one(model, sigma, args)
+            path = den.save_pretrained(Path(args.out) / f"denoise-sigma{int(sigma)}" / model)
+            print(json.dumps({"model": model, "sigma": sigma, "dir": str(path), "test_psnr": den.info["test_psnr"],
+                              "train_cpu_s": den.info["train_cpu_s"]}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -183,7 +183,7 @@ def load_pipeline(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
     path = Path(path)
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"no diffusers pipeline at {path} (model_index.json missing)")
-    pipe = pipeline_class().from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
+    pipe = pipeline_class().from_pretrained(str(path), dtype=dtype, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

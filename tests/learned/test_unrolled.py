@@ -222,7 +222,7 @@ def test_training_through_the_solver_learns_the_smoothing_strength(differentiati
     E = (Unary(weight=5.0, learnable=True) + Pairwise(1, compatibility="learnable")).double()
     with torch.no_grad():
         E[1].compatibility.weight.fill_(0.3)
-    layer = Unrolled(E, "mean_field", 60 if differentiation == "backprop" else 300,
+    layer = Unrolled(E, "mean_field", 20 if differentiation == "backprop" else 300,
                      differentiation=differentiation, damping=0.8)
     h = torch.linspace(0, 3.0, 8, dtype=torch.float64)
     clean = (torch.sin(h)[:, None] * torch.cos(h)[None, :]).expand(4, 1, 8, 8)

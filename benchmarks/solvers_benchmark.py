@@ -178,6 +178,7 @@ def figure(results, path: Path):
         ax.axhline(TARGET, color="0.5", ls=":", lw=1)
         ax.set_yscale("log")
         ax.set_xscale("symlog", linthresh=0.1)
+        ax.set_xlim(left=0)
         ax.set_xlabel("wall time [s]")
         ax.set_ylabel("relative energy gap")
         ax.set_title(res["problem"])
@@ -197,7 +198,11 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--problems", default="camera,latent")
     ap.add_argument("--out", type=Path, default=Path("/tmp/energycrf-solvers-benchmark"))
+    ap.add_argument("--replot", type=Path, default=None, help="redraw the figure from a results JSON and exit")
     args = ap.parse_args(argv)
+    if args.replot is not None:
+        figure(json.loads(args.replot.read_text()), args.out / "solvers_benchmark.png")
+        return
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     results = []

@@ -95,6 +95,7 @@ class Comparison:
             ax.axhline(self.target_gap, color="0.6", ls=":", lw=1)
             ax.grid(True, which="both", alpha=0.25)
         ax_t.set_xscale("symlog", linthresh=1e-2)
+        ax_t.set_xlim(left=0)
         ax_it.legend(fontsize=8)
         fig.suptitle(title or "energy gap to the best energy found")
         fig.tight_layout()

@@ -44,3 +44,20 @@ def test_mkdocs_build_strict(tmp_path):
 def test_docs_examples_run(page, run_markdown):
     run_markdown(DOCS / page)
 
+
+
+def test_nav_hook_adds_unlisted_pages_and_drops_missing_ones(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mkdocs_hooks", DOCS / "mkdocs_hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    (tmp_path / "index.md").write_text("# Home\n")
+    (tmp_path / "new-page.md").write_text("intro\n# A new page\n")
+    config = {"docs_dir": str(tmp_path), "nav": [
+        {"Home": "index.md"},
+        {"Guide": [{"Not written yet": "missing.md"}]},
+        {"API reference": "api-missing.md"},
+    ]}
+    nav = hooks.on_config(config)["nav"]
+    assert nav == [{"Home": "index.md"}, {hooks.SECTION: [{"A new page": "new-page.md"}]}]

@@ -569,8 +569,11 @@ def check_energy(
     Raises:
         ConformanceError: listing every failing (check, case) pair.
     """
-    if not callable(make_energy):
-        raise TypeError(f"make_energy must be a callable Case -> Energy, got {type(make_energy).__name__}")
+    if isinstance(make_energy, torch.nn.Module) or not callable(make_energy):
+        raise TypeError(
+            "make_energy must be a callable Case -> Energy (a factory, e.g. `lambda case: MyTerm()`), "
+            f"got {type(make_energy).__name__}"
+        )
     cases = list(DEFAULT_CASES if cases is None else cases)
     if conditions is not None:
         cases = [k for k in cases if k.condition in conditions]

@@ -472,7 +472,7 @@ def check_convexity_margin(make_energy: MakeEnergy, case: Case, *, required: boo
     m = energy.convexity_margin(c)
     if m is None:
         if required:
-            raise AssertionError("a built-in energy must report its convexity_margin, got None")
+            raise AssertionError("convexity_margin is required (built-in terms must report it), got None")
         return
     if isinstance(m, torch.Tensor) or not isinstance(m, (int, float)) or isinstance(m, bool):
         raise AssertionError(f"convexity_margin must be a python float or None, got {type(m).__name__}")

@@ -517,11 +517,21 @@ def plot_loss_curve(log_path: str | Path, png_path: str | Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     keys = [k for k in recs[-1] if k.startswith("loss")]
+    if "loss_adv" not in keys:  # loss == loss_main without the adversarial term
+        keys = [k for k in keys if k != "loss_main"]
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
     steps = [r["step"] for r in recs]
-    for k in keys:
+    window = max(1, len(recs) // 25)
+    for i, k in enumerate(keys):
         vals = [r.get(k, math.nan) for r in recs]
-        ax.plot(steps, vals, label=k, lw=1.2)
+        color = f"C{i}"
+        ax.plot(steps, vals, color=color, lw=0.8, alpha=0.35)
+        if window > 1:  # running mean over `window` records
+            smooth = [sum(vals[max(0, j - window + 1): j + 1]) / len(vals[max(0, j - window + 1): j + 1])
+                      for j in range(len(vals))]
+            ax.plot(steps, smooth, color=color, lw=1.6, label=f"{k} (running mean of {window})")
+        else:
+            ax.plot([], [], color=color, label=k)
     if all(v > 0 for k in keys for v in (r.get(k, 1.0) for r in recs)):
         ax.set_yscale("log")
     ax.set_xlabel("step")

@@ -24,7 +24,8 @@ from torch.utils.data import Dataset
 
 from energycrf.ldm import captions as _captions
 
-CRF_CONFIG = dict(channels=4, cond_dim=384, num_iterations=5, hidden_channels=32, attention_dim=32, num_filters=8)
+CRF_CONFIG = dict(channels=4, cond_dim=384, num_iterations=5, hidden_channels=32, attention_dim=32, num_filters=8,
+                  normalization="none")  # starts at the identity (the latents' channels differ in scale)
 
 
 def build_crf(**overrides):

@@ -147,3 +147,36 @@ def test_loss_margin_ignores_the_border(tmp_path):
     assert model.b.item() == 0.5
     with pytest.raises(ValueError, match="loss_margin"):
         Trainer(BorderOnly(), _cfg(tmp_path / "b", loss_margin=6, noise_level=0.0), ds).fit()
+
+
+def test_stage1_on_latent_shards_feeds_the_papers_noised_latents(tmp_path):
+    """Stage 1 from clean latents on disk: the model sees z~ = sqrt(a) z + sqrt(1-a) n (3.4.1)."""
+    from energycrf.losses import add_noise
+    from energycrf.training import NoiseSpec
+
+    torch.manual_seed(0)
+    z = torch.randn(12, 4, 6, 6)
+    save_file({"z": z}, str(tmp_path / "latents.safetensors"))
+    seen = []
+
+    class Record(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return self.w * x
+
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), max_steps=4, batch_size=3, noise_mode="alpha",
+                      noise_level=(0.2, 0.8), progress=False, seed=3)
+    tr = Trainer(Record(), cfg, LatentShards(tmp_path, keys=("z",)))
+    tr.fit()
+    assert len(seen) == 4
+    sampler_order = torch.randperm(12, generator=torch.Generator().manual_seed(3)).tolist()
+    spec = NoiseSpec("alpha", (0.2, 0.8))
+    for step, x in enumerate(seen):
+        idx = torch.tensor(sampler_order[3 * step:3 * step + 3])
+        n, a = spec.draw((4, 6, 6), idx, seed=3, epoch=0)
+        assert bool(((a >= 0.2) & (a <= 0.8)).all())
+        torch.testing.assert_close(x, add_noise(z[idx], a, noise=n))

@@ -16,8 +16,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest
 import torch
 
-diffusers = pytest.importorskip("diffusers")
-transformers = pytest.importorskip("transformers")
+# diffusers/transformers are imported inside the builders: the test modules that need
+# them call pytest.importorskip, the others run without the `diffusers` extra.
 
 SD15_SCHEDULER = dict(
     beta_start=0.00085,
@@ -170,9 +170,10 @@ def build_sdxl(tokenizer_dir):
     return pipe
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Tiny models run fastest on one thread on a shared machine; restored afterwards."""
+    """Tiny models run fastest on one thread on a shared machine; restored after each module
+    (module scope, so the module-scoped pipelines and shards are built under it too)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

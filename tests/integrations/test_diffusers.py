@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 pytest.importorskip("diffusers")
 
@@ -365,3 +367,32 @@ def test_interrupted_before_the_splice_is_an_error(sd_pipe, standin_crf):
     with pytest.raises(RuntimeError, match="the CRF ran 0 times"):
         generate(sd_pipe, standin_crf, callback_on_step_end=stop, **_sd_kwargs())
     assert not sd_pipe._interrupt
+
+
+@given(
+    pre_steps=st.integers(4, 20),
+    pre_frac=st.floats(0, 1),
+    post_steps=st.integers(4, 30),
+    post_run=st.integers(0, 3),
+    crf_output=st.sampled_from(["clean", "post"]),
+)
+def test_drawn_plans_call_the_unet_where_the_plan_says(sd_pipe, tiny, pre_steps, pre_frac, post_steps, post_run, crf_output):
+    """Any valid plan: the UNet runs exactly at plan.schedule(...).timesteps, and the CRF sees
+    the latent a plain pre_steps-step DDIM run has after pre_run steps."""
+    pre_run = 1 + int(pre_frac * (pre_steps - 2))
+    if crf_output == "post" and post_run == 0:
+        post_run = 1
+    plan = SplicePlan(pre_steps, pre_run, post_steps, post_run, crf_output)
+    try:
+        sched = plan.schedule_for(sd_pipe.scheduler.config)
+    except ValueError:
+        with pytest.raises(ValueError, match="not below the splice timestep"):
+            generate(sd_pipe, tiny.make_crf(), plan, **_sd_kwargs())
+        return
+    crf = tiny.make_crf()
+    with tiny.UNetCallRecorder(sd_pipe.unet) as rec:
+        z = generate(sd_pipe, crf, plan, **_sd_kwargs()).images
+    assert rec.timesteps == list(sched.timesteps) and len(rec.timesteps) == plan.unet_calls
+    assert len(crf.calls) == 1 and z.shape == (1, 4, H, W) and torch.isfinite(z).all()
+    ref = _reference_latent_at(sd_pipe, DDIMScheduler(**SD15_SCHEDULER), pre_steps, pre_run - 1, **_sd_kwargs())
+    torch.testing.assert_close(crf.calls[0][0], ref, rtol=1e-4, atol=1e-4)

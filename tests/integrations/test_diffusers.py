@@ -275,6 +275,20 @@ def test_spliced_ddim_equals_ddim_without_a_table():
     z, e = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
     for t in a.timesteps[:5]:
         torch.testing.assert_close(b.step(e, t, z).prev_sample, a.step(e, t, z).prev_sample, rtol=1e-5, atol=1e-6)
+        v = torch.randn(2, 4, 8, 8, generator=g)
+        torch.testing.assert_close(  # stochastic DDIM (eta > 0) with the same noise
+            b.step(e, t, z, eta=0.5, variance_noise=v).prev_sample,
+            a.step(e, t, z, eta=0.5, variance_noise=v).prev_sample, rtol=1e-5, atol=1e-6,
+        )
+    for clipped in (False, True):  # clip_sample, with and without use_clipped_model_output
+        a2 = DDIMScheduler(**{**SD15_SCHEDULER, "clip_sample": True, "clip_sample_range": 0.5})
+        b2 = SplicedDDIMScheduler.from_config(a2.config)
+        a2.set_timesteps(40)
+        b2.set_timesteps(timesteps=a2.timesteps.tolist())
+        torch.testing.assert_close(
+            b2.step(e, 501, 3 * z, use_clipped_model_output=clipped).prev_sample,
+            a2.step(e, 501, 3 * z, use_clipped_model_output=clipped).prev_sample, rtol=1e-5, atol=1e-6,
+        )
     with pytest.raises(ValueError, match="strictly decreasing"):
         b.set_timesteps(timesteps=[1, 21])
 

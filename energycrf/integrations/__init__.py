@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from .distill import DistillationShards, generate_distillation_data, load_shards, read_shard, write_shard
 from .plan import CLEAN, SplicePlan, SpliceSchedule, ddim_timesteps
 from .sampler import NoiseSchedule, crf_to_target, ddim_sample, ddim_step, splice_sample, teacher_pair
 
@@ -23,4 +24,9 @@ __all__ = [
     "ddim_step",
     "splice_sample",
     "teacher_pair",
+    "DistillationShards",
+    "generate_distillation_data",
+    "load_shards",
+    "read_shard",
+    "write_shard",
 ]

@@ -185,3 +185,15 @@ def test_cli_writes_shards_from_a_saved_pipeline(sd_pipe, tmp_path, capsys):
     assert len(data) == 2 and data.metadata[0]["prompts"] == ["a red cube", "the sea"]
     assert SplicePlan.from_dict(data.metadata[0]["plan"]) == SplicePlan(pre_run=35, post_run=1)
     assert "1 shard(s)" in capsys.readouterr().out
+
+
+def test_stage2_trainer_dataset_reads_the_shards(shards):
+    from energycrf.training.data import LatentShards
+
+    out, _ = shards
+    data = LatentShards(out)
+    ours = DistillationShards(out)
+    assert len(data) == len(ours) == 5 and data.optional_keys == ("prompt_embeds",)
+    for i in (0, 3, 4):
+        for key in ("z_s", "z_f", "prompt_embeds"):
+            torch.testing.assert_close(data[i][key], ours[i][key])

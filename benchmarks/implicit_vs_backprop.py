@@ -10,7 +10,8 @@ For each iteration count ``K`` and each mode, in one process:
 
 - ``saved MB``: the bytes autograd keeps for the backward pass (every tensor packed by
   ``torch.autograd.graph.saved_tensors_hooks`` during the forward): the memory that grows
-  with ``K`` for backprop and must not for implicit differentiation;
+  with ``K`` for backprop and must not for implicit differentiation (the implicit mode's
+  preconditioner also holds the ``B H W C^2`` curvature blocks, outside autograd);
 - ``time``: median wall-clock seconds of forward + backward over ``--repeats`` runs,
   the two modes interleaved so that load from other processes hits both alike;
 - ``grad err``: the relative error of the parameter gradient against a reference

@@ -94,3 +94,18 @@ def test_text_term_needs_a_condition_of_its_width():
         E(y, y, torch.zeros(2, 4))
     with pytest.raises(ValueError, match=r"(?s)\bc\b.*5.*\(2, 3, 4\)"):
         E(y, y, torch.zeros(2, 3, 4))
+
+
+def test_condition_of_another_float_dtype_is_cast_or_clearly_refused():
+    """A float32 prompt embedding with float64 latents: either the result equals the float64
+    one, or a TypeError/ValueError names c (never a RuntimeError from deep inside)."""
+    E = _text_pairwise(3, 4, 0)
+    torch.manual_seed(2)
+    y = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    c64 = torch.randn(2, 4, dtype=torch.float64)
+    try:
+        got = E(y, y, c64.float())
+    except (TypeError, ValueError) as err:
+        assert "c" in str(err) and "float32" in str(err)
+    else:
+        torch.testing.assert_close(got, E(y, y, c64.float().double()), rtol=1e-12, atol=1e-12)

@@ -165,7 +165,8 @@ class TorchLBFGS(Solver):
     def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> Any:
         p = y.detach().clone().requires_grad_(True)
         opt = torch.optim.LBFGS(
-            [p], lr=self.lr, max_iter=1, history_size=self.history, line_search_fn=self.line_search,
+            # max_eval bounds the line search too (max_ls = max_eval - 1): give it torch's usual 25
+            [p], lr=self.lr, max_iter=1, max_eval=26, history_size=self.history, line_search_fn=self.line_search,
             tolerance_grad=0.0, tolerance_change=0.0,
         )
         cache: dict[str, Tensor] = {}

@@ -148,7 +148,7 @@ class CoordinateDescent(Solver):
             periodic = bool(getattr(problem.E, "periodic", False))
             masks = colour_classes(H, W, problem.radius, periodic, device=y.device)
         guard = (not problem.is_quadratic) if self.safeguard == "auto" else bool(self.safeguard)
-        return {"masks": masks, "guard": guard, "g": g}
+        return {"masks": masks, "guard": guard}
 
     def step(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor, state: Any) -> StepOutput:
         guard = state["guard"]
@@ -157,7 +157,6 @@ class CoordinateDescent(Solver):
             if k > 0:
                 g = problem.grad(y)
             A = problem.curvature(y)
-            ms = mask.to(y.dtype)
             # solve only where needed: gather the class's blocks, scatter the step back
             sel = mask.flatten()
             Ak = A.flatten(1, 2)[:, sel]  # [B, n_S, C, C]
@@ -165,7 +164,7 @@ class CoordinateDescent(Solver):
             dk = block_solve(Ak.unsqueeze(1), gk.unsqueeze(2)).squeeze(2)  # [B, C, n_S]
             delta = torch.zeros_like(y).flatten(2)
             delta[:, :, sel] = -dk
-            delta = delta.view_as(y) * ms
+            delta = delta.view_as(y)
             if not guard:
                 y = y + delta
                 continue

@@ -58,7 +58,8 @@ class GradientDescent(Solver):
         if self.step_size is not None:
             alpha = torch.full_like(e, float(self.step_size))
         else:
-            lam = torch.linalg.eigvalsh(0.5 * (problem.curvature(y) + problem.curvature(y).transpose(-1, -2)))
+            A = problem.curvature(y)
+            lam = torch.linalg.eigvalsh(0.5 * (A + A.transpose(-1, -2)))
             L = lam.flatten(1).amax(1)
             gn = g.flatten(1).norm(dim=1).clamp_min(torch.finfo(y.dtype).tiny)
             alpha = torch.where(L > 0, 1.0 / L.clamp_min(torch.finfo(y.dtype).tiny), 1.0 / gn)

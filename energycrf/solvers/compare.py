@@ -50,7 +50,7 @@ class Comparison:
 
     def gap_curve(self, method: str) -> Tensor:
         """The relative gap of the total energy at each iteration of ``method``."""
-        total = self.results[method].energies.to(torch.float64).sum(1)
+        total = self.results[method].energies.detach().cpu().to(torch.float64).sum(1)
         return (total - self.best_energy) / max(abs(self.best_energy), 1e-300)
 
     def to_markdown(self) -> str:

@@ -29,3 +29,10 @@ def test_cuda_exact_quadratic_solvers(method):
     cpu = ec.solve(E, x, method=method, tol=1e-15, gtol=1e-11)
     gpu = ec.solve(E.cuda(), x.cuda(), method=method, tol=1e-15, gtol=1e-11)
     torch.testing.assert_close(gpu.y.cpu(), cpu.y, rtol=1e-8, atol=1e-8)
+
+
+def test_cuda_compare_solvers_draws_its_figure(tmp_path):
+    E = convex_energy(1).cuda()
+    x = torch.randn(1, 1, 8, 8, dtype=F64, device="cuda")
+    comp = ec.compare_solvers(E, x, methods=["mean_field", "lbfgs"], figure=tmp_path / "gap.png")
+    assert (tmp_path / "gap.png").is_file() and min(r.gap for r in comp.rows) == 0.0

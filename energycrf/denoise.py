@@ -53,6 +53,7 @@ __all__ = [
 SIGMAS = (15, 25, 50)
 PRETRAINED_ROOT = Path(__file__).resolve().parent / "pretrained"
 DENOISER_JSON = "denoiser.json"
+DEFAULT_PAD = 8
 
 # scikit-image photographs (bundled with scikit-image, nothing is downloaded).
 # Training and evaluation sets are disjoint; ``cat`` is the same photograph as
@@ -88,16 +89,21 @@ def heldout_pair(name: str, sigma: float) -> tuple[np.ndarray, np.ndarray]:
 class PixelDenoiser(nn.Module):
     """A one-channel model ``M`` applied to pixel values: ``y = M((x - offset) scale) / scale + offset``.
 
+    In eval mode the image is first extended by ``pad`` pixels on each side by reflection (and the
+    result cropped back), so that the model's zero-padded filters do not see a false
+    edge at the image border.
+
     Args:
         model: the learned module, called as ``model(x)`` on ``[B, 1, H, W]``.
         sigma: the noise level it was trained for (0-255 scale).
         offset, scale: the pixel normalisation.
-        kind: ``"latent_crf"`` (an :class:`energycrf.LatentCRF`), or another name
-            registered in ``_LOADERS``.
+        kind: ``"latent_crf"`` (an :class:`energycrf.LatentCRF`), ``"foe_energy"`` (a
+            :class:`FoEEnergyDenoiser`), or another name registered in ``_LOADERS``.
+        pad: reflection padding (pixels) applied before the model.
     """
 
     def __init__(self, model: nn.Module, sigma: float, offset: float = 0.5, scale: float = 4.0,
-                 kind: str = "latent_crf", info: dict[str, Any] | None = None):
+                 kind: str = "latent_crf", info: dict[str, Any] | None = None, pad: int = DEFAULT_PAD):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
@@ -111,12 +117,19 @@ class PixelDenoiser(nn.Module):
         self.scale = float(scale)
         self.kind = kind
         self.info = dict(info or {})
+        if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+            raise ValueError(f"pad: expected an int >= 0, got {pad!r}")
+        self.pad = pad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 1:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"x: expected a tensor [B, 1, H, W] of pixel values, got {got}")
-        return self.model((x - self.offset) * self.scale) / self.scale + self.offset
+        p = min(self.pad, x.shape[-2] - 1, x.shape[-1] - 1) if not self.training else 0
+        if p > 0:
+            x = torch.nn.functional.pad(x, (p, p, p, p), mode="reflect")
+        y = self.model((x - self.offset) * self.scale) / self.scale + self.offset
+        return y[..., p:y.shape[-2] - p, p:y.shape[-1] - p] if p > 0 else y
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write the model (its own ``save_pretrained``) and ``denoiser.json`` to ``directory``."""
@@ -125,7 +138,7 @@ class PixelDenoiser(nn.Module):
         directory = Path(directory)
         self.model.save_pretrained(directory)
         meta = {"kind": self.kind, "sigma": self.sigma, "offset": self.offset, "scale": self.scale,
-                "channels": 1, **({"info": self.info} if self.info else {})}
+                "pad": self.pad, "channels": 1, **({"info": self.info} if self.info else {})}
         atomic_write_text(directory / DENOISER_JSON, json.dumps(meta, indent=2) + "\n")
         return directory
 
@@ -141,7 +154,8 @@ class PixelDenoiser(nn.Module):
         if kind not in _LOADERS:
             raise ValueError(f"directory: {str(meta_path)!r} names an unknown model kind {kind!r}")
         model = _LOADERS[kind](directory)
-        return cls(model, meta["sigma"], meta["offset"], meta["scale"], kind=kind, info=meta.get("info"))
+        return cls(model, meta["sigma"], meta["offset"], meta["scale"], kind=kind, info=meta.get("info"),
+                   pad=int(meta.get("pad", 0)))
 
 
 class FoEEnergyDenoiser(nn.Module):

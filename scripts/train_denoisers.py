@@ -37,8 +37,8 @@ except ImportError:  # running from a checkout without `pip install -e .`
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from energycrf.denoise import (PRETRAINED_ROOT, TEST_IMAGES, TRAIN_IMAGES, FoEEnergyDenoiser, PixelDenoiser,
-                               heldout_pair, skimage_gray)
+from energycrf.denoise import (DEFAULT_PAD, PRETRAINED_ROOT, TEST_IMAGES, TRAIN_IMAGES, FoEEnergyDenoiser,
+                               PixelDenoiser, heldout_pair, skimage_gray)
 from energycrf.solvers.latent_crf import LatentCRF
 from energycrf.training import ImagePatches, TrainConfig, Trainer
 
@@ -111,11 +111,23 @@ def main(argv=None) -> int:
     p.add_argument("--work-dir", default="/tmp/energycrf-denoise-train")
     p.add_argument("--out", default=str(PRETRAINED_ROOT), help="where denoise-sigma{S}/ directories go")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--reevaluate", action="store_true",
+                   help="do not train: reload the checkpoints in --out, measure them again, rewrite denoiser.json")
     args = p.parse_args(argv)
     args.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
     torch.set_num_threads(args.threads)
     for model in args.models:
         for sigma in args.sigmas:
+            if args.reevaluate:
+                path = Path(args.out) / f"denoise-sigma{int(sigma)}" / model
+                den = PixelDenoiser.from_pretrained(path)
+                den.pad = DEFAULT_PAD
+                den.eval()
+                den.info["test_psnr"] = evaluate(den, sigma)
+                den.save_pretrained(path)
+                print(json.dumps({"model": model, "sigma": sigma, "dir": str(path),
+                                  "test_psnr": den.info["test_psnr"]}), flush=True)
+                continue
             den = train_one(model, sigma, args)
             path = den.save_pretrained(Path(args.out) / f"denoise-sigma{int(sigma)}" / model)
             print(json.dumps({"model": model, "sigma": sigma, "dir": str(path), "test_psnr": den.info["test_psnr"],

@@ -169,3 +169,18 @@ def test_kernel_size_limits_are_reported(kernel, H, W, match):
 
 
 _ = math
+
+
+@pytest.mark.parametrize("radius, circular", [(1, False), (2, False), (1, True), (2, True)])
+def test_declared_radius_is_tight(radius, circular):
+    """Sites exactly ``radius`` apart do interact (a loose radius would cost solvers colours)."""
+    from energycrf.testing import full_hessian, site_distance
+
+    kernel = K.LocalKernel(radius=radius, boundary="circular" if circular else "zeros")
+    E = K.Pairwise(channels=1, kernel=kernel).double()
+    y = torch.randn(1, 1, 6, 7, dtype=torch.float64)
+    hess = full_hessian(E, y, y).reshape(42, 42)
+    dist = site_distance(6, 7, circular)
+    assert E.interaction_radius == radius and E.periodic == circular
+    assert float(hess[dist == radius].abs().max()) > 1e-6
+    assert float(hess[dist > radius].abs().max()) == 0.0

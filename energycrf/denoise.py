@@ -158,6 +158,16 @@ class PixelDenoiser(nn.Module):
                    pad=int(meta.get("pad", 0)))
 
 
+def dct_filters(size: int, count: int) -> torch.Tensor:
+    """The first ``count`` 2-D DCT-II basis filters of ``size x size`` without the constant one,
+    ordered by frequency ``i + j`` (unit L2 norm, zero mean): the classic FoE starting point."""
+    n = torch.arange(size, dtype=torch.float64)
+    basis = torch.cos(torch.pi * (2 * n[None, :] + 1) * n[:, None] / (2 * size)) * (2.0 / size) ** 0.5
+    basis[0] /= 2.0**0.5
+    pairs = sorted(((i, j) for i in range(size) for j in range(size) if i + j > 0), key=lambda p: (p[0] + p[1], p))
+    return torch.stack([torch.outer(basis[i], basis[j]) for i, j in pairs[:count]]).float()
+
+
 class FoEEnergyDenoiser(nn.Module):
     r"""A Field-of-Experts energy minimised by a solver, as a trainable module.
 
@@ -169,23 +179,33 @@ class FoEEnergyDenoiser(nn.Module):
     expert), and ``M(x)`` = ``num_iterations`` steps of the solver ``method`` from
     ``y = x`` (the shared site-wise update ``y_i <- y_i - A_i^{-1} g_i``; for
     ``"mean_field"`` all sites at once), through :class:`energycrf.solvers.unrolled.Unrolled`,
-    which backpropagates through the steps: training learns ``w`` and the filters ``J_m``.
+    which backpropagates through the steps: training learns ``w`` and the filters ``J_m``
+    (started from random zero-mean filters, or the DCT basis with ``filter_init="dct"``).
     """
 
     def __init__(self, num_filters: int = 24, kernel_size: int = 5, alpha: float = 1.0,
                  num_iterations: int = 6, method: str = "mean_field", unary_weight: float = 1.0,
-                 init_scale: float = 1.0):
+                 init_scale: float = 1.0, filter_init: str = "random"):
         super().__init__()
         from .energies import FieldOfExperts, Unary
         from .energies.potentials import StudentT
         from .solvers.unrolled import Unrolled
 
+        if filter_init not in ("random", "dct"):
+            raise ValueError(f"filter_init: expected 'random' or 'dct', got {filter_init!r}")
+        if filter_init == "dct" and num_filters > kernel_size**2 - 1:
+            raise ValueError(f"filter_init: 'dct' gives {kernel_size**2 - 1} filters of size {kernel_size}, "
+                             f"num_filters={num_filters} asks for more")
         self.config = {"num_filters": int(num_filters), "kernel_size": int(kernel_size), "alpha": float(alpha),
                        "num_iterations": int(num_iterations), "method": str(method),
-                       "unary_weight": float(unary_weight), "init_scale": float(init_scale)}
-        energy = (Unary(weight=unary_weight, learnable=True)
-                  + FieldOfExperts(channels=1, num_filters=num_filters, kernel_size=kernel_size,
-                                   potential=StudentT(alpha), init_scale=init_scale))
+                       "unary_weight": float(unary_weight), "init_scale": float(init_scale),
+                       "filter_init": filter_init}
+        foe = FieldOfExperts(channels=1, num_filters=num_filters, kernel_size=kernel_size,
+                             potential=StudentT(alpha), init_scale=init_scale)
+        if filter_init == "dct":
+            with torch.no_grad():
+                foe.weight.copy_(init_scale * dct_filters(kernel_size, num_filters)[:, None])
+        energy = Unary(weight=unary_weight, learnable=True) + foe
         self.layer = Unrolled(energy, method, num_iterations=num_iterations)
 
     @property

@@ -6,8 +6,9 @@ the scikit-image training photographs (energycrf.denoise.TRAIN_IMAGES) corrupted
 additive Gaussian noise of that sigma, with the denoising loss L_NT (mean squared form),
 AdamW and warm-up + cosine decay. Models:
 
-- ``foe``: a Unary + FieldOfExperts (24 Student-t experts, 5x5) energy minimised by 6
-  mean-field steps, learned through energycrf.solvers.unrolled.Unrolled;
+- ``foe``: a Unary + FieldOfExperts (24 Student-t experts, 5x5, started from the DCT
+  basis) energy minimised by 6 mean-field steps, learned through
+  energycrf.solvers.unrolled.Unrolled;
 - ``latentcrf``: the LatentCRF layer (channels=1, cond_dim=None; Algorithm 1 with the
   paper's ReLU experts, the mean-field normalisation K^-1 and the MLP compatibility).
 
@@ -44,7 +45,8 @@ from energycrf.training import ImagePatches, TrainConfig, Trainer
 
 CRF_ARCH = dict(channels=1, cond_dim=None, num_iterations=5, num_filters=24, kernel_size=5,
                 compatibility="mlp", hidden_channels=16, normalization="mean_field")
-FOE_ARCH = dict(num_filters=24, kernel_size=5, alpha=1.0, num_iterations=6, method="mean_field", init_scale=1.0)
+FOE_ARCH = dict(num_filters=24, kernel_size=5, alpha=1.0, num_iterations=6, method="mean_field", init_scale=1.0,
+                filter_init="dct")
 # per model: (steps, learning rate); both use batch 8 of 48x48 patches, the loss ignoring an 8-pixel border
 RECIPES = {"foe": (400, 3e-3), "latentcrf": (800, 2e-3)}
 

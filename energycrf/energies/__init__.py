@@ -4,7 +4,8 @@
 """
 
 from . import compatibility, kernels, potentials
-from .base import Energy, EnergyWarning, IllPosedEnergyError, ScaledEnergy, SumEnergy, site_colouring
+from .base import Energy, EnergyWarning, IllPosedEnergyError, ScaledEnergy, SumEnergy
+from .colouring import axis_colouring, colour_classes
 from .compatibility import Compatibility, IdentityCompatibility, MatrixCompatibility, TextCompatibility
 from .field_of_experts import FieldOfExperts
 from .kernels import DenseKernel, LocalKernel, LongRangeKernel, SpatialKernel
@@ -18,7 +19,8 @@ __all__ = [
     "ScaledEnergy",
     "EnergyWarning",
     "IllPosedEnergyError",
-    "site_colouring",
+    "axis_colouring",
+    "colour_classes",
     "Unary",
     "Pairwise",
     "FieldOfExperts",

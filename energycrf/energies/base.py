@@ -30,7 +30,8 @@ from collections.abc import Iterable, Iterator
 import torch
 from torch import Tensor, nn
 
-from ._validation import check_condition, check_pair
+from ._validation import check_condition, check_latent, check_pair
+from .colouring import colour_classes
 
 __all__ = [
     "Energy",
@@ -38,7 +39,6 @@ __all__ = [
     "ScaledEnergy",
     "EnergyWarning",
     "IllPosedEnergyError",
-    "site_colouring",
 ]
 
 
@@ -52,29 +52,6 @@ class IllPosedEnergyError(ValueError):
 
 def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
-def site_colouring(height: int, width: int, radius: int, periodic: bool = False) -> Tensor:
-    r"""Colour ids ``[H, W]`` (int64) such that two sites of one colour are farther apart than ``radius``.
-
-    Sites are coloured by their position modulo the stride ``t = radius + 1`` in each axis
-    (``t^2`` colours). With periodic (wrapping) coupling and a side not divisible by ``t``,
-    the last ``side mod t`` rows (columns) get colours of their own, so no two sites of a
-    colour are within ``radius`` across the wrap either.
-    """
-
-    t = radius + 1
-
-    def axis_colours(n: int) -> Tensor:
-        idx = torch.arange(n)
-        if not periodic or n % t == 0:
-            return idx % t
-        full = (n // t) * t
-        return torch.where(idx < full, idx % t, t + idx - full)
-
-    rows, cols = axis_colours(height), axis_colours(width)
-    ids = rows[:, None] * (2 * t) + cols[None, :]
-    return torch.unique(ids, return_inverse=True)[1]
 
 
 class Energy(nn.Module):
@@ -140,13 +117,24 @@ class Energy(nn.Module):
         self._check_term_inputs(y, c)
         return c
 
-    def _check_term_inputs(self, y: Tensor, c: Tensor | None) -> None:
-        name = type(self).__name__
+    def check_operand(self, y: Tensor) -> Tensor:
+        """Check the input of a public operator (``message``, ``score``, ...): a floating
+        ``[B, C, H, W]`` tensor with this term's channels and a size it can act on."""
+        check_latent("y", y)
+        self._check_channels(y)
+        self._check_spatial(y.shape[-2], y.shape[-1])
+        return y
+
+    def _check_channels(self, y: Tensor) -> None:
         if self.channels is not None and y.shape[1] != self.channels:
             raise ValueError(
-                f"y has {y.shape[1]} channels but {name} was built for channels={self.channels} "
+                f"y has {y.shape[1]} channels but {type(self).__name__} was built for channels={self.channels} "
                 f"(y shape {tuple(y.shape)})"
             )
+
+    def _check_term_inputs(self, y: Tensor, c: Tensor | None) -> None:
+        name = type(self).__name__
+        self._check_channels(y)
         if c is None:
             if self.requires_condition:
                 raise ValueError(f"{name} is conditioned: pass c of shape [B, {self.cond_dim}] or [B, L, {self.cond_dim}]")
@@ -174,11 +162,11 @@ class Energy(nn.Module):
         """
         B, C, H, W = y.shape
         radius = self.resolve_interaction_radius(y, x, c)
-        colours = site_colouring(H, W, H + W if radius is None else radius, self.periodic).to(y.device)
+        masks = colour_classes(H, W, H + W if radius is None else radius, self.periodic, device=y.device)
         _, hvp = torch.func.vjp(lambda v: self._grad(v, x, c), y)
         blocks = y.new_zeros(B, H, W, C, C)
-        for colour in range(int(colours.max()) + 1):
-            mask = (colours == colour).to(y.dtype)
+        for mask in masks:
+            mask = mask.to(y.dtype)
             for k in range(C):
                 probe = torch.zeros_like(y)
                 probe[:, k] = mask
@@ -198,38 +186,38 @@ class Energy(nn.Module):
         return any("interaction_radius" in vars(k) for k in type(self).__mro__ if k not in (Energy,))
 
     @torch.no_grad()
-    def estimate_interaction_radius(self, y: Tensor, x: Tensor, c: Tensor | None = None) -> int | None:
+    def estimate_interaction_radius(self, y: Tensor, x: Tensor, c: Tensor | None = None) -> int:
         """Estimate the coupling radius of a term that declares none, from Hessian sparsity.
 
-        Hessian columns of one interior site are probed at ``y`` and at a random nearby point;
-        the radius is the largest (wrap-aware) Chebyshev distance of a site they touch.
-        ``None`` (global) is returned when the coupling reaches the whole image. Set the
-        attribute ``interaction_radius`` on a term to skip the probe.
+        Hessian columns of nine sites (the corners, the edge midpoints and the centre) are
+        probed at ``y`` and at a random nearby point; the radius is the largest Chebyshev
+        distance from a probed site to a site its column touches. The corners see every
+        coupling of a translation-invariant term, wrap-around (``torch.roll``) couplings
+        included, which then count with their distance across the image; a radius of
+        ``max(H, W) - 1`` or more makes every site a colour class of its own, which is
+        exact but slow. Set ``interaction_radius`` (and ``periodic``) on a term to skip this.
         """
         y1, x1 = y[:1], x[:1]
         c1 = None if c is None else c[:1]
         _, C, H, W = y1.shape
-        h0, w0 = H // 2, W // 2
+        sites = {(h, w) for h in (0, H // 2, H - 1) for w in (0, W // 2, W - 1)}
         gen = torch.Generator(device="cpu").manual_seed(0)
         points = [y1, y1 + 0.1 * torch.randn(y1.shape, generator=gen, dtype=y1.dtype).to(y1.device)]
-        touched = torch.zeros(H, W, dtype=torch.bool, device=y.device)
+        rows = torch.arange(H, device=y.device)[:, None]
+        cols = torch.arange(W, device=y.device)[None, :]
+        radius = 0
         with torch.enable_grad():
             for point in points:
                 _, hvp = torch.func.vjp(lambda v: self._grad(v, x1, c1), point)
-                for k in range(C):
-                    probe = torch.zeros_like(point)
-                    probe[0, k, h0, w0] = 1
-                    (column,) = hvp(probe)
-                    touched |= column[0].abs().amax(0) > 1e-12 * (1 + column.abs().max())
-        rows = torch.arange(H, device=y.device)[:, None].expand(H, W)
-        cols = torch.arange(W, device=y.device)[None, :].expand(H, W)
-        dist = torch.maximum((rows - h0).abs(), (cols - w0).abs())
-        if not bool(touched.any()):
-            return 0
-        radius = int(dist[touched].max())
-        reach = max(h0, H - 1 - h0, w0, W - 1 - w0)
-        if radius >= reach and max(H, W) > 2:
-            return None
+                for h, w in sites:
+                    for k in range(C):
+                        probe = torch.zeros_like(point)
+                        probe[0, k, h, w] = 1
+                        column = hvp(probe)[0].detach()
+                        touched = column[0].abs().amax(0) > 1e-12 * (1 + float(column.abs().max()))
+                        if bool(touched.any()):
+                            dist = torch.maximum((rows - h).abs(), (cols - w).abs())
+                            radius = max(radius, int(dist[touched].max()))
         return radius
 
     # ----------------------------------------------------------------- well-posedness

@@ -105,7 +105,7 @@ class TextCompatibility(Compatibility):
     def projection(self, c, batch, dtype, device):
         if c is None:
             raise ValueError(f"TextCompatibility needs c of shape [B, {self.cond_dim}] or [B, L, {self.cond_dim}]")
-        pooled = c.mean(1) if c.dim() == 3 else c
+        pooled = (c.mean(1) if c.dim() == 3 else c).to(dtype)  # e.g. float32 text embeddings, float64 latents
         weight = self.to_projection.weight.to(dtype=dtype, device=device)
         bias = self.to_projection.bias.to(dtype=dtype, device=device)
         delta = (pooled @ weight.T + bias).reshape(batch, self.rank, self.channels)

@@ -131,18 +131,18 @@ class FieldOfExperts(Energy):
 
     def responses(self, y: Tensor) -> Tensor:
         r"""Filter responses :math:`u_m = J_m \odot y`, ``Tensor[B, M, H, W]``."""
-        return correlate(y, self._filters_like(y), self.boundary)
+        return correlate(self.check_operand(y), self._filters_like(y), self.boundary)
 
     def score(self, y: Tensor) -> Tensor:
         r"""The higher-order message :math:`\xi_{HO}(y) = -\tfrac12 \nabla E_f(y)` (paper eq. 11), like ``y``.
 
         For the paper's expert this is :math:`\tfrac12 \sum_m J_m^- \odot \mathrm{relu}(J_m \odot y)`.
         """
-        return -0.5 * self._grad(y, y, None)
+        return -0.5 * self._grad(self.check_operand(y), y, None)
 
     # ---------------------------------------------------------------- energy
     def energy(self, y, x, c=None):
-        return self.potential.rho(self.responses(y)).sum((1, 2, 3))
+        return self.potential.rho(correlate(y, self._filters_like(y), self.boundary)).sum((1, 2, 3))
 
     def _grad(self, y, x, c):
         j = self._filters_like(y)

@@ -121,7 +121,7 @@ class Pairwise(Energy):
     # ---------------------------------------------------------------- public operators
     def message(self, y: Tensor) -> Tensor:
         r"""Message passing :math:`(W^s y)_i = \sum_j W^s_{ij} y_j` (Algorithm 1), like ``y``."""
-        return self.kernel.message(y)
+        return self.kernel.message(self.check_operand(y))
 
     def degree(self, height: int, width: int, dtype: torch.dtype, device) -> Tensor:
         r"""The degree :math:`d_i = \sum_j W^s_{ij}`, ``Tensor[H, W]``."""
@@ -137,7 +137,7 @@ class Pairwise(Energy):
         b, _, h, w = y.shape
         identity = isinstance(self.compatibility, IdentityCompatibility)
         m = None if identity else self.compatibility_matrix(c, b, y.dtype, y.device)
-        return m, self.degree(h, w, y.dtype, y.device) * y - self.message(y)
+        return m, self.degree(h, w, y.dtype, y.device) * y - self.kernel.message(y)
 
     def energy(self, y, x, c=None):
         m, residual = self._residual(y, c)

@@ -63,7 +63,7 @@ class Unary(Energy):
         return torch.diag_embed(2 * weight).expand(b, h, w, channels, channels)
 
     def convexity_margin(self, c=None):
-        return 2 * float(self.weight().min())
+        return 2 * float(self.weight().detach().min())
 
     def extra_repr(self):
         w = self.weight().detach()

@@ -19,6 +19,7 @@ _LAZY = {
     "solve": ("energycrf.solvers", "solve"),
     "compare_solvers": ("energycrf.solvers", "compare_solvers"),
     "LatentCRF": ("energycrf.solvers.latent_crf", "LatentCRF"),
+    "Unrolled": ("energycrf.solvers.unrolled", "Unrolled"),
     "solvers": ("energycrf.solvers", None),
     "testing": ("energycrf.testing", None),
     "losses": ("energycrf.losses", None),

@@ -10,12 +10,14 @@ coordinate descent and mean-field share (:func:`~energycrf.solvers.base.block_so
 from .api import SOLVERS, SequentialCoordinateDescent, get_solver, method_names, register_solver, solve
 from .base import Problem, Solver, StepOutput, block_solve
 from .compare import Comparison, ComparisonRow, compare_solvers
-from .coordinate_descent import CoordinateDescent, axis_colouring, colour_classes
+from .coordinate_descent import CoordinateDescent
 from .gradient_descent import GradientDescent
+from .latent_crf import CompatibilityNetwork, LatentCRF
 from .lbfgs import LBFGS, ScipyLBFGS, TorchLBFGS
 from .mean_field import MeanField
 from .quadratic import ConjugateGradient, FFTSolver, hessian_vector_product
 from .result import DivergenceError, DivergenceWarning, SolveResult, SolverWarning
+from .unrolled import ImplicitDifferentiationWarning, Unrolled, conjugate_gradient
 
 __all__ = [
     "solve",
@@ -41,8 +43,11 @@ __all__ = [
     "ConjugateGradient",
     "FFTSolver",
     "hessian_vector_product",
-    "axis_colouring",
-    "colour_classes",
+    "LatentCRF",
+    "CompatibilityNetwork",
+    "Unrolled",
+    "ImplicitDifferentiationWarning",
+    "conjugate_gradient",
     "DivergenceWarning",
     "DivergenceError",
     "SolverWarning",

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..energies._validation import check_condition, check_latent
+from ..energies._validation import check_choice, check_condition, check_int, check_latent
 from ..energies.base import Energy, ScaledEnergy, SumEnergy
 from ..energies.field_of_experts import FieldOfExperts
 from ..energies.kernels import DenseKernel, LocalKernel, LongRangeKernel, SpatialKernel
@@ -54,20 +54,6 @@ NORMALIZATIONS = ("batch", "group", "none", "mean_field")
 CONDITIONINGS = ("film", "cross_attention", "both")
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------
@@ -270,22 +256,22 @@ class LatentCRF(nn.Module):
         return_all: bool = False,
     ):
         super().__init__()
-        channels = _check_int("channels", channels, 1)
+        channels = check_int("channels", channels, minimum=1)
         if cond_dim is not None:
-            cond_dim = _check_int("cond_dim", cond_dim, 1)
-        num_iterations = _check_int("num_iterations", num_iterations, 1)
-        num_filters = _check_int("num_filters", num_filters, 1)
-        kernel_size = _check_int("kernel_size", kernel_size, 1)
+            cond_dim = check_int("cond_dim", cond_dim, minimum=1)
+        num_iterations = check_int("num_iterations", num_iterations, minimum=1)
+        num_filters = check_int("num_filters", num_filters, minimum=1)
+        kernel_size = check_int("kernel_size", kernel_size, minimum=1)
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd (a centred FoE window), got {kernel_size}")
-        hidden_channels = _check_int("hidden_channels", hidden_channels, 1)
-        attention_dim = _check_int("attention_dim", attention_dim, 1)
-        _check_choice("compatibility", compatibility, COMPATIBILITIES)
-        _check_choice("conditioning", conditioning, CONDITIONINGS)
-        _check_choice("normalization", normalization, NORMALIZATIONS)
+        hidden_channels = check_int("hidden_channels", hidden_channels, minimum=1)
+        attention_dim = check_int("attention_dim", attention_dim, minimum=1)
+        check_choice("compatibility", compatibility, COMPATIBILITIES)
+        check_choice("conditioning", conditioning, CONDITIONINGS)
+        check_choice("normalization", normalization, NORMALIZATIONS)
         if num_groups is None:
             num_groups = 1
-        num_groups = _check_int("num_groups", num_groups, 1)
+        num_groups = check_int("num_groups", num_groups, minimum=1)
         if normalization == "group" and channels % num_groups:
             raise ValueError(f"num_groups must divide channels={channels}, got {num_groups}")
         if isinstance(unary_weight, bool) or not isinstance(unary_weight, (int, float)) or not unary_weight > 0:
@@ -360,7 +346,7 @@ class LatentCRF(nn.Module):
         Each iterate equals the solver's: ``y^{(t+1)} = y^{(t)} - A^{-1} \nabla E(y^{(t)})``
         with damping 1 (``MeanField(damping=1.0)``).
         """
-        num_iterations = _check_int("num_iterations", num_iterations, 1)
+        num_iterations = check_int("num_iterations", num_iterations, minimum=1)
         if not isinstance(energy, Energy):
             raise TypeError(f"energy must be an energycrf Energy, got {type(energy).__name__}")
         terms = list(energy.terms) if isinstance(energy, SumEnergy) else [energy]
@@ -460,7 +446,7 @@ class LatentCRF(nn.Module):
             ``y^{(T)}`` like ``x``, or all iterates ``[T, B, C, H, W]`` when ``return_all``.
         """
         x, c = self._check_inputs(x, c)
-        steps = self.num_iterations if num_iterations is None else _check_int("num_iterations", num_iterations, 1)
+        steps = self.num_iterations if num_iterations is None else check_int("num_iterations", num_iterations, minimum=1)
         keep_all = self.return_all if return_all is None else bool(return_all)
         b, channels, height, width = x.shape
 

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from energycrf.solvers import axis_colouring, colour_classes
+from energycrf.energies import axis_colouring, colour_classes
 
 
 def _dist(a: int, b: int, n: int, periodic: bool) -> int:

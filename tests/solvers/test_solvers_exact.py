@@ -20,7 +20,7 @@ from solver_problems import (
 )
 
 import energycrf as ec
-from energycrf.solvers import colour_classes
+from energycrf.energies import colour_classes
 
 
 def _site_index(mask: torch.Tensor, C: int) -> torch.Tensor:

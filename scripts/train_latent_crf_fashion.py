@@ -30,9 +30,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="where the trained LatentCRF is saved")
     ap.add_argument("--work", type=Path, default=Path("/tmp/energycrf-fashion-crf"))
     ap.add_argument("--stages", default="1,2")
-    ap.add_argument("--stage1-steps", type=int, default=400)
-    ap.add_argument("--stage2-steps", type=int, default=300)
-    ap.add_argument("--distill-samples", type=int, default=640)
+    ap.add_argument("--stage1-steps", type=int, default=800)
+    ap.add_argument("--stage2-steps", type=int, default=2000)
+    ap.add_argument("--stage2-lr", type=float, default=1e-3)
+    ap.add_argument("--distill-samples", type=int, default=1280)
     ap.add_argument("--guidance", type=float, default=4.0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
@@ -92,13 +93,13 @@ def main(argv=None) -> int:
         init = latest_checkpoint(s1_dir)
         if init is None:
             raise SystemExit(f"stage 2 needs a stage-1 checkpoint in {s1_dir}; run --stages 1 first")
-        res = CT.train_stage2(crf, shard_dir, s2_dir, args.stage2_steps, init=init, seed=args.seed)
+        res = CT.train_stage2(crf, shard_dir, s2_dir, args.stage2_steps, init=init, lr=args.stage2_lr, seed=args.seed)
         times["stage2"] = round(time.perf_counter() - t0, 1)
         print(f"stage 2 done: {res} in {times['stage2']} s", flush=True)
 
     crf.eval()
     crf.save_pretrained(args.out)
-    info = {"stages": sorted(stages), "stage1_steps": args.stage1_steps, "stage2_steps": args.stage2_steps,
+    info = {"stages": sorted(stages), "stage1_steps": args.stage1_steps, "stage2_steps": args.stage2_steps, "stage2_lr": args.stage2_lr,
             "distill_samples": args.distill_samples, "guidance_scale": args.guidance, "plan": plan.to_dict(),
             "seconds": times, "threads": args.threads, "seed": args.seed}
     (args.out / "training.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 try:
     import tomllib
@@ -26,6 +27,11 @@ def test_readme_python_blocks_run(run_markdown):
     g, g_ad = namespace["g"], namespace["g_ad"]
     assert g.shape == g_ad.shape
     assert (g - g_ad).abs().max().item() < 1e-4
+    # The solve lowers the energy of every sample; the layer keeps the latent's shape.
+    res = namespace["res"]
+    assert (res.energies[-1] < res.energies[0]).all()
+    assert namespace["z"].shape == (2, 4, 32, 32)
+    assert torch.isfinite(namespace["z"]).all()
 
 
 def test_readme_has_exactly_two_setup_commands(markdown_blocks):

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from conftest import REPO_ROOT
 
-
-def test_conformance_page_runs(run_markdown):
-    ns = run_markdown(REPO_ROOT / "docs" / "conformance.md")
+def test_conformance_page_runs(run_markdown, repo_root):
+    ns = run_markdown(repo_root / "docs" / "conformance.md")
     # the page's own term passed the suite, and the required-margin variant was caught
     assert ns["failure"].check == "convexity_margin"
     assert "test_grad" in dir(ns["suite"]) and "test_majorizer" in dir(ns["suite"])

@@ -43,7 +43,6 @@ class TestUserPotentialInFieldOfExperts(EnergyConformance):
     """A researcher's new expert plugs into FieldOfExperts and passes the whole suite."""
 
     builtin = True
-    example_fraction = 0.5
 
     def make_energy(self, case):
         with case.seeded():

@@ -148,7 +148,6 @@ class RegistryConformance(EnergyConformance):
     """
 
     family: ClassVar[str | None] = None
-    example_fraction: ClassVar[float] = 1.0
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -194,7 +194,7 @@ def energy_densities(E, y, x) -> dict:
                 My = torch.einsum("bcd,bdhw->bchw", M, y)
                 q = (y * My).sum(1, keepdim=True)                                       # y_i^T M y_i
                 d = term.degree(y.shape[-2], y.shape[-1], y.dtype, y.device)           # [H, W]
-                density = 0.5 * (d * q[:, 0] - 2 * (My * term.message(y)).sum(1) + term.message(q)[:, 0])
+                density = 0.5 * (d * q[:, 0] - 2 * (My * term.message(y)).sum(1) + term.kernel.message(q)[:, 0])  # q has one channel
             elif isinstance(term, energies.FieldOfExperts):
                 density = term.potential.rho(term.responses(y)).sum(1)
             else:

@@ -26,6 +26,7 @@ def test_evaluate_command_writes_json_and_table(tmp_path, capsys):
     rows = json.loads((out / "table.json").read_text())
     assert [r["method"] for r in rows] == ["LDM (DDIM)", "LatentCRF"] and [r["unet_calls"] for r in rows] == [20, 20]
     assert all(r["images"] == 20 for r in rows)
+    assert all(r["ms_per_image"] > 0 and "interleaved" in r["timing"] for r in rows)
     assert "| LatentCRF | 20 |" in (out / "table.md").read_text()
     assert "LatentCRF" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="rows"):

@@ -195,7 +195,9 @@ class Energy(nn.Module):
         coupling of a translation-invariant term, wrap-around (``torch.roll``) couplings
         included, which then count with their distance across the image; a radius of
         ``max(H, W) - 1`` or more makes every site a colour class of its own, which is
-        exact but slow. Set ``interaction_radius`` (and ``periodic``) on a term to skip this.
+        exact but slow. A term that is not translation invariant can couple interior sites
+        that none of the probes touches: such a term must declare ``interaction_radius``
+        (and ``periodic``) itself, which also skips this probe.
         """
         y1, x1 = y[:1], x[:1]
         c1 = None if c is None else c[:1]
@@ -379,6 +381,9 @@ class SumEnergy(Energy):
                 flat_names.append(given[k] if given is not None else None)
         if not flat:
             raise ValueError("a SumEnergy needs at least one term")
+        declared = {type(t).__name__ + f"(channels={t.channels})": t.channels for t in flat if t.channels is not None}
+        if len(set(declared.values())) > 1:
+            raise ValueError(f"the terms of a sum must act on the same number of channels, got {sorted(declared)}")
         self.terms = nn.ModuleList(flat)
         self.names = self._unique([n if n is not None else t.term_name for n, t in zip(flat_names, flat)])
 

@@ -17,7 +17,7 @@ class Unary(Energy):
     Gradient :math:`2 w (y - x)`; curvature blocks :math:`A_i = 2\,\mathrm{diag}(w)` (exact).
 
     Args:
-        weight: a positive scalar, or one positive weight per channel (``[C]``).
+        weight: a positive scalar, or one positive weight per channel (a ``[C]`` tensor or sequence).
         learnable: learn the weight (kept positive through its logarithm).
 
     Example:
@@ -32,6 +32,10 @@ class Unary(Energy):
 
     def __init__(self, weight: float | Tensor = 1.0, learnable: bool = False):
         super().__init__()
+        if isinstance(weight, (list, tuple)):
+            if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in weight):
+                raise TypeError(f"weight must be a number or a sequence of numbers, got {weight!r}")
+            weight = torch.tensor(weight, dtype=torch.get_default_dtype())
         check_positive("weight", weight)
         weight = torch.as_tensor(weight, dtype=torch.get_default_dtype()).clone()
         if weight.dim() > 1:

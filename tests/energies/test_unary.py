@@ -54,3 +54,20 @@ def test_per_channel_weight_checks_channels():
     y = torch.zeros(1, 4, 2, 2)
     with pytest.raises(ValueError, match=r"(?s)4 channels.*channels=3"):
         E(y, y)
+
+
+def test_weight_sequence_equals_weight_tensor():
+    y, x = torch.randn(2, 3, 4, 5, dtype=torch.float64), torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    from_list = ec.energies.Unary(weight=[0.5, 1.0, 2.0]).double()
+    from_tensor = ec.energies.Unary(weight=torch.tensor([0.5, 1.0, 2.0])).double()
+    torch.testing.assert_close(from_list(y, x), from_tensor(y, x), rtol=0, atol=0)
+    assert from_list.channels == 3
+    with pytest.raises(TypeError, match="weight.*sequence of numbers"):
+        ec.energies.Unary(weight=[1.0, "2"])
+    with pytest.raises(ValueError, match="weight.*positive"):
+        ec.energies.Unary(weight=[1.0, -2.0])
+
+
+def test_sum_refuses_terms_of_different_channels():
+    with pytest.raises(ValueError, match=r"same number of channels.*Pairwise\(channels=4\).*Unary\(channels=3\)"):
+        ec.energies.Unary(weight=[1.0, 1.0, 1.0]) + ec.energies.Pairwise(channels=4)

@@ -22,9 +22,8 @@ import math
 import time
 from pathlib import Path
 
-#: photographs that load offline from the scikit-image wheel
-IMAGES = ("camera", "astronaut", "brick", "chelsea", "clock", "coffee", "coins", "grass",
-          "gravel", "moon", "page", "rocket", "text")
+from .photographs import PHOTOGRAPHS as IMAGES
+from .photographs import add_gaussian_noise, load_photograph
 EXPERTS = ("charbonnier", "huber", "student-t", "relu")
 
 
@@ -44,7 +43,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch
 
     import energycrf as ec
@@ -52,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
     if args.sigma < 0 or not math.isfinite(args.sigma):
         raise ValueError(f"--sigma must be a finite number >= 0, got {args.sigma}")
     clean_np = load_photograph(args.image, args.size)
-    noise = (args.sigma / 255.0) * np.random.default_rng(args.seed).standard_normal(clean_np.shape)
+    noisy_np = add_gaussian_noise(clean_np, args.sigma, args.seed)
     clean = torch.from_numpy(clean_np).float()[None, None]        # [1, 1, H, W]
-    noisy = (clean + torch.from_numpy(noise).float()[None, None])
+    noisy = torch.from_numpy(noisy_np).float()[None, None]
 
     E = build_energy(args.expert)
     E.requires_grad_(False)
@@ -105,28 +103,6 @@ def run(args: argparse.Namespace) -> int:
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"saved {figure} and {args.out / 'summary.json'}")
     return 0
-
-
-def load_photograph(name: str, size: int):
-    """A grayscale float64 image in [0, 1] from ``skimage.data``, longer side resized to ``size``."""
-    import numpy as np
-    import skimage.data
-    from skimage.color import rgb2gray
-    from skimage.transform import resize
-
-    if name not in IMAGES:
-        raise ValueError(f"name must be one of {IMAGES}, got {name!r}")
-    img = getattr(skimage.data, name)()
-    if img.ndim == 3:
-        img = rgb2gray(img[..., :3])
-    img = np.asarray(img, dtype=np.float64)
-    if img.max() > 1.0:
-        img = img / 255.0
-    scale = size / max(img.shape)
-    if scale != 1.0:
-        shape = tuple(max(1, round(s * scale)) for s in img.shape)
-        img = resize(img, shape, anti_aliasing=scale < 1.0)
-    return img
 
 
 def derivative_filters(kernel_size: int = 5):

@@ -45,30 +45,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def noisy_photograph(name: str = "camera", size: int = 128, sigma: float = 25.0, seed: int = 0):
-    """``(x, clean)``: a grayscale ``skimage.data`` photograph in ``[0, 1]``, ``[1, 1, size, size]``
-    float64, and the same with Gaussian noise of std ``sigma / 255`` (unclipped)."""
-    import numpy as np
-    import skimage.data
+    """``(x, clean)``: a grayscale ``skimage.data`` photograph in ``[0, 1]`` resized to
+    ``[1, 1, size, size]`` float64, and the same with the project's noise protocol
+    (:func:`energycrf.photographs.add_gaussian_noise`: std ``sigma / 255``, unclipped)."""
     import torch
-    from skimage.color import rgb2gray
-    from skimage.transform import resize
 
-    loader = getattr(skimage.data, name, None)
-    if loader is None or not callable(loader):
+    from ..photographs import PHOTOGRAPHS, add_gaussian_noise, load_photograph
+
+    if name not in PHOTOGRAPHS:
         raise ValueError(f"--image: expected a skimage.data photograph such as 'camera', got {name!r}")
-    img = np.asarray(loader(), dtype=np.float64)
-    if img.ndim == 3:
-        img = rgb2gray(img[..., :3] / (255.0 if img.max() > 1 else 1.0))
-    elif img.max() > 1:
-        img = img / 255.0
-    if size <= 0:
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
         raise ValueError(f"--size: expected a positive int, got {size}")
-    if img.shape != (size, size):
-        img = resize(img, (size, size), anti_aliasing=True)
-    clean = torch.from_numpy(np.ascontiguousarray(img))[None, None]
-    gen = torch.Generator().manual_seed(seed)
-    noisy = clean + (sigma / 255.0) * torch.randn(clean.shape, generator=gen, dtype=torch.float64)
-    return noisy, clean
+    clean = load_photograph(name, size, square=True)
+    noisy = add_gaussian_noise(clean, sigma, seed)
+    return torch.from_numpy(noisy)[None, None], torch.from_numpy(clean)[None, None]
 
 
 def load_latent(path: Path, key: str | None = None):

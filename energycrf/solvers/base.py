@@ -83,6 +83,14 @@ def block_solve(A: Tensor, g: Tensor) -> Tensor:
     definite, lifted to a small positive floor (see :func:`_positive_definite_blocks`)
     so that ``-d`` is always a descent direction. One batched Cholesky solve, no loop.
     """
+    if A.shape[-1] == 1:  # scalar sites (grayscale): a division, same positive floor as below
+        a = A[..., 0, 0]
+        bad = ~(a > 0)
+        if bool(bad.any()):
+            tiny = torch.finfo(A.dtype).eps ** 0.5
+            floor = torch.clamp(1e-6 * a.abs().amax(), min=tiny)
+            a = torch.where(bad, torch.maximum(a.abs(), floor), a)
+        return g / a.unsqueeze(1)
     A = _positive_definite_blocks(A)
     rhs = g.permute(0, 2, 3, 1).unsqueeze(-1)  # [B, H, W, C, 1]
     L = torch.linalg.cholesky(A)

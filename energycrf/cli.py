@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("energycrf.demo", "an energy on a real photograph with noise: well-posedness, breakdown, solve, picture"),
     "compare-solvers": ("energycrf.solvers.cli", "compare inference solvers on a real problem: table and picture"),
     "denoise": ("energycrf.denoise", "denoise a grayscale image with a shipped checkpoint"),
+    "distill-data": ("energycrf.integrations.cli",
+                     "write stage-2 distillation shards (z_s, z_f, prompt embeddings) from a local diffusers pipeline"),
 }
 
 

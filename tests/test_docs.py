@@ -14,7 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DOCS = REPO_ROOT / "docs"
 
 # Pages whose python blocks are executable examples (run in order, one namespace per page).
-EXECUTABLE_PAGES = ["index.md", "energy-model.md", "custom-terms.md"]
+EXECUTABLE_PAGES = ["index.md", "energy-model.md", "custom-terms.md", "solvers.md", "latent-crf.md"]
 
 
 def test_mkdocs_build_strict(tmp_path):

@@ -25,7 +25,7 @@ import torch
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="energycrf-demo-out", help="output directory (PNG grid, table)")
     parser.add_argument("--per-class", type=int, default=1, help="held-out prompts per class for the table")
-    parser.add_argument("--seeds", type=int, default=4, help="seeds (images) per prompt for the table")
+    parser.add_argument("--seeds", type=int, default=8, help="seeds (images) per prompt for the table")
     parser.add_argument("--grid-prompts", type=int, default=4, help="prompts in the picture")
     parser.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
     parser.add_argument("--no-table", action="store_true", help="only the picture")

@@ -19,7 +19,11 @@ from collections.abc import Sequence
 
 # name -> (module implementing add_arguments/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("energycrf.demo", "an energy on a real photograph with noise: well-posedness, breakdown, solve, picture"),
+    "demo": ("energycrf.ldm.demo", "LatentCRF on the shipped text-to-image model: picture grid and Table 1"),
+    "energy-demo": ("energycrf.demo",
+                    "an energy on a real photograph with noise: well-posedness, breakdown, solve, picture"),
+    "evaluate": ("energycrf.ldm.evaluate",
+                 "Table 1 for a text-to-image pipeline: Frechet distance, class accuracy, Vendi, ms/image"),
     "compare-solvers": ("energycrf.solvers.cli", "compare inference solvers on a real problem: table and picture"),
     "denoise": ("energycrf.denoise", "denoise a grayscale image with a shipped checkpoint"),
     "distill-data": ("energycrf.integrations.cli",

@@ -1,4 +1,4 @@
-"""`energycrf demo` end to end on a tiny image, and the CLI's argument handling."""
+"""`energycrf energy-demo` end to end on a tiny image, and the CLI's argument handling."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from energycrf import cli, demo
+from energycrf.photographs import load_photograph
 
 TINY = ["--size", "32", "--max-iters", "30", "--quiet"]
 
@@ -23,7 +24,7 @@ def _numbers(text: str) -> list[float]:
 
 def test_demo_writes_picture_and_summary(tmp_path, capsys):
     out = tmp_path / "out"
-    assert cli.main(["demo", *TINY, "--out", str(out)]) == 0
+    assert cli.main(["energy-demo", *TINY, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
 
     picture = out / "demo.png"
@@ -56,7 +57,7 @@ def test_demo_writes_picture_and_summary(tmp_path, capsys):
 
 def test_demo_noise_matches_the_documented_protocol():
     """sigma 25/255 from numpy's default_rng(0) on camera gives the 20.16 dB noisy input."""
-    clean = demo.load_photograph("camera", 512)
+    clean = load_photograph("camera", 512)
     noisy = clean + 25 / 255 * np.random.default_rng(0).standard_normal(clean.shape)
     psnr = 10 * np.log10(1 / np.mean((noisy - clean) ** 2))
     assert clean.shape == (512, 512) and 0.0 <= clean.min() and clean.max() <= 1.0
@@ -89,9 +90,9 @@ def test_build_energy_each_expert(expert):
 
 def test_bad_arguments():
     with pytest.raises(SystemExit):
-        cli.main(["demo", "--size", "0"])
+        cli.main(["energy-demo", "--size", "0"])
     with pytest.raises(SystemExit):
-        cli.main(["demo", "--image", "not-an-image"])
+        cli.main(["energy-demo", "--image", "not-an-image"])
     with pytest.raises(SystemExit):
         cli.main([])  # a command is required
     with pytest.raises(ValueError, match="expert"):
@@ -99,7 +100,7 @@ def test_bad_arguments():
 
 
 def test_python_dash_m_entry_point():
-    proc = subprocess.run([sys.executable, "-m", "energycrf", "demo", "--help"],
+    proc = subprocess.run([sys.executable, "-m", "energycrf", "energy-demo", "--help"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "--size" in proc.stdout and "--out" in proc.stdout

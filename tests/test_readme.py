@@ -17,8 +17,9 @@ except ModuleNotFoundError:  # Python 3.10
 REPO_ROOT = Path(__file__).resolve().parents[1]
 README = REPO_ROOT / "README.md"
 
-TEST_COMMAND = 'pip install torch==2.13.0 && pip install -e ".[test,docs]" && python -m pytest'
-MAIN_COMMAND = 'pip install torch==2.13.0 && pip install -e ".[test,docs]" && energycrf demo'
+SETUP = 'apt-get update && apt-get install -y dataset-fashion-mnist && pip install torch==2.13.0'
+TEST_COMMAND = SETUP + ' && pip install -e ".[test,docs,ldm]" && python -m pytest'
+MAIN_COMMAND = SETUP + ' && pip install -e ".[ldm]" && energycrf demo'
 
 
 def test_readme_python_blocks_run(run_markdown):

@@ -54,7 +54,7 @@ def grid_png(columns: dict[str, torch.Tensor], rows: list[str], path: Path) -> P
                 ax.set_ylabel(rows[i], fontsize=7, rotation=0, ha="right", va="center")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # keep the long prompt labels
     plt.close(fig)
     return path
 

@@ -4,9 +4,10 @@
 One run, same noisy inputs for every method (energycrf.denoise.heldout_pair), sigma in
 {15, 25, 50} on the 0-255 scale. Methods:
 
-- ``LatentCRF``: the shipped checkpoint energycrf/pretrained/denoise-sigma{S}/ (1 torch thread);
-- ``FoE energy`` (when shipped): a Unary + Field-of-Experts (Student-t) energy learned
-  through the unrolled solver, then minimised by that solver;
+- ``FoE energy``: the shipped energycrf/pretrained/denoise-sigma{S}/foe/, a Unary +
+  Field-of-Experts (Student-t) energy learned through the unrolled solver and minimised
+  by 6 mean-field steps (1 torch thread);
+- ``LatentCRF``: the shipped energycrf/pretrained/denoise-sigma{S}/latentcrf/ (1 torch thread);
 - ``BM3D`` (the ``bm3d`` package, ``sigma_psd`` = the true sigma);
 - ``NL-means``, ``TV`` (Chambolle) and ``wavelet`` (BayesShrink) from scikit-image, with
   the true sigma; the NL-means filtering strength and the TV weight are tuned per sigma
@@ -41,7 +42,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.restoration import denoise_nl_means, denoise_tv_chambolle, denoise_wavelet
 
-from energycrf.denoise import SIGMAS, TEST_IMAGES, denoise, heldout_pair, load_denoiser, pretrained_dir, skimage_gray
+from energycrf.denoise import SIGMAS, TEST_IMAGES, denoise, heldout_pair, load_denoiser, skimage_gray
 
 
 def machine() -> str:
@@ -69,7 +70,7 @@ def tune(sigma: float) -> dict[str, float]:
 
     tv = max((score(denoise_tv_chambolle(noisy, weight=f * s)), f) for f in (0.4, 0.6, 0.8, 1.0, 1.3, 1.7))[1]
     nlm = max((score(denoise_nl_means(noisy, h=f * s, sigma=s, patch_size=5, patch_distance=6, fast_mode=True)), f)
-              for f in (0.6, 0.8, 1.0, 1.2))[1]
+              for f in (0.4, 0.5, 0.6, 0.8, 1.0))[1]
     return {"tv_weight_factor": tv, "nlm_h_factor": nlm}
 
 
@@ -78,15 +79,10 @@ def methods(sigma: float, tuned: dict[str, float]):
 
     s = sigma / 255
     out = {}
-    try:
-        den = load_denoiser(sigma)
-        out["LatentCRF (ours)"] = lambda x: denoise(x.astype(np.float32), denoiser=den)
-    except FileNotFoundError:
-        pass
-    foe_dir = pretrained_dir(sigma).with_name(f"denoise-foe-sigma{int(sigma)}")
-    if foe_dir.is_dir():
-        foe = load_denoiser(sigma, checkpoint=foe_dir)
-        out["FoE energy (ours)"] = lambda x: denoise(x.astype(np.float32), denoiser=foe)
+    foe = load_denoiser(sigma, model="foe")
+    crf = load_denoiser(sigma, model="latentcrf")
+    out["FoE energy (ours)"] = lambda x: denoise(x.astype(np.float32), denoiser=foe)
+    out["LatentCRF (ours)"] = lambda x: denoise(x.astype(np.float32), denoiser=crf)
     out["BM3D"] = lambda x: bm3d.bm3d(x, sigma_psd=s)
     out["NL-means"] = lambda x: denoise_nl_means(x, h=tuned["nlm_h_factor"] * s, sigma=s, patch_size=5,
                                                  patch_distance=6, fast_mode=True)

@@ -130,6 +130,8 @@ def bench(problem: str, E, x, max_iters: int, cd_iters: int):
     runs = []
     for name, kind, fn, dt in plan:
         print(f"[{problem}] {name} ({dt}) ...", flush=True)
+        if "coordinate_descent" not in name:  # warm-up run (allocator, FFT plans, lazy imports), discarded
+            fn()
         iterates, times, evals = fn()
         runs.append({"method": name, "kind": kind, "dtype": dt, "energies": evaluate(E64, x64, iterates),
                      "times": times, "evaluations": evals})

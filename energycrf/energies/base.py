@@ -352,6 +352,14 @@ class ScaledEnergy(Energy):
         return f"{self.scale:g} * {self.term!r}"
 
 
+def _add(values: Iterator[Tensor]) -> Tensor:
+    """Sum without the extra pass that ``sum()``'s integer start costs."""
+    total = next(values)
+    for value in values:
+        total = total + value
+    return total
+
+
 class SumEnergy(Energy):
     """A flat sum of terms: ``a + b + c`` is one sum of three, indexable by position and name.
 
@@ -472,13 +480,13 @@ class SumEnergy(Energy):
 
     # values
     def energy(self, y, x, c=None):
-        return sum(t.energy(y, x, c) for t in self.terms)
+        return _add(t.energy(y, x, c) for t in self.terms)
 
     def _grad(self, y, x, c):
-        return sum(t._grad(y, x, c) for t in self.terms)
+        return _add(t._grad(y, x, c) for t in self.terms)
 
     def _curvature(self, y, x, c):
-        return sum(t._curvature(y, x, c) for t in self.terms)
+        return _add(t._curvature(y, x, c) for t in self.terms)
 
     def breakdown(self, y, x, c=None):
         c = self.validate(y, x, c)

@@ -146,7 +146,10 @@ class FieldOfExperts(Energy):
 
     def _grad(self, y, x, c):
         j = self._filters_like(y)
-        return correlate_adjoint(self.potential.rho_prime(correlate(y, j, self.boundary)), j, self.boundary)
+        u = correlate(y, j, self.boundary)
+        if type(self.potential) is ReLUExpert:  # rho' = -relu: the sign goes on the (small) filter bank
+            return correlate_adjoint(torch.relu(u), -j, self.boundary)
+        return correlate_adjoint(self.potential.rho_prime(u), j, self.boundary)
 
     def _curvature(self, y, x, c):
         b, channels, h, w = y.shape

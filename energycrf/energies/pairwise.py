@@ -137,7 +137,7 @@ class Pairwise(Energy):
         b, _, h, w = y.shape
         identity = isinstance(self.compatibility, IdentityCompatibility)
         m = None if identity else self.compatibility_matrix(c, b, y.dtype, y.device)
-        return m, self.degree(h, w, y.dtype, y.device) * y - self.kernel.message(y)
+        return m, torch.addcmul(self.kernel.message(y).neg_(), self.degree(h, w, y.dtype, y.device), y)
 
     def energy(self, y, x, c=None):
         m, residual = self._residual(y, c)
@@ -148,7 +148,7 @@ class Pairwise(Energy):
     def _grad(self, y, x, c):
         m, residual = self._residual(y, c)
         if m is None:
-            return 2 * residual
+            return residual.mul_(2)
         return 2 * torch.einsum("bcd,bdhw->bchw", m, residual)
 
     def _curvature(self, y, x, c):

@@ -59,7 +59,7 @@ class Unary(Energy):
         return (self._broadcast(y) * (y - x) ** 2).sum((1, 2, 3))
 
     def _grad(self, y, x, c):
-        return 2 * self._broadcast(y) * (y - x)
+        return torch.sub(y, x).mul_(2 * self._broadcast(y))
 
     def _curvature(self, y, x, c):
         b, channels, h, w = y.shape

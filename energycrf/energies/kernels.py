@@ -119,16 +119,7 @@ class LocalKernel(SpatialKernel):
     def degree(self, height, width, dtype, device):
         if self.periodic:
             return self.weights().to(dtype=dtype, device=device).sum().expand(height, width)
-        if self.learnable:
-            return super().degree(height, width, dtype, device)
-        # a fixed kernel's degree map depends only on the size: cached (the key sees in-place
-        # changes of the weights, e.g. load_state_dict, through the tensor's version counter)
-        key = (height, width, dtype, str(device), self.fixed_weights._version, self.fixed_weights.data_ptr())
-        cache = self.__dict__.setdefault("_degree_cache", {})
-        if key not in cache:
-            cache.clear()
-            cache[key] = super().degree(height, width, dtype, device)
-        return cache[key]
+        return super().degree(height, width, dtype, device)
 
     def extra_repr(self):
         kind = "learnable" if self.learnable else f"gaussian sigma={self.sigma:g}"

@@ -64,17 +64,10 @@ TEST_IMAGES = ("camera", "coins", "clock", "moon")
 
 
 def skimage_gray(name: str) -> np.ndarray:
-    """A scikit-image sample photograph as float64 grayscale in ``[0, 1]``."""
-    import skimage.data
-    from skimage.color import rgb2gray
-    from skimage.util import img_as_float
+    """A scikit-image sample photograph as float64 grayscale in ``[0, 1]`` (the shared loader)."""
+    from .photographs import load_photograph
 
-    if not hasattr(skimage.data, name):
-        raise ValueError(f"name: {name!r} is not a scikit-image sample image")
-    im = getattr(skimage.data, name)()
-    if im.ndim == 3:
-        im = rgb2gray(im[..., :3])
-    return img_as_float(im).astype(np.float64)
+    return load_photograph(name)
 
 
 def heldout_pair(name: str, sigma: float) -> tuple[np.ndarray, np.ndarray]:

@@ -12,7 +12,7 @@ import numpy as np
 __all__ = ["PHOTOGRAPHS", "load_photograph", "add_gaussian_noise"]
 
 #: skimage.data photographs that load without a download
-PHOTOGRAPHS = ("astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
+PHOTOGRAPHS = ("astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
                "hubble_deep_field", "immunohistochemistry", "microaneurysms", "moon", "page", "retina",
                "rocket", "text")
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -43,19 +42,11 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.restoration import denoise_nl_means, denoise_tv_chambolle, denoise_wavelet
 
 from energycrf.denoise import SIGMAS, TEST_IMAGES, denoise, heldout_pair, load_denoiser, skimage_gray
+from machine_info import cpu_name  # noqa: E402  (benchmarks/ is the script's folder)
 
 
 def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} logical cores visible, torch {torch.__version__} ({torch.get_num_threads()} thread)"
+    return f"{cpu_name()}, {os.cpu_count()} logical cores visible, torch {torch.__version__} ({torch.get_num_threads()} thread)"
 
 
 def tune(sigma: float) -> dict[str, float]:

@@ -42,6 +42,7 @@ import time
 import torch
 
 import energycrf as ec
+from machine_info import cpu_name  # noqa: E402  (benchmarks/ is the script's folder)
 
 METHODS = ("analytic", "torch.func.grad", "autograd.grad")
 DEFAULT_SHAPES = ("8,4,64,64", "1,4,128,128")
@@ -127,20 +128,9 @@ def measure_time(shape: tuple[int, ...], repeats: int, warmup: int) -> tuple[dic
     return med, best, err
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-        if m:
-            return m.group(1).strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine() -> str:
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    return (f"{platform.platform()}; CPU: {cpu_model()} ({os.cpu_count()} logical cores visible); "
+    return (f"{platform.platform()}; CPU: {cpu_name()} ({os.cpu_count()} logical cores visible); "
             f"Python {platform.python_version()}; torch {torch.__version__}; "
             f"torch threads {torch.get_num_threads()}; load average at start {load}")
 

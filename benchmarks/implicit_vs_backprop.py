@@ -36,16 +36,7 @@ import torch
 import energycrf as ec
 from energycrf.energies.potentials import Charbonnier
 from energycrf.solvers.unrolled import Unrolled
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from machine_info import cpu_name  # noqa: E402  (benchmarks/ is the script's folder)
 
 
 def build_energy(channels: int) -> ec.Energy:

@@ -35,18 +35,11 @@ import energycrf as ec
 from energycrf.solvers.cli import default_energy, noisy_photograph
 
 TARGET = 1e-6
+from machine_info import cpu_name  # noqa: E402  (benchmarks/ is the script's folder)
 
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}, {platform.python_version()}"
+    return f"{cpu_name()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}, {platform.python_version()}"
 
 
 def latent_batch(seed: int = 0, sigma: float = 25.0) -> torch.Tensor:

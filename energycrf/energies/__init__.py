@@ -10,7 +10,7 @@ from .compatibility import Compatibility, IdentityCompatibility, MatrixCompatibi
 from .field_of_experts import FieldOfExperts
 from .kernels import DenseKernel, LocalKernel, LongRangeKernel, SpatialKernel
 from .pairwise import Pairwise
-from .potentials import Charbonnier, Huber, Potential, ReLUExpert, StudentT
+from .potentials import Charbonnier, Huber, PiecewiseLinear, Potential, ReLUExpert, StudentT
 from .unary import Unary
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "StudentT",
     "Charbonnier",
     "Huber",
+    "PiecewiseLinear",
     "compatibility",
     "kernels",
     "potentials",

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ._validation import check_positive
 
-__all__ = ["Potential", "ReLUExpert", "StudentT", "Charbonnier", "Huber"]
+__all__ = ["Potential", "ReLUExpert", "StudentT", "Charbonnier", "Huber", "PiecewiseLinear"]
 
 
 class Potential(nn.Module):
@@ -163,3 +163,132 @@ class Huber(Potential):
 
     def extra_repr(self):
         return f"delta={self.delta:g}"
+
+
+class PiecewiseLinear(Potential):
+    r"""A learned expert: the influence :math:`\rho'` is piecewise linear on uniform knots.
+
+    The trainable influence functions of reaction-diffusion denoisers (Chen and Pock's
+    TRD): with knots :math:`\mu_j = -S + j h` (``j = 0..J-1``, :math:`h = 2S/(J-1)`) and
+    values :math:`v_j`,
+
+    .. math::
+
+        \rho'(u) = v_k + \tfrac{u - \mu_k}{h}\,(v_{k+1} - v_k) \quad (\mu_k \le u \le \mu_{k+1}),
+
+    constant (:math:`v_0`, :math:`v_{J-1}`) outside :math:`[-S, S]`, and
+    :math:`\rho(u) = \int_0^u \rho'`, a piecewise quadratic (so :math:`\rho(0) = 0`), in
+    closed form from the cumulative trapezoids :math:`C_k = \int_{\mu_0}^{\mu_k} \rho'`.
+    Any continuous influence can be approximated; a redescending one (a non-convex
+    :math:`\rho`) is what makes an expert keep edges.
+
+    With ``num_experts = M`` every expert has its own values (``values`` is ``[M, J]`` and
+    acts on dimension 1 of the responses ``[B, M, H, W]``); with ``None`` one ``[J]``
+    is shared. Majoriser weight: the largest knot-to-knot slope of the expert,
+    :math:`a = \max(0, \max_j (v_{j+1} - v_j)/h)`, a bound on :math:`\rho''`, so the
+    inequality of the base class holds for every :math:`\Delta`; ``min_curvature`` is the
+    smallest slope.
+
+    Args:
+        num_knots: ``J >= 2``.
+        span: ``S > 0``; responses beyond it see the end values.
+        num_experts: ``M`` (own values per expert) or ``None`` (shared).
+        init: ``"student_t"`` (:math:`v_j = \alpha \mu_j / (1 + \mu_j^2/2)`, the
+            :class:`StudentT` influence), ``"linear"`` (:math:`v_j = \alpha \mu_j`, a
+            quadratic :math:`\rho`) or a tensor of values.
+        alpha: the scale of ``init``.
+        learnable: make ``values`` a parameter.
+    """
+
+    def __init__(self, num_knots: int = 63, span: float = 4.0, num_experts: int | None = None,
+                 init: str | Tensor = "student_t", alpha: float = 1.0, learnable: bool = True):
+        super().__init__()
+        if isinstance(num_knots, bool) or not isinstance(num_knots, int) or num_knots < 2:
+            raise ValueError(f"num_knots: expected an int >= 2, got {num_knots!r}")
+        check_positive("span", span, allow_tensor=False)
+        if num_experts is not None and (isinstance(num_experts, bool) or not isinstance(num_experts, int)
+                                        or num_experts < 1):
+            raise ValueError(f"num_experts: expected None or an int >= 1, got {num_experts!r}")
+        self.num_knots, self.span, self.num_experts = num_knots, float(span), num_experts
+        self.step = 2.0 * self.span / (num_knots - 1)
+        shape = (num_knots,) if num_experts is None else (num_experts, num_knots)
+        knots = torch.linspace(-self.span, self.span, num_knots)
+        if isinstance(init, Tensor):
+            if tuple(init.shape) != shape:
+                raise ValueError(f"init: expected knot values of shape {shape}, got {tuple(init.shape)}")
+            if not init.is_floating_point():
+                raise TypeError(f"init: expected a floating-point tensor, got {init.dtype}")
+            values = init.detach().clone().float()
+        elif init == "student_t":
+            values = (alpha * knots / (1 + 0.5 * knots**2)).expand(shape).clone()
+        elif init == "linear":
+            values = (alpha * knots).expand(shape).clone()
+        else:
+            raise ValueError(f"init: expected 'student_t', 'linear' or a tensor, got {init!r}")
+        if learnable:
+            self.values = nn.Parameter(values)
+        else:
+            self.register_buffer("values", values)
+
+    def _locate(self, u: Tensor):
+        """Per element: the flat index ``k`` of the left knot, the offset ``u - mu_k``, the same
+        clamped to the segment ``[0, h]`` (both differentiable in ``u``), and the flat table."""
+        v = self.values.to(dtype=u.dtype, device=u.device)
+        if self.num_experts is not None and (u.dim() < 2 or u.shape[1] != self.num_experts):
+            raise ValueError(f"u: expected responses [B, {self.num_experts}, ...] (num_experts={self.num_experts}), "
+                             f"got shape {tuple(u.shape)}")
+        position = (u + self.span) / self.step  # in knot units
+        segment = position.detach().floor().clamp_(0, self.num_knots - 2)
+        offset = (position - segment) * self.step
+        index = segment.long()
+        if self.num_experts is not None:
+            shape = (1, -1, *([1] * (u.dim() - 2)))
+            index += self.num_knots * torch.arange(self.num_experts, device=u.device).view(shape)
+        return index, offset, offset.clamp(0.0, self.step), v.reshape(-1)
+
+    def rho_prime(self, u):
+        index, _, inside, v = self._locate(u)
+        left = v[index]
+        return left + (v[index + 1] - left) * (inside / self.step)
+
+    def _antiderivative_table(self, v: Tensor) -> Tensor:
+        r""":math:`C_k = \int_{\mu_0}^{\mu_k} \rho'` for every knot, flat like ``v``."""
+        table = v.view(-1, self.num_knots)
+        trapezoids = 0.5 * self.step * (table[:, 1:] + table[:, :-1])
+        cumulative = torch.cat([torch.zeros_like(table[:, :1]), trapezoids.cumsum(1)], dim=1)
+        return cumulative.reshape(-1)
+
+    def _antiderivative(self, k, offset, inside, v, cumulative):
+        v0, v1 = v[k], v[k + 1]
+        slope = (v1 - v0) / self.step
+        inner = cumulative[k] + v0 * inside + 0.5 * slope * inside**2
+        return inner + (v0 + slope * inside) * (offset - inside)  # linear continuation beyond the knots
+
+    def rho(self, u):
+        k, offset, inside, v = self._locate(u)
+        cumulative = self._antiderivative_table(v)
+        value = self._antiderivative(k, offset, inside, v, cumulative)
+        # subtract the antiderivative at u = 0 (per expert), so that rho(0) = 0
+        zero = u.new_zeros(()) if self.num_experts is None else u.new_zeros(1, self.num_experts)
+        at_zero = self._antiderivative(*self._locate(zero)[:3], v, cumulative)
+        if self.num_experts is not None:
+            at_zero = at_zero.view(1, -1, *([1] * (u.dim() - 2)))
+        return value - at_zero
+
+    def _slopes(self) -> Tensor:
+        table = self.values.detach().view(-1, self.num_knots)
+        return (table[:, 1:] - table[:, :-1]) / self.step  # [M or 1, J-1]
+
+    def majorizer_weight(self, u):
+        bound = self._slopes().amax(1).clamp_min(0.0).to(dtype=u.dtype, device=u.device)
+        if self.num_experts is None:
+            return bound.reshape(()).expand_as(u).clone()
+        return bound.view(1, -1, *([1] * (u.dim() - 2))).expand_as(u).clone()
+
+    @property
+    def min_curvature(self):  # type: ignore[override]
+        return min(float(self._slopes().min()), 0.0)
+
+    def extra_repr(self):
+        experts = "shared" if self.num_experts is None else self.num_experts
+        return f"num_knots={self.num_knots}, span={self.span:g}, experts={experts}"

@@ -17,7 +17,7 @@ from .lbfgs import LBFGS, ScipyLBFGS, TorchLBFGS
 from .mean_field import MeanField
 from .quadratic import ConjugateGradient, FFTSolver, hessian_vector_product
 from .result import DivergenceError, DivergenceWarning, SolveResult, SolverWarning
-from .unrolled import ImplicitDifferentiationWarning, Unrolled, conjugate_gradient
+from .unrolled import ImplicitDifferentiationWarning, Staged, Unrolled, conjugate_gradient
 
 __all__ = [
     "solve",
@@ -46,6 +46,7 @@ __all__ = [
     "LatentCRF",
     "CompatibilityNetwork",
     "Unrolled",
+    "Staged",
     "ImplicitDifferentiationWarning",
     "conjugate_gradient",
     "DivergenceWarning",

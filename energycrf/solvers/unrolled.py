@@ -33,7 +33,7 @@ accuracy (a warning says when the solver stopped early).
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -44,7 +44,7 @@ from .api import get_solver
 from .base import Problem, Solver, block_solve, sample_dot
 from .result import SolverWarning
 
-__all__ = ["Unrolled", "ImplicitDifferentiationWarning", "conjugate_gradient"]
+__all__ = ["Unrolled", "Staged", "ImplicitDifferentiationWarning", "conjugate_gradient"]
 
 DIFFERENTIATIONS = ("backprop", "implicit")
 
@@ -353,3 +353,67 @@ class Unrolled(nn.Module):
     def extra_repr(self) -> str:
         method = self.solver.name if self.solver is not None else getattr(self.step_fn, "__name__", "step")
         return f"method={method!r}, num_iterations={self.num_iterations}, differentiation={self.differentiation!r}"
+
+
+class Staged(nn.Module):
+    r"""Stage-wise unrolled gradient descent: one step on each of ``T`` energies of their own.
+
+    .. math::
+
+        y_0 = x, \qquad y_t = y_{t-1} - \eta\, \nabla_y E_t(y_{t-1}, x, c), \quad t = 1, \dots, T,
+
+    the trainable reaction-diffusion scheme of Chen and Pock (TRD): with
+    :math:`E_t = w_t \|y - x\|^2 + \sum_m \sum_k \rho_{t,m}((J_{t,m} \odot y)_k)` a step is
+    :math:`y_t = y_{t-1} - \sum_m J_{t,m}^- \odot \rho_{t,m}'(J_{t,m} \odot y_{t-1}) - 2 w_t (y_{t-1} - x)`,
+    a diffusion by learned filters and influence functions plus a reaction towards the data.
+    :class:`Unrolled` iterates one energy towards its minimiser; here every step has its own
+    parameters and the output is the last iterate, not a minimiser. The steps use each
+    energy's own ``grad`` (its message, filter and score operators).
+
+    Args:
+        energies: ``T >= 1`` energies (registered as ``self.energies``).
+        step_size: :math:`\eta > 0` (the energies' weights absorb any other scale).
+
+    Example:
+        >>> import torch, energycrf as ec
+        >>> from energycrf.solvers.unrolled import Staged
+        >>> stages = [ec.energies.Unary(learnable=True) + ec.energies.FieldOfExperts(channels=1, num_filters=4,
+        ...           kernel_size=3, potential=ec.energies.PiecewiseLinear(num_experts=4)) for _ in range(3)]
+        >>> layer = Staged(stages)
+        >>> layer(torch.randn(2, 1, 8, 8)).shape
+        torch.Size([2, 1, 8, 8])
+    """
+
+    def __init__(self, energies: Sequence[Energy], step_size: float = 1.0):
+        super().__init__()
+        energies = list(energies) if not isinstance(energies, Energy) else [energies]
+        if not energies:
+            raise ValueError("energies: expected at least one energy, got an empty sequence")
+        for t, energy in enumerate(energies):
+            if not isinstance(energy, Energy):
+                raise TypeError(f"energies[{t}]: expected an energycrf Energy, got {type(energy).__name__}")
+        if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not step_size > 0:
+            raise ValueError(f"step_size: expected a positive number, got {step_size!r}")
+        self.energies = nn.ModuleList(energies)
+        self.step_size = float(step_size)
+
+    def forward(self, x: Tensor, c: Tensor | None = None, y0: Tensor | None = None,
+                return_all: bool = False) -> Tensor | list[Tensor]:
+        """The last iterate :math:`y_T` (or ``[y_1, ..., y_T]`` with ``return_all``)."""
+        check_latent("x", x)
+        c = check_condition(c, x.shape[0], x.dtype, x.device)
+        if y0 is None:
+            y = x
+        else:
+            check_latent("y0", y0)
+            if y0.shape != x.shape:
+                raise ValueError(f"y0: expected a tensor shaped like x {tuple(x.shape)}, got {tuple(y0.shape)}")
+            y = y0
+        iterates = []
+        for energy in self.energies:
+            y = y - self.step_size * energy.grad(y, x, c)
+            iterates.append(y)
+        return iterates if return_all else y
+
+    def extra_repr(self) -> str:
+        return f"stages={len(self.energies)}, step_size={self.step_size:g}"

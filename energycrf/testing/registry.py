@@ -222,6 +222,26 @@ def foe_huber(case: Case):
     return _foe(case, potential=_ec().Huber(delta=_u(case, 0.05, 0.5, 22)))
 
 
+def _piecewise_linear(case: Case, per_expert: bool):
+    """Knot values: the Student-t influence plus seeded noise (non-convex, uneven slopes)."""
+    experts = 1 + case.seed % 3  # the FoE factory's num_filters
+    with case.seeded():
+        potential = _ec().PiecewiseLinear(num_knots=9 + case.seed % 7, span=_u(case, 0.5, 2.5, 23),
+                                          num_experts=experts if per_expert else None,
+                                          alpha=_u(case, 0.3, 2.0, 24))
+        with torch.no_grad():
+            potential.values.add_(0.3 * torch.randn_like(potential.values))
+    return potential
+
+
+def foe_piecewise_linear(case: Case):
+    return _foe(case, potential=_piecewise_linear(case, per_expert=False))
+
+
+def foe_piecewise_linear_per_expert(case: Case):
+    return _foe(case, potential=_piecewise_linear(case, per_expert=True), kernel_size=5)
+
+
 # ---------------------------------------------------------------------------- a user's term
 class UserSmoothness(Energy):
     r"""A user's term with only ``energy``: a Lorentzian penalty on neighbour differences,
@@ -288,6 +308,8 @@ _BASE: list[Spec] = [
     Spec("potentials/student_t_circular", "potentials", foe_student_t_circular, min_size=3),
     Spec("potentials/charbonnier", "potentials", foe_charbonnier),
     Spec("potentials/huber", "potentials", foe_huber),
+    Spec("potentials/piecewise_linear", "potentials", foe_piecewise_linear),
+    Spec("potentials/piecewise_linear_per_expert", "potentials", foe_piecewise_linear_per_expert),
     Spec("user/smoothness", "user", user_smoothness, builtin=False),
 ]
 

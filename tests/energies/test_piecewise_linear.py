@@ -1,0 +1,112 @@
+"""The learned piecewise-linear expert: rho' is the linear interpolation of the knot values,
+rho its exact integral from 0 (checked by quadrature), per-expert tables act on dimension 1,
+gradients with respect to the knot values, the majoriser and min_curvature, bad arguments.
+(The registry runs the whole conformance suite on FieldOfExperts with this expert.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from energycrf.energies import FieldOfExperts, PiecewiseLinear
+
+finite = st.floats(-6, 6, allow_nan=False)
+
+
+def _random(num_knots, span, experts, seed):
+    g = torch.Generator().manual_seed(seed)
+    shape = (num_knots,) if experts is None else (experts, num_knots)
+    values = torch.randn(shape, generator=g)
+    return PiecewiseLinear(num_knots, span, experts, init=values, learnable=False).double()
+
+
+@given(knots=st.integers(2, 12), span=st.floats(0.3, 4.0), seed=st.integers(0, 2**16),
+       u=st.lists(finite, min_size=1, max_size=12), d=st.lists(finite, min_size=12, max_size=12))
+def test_shared_expert_against_interpolation_quadrature_and_autograd(knots, span, seed, u, d):
+    pot = _random(knots, span, None, seed)
+    u = torch.tensor(u, dtype=torch.float64)
+    grid = np.linspace(-span, span, knots)
+    values = pot.values.detach().numpy()
+    # rho' is numpy's linear interpolation (constant beyond the end knots)
+    np.testing.assert_allclose(pot.rho_prime(u).detach().numpy(), np.interp(u.numpy(), grid, values), rtol=1e-12, atol=1e-12)
+    # rho' is the derivative of rho (autograd)
+    torch.testing.assert_close(torch.func.grad(lambda v: pot.rho(v).sum())(u), pot.rho_prime(u), rtol=1e-10, atol=1e-10)
+    # rho(u) = integral of rho' from 0 to u (dense trapezoid quadrature of the interpolant)
+    for value in u.tolist():
+        t = np.linspace(0.0, value, 40001)
+        want = np.trapezoid(np.interp(t, grid, values), t)
+        assert abs(float(pot.rho(torch.tensor(value, dtype=torch.float64))) - want) < 1e-6 * (1 + abs(want))
+    # majoriser inequality and the lower curvature bound
+    delta = torch.tensor(d[: len(u)], dtype=torch.float64)
+    a = pot.majorizer_weight(u)
+    assert bool((a >= 0).all())
+    bound = pot.rho(u) + pot.rho_prime(u) * delta + 0.5 * a * delta**2
+    assert bool((pot.rho(u + delta) <= bound + 1e-9 * (1 + bound.abs())).all())
+    slopes = np.diff(values) / (grid[1] - grid[0])
+    assert pot.min_curvature == pytest.approx(min(slopes.min(), 0.0), rel=1e-12, abs=1e-12)
+
+
+@given(experts=st.integers(1, 4), knots=st.integers(2, 9), seed=st.integers(0, 2**16))
+def test_per_expert_tables_act_on_dimension_one(experts, knots, seed):
+    pot = _random(knots, 1.5, experts, seed)
+    u = 2 * torch.randn(2, experts, 3, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    for m in range(experts):
+        single = PiecewiseLinear(knots, 1.5, None, init=pot.values.detach()[m]).double()
+        torch.testing.assert_close(pot.rho(u)[:, m], single.rho(u[:, m]), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(pot.rho_prime(u)[:, m], single.rho_prime(u[:, m]), rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(pot.majorizer_weight(u)[:, m], single.majorizer_weight(u[:, m]))
+
+
+def test_init_forms():
+    u = torch.linspace(-3, 3, 41, dtype=torch.float64)
+    linear = PiecewiseLinear(num_knots=5, span=4.0, init="linear", alpha=0.7).double()
+    torch.testing.assert_close(linear.rho(u), 0.35 * u**2)  # exact: the interpolant of a line is the line
+    student = PiecewiseLinear(num_knots=201, span=4.0, init="student_t", alpha=1.2).double()
+    torch.testing.assert_close(student.rho(u), 1.2 * torch.log1p(0.5 * u**2), rtol=0, atol=2e-4)
+
+
+class _GradOf(torch.nn.Module):
+    def __init__(self, energy):
+        super().__init__()
+        self.energy = energy
+
+    def forward(self, y):
+        return self.energy.grad(y, y)
+
+
+def test_gradients_with_respect_to_knot_values():
+    """The values are parameters: autograd through the energy and through its analytic
+    gradient matches finite differences (gradcheck), which training through solver steps needs."""
+    torch.manual_seed(0)
+    foe = FieldOfExperts(channels=1, num_filters=3, kernel_size=3, init_scale=1.0,
+                         potential=PiecewiseLinear(7, 2.0, num_experts=3)).double()
+    y = 2 * torch.randn(2, 1, 6, 5, dtype=torch.float64)
+    values = foe.potential.values.detach().clone().requires_grad_(True)
+    call = torch.func.functional_call
+    assert torch.autograd.gradcheck(lambda v: call(foe, {"potential.values": v}, (y, y)), (values,))
+    assert torch.autograd.gradcheck(lambda v: call(_GradOf(foe), {"energy.potential.values": v}, (y,)), (values,))
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: PiecewiseLinear(num_knots=1), r"num_knots.*int >= 2.*1"),
+        (lambda: PiecewiseLinear(num_knots=3.0), r"num_knots.*int >= 2.*3.0"),
+        (lambda: PiecewiseLinear(span=0.0), r"span.*positive"),
+        (lambda: PiecewiseLinear(num_experts=0), r"num_experts.*None or an int >= 1.*0"),
+        (lambda: PiecewiseLinear(init="cubic"), r"init.*'student_t', 'linear' or a tensor.*cubic"),
+        (lambda: PiecewiseLinear(num_knots=4, init=torch.zeros(5)), r"init.*shape \(4,\).*\(5,\)"),
+        (lambda: PiecewiseLinear(num_knots=3, init=torch.zeros(3, dtype=torch.long)), r"init.*floating.*int64"),
+    ],
+)
+def test_bad_arguments(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()
+
+
+def test_responses_with_the_wrong_number_of_experts():
+    with pytest.raises(ValueError, match=r"u: expected responses \[B, 3, \.\.\.\].*\(2, 4, 5, 5\)"):
+        PiecewiseLinear(num_experts=3).rho(torch.zeros(2, 4, 5, 5))

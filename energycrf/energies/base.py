@@ -50,6 +50,11 @@ class IllPosedEnergyError(ValueError):
     """Raised by :meth:`Energy.check_well_posed` with ``on_fail="raise"``."""
 
 
+def _sample_dot(a: Tensor, b: Tensor) -> Tensor:
+    """Per-sample inner product of two ``[B, ...]`` tensors, ``Tensor[B]``."""
+    return (a * b).flatten(1).sum(1)
+
+
 def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
@@ -83,6 +88,9 @@ class Energy(nn.Module):
     is_quadratic: bool = False
     periodic: bool = False
     interaction_radius: int | None = None
+    #: ``_grad`` and ``_energy_and_grad`` return a gradient tensor of their own (no view or
+    #: alias of an input, not saved by autograd), which a sum may add to in place.
+    _owns_grad: bool = False
 
     # ----------------------------------------------------------------- the one method
     def energy(self, y: Tensor, x: Tensor, c: Tensor | None = None) -> Tensor:
@@ -99,6 +107,16 @@ class Energy(nn.Module):
         r"""The gradient :math:`\nabla_y E(y, x, c)`, a tensor like ``y``."""
         c = self.validate(y, x, c)
         return self._grad(y, x, c)
+
+    def energy_and_grad(self, y: Tensor, x: Tensor, c: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        r"""``(E(y, x, c), grad E(y, x, c))`` from one evaluation: ``Tensor[B]`` and a tensor like ``y``.
+
+        Equal to ``(E(y, x, c), E.grad(y, x, c))``; the built-in terms share their filter
+        responses and messages between the two, a term with only :meth:`energy` gets both
+        from one autograd pass, other terms fall back to the two calls.
+        """
+        c = self.validate(y, x, c)
+        return self._energy_and_grad(y, x, c)
 
     def curvature(self, y: Tensor, x: Tensor, c: Tensor | None = None) -> Tensor:
         r"""Per-site curvature blocks :math:`A_i`, ``Tensor[B, H, W, C, C]`` (see the module docstring)."""
@@ -151,6 +169,19 @@ class Energy(nn.Module):
     def _grad(self, y: Tensor, x: Tensor, c: Tensor | None) -> Tensor:
         """Autograd fallback: ``torch.func.grad`` of the summed energy (samples are independent)."""
         return torch.func.grad(lambda v: self.energy(v, x, c).sum())(y)
+
+    def _energy_and_grad(self, y: Tensor, x: Tensor, c: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Fallback: one ``torch.func.grad_and_value`` pass for a term without an analytic
+        gradient, else :meth:`energy` and ``_grad``."""
+        if type(self)._grad is Energy._grad:
+
+            def total(v: Tensor) -> tuple[Tensor, Tensor]:
+                value = self.energy(v, x, c)
+                return value.sum(), value
+
+            g, (_, value) = torch.func.grad_and_value(total, has_aux=True)(y)
+            return value, g
+        return self.energy(y, x, c), self._grad(y, x, c)
 
     def _curvature(self, y: Tensor, x: Tensor, c: Tensor | None) -> Tensor:
         """Fallback: the exact diagonal ``C x C`` Hessian blocks, by Hessian-vector products.
@@ -298,6 +329,8 @@ class Energy(nn.Module):
 class ScaledEnergy(Energy):
     """``scale * term`` with ``scale > 0`` (energy, gradient and curvature scale alike)."""
 
+    _owns_grad = True
+
     def __init__(self, term: Energy, scale: float):
         super().__init__()
         if not isinstance(term, Energy):
@@ -333,6 +366,10 @@ class ScaledEnergy(Energy):
     def _grad(self, y, x, c):
         return self.scale * self.term._grad(y, x, c)
 
+    def _energy_and_grad(self, y, x, c):
+        value, g = self.term._energy_and_grad(y, x, c)
+        return self.scale * value, self.scale * g
+
     def _curvature(self, y, x, c):
         return self.scale * self.term._curvature(y, x, c)
 
@@ -358,6 +395,19 @@ def _add(values: Iterator[Tensor]) -> Tensor:
     for value in values:
         total = total + value
     return total
+
+
+def _add_grad(total: Tensor | None, owned: bool, g: Tensor, fresh: bool) -> tuple[Tensor, bool]:
+    """``total + g``, in place into whichever of the two a term owns (``Energy._owns_grad``)
+    instead of a new tensor per term; returns the sum and whether it is owned."""
+    if total is None:
+        return g, fresh
+    same = g.shape == total.shape and g.dtype == total.dtype
+    if owned and same:
+        return total.add_(g), True
+    if fresh and same:
+        return g.add_(total), True  # IEEE addition commutes: the same values
+    return total + g, True
 
 
 class SumEnergy(Energy):
@@ -482,8 +532,28 @@ class SumEnergy(Energy):
     def energy(self, y, x, c=None):
         return _add(t.energy(y, x, c) for t in self.terms)
 
+    _owns_grad = True
+
     def _grad(self, y, x, c):
-        return _add(t._grad(y, x, c) for t in self.terms)
+        return self._energy_and_grad(y, x, c, with_energy=False)[1]
+
+    def _energy_and_grad(self, y, x, c, with_energy=True):
+        from .fused import shared_convolutions
+
+        shared = shared_convolutions(self.terms, y)
+        value, total, owned = None, None, False
+        for k, t in enumerate(self.terms):
+            if k in shared:
+                v, g = t._energy_and_grad(y, x, c, with_energy, **shared.pop(k))
+            elif with_energy:
+                v, g = t._energy_and_grad(y, x, c)
+            else:
+                v, g = None, t._grad(y, x, c)
+            if with_energy:
+                value = v if value is None else value + v
+            total, owned = _add_grad(total, owned, g, t._owns_grad)
+            del g  # the running sum holds what is needed: lower peak memory
+        return value, total
 
     def _curvature(self, y, x, c):
         return _add(t._curvature(y, x, c) for t in self.terms)

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from ._validation import check_choice, check_int, check_positive
-from .base import Energy
+from .base import Energy, _sample_dot
 from .operators import BOUNDARIES, correlate, correlate_adjoint
 from .potentials import Potential, ReLUExpert
 
@@ -144,12 +144,25 @@ class FieldOfExperts(Energy):
     def energy(self, y, x, c=None):
         return self.potential.rho(correlate(y, self._filters_like(y), self.boundary)).sum((1, 2, 3))
 
+    _owns_grad = True
+
     def _grad(self, y, x, c):
+        return self._energy_and_grad(y, x, c, with_energy=False)[1]
+
+    def _energy_and_grad(self, y, x, c, with_energy=True, responses=None):
+        """The responses ``u`` are computed once and serve the energy and the gradient
+        (``responses``: ``u``, when a sum computed it with other filters in one convolution;
+        the responses are changed in place)."""
         j = self._filters_like(y)
-        u = correlate(y, j, self.boundary)
-        if type(self.potential) is ReLUExpert:  # rho' = -relu: the sign goes on the (small) filter bank
-            return correlate_adjoint(torch.relu(u), -j, self.boundary)
-        return correlate_adjoint(self.potential.rho_prime(u), j, self.boundary)
+        u = correlate(y, j, self.boundary) if responses is None else responses
+        if type(self.potential) is ReLUExpert and self.potential.eps == 1.0:
+            # rho = -relu^2 / 2, rho' = -relu: the sign goes on the (small) filter bank;
+            # relu in place on the fresh responses (conv2d does not save its output)
+            r = torch.relu_(u)
+            value = -0.5 * _sample_dot(r, r) if with_energy else None
+            return value, correlate_adjoint(r, -j, self.boundary)
+        value = self.potential.rho(u).sum((1, 2, 3)) if with_energy else None
+        return value, correlate_adjoint(self.potential.rho_prime(u), j, self.boundary)
 
     def _curvature(self, y, x, c):
         b, channels, h, w = y.shape

@@ -38,6 +38,10 @@ class SpatialKernel(nn.Module):
         r""":math:`(W^s y)_i = \sum_j W^s_{ij} y_j` for ``y [B, C, H, W]``, each channel alike."""
         raise NotImplementedError
 
+    def scaled_message(self, y: Tensor, scale: float) -> Tensor:
+        r""":math:`s\,(W^s y)`; local kernels fold ``s`` into the window (no extra pass)."""
+        return scale * self.message(y)
+
     def degree(self, height: int, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         r""":math:`d_i = \sum_j W^s_{ij}`, ``Tensor[H, W]``."""
         ones = torch.ones(1, 1, height, width, dtype=dtype, device=device)
@@ -111,15 +115,24 @@ class LocalKernel(SpatialKernel):
             )
 
     def message(self, y):
+        return self.scaled_message(y, 1.0)
+
+    def scaled_message(self, y, scale):
         k = self.weights().to(dtype=y.dtype, device=y.device)
+        if scale != 1.0:
+            k = scale * k
         channels = y.shape[1]
         weight = k.expand(channels, 1, *k.shape)
         return correlate(y, weight, self.boundary, groups=channels)
 
     def degree(self, height, width, dtype, device):
+        k = self.weights().to(dtype=dtype, device=device)
         if self.periodic:
-            return self.weights().to(dtype=dtype, device=device).sum().expand(height, width)
-        return super().degree(height, width, dtype, device)
+            return k.sum().expand(height, width)
+        # Zero boundary: d[h, w] = sum_{a, b} k[a, b] [h + a - r inside] [w + b - r inside]
+        # = (R k C^T)[h, w] with the 0/1 window-inside matrices R [H, 2r+1] and C [W, 2r+1]:
+        # two tiny matrix products instead of a convolution of an image of ones.
+        return _inside(height, self.radius, dtype, device) @ k @ _inside(width, self.radius, dtype, device).T
 
     def extra_repr(self):
         kind = "learnable" if self.learnable else f"gaussian sigma={self.sigma:g}"
@@ -226,6 +239,12 @@ class DenseKernel(SpatialKernel):
 
     def extra_repr(self):
         return f"n={self.matrix.shape[0]}"
+
+
+def _inside(n: int, radius: int, dtype: torch.dtype, device) -> Tensor:
+    """``[n, 2r+1]``: 1 where the window offset ``o - r`` from site ``i`` lands inside ``[0, n)``."""
+    pos = torch.arange(n, device=device)[:, None] + torch.arange(-radius, radius + 1, device=device)
+    return ((pos >= 0) & (pos < n)).to(dtype)
 
 
 def default_kernel() -> SpatialKernel:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ._validation import check_int
-from .base import Energy
+from .base import Energy, _sample_dot
 from .compatibility import (
     Compatibility,
     IdentityCompatibility,
@@ -132,24 +132,36 @@ class Pairwise(Energy):
         return self.compatibility.matrix(c, batch, dtype, device)
 
     # ---------------------------------------------------------------- energy
-    def _residual(self, y: Tensor, c: Tensor | None) -> tuple[Tensor | None, Tensor]:
-        """``M`` (``None`` for the identity, skipping a product) and ``d y - W^s y``."""
+    def _residual(
+        self, y: Tensor, c: Tensor | None, scale: float = 1.0, scaled_message: Tensor | None = None
+    ) -> tuple[Tensor | None, Tensor]:
+        r"""``M`` (``None`` for the identity, skipping a product) and ``scale (d y - W^s y)``:
+        one message (the scale folded into the kernel) and one fused pass.
+        ``scaled_message`` is :math:`-s\,W^s y` when the caller has it already."""
         b, _, h, w = y.shape
         identity = isinstance(self.compatibility, IdentityCompatibility)
         m = None if identity else self.compatibility_matrix(c, b, y.dtype, y.device)
-        return m, torch.addcmul(self.kernel.message(y).neg_(), self.degree(h, w, y.dtype, y.device), y)
+        d = self.degree(h, w, y.dtype, y.device)
+        if scaled_message is None:
+            scaled_message = self.kernel.scaled_message(y, -scale)
+        return m, torch.addcmul(scaled_message, d, y, value=scale)
 
     def energy(self, y, x, c=None):
         m, residual = self._residual(y, c)
         if m is None:
-            return (y * residual).sum((1, 2, 3))
+            return _sample_dot(y, residual)
         return torch.einsum("bchw,bcd,bdhw->b", y, m, residual)
 
     def _grad(self, y, x, c):
-        m, residual = self._residual(y, c)
-        if m is None:
-            return residual.mul_(2)
-        return 2 * torch.einsum("bcd,bdhw->bchw", m, residual)
+        return self._energy_and_grad(y, x, c, with_energy=False)[1]
+
+    def _energy_and_grad(self, y, x, c, with_energy=True, message=None):
+        """``message``: :math:`-2 W^s y`, when a sum computed it with other filters (one convolution)."""
+        m, residual = self._residual(y, c, 2.0, message)
+        g = residual if m is None else torch.einsum("bcd,bdhw->bchw", m, residual)
+        return (0.5 * _sample_dot(y, g) if with_energy else None), g
+
+    _owns_grad = True
 
     def _curvature(self, y, x, c):
         b, _, h, w = y.shape

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ._validation import check_positive
-from .base import Energy
+from .base import Energy, _sample_dot
 
 __all__ = ["Unary"]
 
@@ -58,8 +58,15 @@ class Unary(Energy):
     def energy(self, y, x, c=None):
         return (self._broadcast(y) * (y - x) ** 2).sum((1, 2, 3))
 
+    _owns_grad = True
+
     def _grad(self, y, x, c):
         return torch.sub(y, x).mul_(2 * self._broadcast(y))
+
+    def _energy_and_grad(self, y, x, c):
+        diff = torch.sub(y, x)
+        g = diff * (2 * self._broadcast(y))
+        return 0.5 * _sample_dot(diff, g), g
 
     def _curvature(self, y, x, c):
         b, channels, h, w = y.shape

@@ -47,7 +47,11 @@ def test_default_pairwise_is_usable_as_documented():
     y = torch.randn(2, 4, 8, 8)
     assert E(y, y).shape == (2,)
     assert E.interaction_radius == 2 and not E.periodic and E.is_quadratic
-    assert E(torch.ones(1, 4, 8, 8), torch.zeros(1, 4, 8, 8)).abs().max() < 1e-5  # constants cost nothing
+    for value in (1.0, 0.7, 3.1):  # constants cost nothing, up to rounding (relative to sum_i d_i |y_i|^2)
+        for dtype, rel in ((torch.float32, 1e-6), (torch.float64, 1e-14)):
+            y = torch.full((1, 4, 8, 8), value, dtype=dtype)
+            scale = float((E.degree(8, 8, dtype, y.device) * y**2).sum())
+            assert float(E(y, torch.zeros_like(y)).abs().max()) <= rel * scale
 
 
 def test_message_is_linear_and_self_adjoint():

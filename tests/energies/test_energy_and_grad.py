@@ -1,0 +1,160 @@
+"""``E.energy_and_grad``: one evaluation equal to ``(E(y, x, c), E.grad(y, x, c))`` and to
+autograd, for every kind of term; sums that share one convolution between the Field of
+Experts and a local pairwise kernel; the closed-form degree map; torch.func transforms."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import energycrf as ec
+from energycrf.energies.fused import shared_convolutions
+
+K = ec.energies
+F64 = torch.float64
+
+
+class Quartic(ec.Energy):
+    """A user's term with only ``energy`` (the one-pass autograd fallback)."""
+
+    def energy(self, y, x, c=None):
+        return ((y - x) ** 4).sum((1, 2, 3))
+
+
+class GivenGrad(ec.Energy):
+    """A user's term with its own ``_grad`` that returns the input ``x`` itself (not owned)."""
+
+    def energy(self, y, x, c=None):
+        return (x * y).sum((1, 2, 3))
+
+    def _grad(self, y, x, c):
+        return x
+
+
+def _energies(channels: int):
+    torch.manual_seed(0)
+    cond = torch.randn(3, channels)
+    proj = torch.randn(channels + 1, channels)
+    out = {
+        "unary": K.Unary(weight=[0.5 + 0.1 * k for k in range(channels)]),
+        "pairwise": K.Pairwise(channels=channels),
+        "pairwise_matrix": K.Pairwise(channels=channels, compatibility=proj),
+        "foe": K.FieldOfExperts(channels=channels, num_filters=3, kernel_size=5),
+        "foe_student": K.FieldOfExperts(channels=channels, num_filters=2, kernel_size=3, potential=K.StudentT()),
+        "foe_eps": K.FieldOfExperts(channels=channels, num_filters=2, kernel_size=3, potential=K.ReLUExpert(eps=0.5)),
+        "user": Quartic(),
+        "sum_shared": K.Unary() + K.Pairwise(channels=channels) + K.FieldOfExperts(channels=channels, kernel_size=5),
+        "sum_shared_circular": (
+            K.Unary()
+            + K.Pairwise(channels=channels, kernel=K.LocalKernel(radius=1, boundary="circular"))
+            + K.FieldOfExperts(channels=channels, num_filters=4, kernel_size=3, boundary="circular")
+        ),
+        "sum_shared_learnable_matrix": (
+            K.FieldOfExperts(channels=channels, num_filters=2, kernel_size=5, potential=K.Charbonnier())
+            + K.Pairwise(channels=channels, kernel=K.LocalKernel(radius=2, learnable=True), compatibility=proj)
+            + 2.0 * K.Unary()
+        ),
+        "sum_unshared": (  # window sizes differ: no shared convolution
+            K.Unary() + K.Pairwise(channels=channels, kernel=K.LocalKernel(radius=1))
+            + K.FieldOfExperts(channels=channels, kernel_size=5)
+        ),
+        "sum_user_first": GivenGrad() + Quartic() + K.Unary() + K.FieldOfExperts(channels=channels, kernel_size=3),
+        "sum_long_range": K.Unary() + K.Pairwise(channels=channels, kernel=K.LongRangeKernel(sigma=2.0))
+        + K.FieldOfExperts(channels=channels, kernel_size=3),
+    }
+    return out, cond
+
+
+@pytest.mark.parametrize("name", [
+    "unary", "pairwise", "pairwise_matrix", "foe", "foe_student", "foe_eps", "user", "sum_shared",
+    "sum_shared_circular", "sum_shared_learnable_matrix", "sum_unshared", "sum_user_first", "sum_long_range",
+])
+def test_energy_and_grad_equals_energy_grad_and_autograd(name):
+    channels = 3
+    energies, _ = _energies(channels)
+    E = energies[name].double()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3, channels, 9, 7, generator=g, dtype=F64)
+    y = x + 0.3 * torch.randn(x.shape, generator=g, dtype=F64)
+    x_before, y_before = x.clone(), y.clone()
+    value, grad = E.energy_and_grad(y, x)
+    torch.testing.assert_close(value, E(y, x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, E.grad(y, x), rtol=1e-12, atol=1e-12)
+    g_ad = torch.func.grad(lambda v: E(v, x).sum())(y)
+    torch.testing.assert_close(grad, g_ad, rtol=1e-10, atol=1e-10)
+    # inputs untouched (sums add in place only into tensors the terms own)
+    assert torch.equal(x, x_before) and torch.equal(y, y_before)
+    assert value.shape == (3,) and grad.shape == y.shape and grad.dtype == F64
+
+
+def test_energy_and_grad_validates_its_inputs():
+    E = K.Unary() + K.FieldOfExperts(channels=4)
+    with pytest.raises(ValueError, match="channels"):
+        E.energy_and_grad(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 8))
+
+
+def test_shared_convolution_is_used_only_where_it_applies():
+    energies, _ = _energies(2)
+    y = torch.randn(1, 2, 8, 8)
+    for name, expected in [("sum_shared", {1, 2}), ("sum_shared_circular", {1, 2}),
+                           ("sum_shared_learnable_matrix", {0, 1}), ("sum_unshared", set()),
+                           ("sum_long_range", set())]:
+        assert set(shared_convolutions(list(energies[name].terms), y)) == expected, name
+
+
+def test_gradient_of_a_sum_is_differentiable_in_the_parameters():
+    """Backprop through E.grad (unrolled solvers) and E.energy_and_grad matches central
+    differences in the parameters, through the shared convolution and the in-place sums."""
+    torch.manual_seed(0)
+    E = (K.Unary(learnable=True)
+         + K.Pairwise(channels=2, kernel=K.LocalKernel(radius=1, learnable=True))
+         + K.FieldOfExperts(channels=2, num_filters=2, kernel_size=3)).double()
+    x = torch.randn(2, 2, 6, 5, dtype=F64)
+    y = x + 0.2 * torch.randn_like(x)
+    v = torch.randn_like(y)
+
+    def objective():
+        value, g = E.energy_and_grad(y, x)
+        return (g * v).sum() + 0.3 * value.sum() + (E.grad(y, x) * v.flip(-1)).sum()
+
+    params = list(E.parameters())
+    analytic = torch.autograd.grad(objective(), params)
+    h = 1e-6
+    with torch.no_grad():
+        for p, a in zip(params, analytic):
+            flat, a = p.view(-1), a.reshape(-1)
+            for i in range(flat.numel()):
+                old = float(flat[i])
+                flat[i] = old + h
+                up = float(objective())
+                flat[i] = old - h
+                down = float(objective())
+                flat[i] = old
+                assert abs((up - down) / (2 * h) - float(a[i])) <= 1e-6 * (1 + abs(float(a[i])))
+
+
+def test_grad_works_inside_torch_func_transforms():
+    torch.manual_seed(0)
+    E = (K.Unary() + K.Pairwise(channels=2) + K.FieldOfExperts(channels=2, kernel_size=5)).double()
+    x = torch.randn(3, 2, 7, 6, dtype=F64)
+    y = x + 0.1
+    per_sample = torch.func.vmap(lambda yy, xx: E.grad(yy[None], xx[None])[0])(y, x)
+    torch.testing.assert_close(per_sample, E.grad(y, x), rtol=1e-12, atol=1e-12)
+    v = torch.randn_like(y)
+    _, hvp = torch.func.jvp(lambda yy: E.grad(yy, x), (y,), (v,))
+    _, hvp_eg = torch.func.jvp(lambda yy: E.energy_and_grad(yy, x)[1], (y,), (v,))
+    torch.testing.assert_close(hvp, hvp_eg, rtol=1e-12, atol=1e-12)
+    # the Hessian-vector product of a quadratic energy from the analytic gradient is exact
+    Eq = (K.Unary() + K.Pairwise(channels=2)).double()
+    _, hq = torch.func.jvp(lambda yy: Eq.grad(yy, x), (y,), (v,))
+    torch.testing.assert_close(hq, Eq.grad(v, torch.zeros_like(x)), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("H,W", [(1, 1), (2, 7), (5, 5), (9, 4), (16, 13)])
+def test_degree_closed_form_matches_the_message_of_ones(H, W):
+    for kernel in (K.LocalKernel(radius=2), K.LocalKernel(radius=1, sigma=0.7, strength=2.0),
+                   K.LocalKernel(radius=2, learnable=True)):
+        kernel = kernel.double()
+        ones = torch.ones(1, 1, H, W, dtype=F64)
+        torch.testing.assert_close(kernel.degree(H, W, F64, "cpu"), kernel.message(ones)[0, 0],
+                                   rtol=1e-14, atol=1e-14)

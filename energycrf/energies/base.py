@@ -183,6 +183,11 @@ class Energy(nn.Module):
             return value, g
         return self.energy(y, x, c), self._grad(y, x, c)
 
+    def _hessian_vector_product(self, y: Tensor, x: Tensor, c: Tensor | None, v: Tensor) -> Tensor:
+        """:math:`\\nabla^2_y E(y)\\, v` (constant in ``y`` for quadratic terms). Fallback: forward-mode
+        differentiation of ``_grad``; the built-in quadratic terms apply their Hessian directly."""
+        return torch.func.jvp(lambda u: self._grad(u, x, c), (y,), (v,))[1]
+
     def _curvature(self, y: Tensor, x: Tensor, c: Tensor | None) -> Tensor:
         """Fallback: the exact diagonal ``C x C`` Hessian blocks, by Hessian-vector products.
 
@@ -370,6 +375,9 @@ class ScaledEnergy(Energy):
         value, g = self.term._energy_and_grad(y, x, c)
         return self.scale * value, self.scale * g
 
+    def _hessian_vector_product(self, y, x, c, v):
+        return self.scale * self.term._hessian_vector_product(y, x, c, v)
+
     def _curvature(self, y, x, c):
         return self.scale * self.term._curvature(y, x, c)
 
@@ -554,6 +562,12 @@ class SumEnergy(Energy):
             total, owned = _add_grad(total, owned, g, t._owns_grad)
             del g  # the running sum holds what is needed: lower peak memory
         return value, total
+
+    def _hessian_vector_product(self, y, x, c, v):
+        total, owned = None, False
+        for t in self.terms:
+            total, owned = _add_grad(total, owned, t._hessian_vector_product(y, x, c, v), t._owns_grad)
+        return total
 
     def _curvature(self, y, x, c):
         return _add(t._curvature(y, x, c) for t in self.terms)

@@ -163,6 +163,9 @@ class Pairwise(Energy):
 
     _owns_grad = True
 
+    def _hessian_vector_product(self, y, x, c, v):
+        return self._grad(v, x, c)  # the gradient 2M(d v - W^s v) is linear in v and free of x
+
     def _curvature(self, y, x, c):
         b, _, h, w = y.shape
         m = self.compatibility_matrix(c, b, y.dtype, y.device)

@@ -68,6 +68,9 @@ class Unary(Energy):
         g = diff * (2 * self._broadcast(y))
         return 0.5 * _sample_dot(diff, g), g
 
+    def _hessian_vector_product(self, y, x, c, v):
+        return v * (2 * self._broadcast(v))
+
     def _curvature(self, y, x, c):
         b, channels, h, w = y.shape
         weight = self.weight().to(dtype=y.dtype, device=y.device).expand(channels)

@@ -46,6 +46,11 @@ def sample_norm(a: Tensor) -> Tensor:
     return a.flatten(1).norm(dim=1)
 
 
+def _max_abs(a: Tensor) -> Tensor:
+    """Per-sample ``max |a|`` of a ``[B, ...]`` tensor -> ``[B]`` (one pass; NaN if any entry is)."""
+    return torch.linalg.vector_norm(a.flatten(1), ord=float("inf"), dim=1)
+
+
 def _bcast(mask: Tensor, like: Tensor) -> Tensor:
     """``[B]`` -> ``[B, 1, 1, ...]`` matching ``like``'s rank."""
     return mask.view(-1, *([1] * (like.dim() - 1)))
@@ -141,6 +146,17 @@ class Problem:
         self.counts["grad"] += 1
         with torch.no_grad():
             return self.E.grad(y, self.x, self.c).detach()
+
+    def energy_and_grad(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``(energy(y), grad(y))`` from one fused evaluation (``E.energy_and_grad``, when the
+        energy has it), counted as ``"energy_and_grad"``."""
+        fused = getattr(self.E, "energy_and_grad", None)
+        if fused is None:
+            return self.energy(y), self.grad(y)
+        self.counts["energy_and_grad"] = self.counts.get("energy_and_grad", 0) + 1
+        with torch.no_grad():
+            e, g = fused(y, self.x, self.c)
+        return e.detach(), g.detach()
 
     def curvature(self, y: Tensor) -> Tensor:
         """``[B, H, W, C, C]`` blocks ``A_i``.
@@ -275,9 +291,8 @@ class Solver:
 
         t_start = time.perf_counter()
         y = y0.detach().clone()
-        e = problem.energy(y)
-        g = problem.grad(y)
-        if not (torch.isfinite(e).all() and torch.isfinite(g).all()):
+        e, g = problem.energy_and_grad(y)
+        if not bool(torch.isfinite(e).all() & torch.isfinite(_max_abs(g)).all()):
             raise ValueError("y0: the energy or its gradient is not finite at the starting point")
         gn = sample_norm(g)
         B = y.shape[0]
@@ -289,9 +304,11 @@ class Solver:
         reason = [f"reached max_iters={max_iters}"] * B
         iters = torch.zeros(B, dtype=torch.long)
         e0, e_min, g0n = e.clone(), e.clone(), gn.clone()
-        lim = blowup * (1.0 + x.detach().flatten(1).abs().amax(1) + y0.detach().flatten(1).abs().amax(1))
+        lim = blowup * (1.0 + _max_abs(x.detach()) + _max_abs(y0.detach()))
 
         def stop(mask: Tensor, st: str, why: str, it: int) -> None:
+            if not bool(mask.any()):
+                return
             for b in torch.nonzero(mask).flatten().tolist():
                 status[b], reason[b] = st, why
                 iters[b] = it
@@ -311,12 +328,9 @@ class Solver:
             gn_new = sample_norm(g_new)
             acc = out.accepted if out.accepted is not None else torch.ones_like(active)
 
-            finite = (
-                torch.isfinite(e_new)
-                & torch.isfinite(y_new.flatten(1)).all(1)
-                & torch.isfinite(gn_new)
-            )
-            runaway = finite & (y_new.flatten(1).abs().amax(1) > lim)
+            y_max = _max_abs(y_new)  # NaN or inf when any entry is
+            finite = torch.isfinite(e_new) & torch.isfinite(y_max) & torch.isfinite(gn_new)
+            runaway = finite & (y_max > lim)
             scale = e_min.abs() + (e0 - e_min).abs() + eps**0.5
             rise = finite & (e_new - e_min > rise_tol * scale)
             own_div = out.diverged if out.diverged is not None else torch.zeros_like(active)
@@ -340,11 +354,14 @@ class Solver:
             stalled = ok & ~conv & (out.stalled if out.stalled is not None else torch.zeros_like(active))
             stop(stalled, "stalled", out.stall_reason, it)
 
-            m4 = _bcast(ok, y)
-            y = torch.where(m4, y_new, y)
-            g = torch.where(m4, g_new, g)
-            e = torch.where(ok, e_new, e)
-            gn = torch.where(ok, gn_new, gn)
+            if bool(ok.all()):
+                y, g, e, gn = y_new, g_new, e_new, gn_new
+            else:
+                m4 = _bcast(ok, y)
+                y = torch.where(m4, y_new, y)
+                g = torch.where(m4, g_new, g)
+                e = torch.where(ok, e_new, e)
+                gn = torch.where(ok, gn_new, gn)
             e_min = torch.minimum(e_min, e)
             active = active & ~(div | conv | stalled)
 

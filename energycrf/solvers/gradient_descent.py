@@ -71,8 +71,9 @@ class GradientDescent(Solver):
         # the predicted decrease is below round-off: a failed search then means "converged"
         roundoff = alpha * gg <= 16 * torch.finfo(y.dtype).eps * e.abs()
         y_try = y - alpha.view(-1, 1, 1, 1) * g
-        e_try = problem.energy(y_try)
+        e_try, g_try = problem.energy_and_grad(y_try)  # the first trial usually passes: its gradient is ready
         ok = e_try <= e - self.c1 * alpha * gg
+        first_ok = ok
         for _ in range(self.max_backtracks):
             if bool(ok.all()):
                 break
@@ -83,9 +84,13 @@ class GradientDescent(Solver):
         state["alpha"] = torch.where(ok, alpha * self.grow, alpha)
         y_new = torch.where(ok.view(-1, 1, 1, 1), y_try, y)
         e_new = torch.where(ok, e_try, e)
+        g_new = None  # the driver evaluates it when some sample backtracked
+        if bool(first_ok.all()):
+            g_new = g_try
         return StepOutput(
             y=y_new,
             energy=e_new,
+            grad=g_new,
             accepted=ok | roundoff,
             stalled=~ok & ~roundoff,
             stall_reason=f"no Armijo step found in {self.max_backtracks} halvings",

@@ -45,12 +45,21 @@ def _col(v: Tensor) -> Tensor:
 class LBFGS(Solver):
     """Batched, block-preconditioned L-BFGS with a backtracking Armijo search.
 
+    Each iteration costs one fused energy-and-gradient evaluation at the trial point
+    (``E.energy_and_grad``) when the unit step passes the Armijo test, and one application
+    of the preconditioner ``P``: ``P`` is linear, so ``P q_k = P g_{k+1} - P g_k`` is kept
+    with each pair and the two-loop recursion needs only ``P g`` of the current gradient.
+    Backtracking trials evaluate the energy alone, then the gradient at the accepted point.
+
     Args:
         history: number of stored pairs ``m``.
         precondition: ``H^0`` (up to the scale ``gamma``): ``"blocks"`` (``True``) the
             inverse curvature blocks at ``y0``; ``"fft"`` the inverse of the circulant
             approximation of the energy's quadratic part (Unary + Pairwise), which removes
             the pairwise term's ill-conditioning; ``"none"`` (``False``) the identity.
+        refine: with ``precondition="fft"``, Richardson steps on the exact quadratic part
+            that correct the circulant inverse at the image boundary (one gradient of the
+            quadratic terms and one FFT pair each; ``0``: the plain circulant inverse).
         c1: Armijo constant.
         max_backtracks: trials per line search before the sample is reported stalled.
     """
@@ -59,44 +68,68 @@ class LBFGS(Solver):
     monotone = True
 
     def __init__(self, history: int = 10, precondition: str | bool = "blocks", c1: float = 1e-4,
-                 max_backtracks: int = 30):
+                 max_backtracks: int = 30, refine: int = 2):
         if {True: "blocks", False: "none"}.get(precondition, precondition) not in _PRECONDITIONERS:
             raise ValueError(f"precondition: expected one of {_PRECONDITIONERS} (or a bool), got {precondition!r}")
         if not isinstance(history, int) or history < 1:
             raise ValueError(f"history: expected an int >= 1, got {history!r}")
         if not 0.0 < c1 < 0.5:
             raise ValueError(f"c1: expected a number in (0, 0.5), got {c1!r}")
+        if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+            raise ValueError(f"refine: expected an int >= 0, got {refine!r}")
         self.history, self.precondition = history, precondition
-        self.c1, self.max_backtracks = float(c1), int(max_backtracks)
+        self.c1, self.max_backtracks, self.refine = float(c1), int(max_backtracks), refine
 
     def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> Any:
-        return {"pairs": [], "P": make_preconditioner(self.precondition, problem, y), "gamma": None}
+        P = make_preconditioner(self.precondition, problem, y, refine=self.refine)
+        return {"pairs": [], "P": P, "gamma": None, "pending": None}
 
     def _P(self, state: Any, v: Tensor) -> Tensor:
         return v if state["P"] is None else state["P"](v)
 
-    def _direction(self, state: Any, g: Tensor) -> Tensor:
-        q = g.clone()
+    def _take_pending(self, state: Any, Pg: Tensor) -> None:
+        """Store the last step's pair with ``P q = P g_new - P g_old`` and update ``gamma``."""
+        pending, state["pending"] = state["pending"], None
+        if pending is None:
+            return
+        s, qv, sq, rho, valid, Pg_old = pending
+        Pq = Pg - Pg_old
+        state["pairs"].append((s, qv, rho, Pq))
+        if len(state["pairs"]) > self.history:
+            state["pairs"].pop(0)
+        qPq = _dot(qv, Pq)
+        gam = torch.where(valid & (qPq > 0), sq / torch.where(qPq > 0, qPq, torch.ones_like(qPq)), torch.ones_like(sq))
+        state["gamma"] = gam if state["gamma"] is None else torch.where(valid, gam, state["gamma"])
+
+    def _direction(self, state: Any, g: Tensor, Pg: Tensor) -> Tensor:
+        pairs = state["pairs"]
+        if not pairs:
+            return -Pg if state["gamma"] is None else -_col(state["gamma"]) * Pg
+        q = g
+        r = Pg.clone()
         alphas = []
-        for s, qv, rho in reversed(state["pairs"]):
+        for k, (s, qv, rho, Pq) in enumerate(reversed(pairs)):
             a = rho * _dot(s, q)
-            q = q - _col(a) * qv
+            if k + 1 < len(pairs):
+                q = q - _col(a) * qv
+            r.sub_(_col(a) * Pq)
             alphas.append(a)
-        r = self._P(state, q)
         if state["gamma"] is not None:
-            r = _col(state["gamma"]) * r
-        for (s, qv, rho), a in zip(state["pairs"], reversed(alphas)):
+            r.mul_(_col(state["gamma"]))
+        for (s, qv, rho, _), a in zip(pairs, reversed(alphas)):
             b = rho * _dot(qv, r)
-            r = r + _col(a - b) * s
-        return -r
+            r.add_(_col(a - b) * s)
+        return r.neg_()
 
     def step(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor, state: Any) -> StepOutput:
         eps = torch.finfo(y.dtype).eps
-        d = self._direction(state, g)
+        Pg = self._P(state, g)
+        self._take_pending(state, Pg)
+        d = self._direction(state, g, Pg)
         gd = _dot(g, d)
         bad = ~(gd < 0)  # not a descent direction (or NaN): fall back to the preconditioned gradient
         if bool(bad.any()):
-            d0 = -self._P(state, g)
+            d0 = -Pg
             d = torch.where(_col(bad), d0, d)
             gd = torch.where(bad, _dot(g, d0), gd)
         alpha = torch.ones_like(e)
@@ -104,8 +137,9 @@ class LBFGS(Solver):
             alpha = torch.clamp(1.0 / g.flatten(1).abs().sum(1).clamp_min(torch.finfo(y.dtype).tiny), max=1.0)
         roundoff = (-alpha * gd) <= 16 * eps * e.abs()
         y_try = y + _col(alpha) * d
-        e_try = problem.energy(y_try)
+        e_try, g_try = problem.energy_and_grad(y_try)  # the unit step usually passes: its gradient is ready
         ok = e_try <= e + self.c1 * alpha * gd
+        first_ok = ok
         for _ in range(self.max_backtracks):
             if bool(ok.all()):
                 break
@@ -118,20 +152,21 @@ class LBFGS(Solver):
             y_try = torch.where(_col(ok), y_try, y + _col(alpha) * d)
             e_try = torch.where(ok, e_try, problem.energy(y_try))
             ok = e_try <= e + self.c1 * alpha * gd
-        y_new = torch.where(_col(ok), y_try, y)
-        e_new = torch.where(ok, e_try, e)
-        g_new = problem.grad(y_new)
+        if bool(first_ok.all()):
+            y_new, e_new, g_new = y_try, e_try, g_try
+        else:
+            y_new = torch.where(_col(ok), y_try, y)
+            e_new = torch.where(ok, e_try, e)
+            late = ok & ~first_ok
+            g_new = torch.where(_col(first_ok), g_try, g)
+            if bool(late.any()):
+                g_new = torch.where(_col(late), problem.grad(y_new), g_new)
         s, qv = y_new - y, g_new - g
         sq = _dot(s, qv)
         valid = ok & (sq > eps * sample_norm(s) * sample_norm(qv))
         if bool(valid.any()):
             rho = torch.where(valid, 1.0 / torch.where(valid, sq, torch.ones_like(sq)), torch.zeros_like(sq))
-            state["pairs"].append((s, qv, rho))
-            if len(state["pairs"]) > self.history:
-                state["pairs"].pop(0)
-            qPq = _dot(qv, self._P(state, qv))
-            gam = torch.where(valid & (qPq > 0), sq / torch.where(qPq > 0, qPq, torch.ones_like(qPq)), torch.ones_like(sq))
-            state["gamma"] = gam if state["gamma"] is None else torch.where(valid, gam, state["gamma"])
+            state["pending"] = (s, qv, sq, rho, valid, Pg)
         return StepOutput(
             y=y_new,
             energy=e_new,

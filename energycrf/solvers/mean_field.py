@@ -65,17 +65,20 @@ class MeanField(Solver):
         lam = state["lam"]
         d = block_solve(problem.curvature(y), g)
         y_new = y - lam.view(-1, 1, 1, 1) * d
-        e_new = problem.energy(y_new)
+        e_new, g_new = problem.energy_and_grad(y_new)  # one fused evaluation
         if not self.adaptive:
-            return StepOutput(y=y_new, energy=e_new)
+            return StepOutput(y=y_new, energy=e_new, grad=g_new)
         ok = e_new <= e  # NaN -> rejected
         state["lam"] = torch.where(ok, torch.clamp(lam * self.grow, max=self.damping), lam * self.backoff)
-        y_new = torch.where(ok.view(-1, 1, 1, 1), y_new, y)
+        ok4 = ok.view(-1, 1, 1, 1)
+        y_new = torch.where(ok4, y_new, y)
+        g_new = torch.where(ok4, g_new, g)
         e_new = torch.where(ok, e_new, e)
         stalled = state["lam"] < self.min_damping
         return StepOutput(
             y=y_new,
             energy=e_new,
+            grad=g_new,
             accepted=ok,
             stalled=stalled,
             stall_reason=f"adaptive damping fell below min_damping={self.min_damping:g}",

@@ -4,6 +4,9 @@
 One run, same noisy inputs for every method (energycrf.denoise.heldout_pair), sigma in
 {15, 25, 50} on the 0-255 scale. Methods:
 
+- ``Staged FoE``: the shipped energycrf/pretrained/denoise-sigma{S}/staged/, one gradient
+  step on each of 5 Field-of-Experts energies with learned filters and piecewise-linear
+  influence functions (1 torch thread);
 - ``FoE energy``: the shipped energycrf/pretrained/denoise-sigma{S}/foe/, a Unary +
   Field-of-Experts (Student-t) energy learned through the unrolled solver and minimised
   by 6 mean-field steps (1 torch thread);
@@ -70,8 +73,10 @@ def methods(sigma: float, tuned: dict[str, float]):
 
     s = sigma / 255
     out = {}
+    staged = load_denoiser(sigma, model="staged")
     foe = load_denoiser(sigma, model="foe")
     crf = load_denoiser(sigma, model="latentcrf")
+    out["Staged FoE (ours)"] = lambda x: denoise(x.astype(np.float32), denoiser=staged)
     out["FoE energy (ours)"] = lambda x: denoise(x.astype(np.float32), denoiser=foe)
     out["LatentCRF (ours)"] = lambda x: denoise(x.astype(np.float32), denoiser=crf)
     out["BM3D"] = lambda x: bm3d.bm3d(x, sigma_psd=s)

@@ -7,11 +7,13 @@ on the 0-255 scale, divided by 255). It works on one channel (``C = 1``); colour
 are denoised channel by channel. Pixels enter the model centred and scaled,
 ``x' = (x - offset) * scale``, and leave as ``y = M(x') / scale + offset``.
 
-Checkpoints live in ``energycrf/pretrained/denoise-sigma{15,25,50}/{foe,latentcrf}/``
+Checkpoints live in ``energycrf/pretrained/denoise-sigma{15,25,50}/{staged,foe,latentcrf}/``
 (package data): ``denoiser.json`` (the kind of model, ``sigma``, ``offset``, ``scale``, how
 it was trained and measured) next to the model's own ``config.json`` + ``model.safetensors``.
-``foe`` is a Field-of-Experts energy (Student-t experts) minimised by the mean-field
-solver, learned through the unrolled solver; ``latentcrf`` is the LatentCRF layer.
+``staged`` (the default) is one gradient step on each of five Field-of-Experts energies
+with learned filters and influence functions (:class:`StagedFoEDenoiser`); ``foe`` is one
+Field-of-Experts energy (Student-t experts) minimised by the mean-field solver, learned
+through the unrolled solver; ``latentcrf`` is the LatentCRF layer.
 
 Command line::
 
@@ -39,6 +41,7 @@ __all__ = [
     "TEST_IMAGES",
     "PixelDenoiser",
     "FoEEnergyDenoiser",
+    "StagedFoEDenoiser",
     "pretrained_dir",
     "load_denoiser",
     "denoise",
@@ -90,7 +93,8 @@ class PixelDenoiser(nn.Module):
         model: the learned module, called as ``model(x)`` on ``[B, 1, H, W]``.
         sigma: the noise level it was trained for (0-255 scale).
         offset, scale: the pixel normalisation.
-        kind: ``"latent_crf"`` (an :class:`energycrf.LatentCRF`), ``"foe_energy"`` (a
+        kind: ``"latent_crf"`` (an :class:`energycrf.LatentCRF`), ``"staged_foe"`` (a
+            :class:`StagedFoEDenoiser`), ``"foe_energy"`` (a
             :class:`FoEEnergyDenoiser`), or another name registered in ``_LOADERS``.
         pad: reflection padding (pixels) applied before the model.
     """
@@ -161,7 +165,40 @@ def dct_filters(size: int, count: int) -> torch.Tensor:
     return torch.stack([torch.outer(basis[i], basis[j]) for i, j in pairs[:count]]).float()
 
 
-class FoEEnergyDenoiser(nn.Module):
+class _ConfiguredModel(nn.Module):
+    """``save_pretrained`` / ``from_pretrained`` for a module rebuilt from its ``config`` dict
+    (``config.json`` + ``model.safetensors``; loading never unpickles)."""
+
+    config: dict[str, Any]
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        from safetensors.torch import save_file
+
+        from .training.checkpoint import atomic_write_text
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / ".model.safetensors.tmp"
+        save_file({k: v.detach().contiguous().clone() for k, v in self.state_dict().items()}, str(tmp))
+        os.replace(tmp, directory / "model.safetensors")
+        atomic_write_text(directory / "config.json",
+                          json.dumps({"_class_name": type(self).__name__, **self.config}, indent=2) + "\n")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike):
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        if config.pop("_class_name", cls.__name__) != cls.__name__:
+            raise ValueError(f"directory: {str(directory)!r} does not hold a {cls.__name__}")
+        model = cls(**config)
+        model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)
+        return model
+
+
+class FoEEnergyDenoiser(_ConfiguredModel):
     r"""A Field-of-Experts energy minimised by a solver, as a trainable module.
 
     .. math::
@@ -209,31 +246,55 @@ class FoEEnergyDenoiser(nn.Module):
     def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
         return self.layer(x)
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        from safetensors.torch import save_file
 
-        from .training.checkpoint import atomic_write_text
+class StagedFoEDenoiser(_ConfiguredModel):
+    r"""``T`` stages, each one gradient step on its own Field-of-Experts energy with learned experts.
 
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / ".model.safetensors.tmp"
-        save_file({k: v.detach().contiguous().clone() for k, v in self.state_dict().items()}, str(tmp))
-        os.replace(tmp, directory / "model.safetensors")
-        atomic_write_text(directory / "config.json",
-                          json.dumps({"_class_name": type(self).__name__, **self.config}, indent=2) + "\n")
-        return directory
+    .. math::
 
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "FoEEnergyDenoiser":
-        from safetensors.torch import load_file
+        y_t = y_{t-1} - \nabla_y E_t(y_{t-1}, x), \qquad
+        E_t(y, x) = w_t \|y - x\|^2 + \sum_{m=1}^{M} \sum_k \rho_{t,m}\big((J_{t,m} \odot y)_k\big),
 
-        directory = Path(directory)
-        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-        if config.pop("_class_name", cls.__name__) != cls.__name__:
-            raise ValueError(f"directory: {str(directory)!r} does not hold a {cls.__name__}")
-        model = cls(**config)
-        model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)
-        return model
+    with ``y_0 = x`` (:class:`energycrf.solvers.unrolled.Staged`; Chen and Pock's trainable
+    reaction-diffusion). Each :math:`E_t` is ``Unary(learnable=True) + FieldOfExperts(channels=1,
+    potential=PiecewiseLinear(num_experts=M))``: own weight :math:`w_t`, own filters
+    :math:`J_{t,m}` (started from the DCT basis) and own influence functions
+    :math:`\rho'_{t,m}` (piecewise linear on ``num_knots`` knots over ``[-span, span]``,
+    started from a Student-t influence of scale ``alpha``). ``energies[t]`` is an ordinary
+    energy: its ``grad``, ``curvature`` and ``breakdown`` work as for any other.
+    """
+
+    def __init__(self, num_stages: int = 5, num_filters: int = 24, kernel_size: int = 5, num_knots: int = 63,
+                 span: float = 4.0, alpha: float = 0.1, unary_weight: float = 0.05, init_scale: float = 1.0):
+        super().__init__()
+        from .energies import FieldOfExperts, PiecewiseLinear, Unary
+        from .solvers.unrolled import Staged
+
+        if isinstance(num_stages, bool) or not isinstance(num_stages, int) or num_stages < 1:
+            raise ValueError(f"num_stages: expected an int >= 1, got {num_stages!r}")
+        if num_filters > kernel_size**2 - 1:
+            raise ValueError(f"num_filters: the DCT start gives {kernel_size**2 - 1} filters of size {kernel_size}, "
+                             f"got num_filters={num_filters}")
+        self.config = {"num_stages": int(num_stages), "num_filters": int(num_filters),
+                       "kernel_size": int(kernel_size), "num_knots": int(num_knots), "span": float(span),
+                       "alpha": float(alpha), "unary_weight": float(unary_weight), "init_scale": float(init_scale)}
+        start = init_scale * dct_filters(kernel_size, num_filters)[:, None]
+        stages = []
+        for _ in range(num_stages):
+            foe = FieldOfExperts(channels=1, num_filters=num_filters, kernel_size=kernel_size, init_scale=init_scale,
+                                 potential=PiecewiseLinear(num_knots, span, num_experts=num_filters, alpha=alpha))
+            with torch.no_grad():
+                foe.weight.copy_(start)
+            stages.append(Unary(weight=unary_weight, learnable=True) + foe)
+        self.layer = Staged(stages)
+
+    @property
+    def energies(self):
+        """The ``T`` stage energies (:class:`energycrf.Energy`)."""
+        return list(self.layer.energies)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return self.layer(x)
 
 
 def _load_latent_crf(directory: Path) -> nn.Module:
@@ -242,14 +303,16 @@ def _load_latent_crf(directory: Path) -> nn.Module:
     return LatentCRF.from_pretrained(directory)
 
 
-_LOADERS = {"latent_crf": _load_latent_crf, "foe_energy": FoEEnergyDenoiser.from_pretrained}
-MODELS = ("foe", "latentcrf")
-DEFAULT_MODEL = "foe"
+_LOADERS = {"latent_crf": _load_latent_crf, "foe_energy": FoEEnergyDenoiser.from_pretrained,
+            "staged_foe": StagedFoEDenoiser.from_pretrained}
+MODELS = ("staged", "foe", "latentcrf")
+DEFAULT_MODEL = "staged"
 
 
 def pretrained_dir(sigma: int | float, model: str = DEFAULT_MODEL) -> Path:
     """The shipped checkpoint directory for ``sigma`` (one of :data:`SIGMAS`) and ``model``
-    (``"foe"``: the Field-of-Experts energy; ``"latentcrf"``: the LatentCRF layer)."""
+    (``"staged"``: one gradient step on each of 5 learned Field-of-Experts energies, the default;
+    ``"foe"``: one Field-of-Experts energy minimised by its solver; ``"latentcrf"``: the LatentCRF layer)."""
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or float(sigma) not in SIGMAS:
         raise ValueError(f"sigma: shipped checkpoints exist for sigma in {SIGMAS} (0-255 scale), got {sigma!r}; "
                          "train one with scripts/train_denoisers.py and pass its directory as checkpoint")
@@ -337,7 +400,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"noise standard deviation on the 0-255 scale; shipped: {', '.join(map(str, SIGMAS))}")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output .png, .jpg/.jpeg or .npy")
     parser.add_argument("--model", choices=MODELS, default=DEFAULT_MODEL,
-                        help="which shipped model: the Field-of-Experts energy (foe) or the LatentCRF layer")
+                        help="which shipped model: staged Field-of-Experts energies (staged), one Field-of-Experts "
+                             "energy minimised by its solver (foe) or the LatentCRF layer (latentcrf)")
     parser.add_argument("--checkpoint", default=None, help="a denoiser directory (default: the shipped one for --sigma)")
     parser.add_argument("--add-noise", action="store_true",
                         help="first add Gaussian noise of level --sigma to IN (to try the denoiser on a clean photo)")

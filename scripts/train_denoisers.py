@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Reproduce the shipped grayscale denoisers (energycrf/pretrained/denoise-sigma{S}/{foe,latentcrf}/).
+"""Reproduce the shipped grayscale denoisers (energycrf/pretrained/denoise-sigma{S}/{staged,foe,latentcrf}/).
 
 For each sigma (0-255 scale) and model, the stage-1 trainer learns from random patches of
 the scikit-image training photographs (energycrf.denoise.TRAIN_IMAGES) corrupted by
@@ -9,13 +9,16 @@ AdamW and warm-up + cosine decay. Models:
 - ``foe``: a Unary + FieldOfExperts (24 Student-t experts, 5x5, started from the DCT
   basis) energy minimised by 6 mean-field steps, learned through
   energycrf.solvers.unrolled.Unrolled;
+- ``staged``: five stages, each one gradient step on its own Unary + FieldOfExperts energy
+  (24 filters of 5x5 from the DCT basis, per-filter piecewise-linear influence functions),
+  energycrf.solvers.unrolled.Staged (Chen and Pock's trainable reaction-diffusion);
 - ``latentcrf``: the LatentCRF layer (channels=1, cond_dim=None; Algorithm 1 with the
   paper's ReLU experts, the mean-field normalisation K^-1 and the MLP compatibility).
 
 Each is then measured (PSNR) on the held-out photographs (energycrf.denoise.TEST_IMAGES)
 and saved with save_pretrained.
 
-    python scripts/train_denoisers.py                      # everything (about 5 min per run, 1 CPU thread)
+    python scripts/train_denoisers.py                      # everything (2-20 min per run, 1 CPU thread)
     python scripts/train_denoisers.py --models foe --sigmas 25 --steps 100 --out /tmp/try
 
 Everything is seeded; on the same machine and thread count the run is repeatable.
@@ -38,8 +41,8 @@ except ImportError:  # running from a checkout without `pip install -e .`
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from energycrf.denoise import (DEFAULT_PAD, PRETRAINED_ROOT, TEST_IMAGES, TRAIN_IMAGES, FoEEnergyDenoiser,
-                               PixelDenoiser, heldout_pair, skimage_gray)
+from energycrf.denoise import (PRETRAINED_ROOT, TEST_IMAGES, TRAIN_IMAGES, FoEEnergyDenoiser, PixelDenoiser,
+                               StagedFoEDenoiser, heldout_pair, skimage_gray)
 from energycrf.solvers.latent_crf import LatentCRF
 from energycrf.training import ImagePatches, TrainConfig, Trainer
 
@@ -47,8 +50,15 @@ CRF_ARCH = dict(channels=1, cond_dim=None, num_iterations=5, num_filters=24, ker
                 compatibility="mlp", hidden_channels=16, normalization="mean_field")
 FOE_ARCH = dict(num_filters=24, kernel_size=5, alpha=1.0, num_iterations=6, method="mean_field", init_scale=1.0,
                 filter_init="dct")
-# per model: (steps, learning rate); both use batch 8 of 48x48 patches, the loss ignoring an 8-pixel border
-RECIPES = {"foe": (400, 3e-3), "latentcrf": (800, 2e-3)}
+STAGED_ARCH = dict(num_stages=5, num_filters=24, kernel_size=5, num_knots=63, span=4.0, alpha=0.1,
+                   unary_weight=0.05)
+# per model: steps, learning rate, batch size, patch size, the border left out of the loss
+# (the zero-padded patch edge), and the reflection padding used on whole images
+RECIPES = {
+    "foe": dict(steps=400, lr=3e-3, batch_size=8, patch_size=48, margin=8, pad=8),
+    "latentcrf": dict(steps=800, lr=2e-3, batch_size=8, patch_size=48, margin=8, pad=8),
+    "staged": dict(steps=3000, lr=3e-3, batch_size=16, patch_size=64, margin=12, pad=20),
+}
 
 
 def psnr(ref: np.ndarray, est: np.ndarray) -> float:
@@ -69,18 +79,27 @@ def evaluate(den: PixelDenoiser, sigma: float) -> dict[str, float]:
 
 def train_one(model: str, sigma: float, args) -> PixelDenoiser:
     torch.manual_seed(args.seed)
-    steps, lr = RECIPES[model]
-    steps, lr = args.steps or steps, args.lr or lr
+    recipe = dict(RECIPES[model])
+    for key in ("steps", "lr", "batch_size", "patch_size", "margin"):
+        if getattr(args, key) is not None:
+            recipe[key] = getattr(args, key)
+    steps, lr, batch_size = recipe["steps"], recipe["lr"], recipe["batch_size"]
     images = [skimage_gray(n) for n in TRAIN_IMAGES]
-    ds = ImagePatches(images, patch_size=args.patch_size, length=steps * args.batch_size, seed=args.seed)
+    ds = ImagePatches(images, patch_size=recipe["patch_size"], length=steps * batch_size, seed=args.seed)
     if model == "foe":
-        den = PixelDenoiser(FoEEnergyDenoiser(**FOE_ARCH), sigma=sigma, scale=args.scale, kind="foe_energy")
+        den = PixelDenoiser(FoEEnergyDenoiser(**FOE_ARCH), sigma=sigma, scale=args.scale, kind="foe_energy",
+                            pad=recipe["pad"])
+    elif model == "staged":
+        den = PixelDenoiser(StagedFoEDenoiser(**STAGED_ARCH), sigma=sigma, scale=args.scale, kind="staged_foe",
+                            pad=recipe["pad"])
     else:
-        den = PixelDenoiser(LatentCRF(**CRF_ARCH), sigma=sigma, scale=args.scale, kind="latent_crf")
+        den = PixelDenoiser(LatentCRF(**CRF_ARCH), sigma=sigma, scale=args.scale, kind="latent_crf",
+                            pad=recipe["pad"])
     cfg = TrainConfig(output_dir=str(Path(args.work_dir) / f"{model}-sigma{int(sigma)}"), stage=1,
-                      max_steps=steps, batch_size=args.batch_size, lr=lr, weight_decay=0.0,
+                      max_steps=steps, batch_size=batch_size, lr=lr, weight_decay=0.0,
                       warmup_steps=args.warmup, min_lr_ratio=0.05, noise_mode="sigma",
-                      noise_level=sigma / 255.0, loss_norm="mse", loss_margin=args.margin, seed=args.seed, log_every=10,
+                      noise_level=sigma / 255.0, loss_norm="mse", loss_margin=recipe["margin"], seed=args.seed,
+                      log_every=10,
                       checkpoint_every=args.checkpoint_every, progress=not args.no_progress)
     t0 = time.process_time()
     Trainer(den, cfg, ds).fit(resume=args.resume)
@@ -88,8 +107,8 @@ def train_one(model: str, sigma: float, args) -> PixelDenoiser:
     den.eval()
     scores = evaluate(den, sigma)
     den.info = {"train_images": list(TRAIN_IMAGES), "test_images": list(TEST_IMAGES),
-                "steps": steps, "batch_size": args.batch_size, "patch_size": args.patch_size,
-                "lr": lr, "warmup_steps": args.warmup, "loss_margin": args.margin, "seed": args.seed, "threads": torch.get_num_threads(),
+                "steps": steps, "batch_size": batch_size, "patch_size": recipe["patch_size"],
+                "lr": lr, "warmup_steps": args.warmup, "loss_margin": recipe["margin"], "seed": args.seed, "threads": torch.get_num_threads(),
                 "train_cpu_s": round(cpu, 1), "test_psnr": scores,
                 "command": "python scripts/train_denoisers.py " + " ".join(args.argv)}
     return den
@@ -97,12 +116,13 @@ def train_one(model: str, sigma: float, args) -> PixelDenoiser:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    p.add_argument("--models", nargs="+", choices=sorted(RECIPES), default=["foe", "latentcrf"])
+    p.add_argument("--models", nargs="+", choices=sorted(RECIPES), default=["staged", "foe", "latentcrf"])
     p.add_argument("--sigmas", type=float, nargs="+", default=[15, 25, 50])
     p.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--patch-size", type=int, default=48)
-    p.add_argument("--margin", type=int, default=8, help="border left out of the loss (zero-padded patch edges)")
+    p.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
+    p.add_argument("--patch-size", type=int, default=None, help="override the recipe's patch size")
+    p.add_argument("--margin", type=int, default=None,
+                   help="override the recipe's border left out of the loss (zero-padded patch edges)")
     p.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--scale", type=float, default=4.0)
@@ -123,7 +143,7 @@ def main(argv=None) -> int:
             if args.reevaluate:
                 path = Path(args.out) / f"denoise-sigma{int(sigma)}" / model
                 den = PixelDenoiser.from_pretrained(path)
-                den.pad = DEFAULT_PAD
+                den.pad = RECIPES[model]["pad"]
                 den.eval()
                 den.info["test_psnr"] = evaluate(den, sigma)
                 den.save_pretrained(path)

@@ -149,11 +149,11 @@ class FieldOfExperts(Energy):
     def _grad(self, y, x, c):
         return self._energy_and_grad(y, x, c, with_energy=False)[1]
 
-    def _energy_and_grad(self, y, x, c, with_energy=True, responses=None):
+    def _energy_and_grad(self, y, x, c, with_energy=True, responses=None, filters=None):
         """The responses ``u`` are computed once and serve the energy and the gradient
         (``responses``: ``u``, when a sum computed it with other filters in one convolution;
-        the responses are changed in place)."""
-        j = self._filters_like(y)
+        the responses are changed in place; ``filters``: the bank ``J`` it used)."""
+        j = self._filters_like(y) if filters is None else filters
         u = correlate(y, j, self.boundary) if responses is None else responses
         if type(self.potential) is ReLUExpert and self.potential.eps == 1.0:
             # rho = -relu^2 / 2, rho' = -relu: the sign goes on the (small) filter bank;

@@ -26,30 +26,34 @@ def shared_convolutions(terms, y: Tensor) -> dict[int, dict[str, Tensor]]:
     """Precomputed operands for terms of a sum, by term index.
 
     For each :class:`FieldOfExperts` with a :class:`Pairwise` term whose
-    :class:`LocalKernel` has the same window size and boundary: ``{"responses": u}`` for the
-    former, ``{"message": -2 W^s y}`` for the latter, from one convolution. Other terms are
-    absent (they compute their own).
+    :class:`LocalKernel` has the same window size and boundary: ``{"responses": u, "filters": J}``
+    for the former, ``{"message": -2 W^s y}`` for the latter, from one convolution. Other terms
+    are absent (they compute their own).
     """
-    experts = [k for k, t in enumerate(terms) if type(t) is FieldOfExperts]
-    if not experts:
+    experts, pairs = [], []
+    for k, t in enumerate(terms):
+        kind = type(t)
+        if kind is FieldOfExperts:
+            experts.append(k)
+        elif kind is Pairwise and type(t.kernel) is LocalKernel:
+            pairs.append(k)
+    if not experts or not pairs:
         return {}
     shared: dict[int, dict[str, Tensor]] = {}
-    channels = y.shape[1]
-    for k, t in enumerate(terms):
-        if type(t) is not Pairwise or type(t.kernel) is not LocalKernel:
-            continue
-        size = 2 * t.kernel.radius + 1
-        match = next((f for f in experts if f not in shared and terms[f].kernel_size == size
-                      and terms[f].boundary == t.kernel.boundary), None)
-        if match is None:
-            continue
-        foe = terms[match]
-        j = foe._filters_like(y)
-        window = -2.0 * t.kernel.weights().to(dtype=y.dtype, device=y.device)
-        eye = torch.eye(channels, dtype=y.dtype, device=y.device)
-        bank = torch.cat([j, eye[:, :, None, None] * window], 0)  # [M + C, C, s, s]
-        out = correlate(y, bank, foe.boundary)
-        m = j.shape[0]
-        shared[match] = {"responses": out[:, :m]}
-        shared[k] = {"message": out[:, m:]}
+    for k in pairs:
+        kernel = terms[k].kernel
+        size, boundary = 2 * kernel.radius + 1, kernel.boundary
+        for f in experts:
+            foe = terms[f]
+            if f in shared or foe.kernel_size != size or foe.boundary != boundary:
+                continue
+            j = foe._filters_like(y)
+            window = kernel.weights().to(dtype=y.dtype, device=y.device)
+            eye = torch.eye(y.shape[1], dtype=y.dtype, device=y.device)
+            bank = torch.cat([j, eye[:, :, None, None] * (-2.0 * window)], 0)  # [M + C, C, s, s]
+            out = correlate(y, bank, boundary)
+            m = j.shape[0]
+            shared[f] = {"responses": out[:, :m], "filters": j}
+            shared[k] = {"message": out[:, m:]}
+            break
     return shared

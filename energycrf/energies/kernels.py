@@ -132,7 +132,8 @@ class LocalKernel(SpatialKernel):
         # Zero boundary: d[h, w] = sum_{a, b} k[a, b] [h + a - r inside] [w + b - r inside]
         # = (R k C^T)[h, w] with the 0/1 window-inside matrices R [H, 2r+1] and C [W, 2r+1]:
         # two tiny matrix products instead of a convolution of an image of ones.
-        return _inside(height, self.radius, dtype, device) @ k @ _inside(width, self.radius, dtype, device).T
+        r = self.radius
+        return _inside(height, r, dtype, device) @ k @ _inside(width, r, dtype, device).T
 
     def extra_repr(self):
         kind = "learnable" if self.learnable else f"gaussian sigma={self.sigma:g}"
@@ -242,9 +243,11 @@ class DenseKernel(SpatialKernel):
 
 
 def _inside(n: int, radius: int, dtype: torch.dtype, device) -> Tensor:
-    """``[n, 2r+1]``: 1 where the window offset ``o - r`` from site ``i`` lands inside ``[0, n)``."""
-    pos = torch.arange(n, device=device)[:, None] + torch.arange(-radius, radius + 1, device=device)
-    return ((pos >= 0) & (pos < n)).to(dtype)
+    """``[n, 2r+1]``: 1 where the window offset ``a - r`` from site ``i`` lands inside ``[0, n)``,
+    i.e. ``r - i <= a <= n - 1 - i + r``; with columns flipped (``a' = 2r - a``) that is the band
+    ``r + 1 - n <= a' - i <= r`` (``triu``/``tril``)."""
+    band = torch.ones(n, 2 * radius + 1, dtype=dtype, device=device).tril_(radius).triu_(radius + 1 - n)
+    return band.flip(1)
 
 
 def default_kernel() -> SpatialKernel:

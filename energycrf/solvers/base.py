@@ -304,6 +304,7 @@ class Solver:
         reason = [f"reached max_iters={max_iters}"] * B
         iters = torch.zeros(B, dtype=torch.long)
         e0, e_min, g0n = e.clone(), e.clone(), gn.clone()
+        tiny = torch.finfo(e.dtype).tiny
         lim = blowup * (1.0 + _max_abs(x.detach()) + _max_abs(y0.detach()))
 
         def stop(mask: Tensor, st: str, why: str, it: int) -> None:
@@ -326,33 +327,43 @@ class Solver:
             y_new, e_new = out.y, out.energy
             g_new = out.grad if out.grad is not None else problem.grad(y_new)
             gn_new = sample_norm(g_new)
-            acc = out.accepted if out.accepted is not None else torch.ones_like(active)
+            acc = out.accepted if out.accepted is not None else True
 
             y_max = _max_abs(y_new)  # NaN or inf when any entry is
             finite = torch.isfinite(e_new) & torch.isfinite(y_max) & torch.isfinite(gn_new)
             runaway = finite & (y_max > lim)
             scale = e_min.abs() + (e0 - e_min).abs() + eps**0.5
             rise = finite & (e_new - e_min > rise_tol * scale)
-            own_div = out.diverged if out.diverged is not None else torch.zeros_like(active)
-            div = active & (~finite | runaway | rise | own_div)
-            stop(active & ~finite, "diverged", "a value became non-finite (NaN or inf)", it)
-            stop(active & finite & runaway, "diverged",
-                 "the iterate ran away (|y| grew past the blow-up limit): the energy looks unbounded below", it)
-            stop(active & finite & ~runaway & rise, "diverged",
-                 f"the energy rose by more than rise_tol={rise_tol} times its scale", it)
-            stop(active & finite & ~runaway & ~rise & own_div, "diverged", out.diverge_reason, it)
+            div = ~finite | runaway | rise
+            if out.diverged is not None:
+                div = div | out.diverged
+            div = active & div
 
             ok = active & ~div
-            rel = (e - e_new).abs() / torch.clamp(torch.maximum(e.abs(), e_new.abs()), min=torch.finfo(e.dtype).tiny)
+            rel = (e - e_new).abs() / torch.clamp(torch.maximum(e.abs(), e_new.abs()), min=tiny)
             by_e = acc & (rel <= tol)
             by_g = gn_new <= gtol * g0n
-            done = out.done if out.done is not None else torch.zeros_like(active)
-            conv = ok & (by_e | by_g | done)
-            stop(conv & done, "converged", "solved exactly", it)
-            stop(conv & ~done & by_g, "converged", f"relative gradient norm <= gtol={gtol:g}", it)
-            stop(conv & ~done & ~by_g, "converged", f"relative energy change <= tol={tol:g}", it)
-            stalled = ok & ~conv & (out.stalled if out.stalled is not None else torch.zeros_like(active))
-            stop(stalled, "stalled", out.stall_reason, it)
+            conv = by_e | by_g
+            if out.done is not None:
+                conv = conv | out.done
+            conv = ok & conv
+            stalled = ok & ~conv & out.stalled if out.stalled is not None else None
+            ended = div | conv if stalled is None else div | conv | stalled
+            if bool(ended.any()):  # the per-sample reasons (rare: at most once per sample)
+                own_div = out.diverged if out.diverged is not None else torch.zeros_like(active)
+                done = out.done if out.done is not None else torch.zeros_like(active)
+                stop(active & ~finite, "diverged", "a value became non-finite (NaN or inf)", it)
+                stop(active & finite & runaway, "diverged",
+                     "the iterate ran away (|y| grew past the blow-up limit): the energy looks unbounded below", it)
+                stop(active & finite & ~runaway & rise, "diverged",
+                     f"the energy rose by more than rise_tol={rise_tol} times its scale", it)
+                stop(active & finite & ~runaway & ~rise & own_div, "diverged", out.diverge_reason, it)
+                stop(conv & done, "converged", "solved exactly", it)
+                stop(conv & ~done & by_g, "converged", f"relative gradient norm <= gtol={gtol:g}", it)
+                stop(conv & ~done & ~by_g, "converged", f"relative energy change <= tol={tol:g}", it)
+                if stalled is not None:
+                    stop(stalled, "stalled", out.stall_reason, it)
+                active = active & ~ended
 
             if bool(ok.all()):
                 y, g, e, gn = y_new, g_new, e_new, gn_new
@@ -363,7 +374,6 @@ class Solver:
                 e = torch.where(ok, e_new, e)
                 gn = torch.where(ok, gn_new, gn)
             e_min = torch.minimum(e_min, e)
-            active = active & ~(div | conv | stalled)
 
             e_hist.append(e.clone())
             g_hist.append(gn.clone())

@@ -68,7 +68,7 @@ class LBFGS(Solver):
     monotone = True
 
     def __init__(self, history: int = 10, precondition: str | bool = "blocks", c1: float = 1e-4,
-                 max_backtracks: int = 30, refine: int = 2):
+                 max_backtracks: int = 30, refine: int = 1):
         if {True: "blocks", False: "none"}.get(precondition, precondition) not in _PRECONDITIONERS:
             raise ValueError(f"precondition: expected one of {_PRECONDITIONERS} (or a bool), got {precondition!r}")
         if not isinstance(history, int) or history < 1:

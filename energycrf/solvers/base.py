@@ -151,7 +151,9 @@ class Problem:
         """``(energy(y), grad(y))`` from one fused evaluation (``E.energy_and_grad``, when the
         energy has it), counted as ``"energy_and_grad"``."""
         fused = getattr(self.E, "energy_and_grad", None)
-        if fused is None:
+        cls = type(self)
+        if fused is None or cls.energy is not Problem.energy or cls.grad is not Problem.grad:
+            # a subclass that evaluates differently (e.g. keeping the autograd graph) keeps its way
             return self.energy(y), self.grad(y)
         self.counts["energy_and_grad"] = self.counts.get("energy_and_grad", 0) + 1
         with torch.no_grad():

@@ -127,3 +127,24 @@ def test_refine_is_validated():
     with pytest.raises(ValueError, match="refine"):
         ec.solve(K.Unary(), torch.zeros(1, 1, 4, 4), method="lbfgs", refine=-1)
     assert quadratic_part(K.FieldOfExperts(channels=1)) is None
+
+
+def test_problem_subclass_overrides_are_kept_by_fused_evaluations():
+    """A Problem subclass that evaluates its own way (e.g. keeping the autograd graph, as the
+    unrolled layer does) is not bypassed by energy_and_grad."""
+
+    class Graph(Problem):
+        def energy(self, y):
+            self.counts["energy"] += 1
+            return self.E(y, self.x, self.c)
+
+        def grad(self, y):
+            self.counts["grad"] += 1
+            return self.E.grad(y, self.x, self.c)
+
+    E = K.Unary(learnable=True) + K.FieldOfExperts(channels=1, num_filters=2, kernel_size=3)
+    x = torch.randn(1, 1, 6, 6)
+    prob = Graph(E, x)
+    e, g = prob.energy_and_grad(x + 0.1)
+    assert e.requires_grad and g.requires_grad
+    assert prob.counts["energy"] == 1 and prob.counts["grad"] == 1 and "energy_and_grad" not in prob.counts

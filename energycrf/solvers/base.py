@@ -48,7 +48,7 @@ def sample_norm(a: Tensor) -> Tensor:
 
 def _max_abs(a: Tensor) -> Tensor:
     """Per-sample ``max |a|`` of a ``[B, ...]`` tensor -> ``[B]`` (one pass; NaN if any entry is)."""
-    return torch.linalg.vector_norm(a.flatten(1), ord=float("inf"), dim=1)
+    return a.flatten(1).abs().amax(1)  # (vector_norm with ord=inf is ~20x slower on CPU)
 
 
 def _bcast(mask: Tensor, like: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ the paper's mirrored filter :math:`J^-`. Boundaries:
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -34,6 +35,31 @@ def correlate_adjoint(u: Tensor, weight: Tensor, boundary: str) -> Tensor:
     """The adjoint of :func:`correlate` in ``y``: correlation with the mirrored filters :math:`J^-`.
 
     Exact for both boundaries (stride 1, odd centred window), and faster on CPU than
-    ``conv_transpose2d``.
+    ``conv_transpose2d``. With a zero boundary and few output channels (at most 4, e.g. the
+    Field-of-Experts gradient of a 4-channel latent) it runs as :func:`correlate_by_phases`.
     """
-    return correlate(u, adjoint_weight(weight), boundary)
+    adjoint = adjoint_weight(weight)
+    if boundary == "zeros" and adjoint.shape[0] <= 4:
+        return correlate_by_phases(u, adjoint)
+    return correlate(u, adjoint, boundary)
+
+
+def correlate_by_phases(u: Tensor, weight: Tensor) -> Tensor:
+    """``correlate(u, weight, "zeros")`` as one stride-2 convolution that computes the four
+    output phases ``(h mod 2, w mod 2)`` as ``4 Cout`` channels, then ``pixel_shuffle``.
+
+    Phase ``(a, b)`` is the window shifted by ``(a, b)`` inside an ``(s+1) x (s+1)`` kernel: the
+    same products and sums per output site (and zeros). CPU convolutions vectorise over
+    blocks of 16 output channels, so ``Cout <= 4`` outputs waste most of each block; four
+    phases fill it, on a quarter of the sites: about half the time for ``Cout = 4``.
+    Odd sizes get one zero row/column (the zero boundary), cropped afterwards.
+    """
+    s = weight.shape[-1]
+    height, width = u.shape[-2:]
+    phases = torch.stack([F.pad(weight, (b, 1 - b, a, 1 - a)) for a in (0, 1) for b in (0, 1)], 1)
+    phases = phases.reshape(4 * weight.shape[0], *weight.shape[1:2], s + 1, s + 1)
+    odd_h, odd_w = height % 2, width % 2
+    if odd_h or odd_w:
+        u = F.pad(u, (0, odd_w, 0, odd_h))
+    out = F.pixel_shuffle(F.conv2d(u, phases, stride=2, padding=s // 2), 2)
+    return out[..., :height, :width].contiguous() if (odd_h or odd_w) else out

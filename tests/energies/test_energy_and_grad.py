@@ -158,3 +158,18 @@ def test_degree_closed_form_matches_the_message_of_ones(H, W):
         ones = torch.ones(1, 1, H, W, dtype=F64)
         torch.testing.assert_close(kernel.degree(H, W, F64, "cpu"), kernel.message(ones)[0, 0],
                                    rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("B,C,M,H,W,s", [(2, 4, 8, 7, 5, 5), (1, 1, 8, 1, 1, 5), (3, 2, 3, 6, 9, 3),
+                                         (1, 4, 8, 2, 3, 7), (2, 3, 2, 1, 6, 1), (1, 4, 8, 16, 12, 5)])
+def test_correlation_by_phases_equals_the_plain_correlation(B, C, M, H, W, s):
+    """The FoE adjoint as one stride-2 convolution over the four output phases (few output
+    channels, zero boundary) equals conv2d with padding, odd sizes included."""
+    from energycrf.energies.operators import correlate, correlate_by_phases
+
+    g = torch.Generator().manual_seed(B * 100 + H)
+    w = torch.randn(C, M, s, s, generator=g, dtype=F64)
+    u = torch.randn(B, M, H, W, generator=g, dtype=F64)
+    out = correlate_by_phases(u, w)
+    torch.testing.assert_close(out, correlate(u, w, "zeros"), rtol=1e-12, atol=1e-12)
+    assert out.is_contiguous()

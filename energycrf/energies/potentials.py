@@ -247,9 +247,22 @@ class PiecewiseLinear(Potential):
         return index, offset, offset.clamp(0.0, self.step), v.reshape(-1)
 
     def rho_prime(self, u):
-        index, _, inside, v = self._locate(u)
-        left = v[index]
-        return left + (v[index + 1] - left) * (inside / self.step)
+        # rho' = a_k + b_k u on segment k (b_k the slope, a_k = v_k - b_k mu_k), and constant
+        # beyond the end knots, i.e. rho'(u) = rho'(clamp(u, -S, S)): two table lookups per element
+        if self.num_experts is not None and (u.dim() < 2 or u.shape[1] != self.num_experts):
+            raise ValueError(f"u: expected responses [B, {self.num_experts}, ...] (num_experts={self.num_experts}), "
+                             f"got shape {tuple(u.shape)}")
+        table = self.values.to(dtype=u.dtype, device=u.device).view(-1, self.num_knots)
+        slope = (table[:, 1:] - table[:, :-1]) / self.step
+        left_knots = torch.arange(self.num_knots - 1, dtype=u.dtype, device=u.device) * self.step - self.span
+        intercept = table[:, :-1] - slope * left_knots
+        inside = u.clamp(-self.span, self.span)
+        segment = ((inside.detach() + self.span) / self.step).floor_().clamp_(max=self.num_knots - 2)
+        if self.num_experts is not None:  # row m of the [M, J-1] tables
+            rows = torch.arange(self.num_experts, dtype=u.dtype, device=u.device) * (self.num_knots - 1)
+            segment = segment + rows.view(1, -1, *([1] * (u.dim() - 2)))
+        index = segment.long()
+        return torch.addcmul(_lookup(intercept, index), _lookup(slope, index), inside)
 
     def _antiderivative_table(self, v: Tensor) -> Tensor:
         r""":math:`C_k = \int_{\mu_0}^{\mu_k} \rho'` for every knot, flat like ``v``."""
@@ -259,9 +272,9 @@ class PiecewiseLinear(Potential):
         return cumulative.reshape(-1)
 
     def _antiderivative(self, k, offset, inside, v, cumulative):
-        v0, v1 = v[k], v[k + 1]
+        v0, v1 = _lookup(v, k), _lookup(v, k + 1)
         slope = (v1 - v0) / self.step
-        inner = cumulative[k] + v0 * inside + 0.5 * slope * inside**2
+        inner = _lookup(cumulative, k) + v0 * inside + 0.5 * slope * inside**2
         return inner + (v0 + slope * inside) * (offset - inside)  # linear continuation beyond the knots
 
     def rho(self, u):
@@ -292,3 +305,8 @@ class PiecewiseLinear(Potential):
     def extra_repr(self):
         experts = "shared" if self.num_experts is None else self.num_experts
         return f"num_knots={self.num_knots}, span={self.span:g}, experts={experts}"
+
+
+def _lookup(table: Tensor, index: Tensor) -> Tensor:
+    """``table.flatten()[index]`` by ``index_select`` (several times faster than advanced indexing on CPU)."""
+    return table.reshape(-1).index_select(0, index.reshape(-1)).view(index.shape)

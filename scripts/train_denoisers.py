@@ -90,7 +90,9 @@ def train_one(model: str, sigma: float, args) -> PixelDenoiser:
         den = PixelDenoiser(FoEEnergyDenoiser(**FOE_ARCH), sigma=sigma, scale=args.scale, kind="foe_energy",
                             pad=recipe["pad"])
     elif model == "staged":
-        den = PixelDenoiser(StagedFoEDenoiser(**STAGED_ARCH), sigma=sigma, scale=args.scale, kind="staged_foe",
+        arch = dict(STAGED_ARCH, **{k: v for k, v in (("num_stages", args.stages), ("num_filters", args.filters),
+                                                        ("kernel_size", args.kernel_size)) if v is not None})
+        den = PixelDenoiser(StagedFoEDenoiser(**arch), sigma=sigma, scale=args.scale, kind="staged_foe",
                             pad=recipe["pad"])
     else:
         den = PixelDenoiser(LatentCRF(**CRF_ARCH), sigma=sigma, scale=args.scale, kind="latent_crf",
@@ -124,6 +126,9 @@ def main(argv=None) -> int:
     p.add_argument("--margin", type=int, default=None,
                    help="override the recipe's border left out of the loss (zero-padded patch edges)")
     p.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate")
+    p.add_argument("--stages", type=int, default=None, help="staged model: override the number of stages")
+    p.add_argument("--filters", type=int, default=None, help="staged model: override the filters per stage")
+    p.add_argument("--kernel-size", type=int, default=None, help="staged model: override the filter size")
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--scale", type=float, default=4.0)
     p.add_argument("--seed", type=int, default=0)

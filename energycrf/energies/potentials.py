@@ -230,37 +230,42 @@ class PiecewiseLinear(Potential):
         else:
             self.register_buffer("values", values)
 
+    def _per_expert(self, t: Tensor, u: Tensor) -> Tensor:
+        """A per-expert ``[M]`` tensor viewed to broadcast along dimension 1 of ``u``; checks ``u``."""
+        if u.dim() < 2 or u.shape[1] != self.num_experts:
+            raise ValueError(f"u: expected responses [B, {self.num_experts}, ...] (num_experts={self.num_experts}), "
+                             f"got shape {tuple(u.shape)}")
+        return t.view(1, -1, *([1] * (u.dim() - 2)))
+
+    def _slopes(self, table: Tensor) -> Tensor:
+        """Knot-to-knot slopes :math:`b_j = (v_{j+1} - v_j)/h`, ``[M or 1, J-1]``."""
+        table = table.view(-1, self.num_knots)
+        return (table[:, 1:] - table[:, :-1]) / self.step
+
     def _locate(self, u: Tensor):
         """Per element: the flat index ``k`` of the left knot, the offset ``u - mu_k``, the same
         clamped to the segment ``[0, h]`` (both differentiable in ``u``), and the flat table."""
-        v = self.values.to(dtype=u.dtype, device=u.device)
-        if self.num_experts is not None and (u.dim() < 2 or u.shape[1] != self.num_experts):
-            raise ValueError(f"u: expected responses [B, {self.num_experts}, ...] (num_experts={self.num_experts}), "
-                             f"got shape {tuple(u.shape)}")
         position = (u + self.span) / self.step  # in knot units
         segment = position.detach().floor().clamp_(0, self.num_knots - 2)
         offset = (position - segment) * self.step
-        index = segment.long()
-        if self.num_experts is not None:
-            shape = (1, -1, *([1] * (u.dim() - 2)))
-            index += self.num_knots * torch.arange(self.num_experts, device=u.device).view(shape)
-        return index, offset, offset.clamp(0.0, self.step), v.reshape(-1)
+        if self.num_experts is not None:  # row m of the [M, J] table
+            segment = segment + self._per_expert(self.num_knots * torch.arange(self.num_experts, dtype=u.dtype,
+                                                                               device=u.device), u)
+        v = self.values.to(dtype=u.dtype, device=u.device)
+        return segment.long(), offset, offset.clamp(0.0, self.step), v.reshape(-1)
 
     def rho_prime(self, u):
         # rho' = a_k + b_k u on segment k (b_k the slope, a_k = v_k - b_k mu_k), and constant
         # beyond the end knots, i.e. rho'(u) = rho'(clamp(u, -S, S)): two table lookups per element
-        if self.num_experts is not None and (u.dim() < 2 or u.shape[1] != self.num_experts):
-            raise ValueError(f"u: expected responses [B, {self.num_experts}, ...] (num_experts={self.num_experts}), "
-                             f"got shape {tuple(u.shape)}")
         table = self.values.to(dtype=u.dtype, device=u.device).view(-1, self.num_knots)
-        slope = (table[:, 1:] - table[:, :-1]) / self.step
+        slope = self._slopes(table)
         left_knots = torch.arange(self.num_knots - 1, dtype=u.dtype, device=u.device) * self.step - self.span
         intercept = table[:, :-1] - slope * left_knots
         inside = u.clamp(-self.span, self.span)
         segment = ((inside.detach() + self.span) / self.step).floor_().clamp_(max=self.num_knots - 2)
         if self.num_experts is not None:  # row m of the [M, J-1] tables
-            rows = torch.arange(self.num_experts, dtype=u.dtype, device=u.device) * (self.num_knots - 1)
-            segment = segment + rows.view(1, -1, *([1] * (u.dim() - 2)))
+            segment = segment + self._per_expert(
+                (self.num_knots - 1) * torch.arange(self.num_experts, dtype=u.dtype, device=u.device), u)
         index = segment.long()
         return torch.addcmul(_lookup(intercept, index), _lookup(slope, index), inside)
 
@@ -285,22 +290,17 @@ class PiecewiseLinear(Potential):
         zero = u.new_zeros(()) if self.num_experts is None else u.new_zeros(1, self.num_experts)
         at_zero = self._antiderivative(*self._locate(zero)[:3], v, cumulative)
         if self.num_experts is not None:
-            at_zero = at_zero.view(1, -1, *([1] * (u.dim() - 2)))
+            at_zero = self._per_expert(at_zero, u)
         return value - at_zero
 
-    def _slopes(self) -> Tensor:
-        table = self.values.detach().view(-1, self.num_knots)
-        return (table[:, 1:] - table[:, :-1]) / self.step  # [M or 1, J-1]
-
     def majorizer_weight(self, u):
-        bound = self._slopes().amax(1).clamp_min(0.0).to(dtype=u.dtype, device=u.device)
-        if self.num_experts is None:
-            return bound.reshape(()).expand_as(u).clone()
-        return bound.view(1, -1, *([1] * (u.dim() - 2))).expand_as(u).clone()
+        bound = self._slopes(self.values.detach()).amax(1).clamp_min(0.0).to(dtype=u.dtype, device=u.device)
+        bound = bound.reshape(()) if self.num_experts is None else self._per_expert(bound, u)
+        return bound.expand_as(u).clone()
 
     @property
     def min_curvature(self):  # type: ignore[override]
-        return min(float(self._slopes().min()), 0.0)
+        return min(float(self._slopes(self.values.detach()).min()), 0.0)
 
     def extra_repr(self):
         experts = "shared" if self.num_experts is None else self.num_experts

@@ -175,6 +175,18 @@ class _ImplicitAdjoint(torch.autograd.Function):
         return -v, None, None
 
 
+def _check_inputs(x: Tensor, c: Tensor | None, y0: Tensor | None) -> tuple[Tensor | None, Tensor]:
+    """Validated ``(c, y0)`` for a layer's ``forward``; ``y0`` defaults to ``x``."""
+    check_latent("x", x)
+    c = check_condition(c, x.shape[0], x.dtype, x.device)
+    if y0 is None:
+        return c, x
+    check_latent("y0", y0)
+    if y0.shape != x.shape:
+        raise ValueError(f"y0: expected a tensor shaped like x {tuple(x.shape)}, got {tuple(y0.shape)}")
+    return c, y0
+
+
 class Unrolled(nn.Module):
     r"""A trainable layer :math:`x \mapsto y^\star_\theta(x, c)`: ``num_iterations`` solver steps on ``energy``.
 
@@ -321,14 +333,7 @@ class Unrolled(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor, c: Tensor | None = None, y0: Tensor | None = None) -> Tensor:
         """The (approximate) minimiser of ``energy(., x, c)``, differentiable in the energy's parameters, ``x`` and ``c``."""
-        check_latent("x", x)
-        c = check_condition(c, x.shape[0], x.dtype, x.device)
-        if y0 is None:
-            y0 = x
-        else:
-            check_latent("y0", y0)
-            if y0.shape != x.shape:
-                raise ValueError(f"y0 must be shaped like x {tuple(x.shape)}, got {tuple(y0.shape)}")
+        c, y0 = _check_inputs(x, c, y0)
         if self.differentiation == "backprop":
             return self._iterate(x, c, y0)
         y_star = self._fixed_point(x, c, y0)
@@ -400,15 +405,7 @@ class Staged(nn.Module):
     def forward(self, x: Tensor, c: Tensor | None = None, y0: Tensor | None = None,
                 return_all: bool = False) -> Tensor | list[Tensor]:
         """The last iterate :math:`y_T` (or ``[y_1, ..., y_T]`` with ``return_all``)."""
-        check_latent("x", x)
-        c = check_condition(c, x.shape[0], x.dtype, x.device)
-        if y0 is None:
-            y = x
-        else:
-            check_latent("y0", y0)
-            if y0.shape != x.shape:
-                raise ValueError(f"y0: expected a tensor shaped like x {tuple(x.shape)}, got {tuple(y0.shape)}")
-            y = y0
+        c, y = _check_inputs(x, c, y0)
         iterates = []
         for energy in self.energies:
             y = y - self.step_size * energy.grad(y, x, c)

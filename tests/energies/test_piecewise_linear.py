@@ -107,6 +107,7 @@ def test_bad_arguments(make, match):
         make()
 
 
-def test_responses_with_the_wrong_number_of_experts():
+@pytest.mark.parametrize("method", ["rho", "rho_prime", "majorizer_weight"])
+def test_responses_with_the_wrong_number_of_experts(method):
     with pytest.raises(ValueError, match=r"u: expected responses \[B, 3, \.\.\.\].*\(2, 4, 5, 5\)"):
-        PiecewiseLinear(num_experts=3).rho(torch.zeros(2, 4, 5, 5))
+        getattr(PiecewiseLinear(num_experts=3), method)(torch.zeros(2, 4, 5, 5))

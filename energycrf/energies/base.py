@@ -64,8 +64,10 @@ class Energy(nn.Module):
 
     Subclasses implement :meth:`energy`. Optional analytic overrides: ``_grad``
     (:math:`\nabla_y E`), ``_curvature`` (per-site blocks :math:`A_i`), the attributes
-    ``interaction_radius`` (int, or ``None`` for global coupling), ``periodic`` and
-    ``is_quadratic``, and :meth:`convexity_margin`.
+    ``interaction_radius`` (int, or ``None`` for global coupling), ``periodic``,
+    ``is_quadratic`` and ``translation_invariant`` (the Hessian is the same stencil at every
+    site farther than ``interaction_radius`` from the border: it depends on neither the site
+    nor ``x``, only, per sample, on ``c``), and :meth:`convexity_margin`.
 
     Attributes:
         channels: the number of channels the term requires, or ``None`` for any.
@@ -88,6 +90,7 @@ class Energy(nn.Module):
     is_quadratic: bool = False
     periodic: bool = False
     interaction_radius: int | None = None
+    translation_invariant: bool = False
     #: ``_grad`` and ``_energy_and_grad`` return a gradient tensor of their own (no view or
     #: alias of an input, not saved by autograd), which a sum may add to in place.
     _owns_grad: bool = False
@@ -355,6 +358,7 @@ class ScaledEnergy(Energy):
     is_quadratic = property(lambda self: self.term.is_quadratic)  # type: ignore[assignment]
     periodic = property(lambda self: self.term.periodic)  # type: ignore[assignment]
     interaction_radius = property(lambda self: self.term.interaction_radius)  # type: ignore[assignment]
+    translation_invariant = property(lambda self: self.term.translation_invariant)  # type: ignore[assignment]
 
     def _declares_radius(self) -> bool:
         return self.term._declares_radius()
@@ -519,6 +523,7 @@ class SumEnergy(Energy):
     requires_condition = property(lambda self: any(t.requires_condition for t in self.terms))  # type: ignore[assignment]
     is_quadratic = property(lambda self: all(t.is_quadratic for t in self.terms))  # type: ignore[assignment]
     periodic = property(lambda self: any(t.periodic for t in self.terms))  # type: ignore[assignment]
+    translation_invariant = property(lambda self: all(t.translation_invariant for t in self.terms))  # type: ignore[assignment]
 
     @property
     def interaction_radius(self) -> int | None:  # type: ignore[override]

@@ -29,10 +29,12 @@ class SpatialKernel(nn.Module):
     Attributes:
         radius: Chebyshev radius beyond which ``W^s_ij = 0``, or ``None`` (global coupling).
         periodic: whether the coupling wraps around the image borders.
+        translation_invariant: whether ``W^s_ij`` depends on ``j - i`` alone (away from the border).
     """
 
     radius: int | None = None
     periodic: bool = False
+    translation_invariant: bool = False
 
     def message(self, y: Tensor) -> Tensor:
         r""":math:`(W^s y)_i = \sum_j W^s_{ij} y_j` for ``y [B, C, H, W]``, each channel alike."""
@@ -72,6 +74,8 @@ class LocalKernel(SpatialKernel):
         boundary: ``"zeros"`` (border sites have smaller degree) or ``"circular"`` (wraps;
             needs ``2r + 1 <= H, W``).
     """
+
+    translation_invariant = True
 
     def __init__(
         self,
@@ -163,6 +167,8 @@ class LongRangeKernel(SpatialKernel):
         self.sigma, self.weight = float(sigma), float(weight)
         self.boundary = check_choice("boundary", boundary, BOUNDARIES)
         self.periodic = boundary == "circular"
+        # global coupling: every site is near the border unless the grid wraps
+        self.translation_invariant = self.periodic
 
     def spectrum(self, height: int, width: int, dtype: torch.dtype, device) -> Tensor:
         """The kernel's real FFT on the (padded) grid used by :meth:`message`."""

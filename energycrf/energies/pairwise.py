@@ -112,6 +112,10 @@ class Pairwise(Energy):
     def periodic(self):  # type: ignore[override]
         return self.kernel.periodic
 
+    @property
+    def translation_invariant(self):  # type: ignore[override]
+        return self.kernel.translation_invariant
+
     def _declares_radius(self):
         return True
 

@@ -29,6 +29,7 @@ class Unary(Energy):
 
     is_quadratic = True
     interaction_radius = 0
+    translation_invariant = True  # one weight per channel, the same at every site
 
     def __init__(self, weight: float | Tensor = 1.0, learnable: bool = False):
         super().__init__()

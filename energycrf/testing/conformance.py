@@ -19,6 +19,9 @@ What is checked (``E`` the energy, ``g = grad E``, ``A_i`` the per-site curvatur
   (an equality for quadratic terms);
 - ``interaction_radius``: Hessian blocks of sites farther apart (Chebyshev distance, with
   wrap-around when ``periodic``) are zero, and samples of a batch never interact;
+- ``translation_invariant`` (when a term claims it): the Hessian's response to a unit
+  impulse is the same stencil at every site at least ``interaction_radius`` from the border
+  (every site when ``periodic``), at any ``y`` and ``x``;
 - sums and positive scalings add and scale ``E``, ``grad``, ``curvature`` and the margin;
 - a batch equals its stacked single items (with per-sample conditions);
 - outputs follow the input's dtype and device;
@@ -272,6 +275,47 @@ def check_interaction_radius(make_energy: MakeEnergy, case: Case, *, atol=1e-10)
         )
 
 
+def check_translation_invariance(make_energy: MakeEnergy, case: Case, *, atol=1e-10) -> None:
+    """For a term with ``translation_invariant = True``: the Hessian-vector product of a unit
+    impulse (autograd) is the same stencil at two interior sites, and the same at another
+    ``(y, x)`` (the condition ``c`` kept: the stencil may depend on it per sample).
+    Nothing to check for a term that does not claim it."""
+    energy = build(make_energy, case)
+    if not bool(getattr(energy, "translation_invariant", False)):
+        return
+    r = _check_flags(energy)
+    periodic = bool(energy.periodic)
+    if r is None and not periodic:
+        raise AssertionError(
+            "translation_invariant=True with global coupling (interaction_radius=None) needs periodic=True: "
+            "without wrap-around no site is farther from the border than the coupling"
+        )
+    m = 1 if r is None else r  # p = (m, m) and q = p + (2, 2) are interior on an (2m + 3)^2 grid
+    size = 2 * m + 3
+    big = case.replace(height=size, width=size)
+    y, x, c = big.inputs()
+    y2, x2, _ = big.inputs(salt=1)
+    grad = torch.func.grad(lambda v, xx: energy(v, xx, c).sum())
+
+    def hvp(yy, xx, v):
+        return torch.func.jvp(lambda u: grad(u, xx), (yy,), (v,))[1].detach()
+
+    win = slice(0, 2 * m + 1), slice(2, 2 * m + 3)  # the stencil's window around p and q
+    for ci in range(big.channels):
+        at_p, at_q = torch.zeros_like(y), torch.zeros_like(y)
+        at_p[:, ci, m, m] = 1.0
+        at_q[:, ci, m + 2, m + 2] = 1.0
+        h_p, h_q, h_q2 = hvp(y, x, at_p), hvp(y, x, at_q), hvp(y2, x2, at_q)
+        tol = _atol_for(h_p, h_q, atol=atol)
+        if periodic:
+            _close(torch.roll(h_p, shifts=(2, 2), dims=(-2, -1)), h_q,
+                   f"Hessian stencil at sites {(m, m)} and {(m + 2, m + 2)} (channel {ci}, periodic)", atol=tol)
+        else:
+            _close(h_p[..., win[0], win[0]], h_q[..., win[1], win[1]],
+                   f"Hessian stencil at interior sites {(m, m)} and {(m + 2, m + 2)} (channel {ci})", atol=tol)
+        _close(h_q2, h_q, f"Hessian stencil (channel {ci}) at another y and x", atol=tol)
+
+
 def check_majorizer(
     make_energy: MakeEnergy, case: Case, *, trials: int = 3, scales: Sequence[float] = (1e-2, 1.0, 10.0),
     rtol=1e-9,
@@ -514,6 +558,7 @@ CHECKS: dict[str, Callable] = {
     "gradcheck": check_gradcheck,
     "curvature": check_curvature,
     "interaction_radius": check_interaction_radius,
+    "translation_invariance": check_translation_invariance,
     "majorizer": check_majorizer,
     "sum": check_sum,
     "scaling": check_scaling,

@@ -23,6 +23,7 @@ from energycrf.testing import (
     check_scaling,
     check_state_dict,
     check_sum,
+    check_translation_invariance,
     non_interacting_sites,
     site_distance,
 )
@@ -129,6 +130,20 @@ class SumBreaksFlags(ec.Energy):
         return 2 * torch.eye(ch, dtype=y.dtype).expand(b, h, w, ch, ch)
 
 
+class PositionalWeight(K.Unary):
+    """Keeps Unary's translation_invariant = True but weighs each site by its column."""
+
+    def energy(self, y, x, c=None):
+        col = torch.arange(1, y.shape[-1] + 1, dtype=y.dtype)
+        return (col * (y - x) ** 2).sum((1, 2, 3))
+
+
+def _global_zero_boundary(case):
+    kernel = K.LongRangeKernel(sigma=2.0, weight=0.1, boundary="zeros")
+    kernel.translation_invariant = True  # wrong: without wrap-around no site is interior
+    return K.Pairwise(channels=case.channels, kernel=kernel)
+
+
 def _pairwise(cls, **kw):
     return lambda case: cls(channels=case.channels, **kw)
 
@@ -144,6 +159,8 @@ BROKEN = [
     ("radius", check_interaction_radius, _pairwise(SmallRadius), "interact"),
     ("periodic", check_interaction_radius,
      _pairwise(NotPeriodic, kernel=K.LocalKernel(radius=1, boundary="circular")), "interact"),
+    ("translation invariance", check_translation_invariance, lambda case: PositionalWeight(), "stencil"),
+    ("translation invariance (global)", check_translation_invariance, _global_zero_boundary, "periodic"),
     ("batch mixing (batch)", check_batch, lambda case: BatchMixing(), "single items"),
     ("batch mixing (radius)", check_interaction_radius, lambda case: BatchMixing(), "samples"),
     ("dtype", check_dtype, lambda case: Float32Only(), "float32"),

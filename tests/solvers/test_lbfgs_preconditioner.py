@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import energycrf as ec
 from energycrf.solvers.base import Problem
@@ -148,3 +150,62 @@ def test_problem_subclass_overrides_are_kept_by_fused_evaluations():
     e, g = prob.energy_and_grad(x + 0.1)
     assert e.requires_grad and g.requires_grad
     assert prob.counts["energy"] == 1 and prob.counts["grad"] == 1 and "energy_and_grad" not in prob.counts
+
+
+@given(kind=st.sampled_from(["zeros", "matrix", "text"]), radius=st.integers(1, 2), refine=st.integers(1, 2),
+       height=st.integers(4, 13), width=st.integers(4, 13), seed=st.integers(0, 2**16))
+def test_frame_residual_equals_the_full_residual(kind, radius, refine, height, width, seed):
+    """Translation-invariant quadratic parts: the residual taken on the border strips gives
+    the same preconditioner as the residual of the whole image (float64)."""
+    g = torch.Generator().manual_seed(seed)
+    weights = {"zeros": [1.0, 0.5], "matrix": 1.0, "text": 1.0}[kind]
+    compat = {"zeros": "identity", "matrix": torch.tensor([[1.0, 0.5], [0.0, 1.0]]), "text": "text"}[kind]
+    kernel = K.LocalKernel(radius=radius, learnable=True)
+    E = (K.Unary(weight=weights) + K.Pairwise(channels=2, kernel=kernel, compatibility=compat,
+                                              cond_dim=3 if kind == "text" else None)).double()
+    with torch.no_grad():
+        for p in E.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=F64))
+    H, W = max(height, 2 * radius + 1), max(width, 2 * radius + 1)
+    x = torch.randn(2, 2, H, W, generator=g, dtype=F64)
+    c = torch.randn(2, 3, generator=g, dtype=F64) if kind == "text" else None
+    framed = SpectralPreconditioner(E, x, c, x, refine=refine, frame=True)
+    whole = SpectralPreconditioner(E, x, c, x, refine=refine, frame=False)
+    assert framed.frame == radius and whole.frame is None
+    v = torch.randn(x.shape, generator=g, dtype=F64)
+    z = framed.apply_circulant(v)
+    # the property it rests on: the whole-image residual vanishes more than R from the border
+    full = whole.residual(v, z)
+    torch.testing.assert_close(full[..., radius:H - radius, radius:W - radius],
+                               torch.zeros_like(full[..., radius:H - radius, radius:W - radius]), rtol=0, atol=1e-12)
+    torch.testing.assert_close(framed.residual(v, z), full, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(framed(v), whole(v), rtol=1e-11, atol=1e-12)
+
+
+def test_frame_is_automatic_on_large_images_and_refused_where_it_cannot_apply():
+    E = _quadratic("zeros")
+    small, large = torch.randn(1, 2, 64, 64), torch.randn(1, 2, 160, 160)
+    assert SpectralPreconditioner(E, small, None, small, refine=1).frame is None  # strips: a quarter of the sites
+    assert SpectralPreconditioner(E, large, None, large, refine=1).frame == 2
+    dense = K.Unary() + K.Pairwise(channels=1, kernel=K.DenseKernel(K.LocalKernel(radius=1).dense(6, 6).float()))
+    x6 = torch.randn(1, 1, 6, 6)
+    cases = [
+        (dense, x6, "not translation_invariant|no finite interaction radius"),
+        (_quadratic("circular"), torch.randn(1, 2, 8, 8), "periodic"),
+        (E, torch.randn(1, 2, 4, 8), r"2R \+ 1 <= H, W \(image 4 x 8\)"),
+    ]
+    for energy, x, match in cases:
+        with pytest.raises(ValueError, match=match):
+            SpectralPreconditioner(energy, x, None, x, refine=1, frame=True)
+        assert SpectralPreconditioner(energy, x, None, x, refine=1).frame is None
+    with pytest.raises(ValueError, match="frame: expected None"):
+        SpectralPreconditioner(E, small, None, small, frame="yes")
+
+
+def test_translation_invariant_flags():
+    assert K.Unary().translation_invariant and K.Pairwise(channels=2).translation_invariant
+    assert (2.0 * (K.Unary() + K.Pairwise(channels=2))).translation_invariant
+    assert not K.Pairwise(channels=1, kernel=K.DenseKernel(1 - torch.eye(4))).translation_invariant
+    assert K.Pairwise(channels=1, kernel=K.LongRangeKernel()).translation_invariant  # circular
+    assert not K.Pairwise(channels=1, kernel=K.LongRangeKernel(boundary="zeros")).translation_invariant
+    assert not (K.Unary() + K.FieldOfExperts(channels=1)).translation_invariant

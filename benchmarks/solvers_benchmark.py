@@ -15,10 +15,15 @@ the timed region) and its energy re-evaluated in float64, so float32 runs are ju
 float64 energy. scipy's L-BFGS-B is timed per accepted iterate (its callback);
 ``torch.optim.LBFGS`` (strong-Wolfe line search, one ``step`` with ``max_iter`` iterations,
 its natural use) is judged on every closure evaluation, which can only flatter it. It runs
-twice in float32: with the closure calling ``E(y, x)`` and ``E.grad(y, x)``, and with one
-fused ``E.energy_and_grad(y, x)`` (what a user of that method would write).
+in float64 and float32, each with the closure calling ``E(y, x)`` and ``E.grad(y, x)``
+and with one fused ``E.energy_and_grad(y, x)`` (what a user of that method would write).
 
-    python benchmarks/solvers_benchmark.py                 # both problems, ~10 min on 1 thread
+After the single runs, ``--rounds`` interleaved rounds time the fast methods again (each
+once per round, the order rotated every round, each stopped where its single run reached
+the gap): medians and minima of the time to the gap, and energycrf's L-BFGS against each
+peer of the same dtype as ratios of medians and of minima.
+
+    python benchmarks/solvers_benchmark.py                 # both problems, ~12 min on 1 thread
     python benchmarks/solvers_benchmark.py --size 128 --threads 2 --out /tmp/bench
 """
 
@@ -28,6 +33,7 @@ import argparse
 import copy
 import json
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -115,29 +121,30 @@ def first_hit(gaps, times):
     return None, None
 
 
-def bench(problem: str, E, x, max_iters: int, cd_iters: int):
+def bench(problem: str, E, x, max_iters: int, cd_iters: int, rounds: int = 0):
     E64, x64 = copy.deepcopy(E).to(torch.float64), x.to(torch.float64)
     f64, f32 = torch.float64, torch.float32
+    # (name, kind, run(max_iters), dtype, timed in the interleaved rounds)
     plan = [
-        ("energycrf lbfgs (fft precond.)", "energycrf", lambda: run_energycrf(E, x, "lbfgs", f64, max_iters, precondition="fft"), "float64"),
-        ("energycrf lbfgs (block precond.)", "energycrf", lambda: run_energycrf(E, x, "lbfgs", f64, max_iters), "float64"),
-        ("energycrf mean_field", "energycrf", lambda: run_energycrf(E, x, "mean_field", f64, max_iters), "float64"),
-        ("energycrf gradient_descent", "energycrf", lambda: run_energycrf(E, x, "gradient_descent", f64, max_iters), "float64"),
-        ("energycrf coordinate_descent", "energycrf", lambda: run_energycrf(E, x, "coordinate_descent", f64, cd_iters), "float64"),
-        ("energycrf lbfgs (fft precond.)", "energycrf", lambda: run_energycrf(E, x, "lbfgs", f32, max_iters, precondition="fft"), "float32"),
-        ("energycrf mean_field", "energycrf", lambda: run_energycrf(E, x, "mean_field", f32, max_iters), "float32"),
-        ("scipy L-BFGS-B", "peer", lambda: run_scipy(E, x, max_iters), "float64"),
-        ("torch.optim.LBFGS", "peer", lambda: run_torch_lbfgs(E, x, f64, max_iters), "float64"),
-        ("torch.optim.LBFGS", "peer", lambda: run_torch_lbfgs(E, x, f32, max_iters), "float32"),
-        ("torch.optim.LBFGS (fused closure)", "peer", lambda: run_torch_lbfgs(E, x, f32, max_iters, fused=True),
-         "float32"),
+        ("energycrf lbfgs (fft precond.)", "energycrf", lambda n: run_energycrf(E, x, "lbfgs", f64, n, precondition="fft"), "float64", True),
+        ("energycrf lbfgs (block precond.)", "energycrf", lambda n: run_energycrf(E, x, "lbfgs", f64, n), "float64", False),
+        ("energycrf mean_field", "energycrf", lambda n: run_energycrf(E, x, "mean_field", f64, n), "float64", False),
+        ("energycrf gradient_descent", "energycrf", lambda n: run_energycrf(E, x, "gradient_descent", f64, n), "float64", False),
+        ("energycrf coordinate_descent", "energycrf", lambda n: run_energycrf(E, x, "coordinate_descent", f64, min(n, cd_iters)), "float64", False),
+        ("energycrf lbfgs (fft precond.)", "energycrf", lambda n: run_energycrf(E, x, "lbfgs", f32, n, precondition="fft"), "float32", True),
+        ("energycrf mean_field", "energycrf", lambda n: run_energycrf(E, x, "mean_field", f32, n), "float32", False),
+        ("scipy L-BFGS-B", "peer", lambda n: run_scipy(E, x, n), "float64", True),
+        ("torch.optim.LBFGS", "peer", lambda n: run_torch_lbfgs(E, x, f64, n), "float64", True),
+        ("torch.optim.LBFGS (fused closure)", "peer", lambda n: run_torch_lbfgs(E, x, f64, n, fused=True), "float64", True),
+        ("torch.optim.LBFGS", "peer", lambda n: run_torch_lbfgs(E, x, f32, n), "float32", True),
+        ("torch.optim.LBFGS (fused closure)", "peer", lambda n: run_torch_lbfgs(E, x, f32, n, fused=True), "float32", True),
     ]
     runs = []
-    for name, kind, fn, dt in plan:
+    for name, kind, fn, dt, _ in plan:
         print(f"[{problem}] {name} ({dt}) ...", flush=True)
         if "coordinate_descent" not in name:  # warm-up run (allocator, FFT plans, lazy imports), discarded
-            fn()
-        iterates, times, evals = fn()
+            fn(max_iters)
+        iterates, times, evals = fn(max_iters)
         runs.append({"method": name, "kind": kind, "dtype": dt, "energies": evaluate(E64, x64, iterates),
                      "times": times, "evaluations": evals})
         del iterates
@@ -151,7 +158,59 @@ def bench(problem: str, E, x, max_iters: int, cd_iters: int):
     best_peer = min(peers) if peers else None
     for r in runs:
         r["speedup_vs_best_peer"] = (best_peer / r["seconds_to_gap"]) if (best_peer and r["seconds_to_gap"]) else None
-    return {"problem": problem, "best_energy": best, "best_peer_seconds": best_peer, "runs": runs}
+    out = {"problem": problem, "best_energy": best, "best_peer_seconds": best_peer, "runs": runs}
+    if rounds:
+        out["interleaved"] = interleaved(problem, plan, runs, best, E64, x64, rounds)
+    return out
+
+
+def interleaved(problem, plan, runs, best, E64, x64, rounds):
+    """Time to the gap of the fast methods, timed in ``rounds`` rounds that run each once, in
+    an order rotated every round (machine noise and cache effects fall on all alike).
+    Each run stops at the iteration (peers: the evaluation) where the single run above
+    first reached the gap; a round whose run misses it counts as not reached."""
+    chosen = [(p, r) for p, r in zip(plan, runs) if p[4] and r["iters_to_gap"] is not None]
+    seconds = {i: [] for i in range(len(chosen))}
+    for rnd in range(rounds):
+        order = list(range(len(chosen)))
+        order = order[rnd % len(order):] + order[:rnd % len(order)]
+        for i in order:
+            (name, _, fn, dt, _), r = chosen[i]
+            iterates, times, _ = fn(max(1, r["iters_to_gap"]))
+            gaps = [(e - best) / abs(best) for e in evaluate(E64, x64, iterates)]
+            seconds[i].append(first_hit(gaps, times)[1])
+        print(f"[{problem}] interleaved round {rnd + 1}/{rounds}", flush=True)
+    rows = []
+    for i, ((name, kind, _, dt, _), _) in enumerate(chosen):
+        got = [t for t in seconds[i] if t is not None]
+        rows.append({"method": name, "kind": kind, "dtype": dt, "seconds": seconds[i],
+                     "median": statistics.median(got) if got else None, "min": min(got) if got else None,
+                     "missed": len(seconds[i]) - len(got)})
+    return {"rounds": rounds, "rows": rows}
+
+
+def interleaved_table(result) -> str:
+    inter = result.get("interleaved")
+    if not inter:
+        return ""
+    rows = inter["rows"]
+    ours = {r["dtype"]: r for r in rows if r["kind"] == "energycrf"}
+    lines = [
+        f"Interleaved timing, {inter['rounds']} rounds: seconds to the gap (median / min) and energycrf "
+        "L-BFGS (fft) of the same dtype against each peer (ratio of medians / ratio of minima).\n",
+        "| method | dtype | seconds to gap, median | min | energycrf faster by (median / min) |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in rows:
+        ref = ours.get(r["dtype"])
+        ratio = "-"
+        if r["kind"] == "peer" and ref and ref["median"] and r["median"]:
+            ratio = f"**{r['median'] / ref['median']:.2f}x** / {r['min'] / ref['min']:.2f}x"
+        med = "not reached" if r["median"] is None else f"{r['median']:.4f}"
+        mn = "-" if r["min"] is None else f"{r['min']:.4f}"
+        miss = f" ({r['missed']} missed)" if r["missed"] else ""
+        lines.append(f"| {r['method']} | {r['dtype']} | {med}{miss} | {mn} | {ratio} |")
+    return "\n".join(lines) + "\n"
 
 
 def table(result) -> str:
@@ -206,6 +265,8 @@ def main(argv=None):
     ap.add_argument("--max-iters", type=int, default=150)
     ap.add_argument("--cd-iters", type=int, default=12, help="sweeps of coordinate descent (slow: t^2 classes)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=15,
+                    help="interleaved timing rounds of the fast methods after the single runs (0: none)")
     ap.add_argument("--problems", default="camera,latent")
     ap.add_argument("--out", type=Path, default=Path("/tmp/energycrf-solvers-benchmark"))
     ap.add_argument("--replot", type=Path, default=None, help="redraw the figure from a results JSON and exit")
@@ -226,10 +287,10 @@ def main(argv=None):
         E = default_energy(x.shape[1], seed=0).to(torch.float64)
         margin = E.check_well_posed(on_fail="raise")
         print(f"[{problem}] x {tuple(x.shape)}, convexity margin {margin:.4f}", flush=True)
-        results.append(bench(f"{problem} {tuple(x.shape)}", E, x, args.max_iters, args.cd_iters))
-        print(table(results[-1]), flush=True)
+        results.append(bench(f"{problem} {tuple(x.shape)}", E, x, args.max_iters, args.cd_iters, args.rounds))
+        print(table(results[-1]) + "\n" + interleaved_table(results[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    report = f"Machine: {machine()}\n\n" + "\n".join(table(r) for r in results)
+    report = f"Machine: {machine()}\n\n" + "\n".join(table(r) + "\n" + interleaved_table(r) for r in results)
     (args.out / "solvers_benchmark.md").write_text(report)
     (args.out / "solvers_benchmark.json").write_text(json.dumps(results, indent=1))
     figure(results, args.out / "solvers_benchmark.png")

@@ -248,11 +248,16 @@ class PiecewiseLinear(Potential):
         position = (u + self.span) / self.step  # in knot units
         segment = position.detach().floor().clamp_(0, self.num_knots - 2)
         offset = (position - segment) * self.step
-        if self.num_experts is not None:  # row m of the [M, J] table
-            segment = segment + self._per_expert(self.num_knots * torch.arange(self.num_experts, dtype=u.dtype,
-                                                                               device=u.device), u)
         v = self.values.to(dtype=u.dtype, device=u.device)
-        return segment.long(), offset, offset.clamp(0.0, self.step), v.reshape(-1)
+        return self._flat_index(segment, self.num_knots), offset, offset.clamp(0.0, self.step), v.reshape(-1)
+
+    def _flat_index(self, segment: Tensor, row_length: int) -> Tensor:
+        """The left-knot index ``segment`` (floats, ``[B, M, ...]``) into a flat per-expert
+        table whose rows (one per expert) have ``row_length`` entries."""
+        if self.num_experts is not None:
+            rows = torch.arange(self.num_experts, dtype=segment.dtype, device=segment.device)
+            segment = segment + self._per_expert(row_length * rows, segment)
+        return segment.long()
 
     def rho_prime(self, u):
         # rho' = a_k + b_k u on segment k (b_k the slope, a_k = v_k - b_k mu_k), and constant
@@ -263,10 +268,7 @@ class PiecewiseLinear(Potential):
         intercept = table[:, :-1] - slope * left_knots
         inside = u.clamp(-self.span, self.span)
         segment = ((inside.detach() + self.span) / self.step).floor_().clamp_(max=self.num_knots - 2)
-        if self.num_experts is not None:  # row m of the [M, J-1] tables
-            segment = segment + self._per_expert(
-                (self.num_knots - 1) * torch.arange(self.num_experts, dtype=u.dtype, device=u.device), u)
-        index = segment.long()
+        index = self._flat_index(segment, self.num_knots - 1)  # rows of the [M, J-1] tables
         return torch.addcmul(_lookup(intercept, index), _lookup(slope, index), inside)
 
     def _antiderivative_table(self, v: Tensor) -> Tensor:

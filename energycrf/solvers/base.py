@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from ..energies.base import _sample_dot
 from .result import DivergenceError, DivergenceWarning, SolveResult, SolverWarning
 
 __all__ = ["Problem", "StepOutput", "Solver", "block_solve", "sample_norm", "sample_dot"]
@@ -36,9 +37,7 @@ _ON_DIVERGE = ("warn", "raise", "ignore")
 # small batched helpers
 
 
-def sample_dot(a: Tensor, b: Tensor) -> Tensor:
-    """Per-sample inner product of two ``[B, ...]`` tensors -> ``[B]``."""
-    return (a * b).flatten(1).sum(1)
+sample_dot = _sample_dot  # per-sample inner product of two [B, ...] tensors -> [B] (the energies' own)
 
 
 def sample_norm(a: Tensor) -> Tensor:

@@ -27,15 +27,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Problem, Solver, StepOutput, report_outcome, sample_norm
+from .base import Problem, Solver, StepOutput, report_outcome, sample_dot, sample_norm
 from .quadratic import _PRECONDITIONERS, make_preconditioner
 from .result import SolveResult
 
 __all__ = ["LBFGS", "TorchLBFGS", "ScipyLBFGS"]
-
-
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    return (a * b).flatten(1).sum(1)
 
 
 def _col(v: Tensor) -> Tensor:
@@ -97,7 +93,7 @@ class LBFGS(Solver):
         state["pairs"].append((s, qv, rho, Pq))
         if len(state["pairs"]) > self.history:
             state["pairs"].pop(0)
-        qPq = _dot(qv, Pq)
+        qPq = sample_dot(qv, Pq)
         gam = torch.where(valid & (qPq > 0), sq / torch.where(qPq > 0, qPq, torch.ones_like(qPq)), torch.ones_like(sq))
         state["gamma"] = gam if state["gamma"] is None else torch.where(valid, gam, state["gamma"])
 
@@ -109,7 +105,7 @@ class LBFGS(Solver):
         r = Pg.clone()
         alphas = []
         for k, (s, qv, rho, Pq) in enumerate(reversed(pairs)):
-            a = rho * _dot(s, q)
+            a = rho * sample_dot(s, q)
             if k + 1 < len(pairs):
                 q = q - _col(a) * qv
             r.sub_(_col(a) * Pq)
@@ -117,7 +113,7 @@ class LBFGS(Solver):
         if state["gamma"] is not None:
             r.mul_(_col(state["gamma"]))
         for (s, qv, rho, _), a in zip(pairs, reversed(alphas)):
-            b = rho * _dot(qv, r)
+            b = rho * sample_dot(qv, r)
             r.add_(_col(a - b) * s)
         return r.neg_()
 
@@ -126,12 +122,12 @@ class LBFGS(Solver):
         Pg = self._P(state, g)
         self._take_pending(state, Pg)
         d = self._direction(state, g, Pg)
-        gd = _dot(g, d)
+        gd = sample_dot(g, d)
         bad = ~(gd < 0)  # not a descent direction (or NaN): fall back to the preconditioned gradient
         if bool(bad.any()):
             d0 = -Pg
             d = torch.where(_col(bad), d0, d)
-            gd = torch.where(bad, _dot(g, d0), gd)
+            gd = torch.where(bad, sample_dot(g, d0), gd)
         alpha = torch.ones_like(e)
         if state["gamma"] is None and state["P"] is None:  # first step without any scale
             alpha = torch.clamp(1.0 / g.flatten(1).abs().sum(1).clamp_min(torch.finfo(y.dtype).tiny), max=1.0)
@@ -162,7 +158,7 @@ class LBFGS(Solver):
             if bool(late.any()):
                 g_new = torch.where(_col(late), problem.grad(y_new), g_new)
         s, qv = y_new - y, g_new - g
-        sq = _dot(s, qv)
+        sq = sample_dot(s, qv)
         valid = ok & (sq > eps * sample_norm(s) * sample_norm(qv))
         if bool(valid.any()):
             rho = torch.where(valid, 1.0 / torch.where(valid, sq, torch.ones_like(sq)), torch.zeros_like(sq))

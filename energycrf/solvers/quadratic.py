@@ -253,8 +253,9 @@ class SpectralPreconditioner:
             return torch.fft.irfft2(torch.fft.rfft2(v) * self.kinv, s=(H, W))
         return _apply_spectrum(self.Kinv, v)
 
-    def residual(self, v: Tensor, z: Tensor) -> Tensor:
-        """``v - H_q z`` (on the border frame only, when it vanishes inside: see the class notes)."""
+    def _residual(self, v: Tensor, z: Tensor) -> Tensor:
+        """``v - H_q z`` for the Richardson iterates ``z`` of ``v`` (``P0 v`` plus ``P0`` of
+        frame-supported vectors): with a frame, only there, since it vanishes inside."""
         self._count(1)
         with torch.no_grad():
             if self.frame is None:
@@ -273,7 +274,7 @@ class SpectralPreconditioner:
     def __call__(self, v: Tensor) -> Tensor:
         z = self.apply_circulant(v)
         for _ in range(self.refine):
-            z = z + self.apply_circulant(self.residual(v, z))
+            z = z + self.apply_circulant(self._residual(v, z))
         return z
 
 

@@ -138,6 +138,14 @@ class PositionalWeight(K.Unary):
         return (col * (y - x) ** 2).sum((1, 2, 3))
 
 
+class DataScaledWeight(K.Unary):
+    """Keeps translation_invariant = True but scales the weight by the data (same at every site)."""
+
+    def energy(self, y, x, c=None):
+        scale = 1 + (x**2).mean((1, 2, 3), keepdim=True)
+        return (scale * (y - x) ** 2).sum((1, 2, 3))
+
+
 def _global_zero_boundary(case):
     kernel = K.LongRangeKernel(sigma=2.0, weight=0.1, boundary="zeros")
     kernel.translation_invariant = True  # wrong: without wrap-around no site is interior
@@ -160,6 +168,8 @@ BROKEN = [
     ("periodic", check_interaction_radius,
      _pairwise(NotPeriodic, kernel=K.LocalKernel(radius=1, boundary="circular")), "interact"),
     ("translation invariance", check_translation_invariance, lambda case: PositionalWeight(), "stencil"),
+    ("translation invariance (data)", check_translation_invariance, lambda case: DataScaledWeight(),
+     "another y and x"),
     ("translation invariance (global)", check_translation_invariance, _global_zero_boundary, "periodic"),
     ("batch mixing (batch)", check_batch, lambda case: BatchMixing(), "single items"),
     ("batch mixing (radius)", check_interaction_radius, lambda case: BatchMixing(), "samples"),

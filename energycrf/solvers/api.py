@@ -75,7 +75,7 @@ def solve(
     x: Tensor,
     c: Tensor | None = None,
     method: str | Solver = "lbfgs",
-    y0: Tensor | None = None,
+    y0: Tensor | str | None = None,
     max_iters: int = 500,
     tol: float | None = None,
     gtol: float | None = None,
@@ -93,6 +93,9 @@ def solve(
     Args:
         E: an ``ec.Energy`` (a built-in sum or a user term).
         x: observed latent ``[B, C, H, W]``; ``y`` starts at ``x`` unless ``y0`` is given.
+        y0: the start: ``None`` (``x``), a tensor shaped like ``x``, or ``"quadratic"``, the
+            minimiser of the energy's quadratic part (Unary + Pairwise) by its FFT inverse,
+            a denoised start from which L-BFGS needs one iteration fewer on the benchmark.
         c: condition (``None``, ``[B, D]`` or ``[B, L, D]``).
         method: a registry name (see :data:`SOLVERS`) or a :class:`Solver` instance
             (default ``"lbfgs"``, which applies to every energy):

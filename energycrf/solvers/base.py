@@ -40,6 +40,19 @@ _ON_DIVERGE = ("warn", "raise", "ignore")
 sample_dot = _sample_dot  # per-sample inner product of two [B, ...] tensors -> [B] (the energies' own)
 
 
+_STARTS = ("quadratic",)
+
+
+def check_start(y0: Any, x: Tensor) -> str | None:
+    """The named start (``"quadratic"``) when ``y0`` is a string, else ``None``; a ``ValueError``
+    for an unknown name. Tensors are checked by the caller."""
+    if isinstance(y0, str):
+        if y0 not in _STARTS:
+            raise ValueError(f"y0: expected None, a tensor shaped like x {tuple(x.shape)} or one of {_STARTS}, got {y0!r}")
+        return y0
+    return None
+
+
 def sample_norm(a: Tensor) -> Tensor:
     """Per-sample Euclidean norm of a ``[B, ...]`` tensor -> ``[B]``."""
     return a.flatten(1).norm(dim=1)
@@ -234,7 +247,7 @@ class Solver:
         x: Tensor,
         c: Tensor | None = None,
         *,
-        y0: Tensor | None = None,
+        y0: Tensor | str | None = None,
         max_iters: int = 500,
         tol: float | None = None,
         gtol: float | None = None,
@@ -248,6 +261,10 @@ class Solver:
         """Minimise ``E(., x, c)`` from ``y0`` (default ``x``).
 
         Args:
+            y0: the start: ``None`` (``x``), a tensor shaped like ``x``, or ``"quadratic"``:
+                the minimiser of the energy's quadratic part (Unary + Pairwise), from its
+                FFT inverse (:func:`energycrf.solvers.quadratic.quadratic_start`; counted in
+                the wall time; ``energies[0]`` is the energy there).
             max_iters: iterations of this method (a sweep over all colour classes for
                 coordinate descent, one line search for L-BFGS, ...).
             tol: a sample converges when ``|E_t - E_{t-1}| / max(|E_t|, |E_{t-1}|) <= tol``
@@ -270,7 +287,8 @@ class Solver:
             raise ValueError(f"on_diverge: expected one of {_ON_DIVERGE}, got {on_diverge!r}")
         if not isinstance(max_iters, int) or isinstance(max_iters, bool) or max_iters < 0:
             raise ValueError(f"max_iters: expected a non-negative int, got {max_iters!r}")
-        if y0 is None:
+        start = check_start(y0, x)
+        if y0 is None or start == "quadratic":
             y0 = x.detach().clone()
         elif not isinstance(y0, Tensor) or y0.shape != x.shape:
             got = tuple(y0.shape) if isinstance(y0, Tensor) else type(y0).__name__
@@ -291,6 +309,10 @@ class Solver:
         self.check(problem, y0)
 
         t_start = time.perf_counter()
+        if start == "quadratic":  # timed: it is part of the method
+            from .quadratic import quadratic_start
+
+            y0 = quadratic_start(problem)
         y = y0.detach().clone()
         e, g = problem.energy_and_grad(y)
         if not bool(torch.isfinite(e).all() & torch.isfinite(_max_abs(g)).all()):
@@ -299,7 +321,9 @@ class Solver:
         B = y.shape[0]
         dev = y.device
 
-        e_hist, g_hist, t_hist = [e.clone()], [gn.clone()], [0.0]
+        # a computed start is part of the run: its row is stamped when it is known
+        t_hist = [time.perf_counter() - t_start if start is not None else 0.0]
+        e_hist, g_hist = [e.clone()], [gn.clone()]
         active = torch.ones(B, dtype=torch.bool, device=dev)
         status = ["max_iters"] * B
         reason = [f"reached max_iters={max_iters}"] * B

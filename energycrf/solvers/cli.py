@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_.add_argument("--max-iters", type=int, default=200)
     run_.add_argument("--tol", type=float, default=None)
     run_.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    run_.add_argument("--start", choices=("x", "quadratic"), default="x",
+                      help="start every method at x or at the minimiser of the quadratic part (default x)")
     run_.add_argument("--out-dir", type=Path, default=Path("compare-solvers"),
                       help="where table.md and gap.png are written (default ./compare-solvers)")
     run_.add_argument("--progress", action="store_true", help="show tqdm bars")
@@ -126,12 +128,13 @@ def run(args: argparse.Namespace) -> int:
                        args.kernel_size, args.filter_scale, args.seed).to(dtype)
     margin = E.check_well_posed(on_fail="warn")
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
-    comp = compare_solvers(E, x, methods=methods, max_iters=args.max_iters, tol=args.tol, progress=args.progress)
+    comp = compare_solvers(E, x, methods=methods, y0=None if args.start == "x" else args.start,
+                           max_iters=args.max_iters, tol=args.tol, progress=args.progress)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     header = (
         f"# Solver comparison\n\nProblem: {what}; energy Unary + Pairwise + FieldOfExperts "
-        f"(convexity margin {'unknown' if margin is None else format(margin, '.4g')}); dtype {args.dtype}; best energy {comp.best_energy:.12g}.\n\n"
+        f"(convexity margin {'unknown' if margin is None else format(margin, '.4g')}); dtype {args.dtype}; start {args.start}; best energy {comp.best_energy:.12g}.\n\n"
     )
     (out / "table.md").write_text(header + comp.to_markdown(), encoding="utf-8")
     comp.plot(out / "gap.png", title=f"energy gap, {what}")

@@ -122,7 +122,7 @@ def compare_solvers(
     c: Tensor | None = None,
     methods: list[str] | tuple[str, ...] | None = None,
     *,
-    y0: Tensor | None = None,
+    y0: Tensor | str | None = None,
     max_iters: int | dict[str, int] = 200,
     tol: float | None = None,
     gtol: float | None = None,
@@ -139,6 +139,9 @@ def compare_solvers(
 
     Args:
         methods: registry names (default: all of :data:`DEFAULT_METHODS`).
+        y0: the common start: ``None`` (``x``), a tensor, or ``"quadratic"`` (the minimiser
+            of the quadratic part, see :meth:`Solver.solve`; methods it does not apply to
+            are skipped).
         max_iters: one budget for all, or per method.
         options: per-method options, e.g. ``{"mean_field": {"damping": 0.5}}``.
         target_gap: the relative gap for the "iterations/seconds to gap" columns.

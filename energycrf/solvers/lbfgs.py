@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Problem, Solver, StepOutput, report_outcome, sample_dot, sample_norm
-from .quadratic import _PRECONDITIONERS, make_preconditioner
+from .base import Problem, Solver, StepOutput, check_start, report_outcome, sample_dot, sample_norm
+from .quadratic import _PRECONDITIONERS, make_preconditioner, quadratic_start
 from .result import SolveResult
 
 __all__ = ["LBFGS", "TorchLBFGS", "ScipyLBFGS"]
@@ -253,6 +253,9 @@ class ScipyLBFGS(Solver):
         Problem(E, x, c)  # validates the arguments
         if on_diverge not in ("warn", "raise", "ignore"):
             raise ValueError(f"on_diverge: expected 'warn', 'raise' or 'ignore', got {on_diverge!r}")
+        start_name = check_start(y0, x)
+        if start_name is not None:
+            y0 = None
         if y0 is not None and (not isinstance(y0, Tensor) or y0.shape != x.shape):
             raise ValueError(f"y0: expected a tensor shaped like x {tuple(x.shape)}")
         if well_posed != "ignore" and hasattr(E, "check_well_posed"):
@@ -266,7 +269,6 @@ class ScipyLBFGS(Solver):
         c64 = c.detach().to(torch.float64) if (c is not None and c.is_floating_point()) else c
         prob = Problem(E64, x64, c64)
         shape = x.shape
-        start = (x64 if y0 is None else y0.detach().to(torch.float64)).clone()
         cache: dict[str, Any] = {}
 
         def fun(v: np.ndarray):
@@ -277,8 +279,13 @@ class ScipyLBFGS(Solver):
             return float(e_b.sum()), g.detach().cpu().numpy().ravel().astype(np.float64)
 
         t0 = time.perf_counter()
+        if start_name == "quadratic":
+            start = quadratic_start(prob)
+        else:
+            start = (x64 if y0 is None else y0.detach().to(torch.float64)).clone()
         f0, g0 = fun(start.cpu().numpy().ravel())
-        e_hist, g_hist, t_hist = [cache["e"].clone()], [cache["gn"].clone()], [0.0]
+        e_hist, g_hist = [cache["e"].clone()], [cache["gn"].clone()]
+        t_hist = [time.perf_counter() - t0 if start_name is not None else 0.0]
         g0_inf = float(np.abs(g0).max())
 
         t_cb = [0.0]

@@ -28,6 +28,7 @@ is the exact minimiser, in ``O(C^3 HW + C^2 HW log HW)``.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -43,6 +44,8 @@ __all__ = [
     "quadratic_part",
     "SpectralPreconditioner",
     "make_preconditioner",
+    "quadratic_start",
+    "spectral_preconditioner",
 ]
 
 _NOT_QUADRATIC = (
@@ -205,12 +208,15 @@ class SpectralPreconditioner:
             if crop:
                 diag = _place_taps(diag, H, W)
             # point-symmetric real taps: a real spectrum (the symmetric part of the DFT)
-            self.kinv = 1.0 / torch.fft.rfft2(diag).real  # [B', C, H, W']
+            spectrum = torch.fft.rfft2(diag).real  # [B', C, H, W']
+            self.positive_definite = bool((spectrum > 0).all())
+            self.kinv = 1.0 / spectrum
         else:
             if crop:
                 taps = _place_taps(taps, H, W)
             K = torch.fft.rfft2(taps).permute(0, 3, 4, 1, 2)
             K = 0.5 * (K + K.conj().transpose(-1, -2))
+            self.positive_definite = bool((torch.linalg.cholesky_ex(K).info == 0).all())
             self.Kinv = torch.linalg.inv(K)
         self.refine = int(refine)
         if self.refine < 0:
@@ -271,11 +277,20 @@ class SpectralPreconditioner:
             res[..., -R:] = v[..., -R:] - cols[B:, ..., -R:]
             return res
 
-    def __call__(self, v: Tensor) -> Tensor:
+    def __call__(self, v: Tensor, refine: int | None = None) -> Tensor:
+        """``P v`` with ``refine`` Richardson steps (default: the one given at construction)."""
         z = self.apply_circulant(v)
-        for _ in range(self.refine):
+        for _ in range(self.refine if refine is None else refine):
             z = z + self.apply_circulant(self._residual(v, z))
         return z
+
+    def with_refine(self, refine: int) -> "SpectralPreconditioner":
+        """The same spectrum (shared, not recomputed) with another number of Richardson steps."""
+        if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+            raise ValueError(f"refine: expected a non-negative int, got {refine!r}")
+        other = copy.copy(self)
+        other.refine = refine
+        return other
 
 
 class BlockPreconditioner:
@@ -305,10 +320,61 @@ def make_preconditioner(kind: str | bool, problem: Problem, y: Tensor, refine: i
     if kind == "none":
         return None
     if kind == "fft":
-        Eq = quadratic_part(problem.E)
-        if Eq is not None:
-            return SpectralPreconditioner(Eq, problem.x, problem.c, y, refine=refine, counts=problem.counts)
+        P = spectral_preconditioner(problem, y)
+        if P is not None:
+            return P.with_refine(refine)
     return BlockPreconditioner(problem, y)
+
+
+def spectral_preconditioner(problem: Problem, y: Tensor) -> SpectralPreconditioner | None:
+    """The :class:`SpectralPreconditioner` of ``problem``'s quadratic part (``None`` without
+    one), built once per problem: the quadratic part's Hessian does not depend on ``y``, so
+    the quadratic start and the solver share one spectrum."""
+    cached = getattr(problem, "_spectral", None)
+    if cached is None:
+        Eq = quadratic_part(problem.E)
+        if Eq is None:
+            return None
+        cached = problem._spectral = SpectralPreconditioner(Eq, problem.x, problem.c, y, counts=problem.counts)
+    return cached
+
+
+#: Richardson steps of the quadratic start (each one FFT pair and a product with the quadratic
+#: part, on the border frame when it applies); L-BFGS's default ``refine`` too.
+QUADRATIC_START_REFINE = 1
+
+
+def quadratic_start(problem: Problem) -> Tensor:
+    """``y0 = "quadratic"``: the minimiser of the energy's quadratic part (Unary + Pairwise),
+
+    .. math::  y^{(0)} = x - P \\, \\nabla E_q(x), \\qquad E_q = \\text{the quadratic terms},
+
+    with ``P`` the inverse circulant of :class:`SpectralPreconditioner` and
+    :data:`QUADRATIC_START_REFINE` Richardson steps for the zero boundary (exact when the
+    quadratic part is circular). Starting the Richardson iteration from ``x`` leaves a boundary
+    error of the size of the noise, not of the image (``P b`` from zero is ten times worse on
+    the solver benchmark). The other terms are a perturbation of this denoised start, so
+    their gradient there is close to the one at the minimum: on the solver benchmark one
+    L-BFGS iteration from it goes further than two from ``x``. Costs one gradient of the
+    quadratic terms, the Richardson steps, and the spectrum's set-up (which L-BFGS with
+    ``precondition="fft"`` then reuses); no evaluation of the other terms.
+    """
+    P = spectral_preconditioner(problem, problem.x)
+    if P is None:
+        raise ValueError(
+            f"y0='quadratic': the energy ({type(problem.E).__name__}) has no quadratic term (Unary, Pairwise); "
+            "pass a tensor or None (start at x)"
+        )
+    if not P.positive_definite:
+        raise ValueError(
+            "y0='quadratic': the quadratic part of the energy is not positive definite (its circulant "
+            "spectrum has a non-positive value, e.g. Pairwise without a Unary term), so it has no unique "
+            "minimiser; pass a tensor or None (start at x)"
+        )
+    x = problem.x.detach()
+    with torch.no_grad():
+        P._count(1)
+        return x - P(P._E.grad(x, x, problem.c), refine=QUADRATIC_START_REFINE)
 
 
 def _require_quadratic(problem: Problem, name: str) -> None:

@@ -53,7 +53,8 @@ class SolveResult:
         energies: ``Tensor[T + 1, B]``, the energy ``E(y^{(t)}, x, c)`` at the start and
             after each iteration. Samples that stopped early repeat their last value.
         grad_norms: ``Tensor[T + 1, B]``, the Euclidean norm of ``grad E`` per sample.
-        times: ``Tensor[T + 1]``, wall-clock seconds since the start at each row.
+        times: ``Tensor[T + 1]``, wall-clock seconds since the start at each row (``0`` for
+            a given start; with ``y0="quadratic"`` the seconds spent computing it).
         iterations: ``Tensor[B]`` (int64), the iteration at which each sample stopped.
         converged: ``Tensor[B]`` (bool).
         status: one entry of :data:`STATUSES` per sample.

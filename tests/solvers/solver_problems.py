@@ -27,6 +27,22 @@ def quadratic_energy(channels=2, radius=1, strength=1.0, boundary="zeros", weigh
     return E.to(dtype)
 
 
+def spectral_case(kind: str, channels: int = 2):
+    """Unary + Pairwise cases of the FFT preconditioner: zero or circular boundary, channels
+    that mix (a matrix compatibility), per-sample compatibility (text)."""
+    torch.manual_seed(0)
+    K = ec.energies
+    if kind == "zeros":
+        return K.Unary(weight=[1.0, 0.5][:channels]) + K.Pairwise(channels=channels)
+    if kind == "circular":
+        return K.Unary() + K.Pairwise(channels=channels, kernel=K.LocalKernel(radius=1, boundary="circular"))
+    if kind == "matrix":  # channels mix: a C x C solve per frequency
+        return K.Unary() + K.Pairwise(channels=channels, compatibility=torch.tensor([[1.0, 0.5], [0.0, 1.0]]))
+    if kind == "text":  # per-sample compatibility: no shared spectrum
+        return K.Unary() + K.Pairwise(channels=channels, compatibility="text", cond_dim=3)
+    raise ValueError(kind)
+
+
 def make_potential(name: str):
     return {
         "relu": lambda: potentials.ReLUExpert(),

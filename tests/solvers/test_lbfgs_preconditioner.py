@@ -13,22 +13,10 @@ from hypothesis import strategies as st
 import energycrf as ec
 from energycrf.solvers.base import Problem
 from energycrf.solvers.quadratic import SpectralPreconditioner, quadratic_part
+from solver_problems import spectral_case
 
 K = ec.energies
 F64 = torch.float64
-
-
-def _quadratic(kind: str, channels: int = 2):
-    torch.manual_seed(0)
-    if kind == "zeros":
-        return K.Unary(weight=[1.0, 0.5][:channels]) + K.Pairwise(channels=channels)
-    if kind == "circular":
-        return K.Unary() + K.Pairwise(channels=channels, kernel=K.LocalKernel(radius=1, boundary="circular"))
-    if kind == "matrix":  # channels mix: a C x C solve per frequency
-        return K.Unary() + K.Pairwise(channels=channels, compatibility=torch.tensor([[1.0, 0.5], [0.0, 1.0]]))
-    if kind == "text":  # per-sample compatibility: no shared spectrum
-        return K.Unary() + K.Pairwise(channels=channels, compatibility="text", cond_dim=3)
-    raise ValueError(kind)
 
 
 def _dense_hessian(E, x, c=None):
@@ -44,7 +32,7 @@ def _dense_hessian(E, x, c=None):
 
 @pytest.mark.parametrize("kind", ["zeros", "circular", "matrix", "text"])
 def test_crop_taps_equal_full_image_taps(kind):
-    E = _quadratic(kind).double()
+    E = spectral_case(kind).double()
     if kind == "text":
         with torch.no_grad():
             E[1].compatibility.to_projection.weight.normal_()
@@ -67,7 +55,7 @@ def test_crop_taps_equal_full_image_taps(kind):
 
 @pytest.mark.parametrize("refine", [0, 1, 2, 3])
 def test_refined_preconditioner_is_the_richardson_polynomial_and_spd(refine):
-    E = _quadratic("zeros").double()
+    E = spectral_case("zeros").double()
     g = torch.Generator().manual_seed(2)
     x = torch.randn(1, 2, 7, 6, generator=g, dtype=F64)
     P = SpectralPreconditioner(E, x, None, x, refine=refine)
@@ -183,7 +171,7 @@ def test_frame_residual_equals_the_full_residual(kind, radius, refine, height, w
 
 
 def test_frame_is_automatic_on_large_images_and_refused_where_it_cannot_apply():
-    E = _quadratic("zeros")
+    E = spectral_case("zeros")
     small, large = torch.randn(1, 2, 64, 64), torch.randn(1, 2, 160, 160)
     assert SpectralPreconditioner(E, small, None, small, refine=1).frame is None  # strips: a quarter of the sites
     assert SpectralPreconditioner(E, large, None, large, refine=1).frame == 2
@@ -191,7 +179,7 @@ def test_frame_is_automatic_on_large_images_and_refused_where_it_cannot_apply():
     x6 = torch.randn(1, 1, 6, 6)
     cases = [
         (dense, x6, "not translation_invariant|no finite interaction radius"),
-        (_quadratic("circular"), torch.randn(1, 2, 8, 8), "periodic"),
+        (spectral_case("circular"), torch.randn(1, 2, 8, 8), "periodic"),
         (E, torch.randn(1, 2, 4, 8), r"2R \+ 1 <= H, W \(image 4 x 8\)"),
     ]
     for energy, x, match in cases:

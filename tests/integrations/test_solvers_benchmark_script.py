@@ -28,8 +28,11 @@ def test_benchmark_runs_and_interleaved_rounds_reach_the_gap(tmp_path):
               "--rounds", "2", "--out", str(tmp_path)])
     (result,) = json.loads((tmp_path / "solvers_benchmark.json").read_text())
     runs = {(r["method"], r["dtype"]): r for r in result["runs"]}
-    ours = runs[("energycrf lbfgs (fft precond.)", "float64")]
-    assert ours["iters_to_gap"] is not None and ours["final_gap"] <= mod.TARGET
+    for start in ("fft precond.", "fft, quadratic start"):
+        ours = runs[(f"energycrf lbfgs ({start})", "float64")]
+        assert ours["iters_to_gap"] is not None and ours["final_gap"] <= mod.TARGET
+    # the quadratic start's row 0 is its own iterate (not x): its gap differs from the x start's
+    assert runs[("energycrf lbfgs (fft, quadratic start)", "float64")]["gaps"][0] < runs[("energycrf lbfgs (fft precond.)", "float64")]["gaps"][0]
     assert min(min(r["gaps"]) for r in result["runs"]) == 0.0  # the best energy is one of the runs'
     rows = result["interleaved"]["rows"]
     timed = {(r["method"], r["dtype"]) for r in rows}

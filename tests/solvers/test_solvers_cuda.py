@@ -36,3 +36,17 @@ def test_cuda_compare_solvers_draws_its_figure(tmp_path):
     x = torch.randn(1, 1, 8, 8, dtype=F64, device="cuda")
     comp = ec.compare_solvers(E, x, methods=["mean_field", "lbfgs"], figure=tmp_path / "gap.png")
     assert (tmp_path / "gap.png").is_file() and min(r.gap for r in comp.rows) == 0.0
+
+
+def test_cuda_quadratic_start_matches_cpu():
+    from energycrf.solvers.base import Problem
+    from energycrf.solvers.quadratic import quadratic_start
+
+    E = convex_energy(2)
+    x = torch.randn(2, 2, 12, 10, generator=torch.Generator().manual_seed(2), dtype=F64)
+    torch.testing.assert_close(quadratic_start(Problem(E.cuda(), x.cuda())).cpu(), quadratic_start(Problem(E, x)),
+                               rtol=1e-10, atol=1e-12)
+    cpu = ec.solve(E, x, method="lbfgs", precondition="fft", y0="quadratic", max_iters=200, tol=1e-14, gtol=1e-10)
+    gpu = ec.solve(E.cuda(), x.cuda(), method="lbfgs", precondition="fft", y0="quadratic", max_iters=200,
+                   tol=1e-14, gtol=1e-10)
+    torch.testing.assert_close(gpu.y.cpu(), cpu.y, rtol=1e-6, atol=1e-6)

@@ -144,6 +144,7 @@ class Problem:
         self.radius: int | None = None  # set by solvers that colour sites
         self._curv_cache: Tensor | None = None
         self._curv_quadratic: Tensor | None = None
+        self._spectral: Any = None  # the quadratic part's FFT operator, built once (solvers.quadratic)
 
     @property
     def is_quadratic(self) -> bool:

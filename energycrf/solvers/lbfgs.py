@@ -52,7 +52,8 @@ class LBFGS(Solver):
         precondition: ``H^0`` (up to the scale ``gamma``): ``"blocks"`` (``True``) the
             inverse curvature blocks at ``y0``; ``"fft"`` the inverse of the circulant
             approximation of the energy's quadratic part (Unary + Pairwise), which removes
-            the pairwise term's ill-conditioning; ``"none"`` (``False``) the identity.
+            the pairwise term's ill-conditioning (``"blocks"`` when there is none or it is
+            singular); ``"none"`` (``False``) the identity.
         refine: with ``precondition="fft"``, Richardson steps on the exact quadratic part
             that correct the circulant inverse at the image boundary (one gradient of the
             quadratic terms and one FFT pair each; ``0``: the plain circulant inverse).

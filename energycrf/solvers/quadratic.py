@@ -161,6 +161,12 @@ def _place_taps(small: Tensor, H: int, W: int) -> Tensor:
     return taps
 
 
+def _floor(spectrum: Tensor) -> Tensor:
+    """``100 eps max|spectrum|``: values at or below it are round-off of a zero (a Pairwise
+    term alone has a zero at DC, which float32 leaves at about ``eps`` times the largest)."""
+    return 100 * torch.finfo(spectrum.dtype).eps * spectrum.abs().amax()
+
+
 class SpectralPreconditioner:
     """Applies the inverse of the circulant approximation of an energy's quadratic part.
 
@@ -191,6 +197,11 @@ class SpectralPreconditioner:
     When all samples have the same taps (no condition-dependent term) the spectrum is
     computed once; when channels do not mix (identity compatibility) it is a per-channel
     division instead of a ``C x C`` solve per frequency.
+
+    A quadratic part without a unique minimiser (a Pairwise term alone: constants cost
+    nothing) has zeros in its spectrum; they are raised to ``100 eps`` times its largest value,
+    so ``P`` stays finite and positive definite, and ``positive_definite`` is False: the
+    quadratic start refuses such an energy and L-BFGS uses the block preconditioner instead.
     """
 
     def __init__(self, E_quadratic: Any, x: Tensor, c: Tensor | None, y: Tensor, refine: int = 0,
@@ -209,15 +220,18 @@ class SpectralPreconditioner:
                 diag = _place_taps(diag, H, W)
             # point-symmetric real taps: a real spectrum (the symmetric part of the DFT)
             spectrum = torch.fft.rfft2(diag).real  # [B', C, H, W']
-            self.positive_definite = bool((spectrum > 0).all())
-            self.kinv = 1.0 / spectrum
+            floor = _floor(spectrum)
+            self.positive_definite = bool(spectrum.amin() > floor)
+            self.kinv = 1.0 / spectrum.clamp_min(floor)
         else:
             if crop:
                 taps = _place_taps(taps, H, W)
             K = torch.fft.rfft2(taps).permute(0, 3, 4, 1, 2)
             K = 0.5 * (K + K.conj().transpose(-1, -2))
-            self.positive_definite = bool((torch.linalg.cholesky_ex(K).info == 0).all())
-            self.Kinv = torch.linalg.inv(K)
+            lam, V = torch.linalg.eigh(K)
+            floor = _floor(lam)
+            self.positive_definite = bool(lam.amin() > floor)
+            self.Kinv = (V / lam.clamp_min(floor).unsqueeze(-2).to(V.dtype)) @ V.conj().transpose(-1, -2)
         self.refine = int(refine)
         if self.refine < 0:
             raise ValueError(f"refine: expected a non-negative int, got {refine!r}")
@@ -310,7 +324,8 @@ _PRECONDITIONERS = ("blocks", "fft", "none")
 def make_preconditioner(kind: str | bool, problem: Problem, y: Tensor, refine: int = 0):
     """``"blocks"`` (or True), ``"fft"`` or ``"none"`` (or False) -> a callable or ``None``.
 
-    ``"fft"`` falls back to ``"blocks"`` when the energy has no quadratic term; ``refine``
+    ``"fft"`` falls back to ``"blocks"`` when the energy has no quadratic term or its quadratic
+    part is singular (its inverse would blow up the directions only the other terms hold); ``refine``
     Richardson steps on the exact quadratic part correct its boundary
     (:class:`SpectralPreconditioner`).
     """
@@ -321,7 +336,7 @@ def make_preconditioner(kind: str | bool, problem: Problem, y: Tensor, refine: i
         return None
     if kind == "fft":
         P = spectral_preconditioner(problem, y)
-        if P is not None:
+        if P is not None and P.positive_definite:
             return P.with_refine(refine)
     return BlockPreconditioner(problem, y)
 

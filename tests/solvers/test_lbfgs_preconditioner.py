@@ -197,3 +197,24 @@ def test_translation_invariant_flags():
     assert K.Pairwise(channels=1, kernel=K.LongRangeKernel()).translation_invariant  # circular
     assert not K.Pairwise(channels=1, kernel=K.LongRangeKernel(boundary="zeros")).translation_invariant
     assert not (K.Unary() + K.FieldOfExperts(channels=1)).translation_invariant
+
+
+@pytest.mark.parametrize("compatibility", [None, torch.tensor([[1.0, 0.5], [0.0, 1.0]])])
+def test_fft_preconditioner_of_a_singular_quadratic_part_is_floored_not_inverted(compatibility):
+    """A Pairwise term alone (constants cost nothing) has a zero at DC: the operator stays finite
+    and positive definite (its zeros floored) and says so, and L-BFGS with precondition="fft"
+    falls back to the block preconditioner (before, the C x C path raised torch's LinAlgError)."""
+    from solver_problems import foe
+
+    E = K.Pairwise(channels=2, compatibility=compatibility).double() + foe(channels=2, potential="charbonnier").double()
+    x = torch.randn(2, 2, 9, 8, generator=torch.Generator().manual_seed(3), dtype=F64)
+    P = SpectralPreconditioner(quadratic_part(E), x, None, x)
+    assert not P.positive_definite
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(4), dtype=F64)
+    Pv = P(v)
+    assert torch.isfinite(Pv).all() and bool((ec.solvers.base.sample_dot(v, Pv) > 0).all())
+    fft = ec.solve(E, x, method="lbfgs", precondition="fft", max_iters=500, tol=1e-15, gtol=1e-10)
+    blocks = ec.solve(E, x, method="lbfgs", precondition="blocks", max_iters=500, tol=1e-15, gtol=1e-10)
+    assert fft.status == ["converged", "converged"]
+    torch.testing.assert_close(fft.energies, blocks.energies, rtol=0, atol=0)  # the same preconditioner
+    assert SpectralPreconditioner(spectral_case("zeros").double(), x, None, x).positive_definite

@@ -121,9 +121,12 @@ def test_quadratic_start_refusals():
     for method in ("lbfgs", "scipy_lbfgs"):
         with pytest.raises(ValueError, match="y0='quadratic': the energy .* has no quadratic term"):
             ec.solve(only_foe, x, method=method, y0="quadratic")
-    singular = ec.energies.Pairwise(channels=2).double()  # constants cost nothing: no unique minimiser
-    with pytest.raises(ValueError, match="y0='quadratic': the quadratic part of the energy is not positive definite"):
-        ec.solve(singular, x, y0="quadratic")
+    singular = ec.energies.Pairwise(channels=2)  # constants cost nothing: no unique minimiser
+    mixing = ec.energies.Pairwise(channels=2, compatibility=torch.tensor([[1.0, 0.5], [0.0, 1.0]]))  # C x C path
+    for E_bad in (singular, mixing):
+        for dtype in (torch.float32, F64):  # float32 leaves the zero at DC at round-off, not at 0
+            with pytest.raises(ValueError, match="y0='quadratic': the quadratic part of the energy is not positive definite"):
+                ec.solve(E_bad.to(dtype), x.to(dtype), y0="quadratic")
     with pytest.raises(ValueError, match="no method applies"):
         ec.compare_solvers(only_foe, x, methods=["lbfgs", "mean_field"], y0="quadratic")
 

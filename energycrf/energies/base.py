@@ -414,6 +414,8 @@ def _add_grad(total: Tensor | None, owned: bool, g: Tensor, fresh: bool) -> tupl
     instead of a new tensor per term; returns the sum and whether it is owned."""
     if total is None:
         return g, fresh
+    if torch.is_grad_enabled() and (g.requires_grad or total.requires_grad):
+        return total + g, True  # autograd may have saved either (e.g. for the energy value): no in place
     same = g.shape == total.shape and g.dtype == total.dtype
     if owned and same:
         return total.add_(g), True

@@ -133,6 +133,30 @@ def test_gradient_of_a_sum_is_differentiable_in_the_parameters():
                 assert abs((up - down) / (2 * h) - float(a[i])) <= 1e-6 * (1 + abs(float(a[i])))
 
 
+@pytest.mark.parametrize("name", ["sum_shared", "sum_shared_learnable_matrix", "sum_unshared", "sum_user_first"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_energy_and_grad_of_a_sum_backpropagates_to_y(name, reverse):
+    """Through ``y`` (iterates of an unrolled solver) as through ``E(y, x)`` and ``E.grad(y, x)``
+    computed apart: the in-place sum of the terms' gradients must not touch a tensor autograd
+    saved for the energy value (it did, and backward raised)."""
+    energies, _ = _energies(2)
+    terms = list(energies[name].terms)
+    E = ec.energies.SumEnergy(terms[::-1] if reverse else terms).double()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 2, 7, 6, generator=g, dtype=F64)
+    y = (x + 0.3 * torch.randn(x.shape, generator=g, dtype=F64)).requires_grad_(True)
+    v = torch.randn(x.shape, generator=g, dtype=F64)
+    params = [p for p in E.parameters() if p.requires_grad]
+
+    def derivatives(value, grad):
+        return torch.autograd.grad(value.sum() + (grad * v).sum(), [y, *params])
+
+    fused = derivatives(*E.energy_and_grad(y, x))
+    apart = derivatives(E(y, x), E.grad(y, x))
+    for a, b in zip(fused, apart):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 def test_grad_works_inside_torch_func_transforms():
     torch.manual_seed(0)
     E = (K.Unary() + K.Pairwise(channels=2) + K.FieldOfExperts(channels=2, kernel_size=5)).double()

@@ -34,16 +34,16 @@ def conv2d(u: Tensor, weight: Tensor, padding: int = 0, stride: int = 1, groups:
     """
     if u.dtype != torch.float64 or u.device.type != "cpu":
         return F.conv2d(u, weight, padding=padding, stride=stride, groups=groups)
-    s = weight.shape[-1]
+    kh, kw = weight.shape[-2:]
     height, width = u.shape[-2] + 2 * padding, u.shape[-1] + 2 * padding
-    out_h, out_w = (height - s) // stride + 1, (width - s) // stride + 1
-    per_row = weight.shape[1] * s * s * out_w  # im2col values per output row and sample
+    out_h, out_w = (height - kh) // stride + 1, (width - kw) // stride + 1
+    per_row = weight.shape[1] * kh * kw * out_w  # im2col values per output row and sample
     rows = max(4, BAND_ELEMENTS // max(per_row, 1))
     if rows >= out_h:
         return F.conv2d(u, weight, padding=padding, stride=stride, groups=groups)
     if padding:
         u = F.pad(u, (padding, padding, padding, padding))
-    bands = [F.conv2d(u[..., r * stride:(min(r + rows, out_h) - 1) * stride + s, :], weight, stride=stride, groups=groups)
+    bands = [F.conv2d(u[..., r * stride:(min(r + rows, out_h) - 1) * stride + kh, :], weight, stride=stride, groups=groups)
              for r in range(0, out_h, rows)]
     return torch.cat(bands, -2)
 
@@ -65,11 +65,12 @@ def correlate_adjoint(u: Tensor, weight: Tensor, boundary: str) -> Tensor:
     """The adjoint of :func:`correlate` in ``y``: correlation with the mirrored filters :math:`J^-`.
 
     Exact for both boundaries (stride 1, odd centred window), and faster on CPU than
-    ``conv_transpose2d``. With a zero boundary and few output channels (at most 4, e.g. the
-    Field-of-Experts gradient of a 4-channel latent) it runs as :func:`correlate_by_phases`.
+    ``conv_transpose2d``. On the CPU, with a zero boundary and few output channels (at most
+    4, e.g. the Field-of-Experts gradient of a 4-channel latent) it runs as
+    :func:`correlate_by_phases` (a CPU blocking trick; other devices convolve directly).
     """
     adjoint = adjoint_weight(weight)
-    if boundary == "zeros" and adjoint.shape[0] <= 4:
+    if boundary == "zeros" and adjoint.shape[0] <= 4 and u.device.type == "cpu":
         return correlate_by_phases(u, adjoint)
     return correlate(u, adjoint, boundary)
 

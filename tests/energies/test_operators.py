@@ -1,5 +1,6 @@
 """``operators.conv2d``: float64 convolutions on the CPU in bands of output rows give the same
-values and gradients as ``F.conv2d`` (strides 1 and 2, groups, padding, odd and even taps)."""
+values and gradients as ``F.conv2d`` (strides 1 and 2, groups, padding, odd, even and
+rectangular windows)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ F64 = torch.float64
 
 
 @given(batch=st.integers(1, 2), groups=st.integers(1, 2), cin=st.integers(1, 3), cout=st.integers(1, 3),
-       taps=st.integers(1, 6), stride=st.integers(1, 2), padding=st.integers(0, 3), height=st.integers(6, 23),
-       width=st.integers(6, 13), seed=st.integers(0, 10_000))
-def test_banded_conv2d_equals_conv2d_in_values_and_gradients(batch, groups, cin, cout, taps, stride, padding,
+       taps=st.integers(1, 6), taps_w=st.integers(1, 6), stride=st.integers(1, 2), padding=st.integers(0, 3),
+       height=st.integers(6, 23), width=st.integers(6, 13), seed=st.integers(0, 10_000))
+def test_banded_conv2d_equals_conv2d_in_values_and_gradients(batch, groups, cin, cout, taps, taps_w, stride, padding,
                                                              height, width, seed):
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(batch, cin * groups, height, width, generator=g, dtype=F64, requires_grad=True)
-    w = torch.randn(cout * groups, cin, taps, taps, generator=g, dtype=F64, requires_grad=True)
+    w = torch.randn(cout * groups, cin, taps, taps_w, generator=g, dtype=F64, requires_grad=True)
     ref = F.conv2d(u, w, padding=padding, stride=stride, groups=groups)
     with mock.patch.object(operators, "BAND_ELEMENTS", 1), \
             mock.patch.object(operators.F, "conv2d", wraps=F.conv2d) as calls:

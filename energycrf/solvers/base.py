@@ -63,6 +63,23 @@ def _max_abs(a: Tensor) -> Tensor:
     return a.flatten(1).abs().amax(1)  # (vector_norm with ord=inf is ~20x slower on CPU)
 
 
+def accepted_point(problem: "Problem", y: Tensor, e: Tensor, g: Tensor, y_try: Tensor, e_try: Tensor,
+                   g_try: Tensor, first_ok: Tensor, ok: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(y, E, grad E)`` after a backtracking line search whose first trial was one fused
+    evaluation (``g_try`` at the first trial): the trial where it passed (``ok``), else the old
+    point. Samples that passed the first trial keep its gradient; those that passed after
+    backtracking get one ``grad`` at the accepted point; rejected ones keep ``g``."""
+    if bool(first_ok.all()):
+        return y_try, e_try, g_try
+    m = _bcast(ok, y)
+    y_new, e_new = torch.where(m, y_try, y), torch.where(ok, e_try, e)
+    g_new = torch.where(_bcast(first_ok, y), g_try, g)
+    late = ok & ~first_ok
+    if bool(late.any()):
+        g_new = torch.where(_bcast(late, y), problem.grad(y_new), g_new)
+    return y_new, e_new, g_new
+
+
 def _bcast(mask: Tensor, like: Tensor) -> Tensor:
     """``[B]`` -> ``[B, 1, 1, ...]`` matching ``like``'s rank."""
     return mask.view(-1, *([1] * (like.dim() - 1)))

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import Problem, Solver, StepOutput, sample_dot
+from .base import Problem, Solver, StepOutput, accepted_point, sample_dot
 
 __all__ = ["GradientDescent"]
 
@@ -71,7 +71,7 @@ class GradientDescent(Solver):
         # the predicted decrease is below round-off: a failed search then means "converged"
         roundoff = alpha * gg <= 16 * torch.finfo(y.dtype).eps * e.abs()
         y_try = y - alpha.view(-1, 1, 1, 1) * g
-        e_try, g_try = problem.energy_and_grad(y_try)  # the first trial usually passes: its gradient is ready
+        e_try, g_try = problem.energy_and_grad(y_try)  # fused: when the first trial passes, its gradient is ready
         ok = e_try <= e - self.c1 * alpha * gg
         first_ok = ok
         for _ in range(self.max_backtracks):
@@ -82,11 +82,7 @@ class GradientDescent(Solver):
             e_try = torch.where(ok, e_try, problem.energy(y_try))
             ok = e_try <= e - self.c1 * alpha * gg
         state["alpha"] = torch.where(ok, alpha * self.grow, alpha)
-        y_new = torch.where(ok.view(-1, 1, 1, 1), y_try, y)
-        e_new = torch.where(ok, e_try, e)
-        g_new = None  # the driver evaluates it when some sample backtracked
-        if bool(first_ok.all()):
-            g_new = g_try
+        y_new, e_new, g_new = accepted_point(problem, y, e, g, y_try, e_try, g_try, first_ok, ok)
         return StepOutput(
             y=y_new,
             energy=e_new,

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Problem, Solver, StepOutput, check_start, report_outcome, sample_dot, sample_norm
-from .quadratic import _PRECONDITIONERS, make_preconditioner, quadratic_start
+from .base import (Problem, Solver, StepOutput, accepted_point, check_start, report_outcome, sample_dot,
+                   sample_norm)
+from .quadratic import _PRECONDITIONERS, check_refine, make_preconditioner, quadratic_start
 from .result import SolveResult
 
 __all__ = ["LBFGS", "TorchLBFGS", "ScipyLBFGS"]
@@ -72,10 +73,8 @@ class LBFGS(Solver):
             raise ValueError(f"history: expected an int >= 1, got {history!r}")
         if not 0.0 < c1 < 0.5:
             raise ValueError(f"c1: expected a number in (0, 0.5), got {c1!r}")
-        if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
-            raise ValueError(f"refine: expected an int >= 0, got {refine!r}")
         self.history, self.precondition = history, precondition
-        self.c1, self.max_backtracks, self.refine = float(c1), int(max_backtracks), refine
+        self.c1, self.max_backtracks, self.refine = float(c1), int(max_backtracks), check_refine(refine)
 
     def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> Any:
         P = make_preconditioner(self.precondition, problem, y, refine=self.refine)
@@ -149,15 +148,7 @@ class LBFGS(Solver):
             y_try = torch.where(_col(ok), y_try, y + _col(alpha) * d)
             e_try = torch.where(ok, e_try, problem.energy(y_try))
             ok = e_try <= e + self.c1 * alpha * gd
-        if bool(first_ok.all()):
-            y_new, e_new, g_new = y_try, e_try, g_try
-        else:
-            y_new = torch.where(_col(ok), y_try, y)
-            e_new = torch.where(ok, e_try, e)
-            late = ok & ~first_ok
-            g_new = torch.where(_col(first_ok), g_try, g)
-            if bool(late.any()):
-                g_new = torch.where(_col(late), problem.grad(y_new), g_new)
+        y_new, e_new, g_new = accepted_point(problem, y, e, g, y_try, e_try, g_try, first_ok, ok)
         s, qv = y_new - y, g_new - g
         sq = sample_dot(s, qv)
         valid = ok & (sq > eps * sample_norm(s) * sample_norm(qv))

@@ -87,16 +87,20 @@ def impulse_spectrum(problem: Problem, y: Tensor, g: Tensor, centre: bool = Fals
     response is rolled back to the origin: the circulant approximation of an operator whose
     boundary is not circular (exact in the interior), used as a preconditioner.
     """
+    return torch.fft.rfft2(_impulse_taps(problem, y, g, centre)).permute(0, 3, 4, 1, 2)
+
+
+def _impulse_taps(problem: Problem, y: Tensor, g: Tensor, centre: bool) -> Tensor:
+    """The Hessian's responses to an impulse in each channel at ``(0, 0)`` or, with ``centre``,
+    at the image centre rolled back to the origin: ``[B, C, C, H, W]`` (out, in)."""
     B, C, H, W = y.shape
     h0, w0 = (H // 2, W // 2) if centre else (0, 0)
-    taps = torch.empty(B, C, C, H, W, dtype=y.dtype, device=y.device)  # [b, out, in, h, w]
+    taps = torch.empty(B, C, C, H, W, dtype=y.dtype, device=y.device)
     for ci in range(C):
         v = torch.zeros_like(y)
         v[:, ci, h0, w0] = 1.0
         taps[:, :, ci] = hessian_vector_product(problem, y, g, v)
-    if centre:
-        taps = torch.roll(taps, shifts=(-h0, -w0), dims=(-2, -1))
-    return torch.fft.rfft2(taps).permute(0, 3, 4, 1, 2)
+    return torch.roll(taps, shifts=(-h0, -w0), dims=(-2, -1)) if centre else taps
 
 
 def _apply_spectrum(K: Tensor, v: Tensor) -> Tensor:
@@ -124,16 +128,10 @@ def _circulant_taps(E_quadratic: Any, x: Tensor, c: Tensor | None, y: Tensor) ->
     R = E_quadratic.interaction_radius if declares else None
     if R is None or 2 * R + 1 > min(H, W):
         prob = Problem(E_quadratic, x, c)
-        g = prob.grad(y)
-        h0, w0 = H // 2, W // 2
-        taps = torch.empty(B, C, C, H, W, dtype=y.dtype, device=y.device)
-        for ci in range(C):
-            v = torch.zeros_like(y)
-            v[:, ci, h0, w0] = 1.0
-            taps[:, :, ci] = hessian_vector_product(prob, y, g, v)
+        taps = _impulse_taps(prob, y, prob.grad(y), centre=True)
         if B > 1 and bool((taps == taps[:1]).all()):
             taps = taps[:1]
-        return torch.roll(taps, shifts=(-h0, -w0), dims=(-2, -1)), prob.counts["grad"], False
+        return taps, prob.counts["grad"], False
     s = 2 * R + 1
     # crops repeated C times (impulse in channel ci for copy ci): [C * B, C, s, s]
     rep = lambda t: t.repeat(C, *([1] * (t.dim() - 1)))  # noqa: E731
@@ -159,6 +157,13 @@ def _place_taps(small: Tensor, H: int, W: int) -> Tensor:
     taps = small.new_zeros(*small.shape[:-2], H, W)
     taps[..., rows[:, None], cols[None, :]] = small
     return taps
+
+
+def check_refine(refine: Any) -> int:
+    """``refine`` (Richardson steps of the FFT operator) as an int, or a ``ValueError``."""
+    if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
+        raise ValueError(f"refine: expected an int >= 0, got {refine!r}")
+    return refine
 
 
 def _floor(spectrum: Tensor) -> Tensor:
@@ -232,9 +237,7 @@ class SpectralPreconditioner:
             floor = _floor(lam)
             self.positive_definite = bool(lam.amin() > floor)
             self.Kinv = (V / lam.clamp_min(floor).unsqueeze(-2).to(V.dtype)) @ V.conj().transpose(-1, -2)
-        self.refine = int(refine)
-        if self.refine < 0:
-            raise ValueError(f"refine: expected a non-negative int, got {refine!r}")
+        self.refine = check_refine(refine)
         self._E, self._x, self._c, self._y = E_quadratic, x, c, y
         self.frame = self._frame_radius(E_quadratic, radius, H, W, frame)
         if self.frame is not None:
@@ -300,10 +303,8 @@ class SpectralPreconditioner:
 
     def with_refine(self, refine: int) -> "SpectralPreconditioner":
         """The same spectrum (shared, not recomputed) with another number of Richardson steps."""
-        if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
-            raise ValueError(f"refine: expected a non-negative int, got {refine!r}")
         other = copy.copy(self)
-        other.refine = refine
+        other.refine = check_refine(refine)
         return other
 
 
@@ -345,13 +346,12 @@ def spectral_preconditioner(problem: Problem, y: Tensor) -> SpectralPrecondition
     """The :class:`SpectralPreconditioner` of ``problem``'s quadratic part (``None`` without
     one), built once per problem: the quadratic part's Hessian does not depend on ``y``, so
     the quadratic start and the solver share one spectrum."""
-    cached = getattr(problem, "_spectral", None)
-    if cached is None:
+    if problem._spectral is None:
         Eq = quadratic_part(problem.E)
         if Eq is None:
             return None
-        cached = problem._spectral = SpectralPreconditioner(Eq, problem.x, problem.c, y, counts=problem.counts)
-    return cached
+        problem._spectral = SpectralPreconditioner(Eq, problem.x, problem.c, y, counts=problem.counts)
+    return problem._spectral
 
 
 #: Richardson steps of the quadratic start (each one FFT pair and a product with the quadratic

@@ -184,3 +184,33 @@ def test_problem_curvature_caches_only_the_quadratic_terms():
     for y in (x, x + 0.7 * _x(seed=7), x - 2.0):
         torch.testing.assert_close(prob.curvature(y), E.curvature(y, x), rtol=1e-12, atol=1e-12)
     assert prob._curv_quadratic is not None
+
+
+class _Quartic(ec.Energy):
+    def energy(self, y, x, c=None):
+        return ((y - x) ** 4).sum((1, 2, 3))
+
+
+@pytest.mark.parametrize("method", ["gradient_descent", "lbfgs"])
+def test_line_search_returns_the_gradient_at_the_accepted_point_per_sample(method):
+    """A batch whose first sample accepts the first trial and whose second backtracks: the step
+    keeps the fused trial's gradient for the first, evaluates one gradient for the second only,
+    and both equal grad E at the accepted points."""
+    from energycrf.solvers.api import get_solver
+    from energycrf.solvers.base import Problem
+
+    E = (ec.energies.Unary(weight=0.1) + _Quartic()).double()
+    x = torch.zeros(2, 1, 4, 4, dtype=F64)
+    y = torch.stack([torch.full((1, 4, 4), 0.01), torch.full((1, 4, 4), 3.0)]).to(F64)
+    solver = get_solver(method, **({"step_size": 1.0} if method == "gradient_descent" else {"precondition": "none"}))
+    problem = Problem(E, x)
+    e, g = problem.energy_and_grad(y)
+    state = solver.init_state(problem, y, e, g)
+    if method == "lbfgs":  # a unit first step: small for sample 0, far past the minimum for sample 1
+        state["gamma"] = torch.ones(2, dtype=F64)
+    before = dict(problem.counts)
+    out = solver.step(problem, y, e, g, state)
+    assert problem.counts["grad"] - before["grad"] == 1  # one gradient, for the late sample only
+    assert bool(out.accepted.all())
+    torch.testing.assert_close(out.grad, E.grad(out.y, x), rtol=1e-12, atol=1e-12)
+    assert not torch.equal(out.y[1], y[1]) and bool((out.energy < e).all())

@@ -68,8 +68,9 @@ class MeanCurvaturePreconditioner(Q.SpectralPreconditioner):
         return z
 
 
-def gaps(E, x, best, E64, x64, iters=3, **options):
-    Ef, xf = copy.deepcopy(E).float(), x.float()
+def gaps(E64, x, best, iters=3, **options):
+    """Relative gaps (float64 energy ``E64``) of the start and the first ``iters`` float32 iterates."""
+    Ef, xf, x64 = copy.deepcopy(E64).float(), x.float(), x.double()
     its = [xf.clone()]
     ec.solve(Ef, xf, method="lbfgs", precondition="fft", max_iters=iters, tol=0.0, gtol=0.0, on_diverge="ignore",
              callback=lambda t, y, e: its.append(y.clone()), **options)
@@ -88,25 +89,25 @@ def main(argv=None):
     for name in ("camera", "latent"):
         x = noisy_photograph("camera", 512, 25.0, 0)[0] if name == "camera" else latent_batch()
         E = default_energy(x.shape[1], seed=0).double()
-        E64, x64 = E, x.double()
-        ref = ec.solve(E64, x64, method="lbfgs", precondition="fft", max_iters=60, tol=1e-15, gtol=0.0,
+        x64 = x.double()
+        ref = ec.solve(E, x64, method="lbfgs", precondition="fft", max_iters=60, tol=1e-15, gtol=0.0,
                        on_diverge="ignore")
         with torch.no_grad():
-            best = float(E64(ref.y, x64).sum())
+            best = float(E(ref.y, x64).sum())
         rows = [(f"FFT, refine={k}", {"refine": k}) for k in (0, 1, 2, 4)]
         rows.append(("FFT, refine=1, from y0='quadratic'", {"refine": 1, "y0": "quadratic"}))
         for label, options in rows:
-            g = gaps(E, x, best, E64, x64, **options)
+            g = gaps(E, x, best, **options)
             print(f"| {name} | {label} | " + " | ".join(f"{v:.1e}" for v in g[1:]) + " |", flush=True)
         original = lbfgs_module.make_preconditioner
         try:
             for k in (1, 4):
-                def make(kind, problem, y, refine=0, _k=k):
-                    Eq = problem.E.terms[0] + problem.E.terms[1]
-                    return MeanCurvaturePreconditioner(Eq, problem.E.terms[2], problem.x, problem.c, y, _k)
+                def make(kind, problem, y, refine=0, _k=k):  # kind, refine: make_preconditioner's signature
+                    foe = next(t for t in problem.E.terms if not t.is_quadratic)
+                    return MeanCurvaturePreconditioner(Q.quadratic_part(problem.E), foe, problem.x, problem.c, y, _k)
 
                 lbfgs_module.make_preconditioner = make
-                g = gaps(E, x, best, E64, x64)
+                g = gaps(E, x, best)
                 print(f"| {name} | FFT + FoE mean curvature, {k} exact Richardson steps | "
                       + " | ".join(f"{v:.1e}" for v in g[1:]) + " |", flush=True)
         finally:

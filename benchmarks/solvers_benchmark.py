@@ -47,9 +47,9 @@ import energycrf as ec
 from energycrf.solvers.base import Problem
 from energycrf.solvers.cli import default_energy, noisy_photograph
 from energycrf.solvers.quadratic import quadratic_start
+from machine_info import cpu_name  # benchmarks/ is the script's folder
 
 TARGET = 1e-6
-from machine_info import cpu_name  # noqa: E402  (benchmarks/ is the script's folder)
 
 
 def machine() -> str:
@@ -179,6 +179,8 @@ def interleaved(problem, plan, runs, best, E64, x64, rounds):
     Each run stops at the iteration (peers: the evaluation) where the single run above
     first reached the gap; a round whose run misses it counts as not reached."""
     chosen = [(p, r) for p, r in zip(plan, runs) if p[4] and r["iters_to_gap"] is not None]
+    if not chosen:  # no fast method reached the gap: nothing to time
+        return {"rounds": rounds, "rows": []}
     seconds = {i: [] for i in range(len(chosen))}
     for rnd in range(rounds):
         order = list(range(len(chosen)))

@@ -158,6 +158,8 @@ class PixelDenoiser(nn.Module):
 def dct_filters(size: int, count: int) -> torch.Tensor:
     """The first ``count`` 2-D DCT-II basis filters of ``size x size`` without the constant one,
     ordered by frequency ``i + j`` (unit L2 norm, zero mean): the classic FoE starting point."""
+    if count > size * size - 1:
+        raise ValueError(f"count: a {size} x {size} DCT has {size * size - 1} non-constant filters, got count={count}")
     n = torch.arange(size, dtype=torch.float64)
     basis = torch.cos(torch.pi * (2 * n[None, :] + 1) * n[:, None] / (2 * size)) * (2.0 / size) ** 0.5
     basis[0] /= 2.0**0.5

@@ -45,3 +45,10 @@ def test_benchmark_runs_and_interleaved_rounds_reach_the_gap(tmp_path):
     report = (tmp_path / "solvers_benchmark.md").read_text()
     assert "Interleaved timing, 2 rounds" in report and "energycrf faster by" in report
     assert (tmp_path / "solvers_benchmark.png").stat().st_size > 0
+
+
+def test_interleaved_rounds_with_no_method_at_the_gap_time_nothing():
+    mod = _load("solvers_benchmark")
+    plan = [("m", "energycrf", lambda n: None, "float32", True)]
+    out = mod.interleaved("p", plan, [{"iters_to_gap": None}], 0.0, None, None, rounds=3)
+    assert out == {"rounds": 3, "rows": []}

@@ -172,3 +172,13 @@ def test_shipped_staged_model_beats_nl_means_and_tv_on_held_out_crops():
         nlm = psnr(denoise_nl_means(noisy, h=0.6 * s, sigma=s, patch_size=5, patch_distance=6, fast_mode=True))
         tv = psnr(denoise_tv_chambolle(noisy, weight=0.8 * s))
         assert ours > max(nlm, tv) + 0.5, (name, ours, nlm, tv)
+
+
+def test_dct_filters_are_orthonormal_zero_mean_and_refuse_too_many():
+    from energycrf.denoise import dct_filters
+
+    f = dct_filters(3, 8).double().flatten(1)
+    torch.testing.assert_close(f @ f.T, torch.eye(8, dtype=torch.float64), rtol=0, atol=1e-6)
+    torch.testing.assert_close(f.sum(1), torch.zeros(8, dtype=torch.float64), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="count: a 3 x 3 DCT has 8 non-constant filters, got count=9"):
+        dct_filters(3, 9)

@@ -104,10 +104,9 @@ def _impulse_taps(problem: Problem, y: Tensor, g: Tensor, centre: bool) -> Tenso
 
 
 def _apply_spectrum(K: Tensor, v: Tensor) -> Tensor:
-    """``F^{-1}[K(w) F[v](w)]`` for per-frequency ``C x C`` matrices ``K``."""
+    """``F^{-1}[K(w) F[v](w)]`` for per-frequency ``C x C`` matrices ``K`` (``[B or 1, H, W', C, C]``)."""
     H, W = v.shape[-2:]
-    vh = torch.fft.rfft2(v).permute(0, 2, 3, 1).unsqueeze(-1)  # [B, H, W', C, 1]
-    out = (K @ vh).squeeze(-1).permute(0, 3, 1, 2)
+    out = torch.einsum("bhwij,bjhw->bihw", K, torch.fft.rfft2(v))  # half the time of a batched matmul
     return torch.fft.irfft2(out, s=(H, W))
 
 
@@ -186,6 +185,25 @@ def check_refine(refine: Any) -> int:
     return refine
 
 
+def _floored_inverse(K: Tensor) -> tuple[bool, Tensor]:
+    """For Hermitian ``[..., C, C]`` blocks: whether every eigenvalue is above :func:`_floor`, and
+    the inverse with the eigenvalues raised to it.
+
+    A Cholesky factorisation of ``K - f I``, with ``f`` the floor of the Frobenius norms (which
+    bound the eigenvalues), proves every eigenvalue above the floor: then the plain inverse
+    (several times cheaper than an eigendecomposition of thousands of small blocks). Otherwise the
+    eigendecomposition clamps them."""
+    eye = torch.eye(K.shape[-1], dtype=K.dtype, device=K.device)
+    frobenius = torch.view_as_real(K).square().sum((-3, -2, -1)).amax().sqrt()  # (matrix_norm: 40x slower)
+    bound = 100 * torch.finfo(K.real.dtype).eps * frobenius
+    _, info = torch.linalg.cholesky_ex(K - bound * eye)
+    if not bool(info.any()):
+        return True, torch.linalg.inv(K)
+    lam, V = torch.linalg.eigh(K)
+    floor = _floor(lam)
+    return bool(lam.amin() > floor), (V / lam.clamp_min(floor).unsqueeze(-2).to(V.dtype)) @ V.conj().transpose(-1, -2)
+
+
 def _floor(spectrum: Tensor) -> Tensor:
     """``100 eps max|spectrum|``: values at or below it are round-off of a zero (a Pairwise
     term alone has a zero at DC, which float32 leaves at about ``eps`` times the largest)."""
@@ -250,11 +268,7 @@ class SpectralPreconditioner:
             self.kinv = 1.0 / spectrum.clamp_min(floor)
         else:
             K = to_spectrum(taps).permute(0, 3, 4, 1, 2)
-            K = 0.5 * (K + K.conj().transpose(-1, -2))
-            lam, V = torch.linalg.eigh(K)
-            floor = _floor(lam)
-            self.positive_definite = bool(lam.amin() > floor)
-            self.Kinv = (V / lam.clamp_min(floor).unsqueeze(-2).to(V.dtype)) @ V.conj().transpose(-1, -2)
+            self.positive_definite, self.Kinv = _floored_inverse(0.5 * (K + K.conj().transpose(-1, -2)))
         self.refine = check_refine(refine)
         self._E, self._x, self._c, self._y = E_quadratic, x, c, y
         self.frame = self._frame_radius(E_quadratic, radius, H, W, frame)

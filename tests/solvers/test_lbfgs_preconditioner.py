@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 import energycrf as ec
 from energycrf.solvers.base import Problem
-from energycrf.solvers.quadratic import SpectralPreconditioner, _place_taps, _stencil_spectrum, quadratic_part
+from energycrf.solvers.quadratic import (SpectralPreconditioner, _floor, _floored_inverse, _place_taps, _stencil_spectrum,
+                                         quadratic_part)
 from solver_problems import spectral_case
 
 K = ec.energies
@@ -68,6 +69,28 @@ def test_stencil_spectrum_is_the_fft_of_the_placed_taps(radius, extra_h, extra_w
     assert got32.dtype == torch.complex64
     torch.testing.assert_close(got32, torch.fft.rfft2(_place_taps(small, H, W)).to(torch.complex64),
                                rtol=1e-5, atol=1e-5)
+
+
+@given(channels=st.integers(1, 4), blocks=st.integers(2, 6), smallest=st.sampled_from([1.0, 1e-3, 1e-14, 0.0, -0.5]),
+       seed=st.integers(0, 2**16))
+def test_floored_inverse_matches_the_clamped_eigendecomposition(channels, blocks, smallest, seed):
+    """Per-frequency C x C inverse: the Cholesky shortcut (every eigenvalue provably above the floor)
+    and the eigendecomposition fallback both give V diag(1 / max(lam, floor)) V^H, and report
+    positive definiteness exactly when the smallest eigenvalue is above the floor."""
+    g = torch.Generator().manual_seed(seed)
+    C128 = torch.complex128
+    A = torch.complex(torch.randn(blocks, channels, channels, generator=g, dtype=F64),
+                      torch.randn(blocks, channels, channels, generator=g, dtype=F64))
+    V, _ = torch.linalg.qr(A)
+    lam = 1.0 + torch.rand(blocks, channels, generator=g, dtype=F64)
+    lam[0, 0] = smallest  # one block carries the drawn smallest eigenvalue, the others set the scale
+    K = (V * lam.to(C128).unsqueeze(-2)) @ V.conj().transpose(-1, -2)
+    K = 0.5 * (K + K.conj().transpose(-1, -2))
+    pd, Kinv = _floored_inverse(K)
+    floor = _floor(lam)
+    assert pd == bool(lam.amin() > floor)
+    want = (V / lam.clamp_min(floor).to(C128).unsqueeze(-2)) @ V.conj().transpose(-1, -2)
+    torch.testing.assert_close(Kinv, want, rtol=1e-6, atol=1e-6 * float(want.abs().max()))
 
 
 @pytest.mark.parametrize("refine", [0, 1, 2, 3])

@@ -158,26 +158,6 @@ def _place_taps(small: Tensor, H: int, W: int) -> Tensor:
     return taps
 
 
-def _stencil_spectrum(small: Tensor, H: int, W: int) -> Tensor:
-    """``rfft2(_place_taps(small, H, W))`` without the ``H x W`` grid: a ``(2R + 1)^2`` stencil
-    centred at ``(R, R)`` has the spectrum
-
-    .. math::  \\hat K(u, v) = \\sum_{a, b} k_{ab}\\, e^{-2\\pi i (a - R) u / H}\\, e^{-2\\pi i (b - R) v / W},
-
-    two small matrix products ``F_H k F_W^T`` (``[H, s]`` and ``[W//2 + 1, s]`` DFT rows)."""
-    s = small.shape[-1]
-    R = s // 2
-    cplx = torch.complex128 if small.dtype == torch.float64 else torch.complex64
-    offsets = torch.arange(s, dtype=torch.float64, device=small.device) - R
-
-    def rows(n: int, count: int) -> Tensor:  # [count, s]: exp(-2 pi i (a - R) u / n); angles in float64
-        u = torch.arange(count, dtype=torch.float64, device=small.device)
-        return torch.polar(torch.ones((), dtype=torch.float64, device=small.device),
-                           -2 * torch.pi * torch.outer(u, offsets) / n).to(cplx)
-
-    return rows(H, H) @ small.to(cplx) @ rows(W, W // 2 + 1).transpose(0, 1)
-
-
 def check_refine(refine: Any) -> int:
     """``refine`` (Richardson steps of the FFT operator) as an int, or a ``ValueError``."""
     if isinstance(refine, bool) or not isinstance(refine, int) or refine < 0:
@@ -258,16 +238,19 @@ class SpectralPreconditioner:
         C = taps.shape[1]
         diag = taps.diagonal(dim1=1, dim2=2).movedim(-1, 1)  # [B', C, h, w]
         self.diagonal = bool(torch.count_nonzero(taps) == torch.count_nonzero(diag))  # channels do not mix
-        to_spectrum = (lambda t: _stencil_spectrum(t, H, W)) if crop else torch.fft.rfft2
         if self.diagonal:
+            if crop:
+                diag = _place_taps(diag, H, W)
             # point-symmetric real taps: a real spectrum (the symmetric part of the DFT); contiguous,
             # since reductions over the strided real view are ~70x slower on the CPU
-            spectrum = to_spectrum(diag).real.contiguous()  # [B', C, H, W']
+            spectrum = torch.fft.rfft2(diag).real.contiguous()  # [B', C, H, W']
             floor = _floor(spectrum)
             self.positive_definite = bool(spectrum.amin() > floor)
             self.kinv = 1.0 / spectrum.clamp_min(floor)
         else:
-            K = to_spectrum(taps).permute(0, 3, 4, 1, 2)
+            if crop:
+                taps = _place_taps(taps, H, W)
+            K = torch.fft.rfft2(taps).permute(0, 3, 4, 1, 2)
             self.positive_definite, self.Kinv = _floored_inverse(0.5 * (K + K.conj().transpose(-1, -2)))
         self.refine = check_refine(refine)
         self._E, self._x, self._c, self._y = E_quadratic, x, c, y

@@ -52,3 +52,26 @@ def test_interleaved_rounds_with_no_method_at_the_gap_time_nothing():
     plan = [("m", "energycrf", lambda n: None, "float32", True)]
     out = mod.interleaved("p", plan, [{"iters_to_gap": None}], 0.0, None, None, rounds=3)
     assert out == {"rounds": 3, "rows": []}
+
+
+def test_preconditioner_setup_benchmark_compares_equal_operators(capsys):
+    """The plain set-up it times against gives the same operator, and the script runs."""
+    import torch
+
+    mod = _load("preconditioner_setup")
+    from energycrf.solvers import quadratic as Q
+    from energycrf.solvers.base import Problem
+
+    x = torch.randn(2, 4, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    E = mod.mixing_energy().double()
+    v = torch.randn_like(x)
+    ours = Q.spectral_preconditioner(Problem(E, x), x).with_refine(1)
+    with mod.plain_setup():
+        plain = Q.spectral_preconditioner(Problem(E, x), x).with_refine(1)
+        assert Q._floored_inverse is mod.plain_inverse
+    assert Q._floored_inverse is not mod.plain_inverse  # restored
+    assert not ours.diagonal and ours.positive_definite and plain.positive_definite
+    torch.testing.assert_close(ours(v), plain(v), rtol=1e-10, atol=1e-12)
+    mod.main(["--rounds", "1"])
+    out = capsys.readouterr().out
+    assert "Cholesky-tested vs eigh" in out and "MatrixCompatibility" in out

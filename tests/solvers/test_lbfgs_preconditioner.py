@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 
 import energycrf as ec
 from energycrf.solvers.base import Problem
-from energycrf.solvers.quadratic import (SpectralPreconditioner, _floor, _floored_inverse, _place_taps, _stencil_spectrum,
-                                         quadratic_part)
+from energycrf.solvers.quadratic import SpectralPreconditioner, _floor, _floored_inverse, quadratic_part
 from solver_problems import spectral_case
 
 K = ec.energies
@@ -52,23 +51,6 @@ def test_crop_taps_equal_full_image_taps(kind):
         H = _dense_hessian(E, x[:1], None if c is None else c[:1])
         torch.testing.assert_close(P(v[:1]).reshape(-1), torch.linalg.solve(H, v[:1].reshape(-1)),
                                    rtol=1e-9, atol=1e-10)
-
-
-@given(radius=st.integers(0, 3), extra_h=st.integers(0, 9), extra_w=st.integers(0, 9), lead=st.integers(1, 3),
-       seed=st.integers(0, 2**16))
-def test_stencil_spectrum_is_the_fft_of_the_placed_taps(radius, extra_h, extra_w, lead, seed):
-    """The crop's spectrum from two small DFT products equals the FFT of the taps placed on the
-    grid, for any grid from the stencil's own size up (wrap-around included)."""
-    s = 2 * radius + 1
-    H, W = s + extra_h, s + extra_w
-    g = torch.Generator().manual_seed(seed)
-    small = torch.randn(lead, 2, s, s, generator=g, dtype=F64)
-    torch.testing.assert_close(_stencil_spectrum(small, H, W), torch.fft.rfft2(_place_taps(small, H, W)),
-                               rtol=1e-12, atol=1e-12)
-    got32 = _stencil_spectrum(small.float(), H, W)
-    assert got32.dtype == torch.complex64
-    torch.testing.assert_close(got32, torch.fft.rfft2(_place_taps(small, H, W)).to(torch.complex64),
-                               rtol=1e-5, atol=1e-5)
 
 
 @given(channels=st.integers(1, 4), blocks=st.integers(2, 6), smallest=st.sampled_from([1.0, 1e-3, 1e-14, 0.0, -0.5]),

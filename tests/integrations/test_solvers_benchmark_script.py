@@ -75,3 +75,24 @@ def test_preconditioner_setup_benchmark_compares_equal_operators(capsys):
     mod.main(["--rounds", "1"])
     out = capsys.readouterr().out
     assert "Cholesky-tested vs eigh" in out and "MatrixCompatibility" in out
+
+
+def test_solve_breakdown_times_every_part_and_restores_them(capsys):
+    """Every part of the one-iteration solve is timed (own time, nested parts out), and the
+    timers are removed afterwards."""
+    mod = _load("solve_breakdown")
+    originals = [getattr(owner, attr) for owner, attr, _ in mod.PARTS]
+    mod.main(["--size", "32", "--rounds", "2", "--peer-evals", "3,3"])
+    assert [getattr(owner, attr) for owner, attr, _ in mod.PARTS] == originals
+    out = capsys.readouterr().out
+    for problem in ("camera (1, 1, 32, 32)", "latent (4, 4, 64, 64)"):
+        assert problem in out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| part")]
+    values = {}
+    for line in rows:
+        label, ms = line.strip("| ").rsplit(" | ", 1)
+        values.setdefault(label, []).append(float(ms))
+    assert set(values) == {label for _, _, label in mod.PARTS} | {mod.DRIVER}
+    for label in ("fused evaluations (E and grad E), start and step", "circulant FFT pairs (4: two per application)",
+                  "spectrum set-up (taps, FFT, inverse)"):
+        assert all(v > 0 for v in values[label]), label

@@ -12,7 +12,13 @@ reach the gap (``--peer-evals``; 9 on the photograph, 8 on the batch).
 The ceiling is the ratio the peer's time would give against energycrf's two evaluations
 alone, with everything else free.
 
-    python benchmarks/solve_breakdown.py            # ~30 s
+glibc hands freed buffers of 128 KiB and more back to the OS until its dynamic threshold
+rises, and fresh buffers then page-fault: in a fresh process the photograph's solve
+alternates between about 29 and 44 ms. ``solvers_benchmark.py``, which has freed large float64
+buffers by the time it times the fast methods, runs in the steady state; set the threshold to
+measure in it here too (it applies to energycrf and the peer alike):
+
+    MALLOC_MMAP_THRESHOLD_=67108864 python benchmarks/solve_breakdown.py     # ~15 s
 """
 
 from __future__ import annotations

@@ -253,11 +253,13 @@ class PiecewiseLinear(Potential):
 
     def _flat_index(self, segment: Tensor, row_length: int) -> Tensor:
         """The left-knot index ``segment`` (floats, ``[B, M, ...]``) into a flat per-expert
-        table whose rows (one per expert) have ``row_length`` entries."""
+        table whose rows (one per expert) have ``row_length`` entries. The row offsets are added
+        as integers: float16 and bfloat16 hold whole numbers exactly only up to 2048 and 256."""
+        index = segment.long()
         if self.num_experts is not None:
-            rows = torch.arange(self.num_experts, dtype=segment.dtype, device=segment.device)
-            segment = segment + self._per_expert(row_length * rows, segment)
-        return segment.long()
+            rows = torch.arange(self.num_experts, device=segment.device)
+            index = index + self._per_expert(row_length * rows, index)
+        return index
 
     def rho_prime(self, u):
         # rho' = a_k + b_k u on segment k (b_k the slope, a_k = v_k - b_k mu_k), and constant

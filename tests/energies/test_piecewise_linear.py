@@ -60,6 +60,22 @@ def test_per_expert_tables_act_on_dimension_one(experts, knots, seed):
         torch.testing.assert_close(pot.majorizer_weight(u)[:, m], single.majorizer_weight(u[:, m]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_many_experts_in_half_precision_look_up_their_own_rows(dtype):
+    """The staged denoiser's 24 experts x 63 knots (and 48 x 63): the flat row offsets pass 256
+    and 2048, where bfloat16 and float16 stop holding whole numbers. Expert m's table is the
+    constant c_m, so rho'(u) = c_m and rho(u) = c_m u exactly: a value from another row is off by
+    a multiple of 1 / experts, far above half-precision rounding."""
+    for experts in (24, 48):
+        c = (torch.arange(experts, dtype=torch.float64) + 1) / experts
+        pot = PiecewiseLinear(63, 4.0, experts, init=c[:, None].expand(experts, 63).clone(), learnable=False).to(dtype)
+        u = (3 * torch.randn(2, experts, 4, 5, generator=torch.Generator().manual_seed(1))).to(dtype)
+        cm = c.view(1, -1, 1, 1)
+        eps = torch.finfo(dtype).eps
+        torch.testing.assert_close(pot.rho_prime(u).double(), cm.expand(u.shape), rtol=2 * eps, atol=0)
+        torch.testing.assert_close(pot.rho(u).double(), cm * u.double(), rtol=0, atol=16 * eps * 4.0)
+
+
 def test_init_forms():
     u = torch.linspace(-3, 3, 41, dtype=torch.float64)
     linear = PiecewiseLinear(num_knots=5, span=4.0, init="linear", alpha=0.7).double()

@@ -116,15 +116,18 @@ def _circulant_taps(E_quadratic: Any, x: Tensor, c: Tensor | None, y: Tensor) ->
     gradient evaluations spent, and whether the taps are a ``(2R + 1)^2`` crop centred at
     ``(R, R)`` (to be placed on the grid by :func:`_place_taps`).
 
-    When every term declares a finite interaction radius ``R`` with ``2R + 1 <= H, W``, the
-    responses are taken on a ``(2R + 1)^2`` crop (its centre sees every neighbour a site of
-    the image interior sees, so the taps are the same), all ``C`` impulses at once in a
-    batch of ``B C`` crops: two gradients of tiny images instead of ``C + 1`` of the full
-    one. Otherwise the impulse sits at the centre of the full image.
+    When the quadratic part is translation invariant (``E.translation_invariant``: the same
+    stencil at every interior site, whatever ``x``) and every term declares a finite interaction
+    radius ``R`` with ``2R + 1 <= H, W``, the responses are taken on a ``(2R + 1)^2`` crop (its
+    centre sees every neighbour a site of the image interior sees, so the taps are the same),
+    all ``C`` impulses at once in a batch of ``B C`` crops: two gradients of tiny images
+    instead of ``C + 1`` of the full one. Otherwise (a term whose Hessian depends on the site
+    or on ``x``) the impulse sits at the centre of the full image.
     """
     B, C, H, W = y.shape
     declares = getattr(E_quadratic, "_declares_radius", lambda: False)()
-    R = E_quadratic.interaction_radius if declares else None
+    invariant = bool(getattr(E_quadratic, "translation_invariant", False))
+    R = E_quadratic.interaction_radius if (declares and invariant) else None
     if R is None or 2 * R + 1 > min(H, W):
         prob = Problem(E_quadratic, x, c)
         taps = _impulse_taps(prob, y, prob.grad(y), centre=True)

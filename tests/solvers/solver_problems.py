@@ -88,6 +88,22 @@ class BoxSmooth(ec.Energy):
         return self.a * (F.conv2d(y, k, padding=(0, 1), groups=C) ** 2).sum((1, 2, 3))
 
 
+class SiteWeightedUnary(ec.Energy):
+    """A user quadratic term whose Hessian depends on the site: ``sum_i w_i (y_i - x_i)^2`` with a
+    fixed ``[H, W]`` weight map. It declares its radius (0) but is not translation invariant."""
+
+    is_quadratic = True
+    interaction_radius = 0
+
+    def __init__(self, height: int, width: int, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("site_weight", 0.5 + torch.rand(height, width, generator=g, dtype=F64))
+
+    def energy(self, y, x, c=None):
+        return (self.site_weight.to(y) * (y - x) ** 2).sum((1, 2, 3))
+
+
 class Wobble(ec.Energy):
     """A user non-quadratic, non-convex term: ``b * sum (1 - cos(y_i - y_right(i)))``.
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 import energycrf as ec
 from energycrf.solvers.base import Problem
 from energycrf.solvers.quadratic import SpectralPreconditioner, _floor, _floored_inverse, quadratic_part
-from solver_problems import spectral_case
+from solver_problems import SiteWeightedUnary, exact_quadratic_minimiser, spectral_case
 
 K = ec.energies
 F64 = torch.float64
@@ -51,6 +51,25 @@ def test_crop_taps_equal_full_image_taps(kind):
         H = _dense_hessian(E, x[:1], None if c is None else c[:1])
         torch.testing.assert_close(P(v[:1]).reshape(-1), torch.linalg.solve(H, v[:1].reshape(-1)),
                                    rtol=1e-9, atol=1e-10)
+
+
+def test_a_site_dependent_quadratic_term_takes_the_full_image_impulse_not_a_corner_crop():
+    """A quadratic term that declares its radius but whose Hessian depends on the site (not
+    translation invariant): its taps come from the image centre, as for a term that declares
+    no radius (a top-left crop would read the corner's weights, or fail on the weight map's
+    shape), and the FFT-preconditioned L-BFGS from the quadratic start reaches the exact
+    minimiser."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 2, 7, 6, generator=g, dtype=F64)
+    E = (SiteWeightedUnary(7, 6) + K.Pairwise(channels=2)).double()
+    assert E._declares_radius() and not E.translation_invariant
+    P = SpectralPreconditioner(E, x, None, x, refine=1)
+    full = ec.energies.SumEnergy(list(E.terms))
+    full._declares_radius = lambda: False
+    v = torch.randn(x.shape, generator=g, dtype=F64)
+    torch.testing.assert_close(P(v), SpectralPreconditioner(full, x, None, x, refine=1)(v), rtol=1e-12, atol=1e-12)
+    res = ec.solve(E, x, method="lbfgs", precondition="fft", y0="quadratic", max_iters=50, tol=0.0, gtol=1e-11)
+    torch.testing.assert_close(res.y, exact_quadratic_minimiser(E, x), rtol=1e-8, atol=1e-9)
 
 
 @given(channels=st.integers(1, 4), blocks=st.integers(2, 6), smallest=st.sampled_from([1.0, 1e-3, 1e-14, 0.0, -0.5]),

@@ -57,7 +57,9 @@ class LBFGS(Solver):
             singular); ``"none"`` (``False``) the identity.
         refine: with ``precondition="fft"``, Richardson steps on the exact quadratic part
             that correct the circulant inverse at the image boundary (one gradient of the
-            quadratic terms and one FFT pair each; ``0``: the plain circulant inverse).
+            quadratic terms and one FFT pair each; ``0``: the plain circulant inverse). An odd
+            count is lowered by one for a quadratic part that is not translation invariant,
+            where it could make ``H^0`` indefinite (:class:`~energycrf.solvers.quadratic.SpectralPreconditioner`).
         c1: Armijo constant.
         max_backtracks: trials per line search before the sample is reported stalled.
     """

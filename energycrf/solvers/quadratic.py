@@ -206,9 +206,14 @@ class SpectralPreconditioner:
     part ``H_q`` (one Hessian-vector product of the quadratic terms, ``E._hessian_vector_product``,
     and one FFT pair each):
     ``z_0 = P0 r``, ``z_{j+1} = z_j + P0 (r - H_q z_j)``, i.e. ``P = sum_{i<=k} (I - P0 H_q)^i P0``,
-    a fixed, linear and symmetric operator. For Unary + Pairwise, ``H_q <= hat K`` (the
-    difference is the wrap-around edges' graph Laplacian), so the eigenvalues of ``P0 H_q``
-    lie in ``(0, 1]`` and ``P`` is positive definite for every ``k``.
+    a fixed, linear and symmetric operator. With ``mu`` the eigenvalues of ``P0 H_q``, ``P H_q``
+    has eigenvalues ``1 - (1 - mu)^(k+1)``: positive for every ``mu > 0`` when ``k`` is even, but
+    for odd ``k`` only when ``mu < 2``. For a translation-invariant Unary + Pairwise (a
+    ``LocalKernel``), ``H_q <= hat K`` (the difference is the wrap-around edges' graph
+    Laplacian), so ``mu`` lies in ``(0, 1]`` and ``P`` is positive definite for every ``k``. For a
+    quadratic part that is not translation invariant (a ``DenseKernel``, a user term) no such
+    bound is known, and ``mu > 2`` happens: an odd ``refine`` is lowered by one there
+    (:attr:`refine` is the count used), which keeps ``P`` positive definite, as L-BFGS needs.
 
     When the quadratic part is translation invariant (``E.translation_invariant``: its
     Hessian is the circulant's stencil at every site farther than ``R`` from the border), the
@@ -255,7 +260,9 @@ class SpectralPreconditioner:
                 taps = _place_taps(taps, H, W)
             K = torch.fft.rfft2(taps).permute(0, 3, 4, 1, 2)
             self.positive_definite, self.Kinv = _floored_inverse(0.5 * (K + K.conj().transpose(-1, -2)))
-        self.refine = check_refine(refine)
+        # H_q <= hat K is known for translation-invariant parts: any Richardson count keeps P definite
+        self._bounded_by_circulant = bool(getattr(E_quadratic, "translation_invariant", False))
+        self.refine = self._definite(check_refine(refine))
         self._E, self._x, self._c, self._y = E_quadratic, x, c, y
         self.frame = self._frame_radius(E_quadratic, radius, H, W, frame)
         if self.frame is not None:
@@ -319,10 +326,15 @@ class SpectralPreconditioner:
             z = z + self.apply_circulant(self._residual(v, z))
         return z
 
+    def _definite(self, refine: int) -> int:
+        """``refine``, lowered by one when odd and ``H_q <= hat K`` is not known (see the class)."""
+        return refine if (self._bounded_by_circulant or refine % 2 == 0) else refine - 1
+
     def with_refine(self, refine: int) -> "SpectralPreconditioner":
-        """The same spectrum (shared, not recomputed) with another number of Richardson steps."""
+        """The same spectrum (shared, not recomputed) with another number of Richardson steps
+        (an odd count lowered by one where it could make ``P`` indefinite)."""
         other = copy.copy(self)
-        other.refine = check_refine(refine)
+        other.refine = self._definite(check_refine(refine))
         return other
 
 
@@ -373,7 +385,8 @@ def spectral_preconditioner(problem: Problem, y: Tensor) -> SpectralPrecondition
 
 
 #: Richardson steps of the quadratic start (each one FFT pair and a product with the quadratic
-#: part, on the border frame when it applies); L-BFGS's default ``refine`` too.
+#: part, on the border frame when it applies). The start need not be positive definite, so it is
+#: used as given for every quadratic part.
 QUADRATIC_START_REFINE = 1
 
 

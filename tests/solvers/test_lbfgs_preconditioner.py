@@ -72,6 +72,46 @@ def test_a_site_dependent_quadratic_term_takes_the_full_image_impulse_not_a_corn
     torch.testing.assert_close(res.y, exact_quadratic_minimiser(E, x), rtol=1e-8, atol=1e-9)
 
 
+@pytest.mark.parametrize("seed", [10, 12, 21])
+def test_refined_preconditioner_stays_definite_where_the_circulant_does_not_bound_the_hessian(seed):
+    """A DenseKernel pairwise term (not translation invariant): P0 H_q has eigenvalues above 2
+    for these seeds, where one Richardson step would make P indefinite. The odd count is
+    lowered to an even one there (kept for translation-invariant parts), so P stays positive
+    definite, and L-BFGS with it reaches the exact minimiser."""
+    g = torch.Generator().manual_seed(seed)
+    n = 36
+    A = torch.rand(n, n, generator=g, dtype=F64)
+    A = 0.5 * (A + A.T)
+    A.fill_diagonal_(0)
+    A = A * (torch.rand(n, n, generator=g, dtype=F64) < 0.3).double()
+    A = torch.maximum(A, A.T)
+    E = (K.Unary() + K.Pairwise(channels=1, kernel=K.DenseKernel(A))).double()
+    x = torch.randn(1, 1, 6, 6, generator=g, dtype=F64)
+    P0 = SpectralPreconditioner(E, x, None, x)
+    eye = torch.eye(n, dtype=F64)
+
+    def dense(op):
+        return torch.stack([op(eye[k].view(1, 1, 6, 6)).flatten() for k in range(n)])
+
+    H = _dense_hessian(E, x)
+    mu = torch.linalg.eigvals(dense(P0) @ H).real
+    assert float(mu.max()) > 2  # the case the rule is for
+    P1 = P0.with_refine(1)
+    assert P1.refine == 0 and P0.with_refine(2).refine == 2 and P0.with_refine(3).refine == 2
+    assert float(torch.linalg.eigvalsh(0.5 * (dense(P1) + dense(P1).T)).min()) > 0
+    # one step as asked would have been indefinite: the rule is needed here
+    assert float(torch.linalg.eigvalsh(0.5 * (dense(lambda v: P0(v, refine=1)) + dense(lambda v: P0(v, refine=1)).T)).min()) < 0
+    # a translation-invariant part keeps the odd count
+    assert SpectralPreconditioner(spectral_case("zeros").double(), x.expand(1, 2, 6, 6).contiguous(), None,
+                                  x.expand(1, 2, 6, 6).contiguous()).with_refine(1).refine == 1
+    res = ec.solve(E, x, method="lbfgs", precondition="fft", refine=1, max_iters=200, tol=0.0, gtol=1e-14)
+    assert res.status == ["converged"], res.reason
+    # it stops when the float64 energy stops changing: y is then known to about sqrt(eps)
+    y_star = exact_quadratic_minimiser(E, x)
+    torch.testing.assert_close(res.y, y_star, rtol=0, atol=1e-7)
+    assert float(E(res.y, x) - E(y_star, x)) <= 1e-13 * float(E(y_star, x).abs())
+
+
 @given(channels=st.integers(1, 4), blocks=st.integers(2, 6), smallest=st.sampled_from([1.0, 1e-3, 1e-14, 0.0, -0.5]),
        seed=st.integers(0, 2**16))
 def test_floored_inverse_matches_the_clamped_eigendecomposition(channels, blocks, smallest, seed):

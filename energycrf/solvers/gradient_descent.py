@@ -63,7 +63,7 @@ class GradientDescent(Solver):
             L = lam.flatten(1).amax(1)
             gn = g.flatten(1).norm(dim=1).clamp_min(torch.finfo(y.dtype).tiny)
             alpha = torch.where(L > 0, 1.0 / L.clamp_min(torch.finfo(y.dtype).tiny), 1.0 / gn)
-        return {"alpha": alpha}
+        return {"alpha": alpha, "fused": True}
 
     def step(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor, state: Any) -> StepOutput:
         alpha = state["alpha"]
@@ -71,9 +71,15 @@ class GradientDescent(Solver):
         # the predicted decrease is below round-off: a failed search then means "converged"
         roundoff = alpha * gg <= 16 * torch.finfo(y.dtype).eps * e.abs()
         y_try = y - alpha.view(-1, 1, 1, 1) * g
-        e_try, g_try = problem.energy_and_grad(y_try)  # fused: when the first trial passes, its gradient is ready
-        ok = e_try <= e - self.c1 * alpha * gg
-        first_ok = ok
+        if state["fused"]:  # the last first trial passed: this one likely will, and its gradient is ready
+            e_try, g_try = problem.energy_and_grad(y_try)
+            ok = e_try <= e - self.c1 * alpha * gg
+            first_ok = ok
+        else:  # it backtracked (a grown step often does again): energies first, the gradient once accepted
+            e_try, g_try = problem.energy(y_try), g
+            ok = e_try <= e - self.c1 * alpha * gg
+            first_ok = torch.zeros_like(ok)
+        state["fused"] = bool(ok.all())
         for _ in range(self.max_backtracks):
             if bool(ok.all()):
                 break

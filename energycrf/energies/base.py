@@ -91,8 +91,10 @@ class Energy(nn.Module):
     periodic: bool = False
     interaction_radius: int | None = None
     translation_invariant: bool = False
-    #: ``_grad`` and ``_energy_and_grad`` return a gradient tensor of their own (no view or
-    #: alias of an input, not saved by autograd), which a sum may add to in place.
+    #: ``_grad``, ``_energy_and_grad`` and ``_hessian_vector_product`` return a tensor of their own
+    #: (no view or alias of an input; from ``_grad`` and ``_hessian_vector_product`` not saved by
+    #: autograd, from ``_energy_and_grad`` possibly saved for the value), which a sum may add to in
+    #: place.
     _owns_grad: bool = False
 
     # ----------------------------------------------------------------- the one method
@@ -409,13 +411,16 @@ def _add(values: Iterator[Tensor]) -> Tensor:
     return total
 
 
-def _add_grad(total: Tensor | None, owned: bool, g: Tensor, fresh: bool) -> tuple[Tensor, bool]:
+def _add_grad(total: Tensor | None, owned: bool, g: Tensor, fresh: bool, with_energy: bool = False
+              ) -> tuple[Tensor, bool]:
     """``total + g``, in place into whichever of the two a term owns (``Energy._owns_grad``)
-    instead of a new tensor per term; returns the sum and whether it is owned."""
+    instead of a new tensor per term; returns the sum and whether it is owned. ``with_energy``:
+    the gradients came with energy values, which may have saved them for autograd (Unary's and
+    Pairwise's ``0.5 <y, g>``): then no in place while autograd records."""
     if total is None:
         return g, fresh
-    if torch.is_grad_enabled() and (g.requires_grad or total.requires_grad):
-        return total + g, True  # autograd may have saved either (e.g. for the energy value): no in place
+    if with_energy and torch.is_grad_enabled() and (g.requires_grad or total.requires_grad):
+        return total + g, True
     same = g.shape == total.shape and g.dtype == total.dtype
     if owned and same:
         return total.add_(g), True
@@ -566,7 +571,7 @@ class SumEnergy(Energy):
                 v, g = None, t._grad(y, x, c)
             if with_energy:
                 value = v if value is None else value + v
-            total, owned = _add_grad(total, owned, g, t._owns_grad)
+            total, owned = _add_grad(total, owned, g, t._owns_grad, with_energy)
             del g  # the running sum holds what is needed: lower peak memory
         return value, total
 

@@ -152,9 +152,14 @@ def test_energy_and_grad_of_a_sum_backpropagates_to_y(name, reverse):
         return torch.autograd.grad(value.sum() + (grad * v).sum(), [y, *params])
 
     fused = derivatives(*E.energy_and_grad(y, x))
-    apart = derivatives(E(y, x), E.grad(y, x))
+    apart = derivatives(E(y, x), E.grad(y, x))  # the gradient-only sum adds in place, also under autograd
     for a, b in zip(fused, apart):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    # and both are grad E + H v, from torch.func on the energy alone
+    yd = y.detach()
+    grad_fn = torch.func.grad(lambda t: E.energy(t, x).sum())
+    _, hv = torch.func.jvp(grad_fn, (yd,), (v,))
+    torch.testing.assert_close(apart[0], grad_fn(yd) + hv, rtol=1e-9, atol=1e-9)
 
 
 def test_grad_works_inside_torch_func_transforms():

@@ -29,8 +29,14 @@ def quadratic_energy(channels=2, radius=1, strength=1.0, boundary="zeros", weigh
 
 def spectral_case(kind: str, channels: int = 2):
     """Unary + Pairwise cases of the FFT preconditioner: zero or circular boundary, channels
-    that mix (a matrix compatibility), per-sample compatibility (text)."""
-    torch.manual_seed(0)
+    that mix (a matrix compatibility), per-sample compatibility (text). Seeded without touching
+    the global generator."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return _spectral_case(kind, channels)
+
+
+def _spectral_case(kind: str, channels: int):
     K = ec.energies
     if kind == "zeros":
         return K.Unary(weight=[1.0, 0.5][:channels]) + K.Pairwise(channels=channels)
@@ -132,6 +138,12 @@ def explicit_hessian(E, y, x, c=None):
 
     # reverse-over-reverse (torch.func.hessian's forward-over-reverse imports a deprecated jit path)
     return torch.func.jacrev(torch.func.grad(f))(y[0].flatten())
+
+
+def dense_operator(op, like):
+    """The matrix ``[n, n]`` (columns ``op(e_k)``) of a linear operator on tensors shaped like ``like``."""
+    eye = torch.eye(like.numel(), dtype=like.dtype)
+    return torch.stack([op(eye[k].view_as(like)).reshape(-1) for k in range(like.numel())], 1)
 
 
 def exact_quadratic_minimiser(E, x, c=None):

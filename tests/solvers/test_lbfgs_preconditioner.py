@@ -13,21 +13,16 @@ from hypothesis import strategies as st
 import energycrf as ec
 from energycrf.solvers.base import Problem
 from energycrf.solvers.quadratic import SpectralPreconditioner, _floor, _floored_inverse, quadratic_part
-from solver_problems import SiteWeightedUnary, exact_quadratic_minimiser, spectral_case
+from solver_problems import (SiteWeightedUnary, dense_operator, exact_quadratic_minimiser, explicit_hessian,
+                             spectral_case)
 
 K = ec.energies
 F64 = torch.float64
 
 
 def _dense_hessian(E, x, c=None):
-    n = x.numel()
-    y0 = torch.zeros_like(x)
-    cols = []
-    for k in range(n):
-        v = torch.zeros(n, dtype=x.dtype)
-        v[k] = 1
-        cols.append(E._hessian_vector_product(y0, x, c, v.view_as(x)).reshape(-1))
-    return torch.stack(cols, 1)
+    """The first sample's Hessian from torch.func on the energy (independent of the analytic products)."""
+    return explicit_hessian(E, torch.zeros_like(x), x, c)
 
 
 @pytest.mark.parametrize("kind", ["zeros", "circular", "matrix", "text"])
@@ -88,10 +83,9 @@ def test_refined_preconditioner_stays_definite_where_the_circulant_does_not_boun
     E = (K.Unary() + K.Pairwise(channels=1, kernel=K.DenseKernel(A))).double()
     x = torch.randn(1, 1, 6, 6, generator=g, dtype=F64)
     P0 = SpectralPreconditioner(E, x, None, x)
-    eye = torch.eye(n, dtype=F64)
 
     def dense(op):
-        return torch.stack([op(eye[k].view(1, 1, 6, 6)).flatten() for k in range(n)])
+        return dense_operator(op, x)
 
     H = _dense_hessian(E, x)
     mu = torch.linalg.eigvals(dense(P0) @ H).real
@@ -142,10 +136,10 @@ def test_refined_preconditioner_is_the_richardson_polynomial_and_spd(refine):
     P = SpectralPreconditioner(E, x, None, x, refine=refine)
     n = x.numel()
     eye = torch.eye(n, dtype=F64)
-    P0 = torch.stack([P.apply_circulant(eye[k].view_as(x)).reshape(-1) for k in range(n)], 1)
+    P0 = dense_operator(P.apply_circulant, x)
     H = _dense_hessian(E, x)
     expected = sum(torch.linalg.matrix_power(eye - P0 @ H, i) for i in range(refine + 1)) @ P0
-    Pm = torch.stack([P(eye[k].view_as(x)).reshape(-1) for k in range(n)], 1)
+    Pm = dense_operator(P, x)
     torch.testing.assert_close(Pm, expected, rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(Pm, Pm.T, rtol=1e-9, atol=1e-10)
     assert float(torch.linalg.eigvalsh(0.5 * (Pm + Pm.T)).min()) > 0

@@ -293,3 +293,45 @@ def test_fft_preconditioner_of_a_singular_quadratic_part_is_floored_not_inverted
     assert fft.status == ["converged", "converged"]
     torch.testing.assert_close(fft.energies, blocks.energies, rtol=0, atol=0)  # the same preconditioner
     assert SpectralPreconditioner(spectral_case("zeros").double(), x, None, x).positive_definite
+
+
+@pytest.mark.parametrize("precondition", ["fft", "blocks", "none"])
+def test_lbfgs_direction_is_the_textbook_two_loop_recursion(precondition):
+    """The search direction after each step equals the textbook two-loop recursion with
+    H0 = gamma P (gamma = s^T q / q^T P q of the newest pair) over the last ``history`` pairs
+    s = y_{k+1} - y_k, q = g_{k+1} - g_k: the stored ``P q`` pairs and the lazy pair update
+    are exact rewrites of it."""
+    from energycrf.solvers.lbfgs import LBFGS
+    from solver_problems import convex_energy
+
+    E = convex_energy(2)
+    x = torch.randn(1, 2, 7, 6, generator=torch.Generator().manual_seed(4), dtype=F64)
+    solver = LBFGS(history=3, precondition=precondition)
+    problem = Problem(E, x)
+    y = x.clone()
+    e, g = problem.energy_and_grad(y)
+    state = solver.init_state(problem, y, e, g)
+    P = (lambda v: v) if state["P"] is None else state["P"]
+    pairs, checked = [], 0
+    for _ in range(6):
+        Pg = P(g)
+        solver._take_pending(state, Pg)
+        got = solver._direction(state, g, Pg)
+        if pairs:
+            q = g.clone()
+            alphas = []
+            for s_i, y_i in reversed(pairs[-3:]):
+                a = (s_i * q).sum() / (s_i * y_i).sum()
+                q = q - a * y_i
+                alphas.append(a)
+            s_n, y_n = pairs[-1]
+            r = (s_n * y_n).sum() / (y_n * P(y_n)).sum() * P(q)
+            for (s_i, y_i), a in zip(pairs[-3:], reversed(alphas)):
+                r = r + s_i * (a - (y_i * r).sum() / (s_i * y_i).sum())
+            torch.testing.assert_close(got, -r, rtol=1e-10, atol=1e-12)
+            checked += 1
+        out = solver.step(problem, y, e, g, state)
+        assert bool(out.accepted.all())
+        pairs.append((out.y - y, out.grad - g))
+        y, e, g = out.y, out.energy, out.grad
+    assert checked == 5 and len(state["pairs"]) == 3  # the window was full for the last ones

@@ -244,3 +244,29 @@ def test_gradient_descent_fuses_the_first_trial_only_after_a_passing_one():
     assert problem.counts["grad"] - before["grad"] == 1
     torch.testing.assert_close(out.grad, E.grad(out.y, x), rtol=1e-12, atol=1e-12)
     assert bool((out.energy < e).all())
+
+
+def test_adaptive_mean_field_keeps_the_old_point_and_gradient_of_a_rejected_sample():
+    """One adaptive mean-field step on a batch where sample 0's Jacobi step lowers the energy
+    (an oscillating error, which the site-wise step undershoots) and sample 1's raises it (a
+    constant error, which it overshoots 3x on BoxSmooth): sample 1 keeps y, E and grad E, its
+    damping backs off; sample 0 moves, with grad E at its new point."""
+    from energycrf.solvers.api import get_solver
+    from energycrf.solvers.base import Problem
+    from solver_problems import BoxSmooth
+
+    E = (ec.energies.Unary(weight=0.1) + BoxSmooth(1.0)).double()
+    x = torch.randn(2, 1, 5, 6, generator=torch.Generator().manual_seed(0), dtype=F64)
+    y_star = exact_quadratic_minimiser(E, x)
+    oscillating = torch.ones(1, 5, 6, dtype=F64)
+    oscillating[..., 1::2] = -1
+    y = torch.stack([y_star[0] + oscillating, y_star[1] + 1.0])
+    solver, problem = get_solver("mean_field", adaptive=True), Problem(E, x)
+    e, g = problem.energy_and_grad(y)
+    state = solver.init_state(problem, y, e, g)
+    out = solver.step(problem, y, e, g, state)
+    assert out.accepted.tolist() == [True, False]
+    assert torch.equal(out.y[1], y[1]) and torch.equal(out.grad[1], g[1]) and float(out.energy[1]) == float(e[1])
+    assert not torch.equal(out.y[0], y[0]) and float(out.energy[0]) < float(e[0])
+    torch.testing.assert_close(out.grad, E.grad(out.y, x), rtol=1e-12, atol=1e-12)
+    assert state["lam"].tolist() == [1.0, 0.5]

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 
 from .api import get_solver, method_names
+from .base import Problem, check_start
+from .quadratic import quadratic_start_operator
 from .result import SolveResult
 
 __all__ = ["compare_solvers", "Comparison", "ComparisonRow", "DEFAULT_METHODS"]
@@ -164,6 +166,13 @@ def compare_solvers(
         raise ValueError(f"methods: unknown {unknown}; expected names from {method_names()}")
     if not methods:
         raise ValueError("methods: expected at least one method name")
+    # the start depends on the energy, not on the method: refuse a bad one here, not as "no method applies"
+    problem = Problem(E, x, c)  # checks E, x and c
+    if check_start(y0, x) == "quadratic":
+        quadratic_start_operator(problem)
+    elif y0 is not None and (not isinstance(y0, torch.Tensor) or y0.shape != x.shape):
+        got = tuple(y0.shape) if isinstance(y0, torch.Tensor) else type(y0).__name__
+        raise ValueError(f"y0: expected None, 'quadratic' or a tensor shaped like x {tuple(x.shape)}, got {got}")
     options = dict(options or {})
     results: dict[str, SolveResult] = {}
     skipped: dict[str, str] = {}

@@ -45,6 +45,7 @@ __all__ = [
     "SpectralPreconditioner",
     "make_preconditioner",
     "quadratic_start",
+    "quadratic_start_operator",
     "spectral_preconditioner",
 ]
 
@@ -390,6 +391,24 @@ def spectral_preconditioner(problem: Problem, y: Tensor) -> SpectralPrecondition
 QUADRATIC_START_REFINE = 1
 
 
+def quadratic_start_operator(problem: Problem) -> SpectralPreconditioner:
+    """The FFT operator the quadratic start applies (built once per problem), or a ``ValueError``
+    saying why the energy has no quadratic-part minimiser to start from."""
+    P = spectral_preconditioner(problem, problem.x)
+    if P is None:
+        raise ValueError(
+            f"y0='quadratic': the energy ({type(problem.E).__name__}) has no quadratic term (Unary, Pairwise); "
+            "pass a tensor or None (start at x)"
+        )
+    if not P.positive_definite:
+        raise ValueError(
+            "y0='quadratic': the quadratic part of the energy is not positive definite (its circulant "
+            "spectrum has a non-positive value, e.g. Pairwise without a Unary term), so it has no unique "
+            "minimiser; pass a tensor or None (start at x)"
+        )
+    return P
+
+
 def quadratic_start(problem: Problem) -> Tensor:
     """``y0 = "quadratic"``: the minimiser of the energy's quadratic part (Unary + Pairwise),
 
@@ -405,18 +424,7 @@ def quadratic_start(problem: Problem) -> Tensor:
     quadratic terms, the Richardson steps, and the spectrum's set-up (which L-BFGS with
     ``precondition="fft"`` then reuses); no evaluation of the other terms.
     """
-    P = spectral_preconditioner(problem, problem.x)
-    if P is None:
-        raise ValueError(
-            f"y0='quadratic': the energy ({type(problem.E).__name__}) has no quadratic term (Unary, Pairwise); "
-            "pass a tensor or None (start at x)"
-        )
-    if not P.positive_definite:
-        raise ValueError(
-            "y0='quadratic': the quadratic part of the energy is not positive definite (its circulant "
-            "spectrum has a non-positive value, e.g. Pairwise without a Unary term), so it has no unique "
-            "minimiser; pass a tensor or None (start at x)"
-        )
+    P = quadratic_start_operator(problem)
     x = problem.x.detach()
     with torch.no_grad():
         P._count(1)

@@ -127,8 +127,13 @@ def test_quadratic_start_refusals():
         for dtype in (torch.float32, F64):  # float32 leaves the zero at DC at round-off, not at 0
             with pytest.raises(ValueError, match="y0='quadratic': the quadratic part of the energy is not positive definite"):
                 ec.solve(E_bad.to(dtype), x.to(dtype), y0="quadratic")
-    with pytest.raises(ValueError, match="no method applies"):
+    # the start depends on the energy, not the method: said as such, not as "no method applies"
+    with pytest.raises(ValueError, match="y0='quadratic': the energy .* has no quadratic term"):
         ec.compare_solvers(only_foe, x, methods=["lbfgs", "mean_field"], y0="quadratic")
+    with pytest.raises(ValueError, match="y0: expected None, a tensor shaped like x .* or one of"):
+        ec.compare_solvers(E, x, methods=["lbfgs"], y0="quadratc")
+    with pytest.raises(ValueError, match="y0: expected None, 'quadratic' or a tensor shaped like x"):
+        ec.compare_solvers(E, x, methods=["lbfgs"], y0=x[:, :, :2])
 
 
 def test_compare_solvers_cli_start_option(tmp_path):

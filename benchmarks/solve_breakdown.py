@@ -128,7 +128,7 @@ def main(argv=None):
         print("| part (own time, nested parts excluded) | ms per solve (mean) |")
         print("|---|---:|")
         for label in [p[2] for p in PARTS] + [DRIVER]:
-            print(f"| {label} | {per.get(label, 0.0):.2f} |")
+            print(f"| {label} | {per.get(label, 0.0):.3f} |")
         print()
 
 

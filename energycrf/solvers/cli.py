@@ -94,8 +94,10 @@ def load_latent(path: Path, key: str | None = None):
 
 
 def default_energy(channels: int, unary_weight: float = 1.0, pairwise_strength: float = 1.0,
-                   filters: int = 8, kernel_size: int = 5, filter_scale: float = 0.1, seed: int = 0):
-    """``Unary + Pairwise(Gaussian radius 2) + FieldOfExperts(paper ReLU expert)`` with seeded filters."""
+                   filters: int = 8, kernel_size: int = 5, filter_scale: float = 0.1, seed: int = 0,
+                   compatibility=None):
+    """``Unary + Pairwise(Gaussian radius 2) + FieldOfExperts(paper ReLU expert)`` with seeded filters
+    (``compatibility``: the Pairwise term's, default the identity)."""
     import torch
 
     import energycrf as ec
@@ -104,7 +106,7 @@ def default_energy(channels: int, unary_weight: float = 1.0, pairwise_strength: 
         torch.manual_seed(seed)
         return (
             ec.energies.Unary(weight=unary_weight)
-            + ec.energies.Pairwise(channels=channels,
+            + ec.energies.Pairwise(channels=channels, compatibility=compatibility,
                                    kernel=ec.energies.LocalKernel(radius=2, sigma=1.0, strength=pairwise_strength))
             + ec.energies.FieldOfExperts(channels=channels, num_filters=filters, kernel_size=kernel_size,
                                          init_scale=filter_scale)

@@ -183,6 +183,11 @@ def _floored_inverse(K: Tensor) -> tuple[bool, Tensor]:
     _, info = torch.linalg.cholesky_ex(K - bound * eye)
     if not bool(info.any()):
         return True, torch.linalg.inv(K)
+    return _eigh_floored_inverse(K)
+
+
+def _eigh_floored_inverse(K: Tensor) -> tuple[bool, Tensor]:
+    """:func:`_floored_inverse` by an eigendecomposition of every block: ``V diag(1 / max(lam, floor)) V^H``."""
     lam, V = torch.linalg.eigh(K)
     floor = _floor(lam)
     return bool(lam.amin() > floor), (V / lam.clamp_min(floor).unsqueeze(-2).to(V.dtype)) @ V.conj().transpose(-1, -2)

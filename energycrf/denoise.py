@@ -169,9 +169,13 @@ def dct_filters(size: int, count: int) -> torch.Tensor:
 
 class _ConfiguredModel(nn.Module):
     """``save_pretrained`` / ``from_pretrained`` for a module rebuilt from its ``config`` dict
-    (``config.json`` + ``model.safetensors``; loading never unpickles)."""
+    (``config.json`` + ``model.safetensors``; loading never unpickles) that runs ``self.layer``."""
 
     config: dict[str, Any]
+    layer: nn.Module
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        return self.layer(x)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         from safetensors.torch import save_file
@@ -245,8 +249,6 @@ class FoEEnergyDenoiser(_ConfiguredModel):
         """The learned energy (an :class:`energycrf.Energy`): solve it with any solver."""
         return self.layer.energy
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        return self.layer(x)
 
 
 class StagedFoEDenoiser(_ConfiguredModel):
@@ -295,8 +297,6 @@ class StagedFoEDenoiser(_ConfiguredModel):
         """The ``T`` stage energies (:class:`energycrf.Energy`)."""
         return list(self.layer.energies)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
-        return self.layer(x)
 
 
 def _load_latent_crf(directory: Path) -> nn.Module:

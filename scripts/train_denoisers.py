@@ -141,6 +141,11 @@ def main(argv=None) -> int:
     p.add_argument("--reevaluate", action="store_true",
                    help="do not train: reload the checkpoints in --out, measure them again, rewrite denoiser.json")
     args = p.parse_args(argv)
+    staged_only = [f"--{name.replace('_', '-')}" for name in ("stages", "filters", "kernel_size")
+                   if getattr(args, name) is not None]
+    if staged_only and "staged" not in args.models:
+        p.error(f"{', '.join(staged_only)}: only the staged model has them, and --models {' '.join(args.models)} "
+                "does not train it")
     args.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
     torch.set_num_threads(args.threads)
     for model in args.models:

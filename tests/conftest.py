@@ -135,3 +135,26 @@ def run_markdown(tmp_path, monkeypatch):
 def markdown_blocks():
     """``markdown_blocks(text, lang="python")``: the fenced code blocks of Markdown text."""
     return code_blocks
+
+
+def load_script(relative: str):
+    """The module of a script outside the package (``benchmarks/x.py``, ``scripts/x.py``, ...), with
+    its folder on ``sys.path`` while it loads (scripts import their neighbours)."""
+    import importlib.util
+    import sys
+
+    path = REPO_ROOT / relative
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(path.parent))
+
+
+@pytest.fixture(name="load_script")
+def load_script_fixture():
+    """``load_script("benchmarks/name.py")``: see :func:`load_script`."""
+    return load_script

@@ -46,12 +46,8 @@ def test_docs_examples_run(page, run_markdown):
 
 
 
-def test_nav_hook_adds_unlisted_pages_and_drops_missing_ones(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("mkdocs_hooks", DOCS / "mkdocs_hooks.py")
-    hooks = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hooks)
+def test_nav_hook_adds_unlisted_pages_and_drops_missing_ones(tmp_path, load_script):
+    hooks = load_script("docs/mkdocs_hooks.py")
     (tmp_path / "index.md").write_text("# Home\n")
     (tmp_path / "new-page.md").write_text("intro\n# A new page\n")
     config = {"docs_dir": str(tmp_path), "nav": [

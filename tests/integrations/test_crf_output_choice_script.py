@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "crf_output_choice.py"
 
-
-def test_script_runs_and_ideal_post_reproduces_the_teacher(tmp_path):
-    spec = importlib.util.spec_from_file_location("crf_output_choice", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_script_runs_and_ideal_post_reproduces_the_teacher(tmp_path, load_script):
+    mod = load_script("benchmarks/crf_output_choice.py")
     assert mod.main(["--batch", "2", "--size", "8", "--out", str(tmp_path)]) == 0
     rms = json.loads((tmp_path / "crf_output_choice.json").read_text())["rms_vs_ddim50"]
     assert rms["DDIM, 50 steps (reference)"] == 0.0

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("diffusers")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "crf_vs_unet.py"
 
-
-def test_script_runs_tiny(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("crf_vs_unet", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+def test_script_runs_tiny(tmp_path, capsys, load_script):
+    mod = load_script("benchmarks/crf_vs_unet.py")
     assert mod.main(["--tiny", "--threads", "1", "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "crf_vs_unet.json").read_text())
     assert (tmp_path / "crf_vs_unet.png").stat().st_size > 0

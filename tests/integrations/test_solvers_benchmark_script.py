@@ -3,28 +3,12 @@ included (the real run is documented in docs/solvers.md)."""
 
 from __future__ import annotations
 
-import importlib.util
-from unittest import mock
 import json
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+from unittest import mock
 
 
-def _load(name):
-    sys.path.insert(0, str(BENCH))  # the scripts import their neighbours (machine_info, ...)
-    try:
-        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(BENCH))
-
-
-def test_benchmark_runs_and_interleaved_rounds_reach_the_gap(tmp_path):
-    mod = _load("solvers_benchmark")
+def test_benchmark_runs_and_interleaved_rounds_reach_the_gap(tmp_path, load_script):
+    mod = load_script("benchmarks/solvers_benchmark.py")
     mod.main(["--problems", "camera", "--size", "32", "--max-iters", "40", "--cd-iters", "2",
               "--rounds", "2", "--out", str(tmp_path)])
     (result,) = json.loads((tmp_path / "solvers_benchmark.json").read_text())
@@ -47,8 +31,8 @@ def test_benchmark_runs_and_interleaved_rounds_reach_the_gap(tmp_path):
     assert (tmp_path / "solvers_benchmark.png").stat().st_size > 0
 
 
-def test_interleaved_table_ratios_are_peer_over_the_fastest_energycrf_method_of_the_dtype():
-    mod = _load("solvers_benchmark")
+def test_interleaved_table_ratios_are_peer_over_the_fastest_energycrf_method_of_the_dtype(load_script):
+    mod = load_script("benchmarks/solvers_benchmark.py")
 
     def row(method, kind, dtype, median, minimum, missed=0):
         return {"method": method, "kind": kind, "dtype": dtype, "median": median, "min": minimum, "missed": missed}
@@ -66,18 +50,18 @@ def test_interleaved_table_ratios_are_peer_over_the_fastest_energycrf_method_of_
     assert body[("slow peer", "float64")][2] == "not reached (2 missed)"
 
 
-def test_interleaved_rounds_with_no_method_at_the_gap_time_nothing():
-    mod = _load("solvers_benchmark")
+def test_interleaved_rounds_with_no_method_at_the_gap_time_nothing(load_script):
+    mod = load_script("benchmarks/solvers_benchmark.py")
     plan = [("m", "energycrf", lambda n: None, "float32", True)]
     out = mod.interleaved("p", plan, [{"iters_to_gap": None}], 0.0, None, None, rounds=3)
     assert out == {"rounds": 3, "rows": []}
 
 
-def test_preconditioner_setup_benchmark_compares_equal_operators(capsys):
+def test_preconditioner_setup_benchmark_compares_equal_operators(capsys, load_script):
     """The plain set-up it times against gives the same operator, and the script runs."""
     import torch
 
-    mod = _load("preconditioner_setup")
+    mod = load_script("benchmarks/preconditioner_setup.py")
     from energycrf.solvers import quadratic as Q
     from energycrf.solvers.base import Problem
 
@@ -97,10 +81,10 @@ def test_preconditioner_setup_benchmark_compares_equal_operators(capsys):
     assert "Cholesky-tested vs eigh" in out and "MatrixCompatibility" in out
 
 
-def test_solve_breakdown_times_every_part_and_restores_them(capsys):
+def test_solve_breakdown_times_every_part_and_restores_them(capsys, load_script):
     """Every part of the one-iteration solve is timed (own time, nested parts out), and the
     timers are removed afterwards."""
-    mod = _load("solve_breakdown")
+    mod = load_script("benchmarks/solve_breakdown.py")
     originals = [getattr(owner, attr) for owner, attr, _ in mod.PARTS]
     mod.main(["--size", "32", "--rounds", "2", "--peer-evals", "3,3"])
     assert [getattr(owner, attr) for owner, attr, _ in mod.PARTS] == originals

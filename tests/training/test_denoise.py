@@ -184,16 +184,10 @@ def test_dct_filters_are_orthonormal_zero_mean_and_refuse_too_many():
         dct_filters(3, 9)
 
 
-def test_train_denoisers_refuses_staged_options_without_the_staged_model(capsys):
+def test_train_denoisers_refuses_staged_options_without_the_staged_model(capsys, load_script):
     """--stages, --filters and --kernel-size shape the staged model only: given without it in
     --models they would be ignored, so the script refuses them (before any training)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "scripts" / "train_denoisers.py"
-    spec = importlib.util.spec_from_file_location("train_denoisers", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("scripts/train_denoisers.py")
     with pytest.raises(SystemExit) as stop:
         mod.main(["--models", "foe", "latentcrf", "--stages", "3", "--kernel-size", "5"])
     assert stop.value.code == 2

@@ -250,7 +250,6 @@ class FoEEnergyDenoiser(_ConfiguredModel):
         return self.layer.energy
 
 
-
 class StagedFoEDenoiser(_ConfiguredModel):
     r"""``T`` stages, each one gradient step on its own Field-of-Experts energy with learned experts.
 
@@ -296,7 +295,6 @@ class StagedFoEDenoiser(_ConfiguredModel):
     def energies(self):
         """The ``T`` stage energies (:class:`energycrf.Energy`)."""
         return list(self.layer.energies)
-
 
 
 def _load_latent_crf(directory: Path) -> nn.Module:

@@ -71,14 +71,13 @@ class GradientDescent(Solver):
         # the predicted decrease is below round-off: a failed search then means "converged"
         roundoff = alpha * gg <= 16 * torch.finfo(y.dtype).eps * e.abs()
         y_try = y - alpha.view(-1, 1, 1, 1) * g
-        if state["fused"]:  # the last first trial passed: this one likely will, and its gradient is ready
+        fused = state["fused"]
+        if fused:  # the last first trial passed: this one likely will, and its gradient is ready
             e_try, g_try = problem.energy_and_grad(y_try)
-            ok = e_try <= e - self.c1 * alpha * gg
-            first_ok = ok
         else:  # it backtracked (a grown step often does again): energies first, the gradient once accepted
             e_try, g_try = problem.energy(y_try), g
-            ok = e_try <= e - self.c1 * alpha * gg
-            first_ok = torch.zeros_like(ok)
+        ok = e_try <= e - self.c1 * alpha * gg
+        first_ok = ok if fused else torch.zeros_like(ok)  # which samples hold their trial's gradient
         state["fused"] = bool(ok.all())
         for _ in range(self.max_backtracks):
             if bool(ok.all()):

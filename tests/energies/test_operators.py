@@ -1,6 +1,6 @@
-"""``operators.conv2d``: float64 convolutions on the CPU in bands of output rows give the same
-values and gradients as ``F.conv2d`` (strides 1 and 2, groups, padding, odd, even and
-rectangular windows)."""
+"""``operators.conv2d``: float64 convolutions on the CPU in bands of output rows, and depthwise
+ones as sums of shifted inputs, give the same values and gradients as ``F.conv2d`` (strides 1
+and 2, groups, padding, odd, even and rectangular windows)."""
 
 from __future__ import annotations
 
@@ -28,12 +28,40 @@ def test_banded_conv2d_equals_conv2d_in_values_and_gradients(batch, groups, cin,
     with mock.patch.object(operators, "BAND_ELEMENTS", 1), \
             mock.patch.object(operators.F, "conv2d", wraps=F.conv2d) as calls:
         out = operators.conv2d(u, w, padding=padding, stride=stride, groups=groups)
+    depthwise = stride == 1 and cin == 1 and cout == 1  # one filter per channel: by shifts, no conv2d
     bands = -(-ref.shape[-2] // 4)  # bands of at least 4 output rows
-    assert calls.call_count == bands  # the banded path ran (one call when the output has <= 4 rows)
+    assert calls.call_count == (0 if depthwise else bands)  # the banded path ran (one call when <= 4 rows)
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
     seed_grad = torch.randn(ref.shape, generator=g, dtype=F64)
     got = torch.autograd.grad(out, (u, w), seed_grad)
     want = torch.autograd.grad(ref, (u, w), seed_grad)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+
+
+@given(batch=st.integers(1, 2), channels=st.integers(1, 4), taps=st.integers(1, 6), taps_w=st.integers(1, 6),
+       padding=st.integers(0, 3), height=st.integers(6, 17), width=st.integers(6, 13),
+       zeros=st.sampled_from(["none", "centre", "all"]), weight_grad=st.booleans(), seed=st.integers(0, 10_000))
+def test_depthwise_float64_by_shifts_equals_conv2d(batch, channels, taps, taps_w, padding, height, width, zeros,
+                                                  weight_grad, seed):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(batch, channels, height, width, generator=g, dtype=F64, requires_grad=True)
+    w = torch.randn(channels, 1, taps, taps_w, generator=g, dtype=F64)
+    if zeros == "centre":
+        w[..., taps // 2, taps_w // 2] = 0.0  # skipped when no gradient is needed
+    elif zeros == "all":
+        w.zero_()
+    w.requires_grad_(weight_grad)
+    ref = F.conv2d(u, w, padding=padding, groups=channels)
+    with mock.patch.object(operators.F, "conv2d", wraps=F.conv2d) as calls:
+        out = operators.conv2d(u, w, padding=padding, groups=channels)
+    assert calls.call_count == 0
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    seed_grad = torch.randn(ref.shape, generator=g, dtype=F64)
+    inputs = (u, w) if weight_grad else (u,)
+    got = torch.autograd.grad(out, inputs, seed_grad)
+    want = torch.autograd.grad(ref, inputs, seed_grad)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
 

@@ -550,7 +550,11 @@ class SumEnergy(Energy):
 
     # values
     def energy(self, y, x, c=None):
-        return _add(t.energy(y, x, c) for t in self.terms)
+        from .fused import shared_convolutions
+
+        shared = shared_convolutions(self.terms, y)  # one convolution for FoE filters and a local pairwise window
+        return _add(t._shared_energy(y, x, c, **shared[k]) if k in shared else t.energy(y, x, c)
+                    for k, t in enumerate(self.terms))
 
     _owns_grad = True
 

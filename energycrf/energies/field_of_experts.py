@@ -146,13 +146,20 @@ class FieldOfExperts(Energy):
         return type(self.potential) is ReLUExpert and self.potential.eps == 1.0
 
     def energy(self, y, x, c=None):
-        u = correlate(y, self._filters_like(y), self.boundary)
+        return self._energy_of_responses(correlate(y, self._filters_like(y), self.boundary))
+
+    def _energy_of_responses(self, u: Tensor) -> Tensor:
+        """:math:`E_f` from fresh responses ``u`` (changed in place)."""
         if self._relu_squared():
             # relu in place on the fresh responses and one inner product: no three temporaries of
             # the responses' size (on a 512 x 512 photograph they took longer than the convolution)
             r = torch.relu_(u)
             return -0.5 * _sample_dot(r, r)
         return self.potential.rho(u).sum((1, 2, 3))
+
+    def _shared_energy(self, y, x, c, responses, filters):
+        """:math:`E_f` from the responses a sum computed with other filters in one convolution."""
+        return self._energy_of_responses(responses)
 
     _owns_grad = True
 

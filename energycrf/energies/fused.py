@@ -5,8 +5,9 @@ pairwise message :math:`W^s y` of a local kernel (a depthwise convolution) read 
 ``y`` through windows of the same size. Stacking the pairwise window as ``C`` more output
 channels of the filter bank (a ``C x C`` diagonal block per tap) gives both from one
 ``conv2d`` with ``M + C`` outputs, which costs about as much as the FoE convolution alone
-(CPU convolutions vectorise over blocks of output channels). The values are the same up to
-rounding: each output channel is the same sum of products.
+(CPU convolutions vectorise over blocks of output channels). ``SumEnergy`` uses it for the
+energy alone (``_shared_energy`` of each term) and with the gradient. The values are the
+same up to rounding: each output channel is the same sum of products.
 """
 
 from __future__ import annotations

@@ -151,10 +151,14 @@ class Pairwise(Energy):
         return m, torch.addcmul(scaled_message, d, y, value=scale)
 
     def energy(self, y, x, c=None):
-        m, residual = self._residual(y, c)
+        return self._shared_energy(y, x, c)
+
+    def _shared_energy(self, y, x, c, message=None):
+        """:math:`E_p`; ``message``: :math:`-2 W^s y`, when a sum computed it with other filters."""
+        m, residual = self._residual(y, c, 2.0, message)  # 2 (d y - W^s y): the scale is exact
         if m is None:
-            return _sample_dot(y, residual)
-        return torch.einsum("bchw,bcd,bdhw->b", y, m, residual)
+            return 0.5 * _sample_dot(y, residual)
+        return 0.5 * torch.einsum("bchw,bcd,bdhw->b", y, m, residual)
 
     def _grad(self, y, x, c):
         return self._energy_and_grad(y, x, c, with_energy=False)[1]

@@ -102,6 +102,34 @@ def test_shared_convolution_is_used_only_where_it_applies():
         assert set(shared_convolutions(list(energies[name].terms), y)) == expected, name
 
 
+@pytest.mark.parametrize("name", ["sum_shared", "sum_shared_circular", "sum_shared_learnable_matrix"])
+def test_energy_alone_of_a_sum_shares_the_convolution(name):
+    """``E(y, x)`` of a sum takes the FoE responses and the pairwise message from one
+    convolution, and equals the terms' own energies, in value and in autograd gradients
+    (in ``y`` and in the parameters)."""
+    from unittest import mock
+
+    from energycrf.energies import field_of_experts, fused, kernels
+
+    energies, _ = _energies(3)
+    E = energies[name].double()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 9, 7, generator=g, dtype=F64)
+    y = (x + 0.3 * torch.randn(x.shape, generator=g, dtype=F64)).requires_grad_(True)
+    with mock.patch.object(fused, "correlate", wraps=fused.correlate) as shared, \
+            mock.patch.object(field_of_experts, "correlate", wraps=field_of_experts.correlate) as own_foe, \
+            mock.patch.object(kernels, "correlate", wraps=kernels.correlate) as own_pairwise:
+        value = E(y, x)
+    assert (shared.call_count, own_foe.call_count, own_pairwise.call_count) == (1, 0, 0)
+    reference = sum(t(y, x) for t in E.terms)
+    torch.testing.assert_close(value, reference, rtol=1e-12, atol=1e-12)
+    inputs = [y, *E.parameters()]
+    got = torch.autograd.grad(value.sum(), inputs)
+    want = torch.autograd.grad(reference.sum(), inputs)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+
+
 def test_gradient_of_a_sum_is_differentiable_in_the_parameters():
     """Backprop through E.grad (unrolled solvers) and E.energy_and_grad matches central
     differences in the parameters, through the shared convolution and the in-place sums."""

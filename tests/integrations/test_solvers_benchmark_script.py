@@ -100,3 +100,29 @@ def test_solve_breakdown_times_every_part_and_restores_them(capsys, load_script)
     for _, _, label in mod.PARTS:
         assert len(values[label]) == 2 and all(v > 0 for v in values[label]), label
     assert len(values[mod.DRIVER]) == 2
+
+
+def test_energy_evaluation_benchmark_compares_equal_results(capsys, load_script):
+    """What it times against gives the same values: ``F.conv2d`` for the depthwise path (and
+    really goes there), the terms' own energies for the shared convolution; the script runs."""
+    import torch
+
+    mod = load_script("benchmarks/energy_evaluation.py")
+    from energycrf.energies import operators
+    from energycrf.solvers.cli import default_energy
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(2, 3, 11, 9, generator=g, dtype=torch.float64)
+    w = torch.rand(3, 1, 5, 5, generator=g, dtype=torch.float64)
+    ours = operators.conv2d(u, w, padding=2, groups=3)
+    original = operators.depthwise_by_shifts
+    with mock.patch.object(operators.F, "conv2d", wraps=operators.F.conv2d) as calls, mod.through_conv2d():
+        plain = operators.conv2d(u, w, padding=2, groups=3)
+    assert calls.call_count == 1 and operators.depthwise_by_shifts is original
+    torch.testing.assert_close(ours, plain, rtol=1e-12, atol=1e-12)
+    E = default_energy(3, seed=0).double()
+    torch.testing.assert_close(E(u, u), mod.terms_apart(E, u, u), rtol=1e-12, atol=1e-12)
+    mod.main(["--rounds", "1", "--size", "32"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line and " ms |" not in line]
+    assert len(rows) == 3 + 2 + 4, out  # three convolutions, two float64 camera rows, four energies

@@ -48,7 +48,7 @@ def test_depthwise_float64_by_shifts_equals_conv2d(batch, channels, taps, taps_w
     u = torch.randn(batch, channels, height, width, generator=g, dtype=F64, requires_grad=True)
     w = torch.randn(channels, 1, taps, taps_w, generator=g, dtype=F64)
     if zeros == "centre":
-        w[..., taps // 2, taps_w // 2] = 0.0  # skipped when no gradient is needed
+        w[..., taps // 2, taps_w // 2] = 0.0
     elif zeros == "all":
         w.zero_()
     w.requires_grad_(weight_grad)

@@ -29,14 +29,17 @@ def conv2d(u: Tensor, weight: Tensor, padding: int = 0, stride: int = 1, groups:
     per sample) before one matrix product; on a 512 x 512 image with 8 channels and 5 x 5
     taps that is 400 MiB, and the product runs from memory: 25x slower than float32. Bands of
     output rows whose unfolded input fits in :data:`BAND_ELEMENTS` give the same sums (each
-    output row sees the same input rows and taps) 5 to 13x faster. Other dtypes and devices
-    call ``F.conv2d`` directly.
+    output row sees the same input rows and taps) 5 to 13x faster. A depthwise convolution
+    (one filter per channel, stride 1: the pairwise message) runs as
+    :func:`depthwise_by_shifts`. Other dtypes and devices call ``F.conv2d`` directly (as does
+    anything ``F.conv2d`` would refuse, so that its error is the one raised).
     """
     if u.dtype != torch.float64 or u.device.type != "cpu":
         return F.conv2d(u, weight, padding=padding, stride=stride, groups=groups)
-    if stride == 1 and groups == u.shape[1] == weight.shape[0]:
-        return depthwise_by_shifts(u, weight, padding)
     kh, kw = weight.shape[-2:]
+    if (stride == 1 and u.dim() == 4 and groups == u.shape[1] == weight.shape[0] and weight.dtype == u.dtype
+            and min(u.shape[-2] + 2 * padding - kh, u.shape[-1] + 2 * padding - kw) >= 0):
+        return depthwise_by_shifts(u, weight, padding)
     height, width = u.shape[-2] + 2 * padding, u.shape[-1] + 2 * padding
     out_h, out_w = (height - kh) // stride + 1, (width - kw) // stride + 1
     per_row = weight.shape[1] * kh * kw * out_w  # im2col values per output row and sample

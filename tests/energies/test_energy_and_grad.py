@@ -54,6 +54,10 @@ def _energies(channels: int):
             + K.Pairwise(channels=channels, kernel=K.LocalKernel(radius=2, learnable=True), compatibility=proj)
             + 2.0 * K.Unary()
         ),
+        "sum_shared_relu_first": (  # the ReLU expert's in-place relu runs before the message is read
+            K.FieldOfExperts(channels=channels, num_filters=3, kernel_size=3)
+            + K.Pairwise(channels=channels, kernel=K.LocalKernel(radius=1, learnable=True)) + K.Unary()
+        ),
         "sum_unshared": (  # window sizes differ: no shared convolution
             K.Unary() + K.Pairwise(channels=channels, kernel=K.LocalKernel(radius=1))
             + K.FieldOfExperts(channels=channels, kernel_size=5)
@@ -67,7 +71,8 @@ def _energies(channels: int):
 
 @pytest.mark.parametrize("name", [
     "unary", "pairwise", "pairwise_matrix", "foe", "foe_student", "foe_eps", "user", "sum_shared",
-    "sum_shared_circular", "sum_shared_learnable_matrix", "sum_unshared", "sum_user_first", "sum_long_range",
+    "sum_shared_circular", "sum_shared_learnable_matrix", "sum_shared_relu_first", "sum_unshared", "sum_user_first",
+    "sum_long_range",
 ])
 def test_energy_and_grad_equals_energy_grad_and_autograd(name):
     channels = 3
@@ -102,7 +107,8 @@ def test_shared_convolution_is_used_only_where_it_applies():
         assert set(shared_convolutions(list(energies[name].terms), y)) == expected, name
 
 
-@pytest.mark.parametrize("name", ["sum_shared", "sum_shared_circular", "sum_shared_learnable_matrix"])
+@pytest.mark.parametrize("name", ["sum_shared", "sum_shared_circular", "sum_shared_learnable_matrix",
+                                  "sum_shared_relu_first"])
 def test_energy_alone_of_a_sum_shares_the_convolution(name):
     """``E(y, x)`` of a sum takes the FoE responses and the pairwise message from one
     convolution, and equals the terms' own energies, in value and in autograd gradients

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from unittest import mock
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given
@@ -64,6 +65,15 @@ def test_depthwise_float64_by_shifts_equals_conv2d(batch, channels, taps, taps_w
     want = torch.autograd.grad(ref, inputs, seed_grad)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-11)
+
+
+def test_depthwise_input_that_conv2d_refuses_gets_its_error():
+    """A window larger than the padded image, or weights of another dtype: ``F.conv2d``'s error."""
+    u = torch.randn(1, 3, 3, 3, dtype=F64)
+    with pytest.raises(RuntimeError, match="[Kk]ernel size"):
+        operators.conv2d(u, torch.randn(3, 1, 4, 4, dtype=F64), groups=3)
+    with pytest.raises(RuntimeError, match="type|dtype"):
+        operators.conv2d(u, torch.randn(3, 1, 3, 3), padding=1, groups=3)
 
 
 def test_other_dtypes_and_small_images_call_conv2d_once():

@@ -14,8 +14,8 @@ run, interleaved (medians of ``--rounds`` rounds, 1 torch thread):
 2. ``E(y, x)`` of the solver benchmark's sum (Unary + Pairwise + FieldOfExperts) takes the
    Field-of-Experts responses and the pairwise message from one convolution
    (``energies/fused.py``), as ``E.energy_and_grad`` does; timed against the sum of the terms'
-   own energies (one convolution each), on both problems and both dtypes. Line searches,
-   mean-field and coordinate descent evaluate the energy alone.
+   own energies (one convolution each), on both problems and both dtypes. Line-search
+   trials, coordinate descent and conjugate gradients evaluate the energy alone.
 
     python benchmarks/energy_evaluation.py          # ~30 s
 """

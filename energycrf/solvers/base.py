@@ -44,13 +44,17 @@ _STARTS = ("quadratic",)
 
 
 def check_start(y0: Any, x: Tensor) -> str | None:
-    """The named start (``"quadratic"``) when ``y0`` is a string, else ``None``; a ``ValueError``
-    for an unknown name. Tensors are checked by the caller."""
+    """The named start (``"quadratic"``) when ``y0`` names one; ``None`` for ``None`` or a tensor
+    shaped like ``x``; otherwise a ``ValueError`` naming what was expected and got."""
     if isinstance(y0, str):
-        if y0 not in _STARTS:
-            raise ValueError(f"y0: expected None, a tensor shaped like x {tuple(x.shape)} or one of {_STARTS}, got {y0!r}")
-        return y0
-    return None
+        if y0 in _STARTS:
+            return y0
+        got = repr(y0)
+    elif y0 is None or (isinstance(y0, Tensor) and y0.shape == x.shape):
+        return None
+    else:
+        got = tuple(y0.shape) if isinstance(y0, Tensor) else type(y0).__name__
+    raise ValueError(f"y0: expected None, a tensor shaped like x {tuple(x.shape)} or one of {_STARTS}, got {got}")
 
 
 def sample_norm(a: Tensor) -> Tensor:
@@ -306,11 +310,8 @@ class Solver:
         if not isinstance(max_iters, int) or isinstance(max_iters, bool) or max_iters < 0:
             raise ValueError(f"max_iters: expected a non-negative int, got {max_iters!r}")
         start = check_start(y0, x)
-        if y0 is None or start == "quadratic":
+        if y0 is None or start is not None:
             y0 = x.detach().clone()
-        elif not isinstance(y0, Tensor) or y0.shape != x.shape:
-            got = tuple(y0.shape) if isinstance(y0, Tensor) else type(y0).__name__
-            raise ValueError(f"y0: expected a tensor shaped like x {tuple(x.shape)}, got {got}")
         elif y0.dtype != x.dtype or y0.device != x.device:
             raise ValueError(
                 f"y0: expected dtype {x.dtype} on {x.device} like x, got {y0.dtype} on {y0.device}"

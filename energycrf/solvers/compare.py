@@ -170,9 +170,6 @@ def compare_solvers(
     problem = Problem(E, x, c)  # checks E, x and c
     if check_start(y0, x) == "quadratic":
         quadratic_start_operator(problem)
-    elif y0 is not None and (not isinstance(y0, torch.Tensor) or y0.shape != x.shape):
-        got = tuple(y0.shape) if isinstance(y0, torch.Tensor) else type(y0).__name__
-        raise ValueError(f"y0: expected None, 'quadratic' or a tensor shaped like x {tuple(x.shape)}, got {got}")
     options = dict(options or {})
     results: dict[str, SolveResult] = {}
     skipped: dict[str, str] = {}

@@ -250,8 +250,6 @@ class ScipyLBFGS(Solver):
         start_name = check_start(y0, x)
         if start_name is not None:
             y0 = None
-        if y0 is not None and (not isinstance(y0, Tensor) or y0.shape != x.shape):
-            raise ValueError(f"y0: expected a tensor shaped like x {tuple(x.shape)}")
         if well_posed != "ignore" and hasattr(E, "check_well_posed"):
             E.check_well_posed(c, on_fail=well_posed)
         eps = torch.finfo(x.dtype).eps

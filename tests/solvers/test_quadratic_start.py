@@ -132,8 +132,15 @@ def test_quadratic_start_refusals():
         ec.compare_solvers(only_foe, x, methods=["lbfgs", "mean_field"], y0="quadratic")
     with pytest.raises(ValueError, match="y0: expected None, a tensor shaped like x .* or one of"):
         ec.compare_solvers(E, x, methods=["lbfgs"], y0="quadratc")
-    with pytest.raises(ValueError, match="y0: expected None, 'quadratic' or a tensor shaped like x"):
+    # a tensor of another shape, or something else: one message everywhere
+    shaped = r"y0: expected None, a tensor shaped like x \(1, 2, 6, 6\) or one of .* got "
+    with pytest.raises(ValueError, match=shaped + r"\(1, 2, 2, 6\)"):
         ec.compare_solvers(E, x, methods=["lbfgs"], y0=x[:, :, :2])
+    for method in ("lbfgs", "scipy_lbfgs"):
+        with pytest.raises(ValueError, match=shaped + r"\(1, 2, 2, 6\)"):
+            ec.solve(E, x, method=method, y0=x[:, :, :2])
+        with pytest.raises(ValueError, match=shaped + "list"):
+            ec.solve(E, x, method=method, y0=[0.0])
 
 
 def test_compare_solvers_cli_start_option(tmp_path):

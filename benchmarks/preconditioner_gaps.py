@@ -15,7 +15,8 @@ L-BFGS (float32, as benchmarked) with:
   ``refine`` exact Richardson steps on the quadratic part plus that mean FoE term with a zero
   boundary: the best a stationary operator can do about the FoE term.
 
-    python benchmarks/preconditioner_gaps.py            # ~1 min
+    python benchmarks/preconditioner_gaps.py                                  # ~1 min
+    python benchmarks/preconditioner_gaps.py --problems camera --size 64      # seconds
 """
 
 from __future__ import annotations
@@ -78,16 +79,28 @@ def gaps(E64, x, best, iters=3, **options):
         return [(float(E64(y.double(), x64).sum()) - best) / abs(best) for y in its]
 
 
-def main(argv=None):
+def main(argv=None) -> list[tuple[str, str, list[float]]]:
+    """Prints the table; returns its rows ``(problem, preconditioner, gaps after 1, 2, 3 iterations)``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--problems", default="camera,latent", help="comma-separated: camera, latent")
+    ap.add_argument("--size", type=int, default=512, help="camera size (default 512)")
     args = ap.parse_args(argv)
+    problems = args.problems.split(",")
+    if not set(problems) <= {"camera", "latent"}:
+        ap.error(f"--problems: expected names from camera, latent, got {args.problems!r}")
     torch.set_num_threads(args.threads)
     print(f"Machine: {machine()}\n")
     print("| problem | preconditioner | gap after 1 | after 2 | after 3 iterations |")
     print("|---|---|---:|---:|---:|")
-    for name in ("camera", "latent"):
-        x = noisy_photograph("camera", 512, 25.0, 0)[0] if name == "camera" else latent_batch()
+    table = []
+
+    def row(name, label, g):
+        table.append((name, label, g[1:]))
+        print(f"| {name} | {label} | " + " | ".join(f"{v:.1e}" for v in g[1:]) + " |", flush=True)
+
+    for name in problems:
+        x = noisy_photograph("camera", args.size, 25.0, 0)[0] if name == "camera" else latent_batch()
         E = default_energy(x.shape[1], seed=0).double()
         x64 = x.double()
         ref = ec.solve(E, x64, method="lbfgs", precondition="fft", max_iters=60, tol=1e-15, gtol=0.0,
@@ -97,8 +110,7 @@ def main(argv=None):
         rows = [(f"FFT, refine={k}", {"refine": k}) for k in (0, 1, 2, 4)]
         rows.append(("FFT, refine=1, from y0='quadratic'", {"refine": 1, "y0": "quadratic"}))
         for label, options in rows:
-            g = gaps(E, x, best, **options)
-            print(f"| {name} | {label} | " + " | ".join(f"{v:.1e}" for v in g[1:]) + " |", flush=True)
+            row(name, label, gaps(E, x, best, **options))
         original = lbfgs_module.make_preconditioner
         try:
             for k in (1, 4):
@@ -107,11 +119,10 @@ def main(argv=None):
                     return MeanCurvaturePreconditioner(Q.quadratic_part(problem.E), foe, problem.x, problem.c, y, _k)
 
                 lbfgs_module.make_preconditioner = make
-                g = gaps(E, x, best)
-                print(f"| {name} | FFT + FoE mean curvature, {k} exact Richardson steps | "
-                      + " | ".join(f"{v:.1e}" for v in g[1:]) + " |", flush=True)
+                row(name, f"FFT + FoE mean curvature, {k} exact Richardson steps", gaps(E, x, best))
         finally:
             lbfgs_module.make_preconditioner = original
+    return table
 
 
 if __name__ == "__main__":

@@ -126,3 +126,27 @@ def test_energy_evaluation_benchmark_compares_equal_results(capsys, load_script)
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line and " ms |" not in line]
     assert len(rows) == 3 + 2 + 4, out  # three convolutions, two float64 camera rows, four energies
+
+
+def test_preconditioner_gaps_script_on_a_small_photograph(capsys, load_script):
+    """benchmarks/preconditioner_gaps.py runs on a 32 x 32 photograph: every gap is finite and
+    not below the converged minimum, more Richardson steps converge faster, the quadratic start
+    beats ``x`` after one iteration, and the experimental preconditioner is unpatched after."""
+    import math
+
+    import pytest
+
+    mod = load_script("benchmarks/preconditioner_gaps.py")
+    original = mod.lbfgs_module.make_preconditioner
+    rows = mod.main(["--problems", "camera", "--size", "32"])
+    assert mod.lbfgs_module.make_preconditioner is original
+    gaps = {label: g for problem, label, g in rows if problem == "camera"}
+    assert len(rows) == len(gaps) == 7
+    for g in gaps.values():
+        assert len(g) == 3 and all(math.isfinite(v) and v > -1e-12 for v in g)
+    after_two = [gaps[f"FFT, refine={k}"][1] for k in (0, 1, 2)]
+    assert after_two[0] > after_two[1] > after_two[2]
+    assert gaps["FFT, refine=1, from y0='quadratic'"][0] < gaps["FFT, refine=1"][0]
+    assert "| camera | FFT, refine=0 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        mod.main(["--problems", "moon"])

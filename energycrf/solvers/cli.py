@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_.add_argument("--out-dir", type=Path, default=Path("compare-solvers"),
                       help="where table.md and gap.png are written (default ./compare-solvers)")
     run_.add_argument("--progress", action="store_true", help="show tqdm bars")
+    run_.add_argument("--no-warmup", dest="warmup", action="store_false",
+                      help="time each method's first run (by default one untimed iteration of each "
+                           "goes first, so imports and kernel compilation are not timed)")
 
 
 def noisy_photograph(name: str = "camera", size: int = 128, sigma: float = 25.0, seed: int = 0):
@@ -131,12 +134,15 @@ def run(args: argparse.Namespace) -> int:
     margin = E.check_well_posed(on_fail="warn")
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
     comp = compare_solvers(E, x, methods=methods, y0=None if args.start == "x" else args.start,
-                           max_iters=args.max_iters, tol=args.tol, progress=args.progress)
+                           max_iters=args.max_iters, tol=args.tol, progress=args.progress,
+                           warmup=args.warmup)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     header = (
         f"# Solver comparison\n\nProblem: {what}; energy Unary + Pairwise + FieldOfExperts "
-        f"(convexity margin {'unknown' if margin is None else format(margin, '.4g')}); dtype {args.dtype}; start {args.start}; best energy {comp.best_energy:.12g}.\n\n"
+        f"(convexity margin {'unknown' if margin is None else format(margin, '.4g')}); dtype {args.dtype}; start {args.start}; best energy {comp.best_energy:.12g}; "
+        + ("times after one untimed iteration of each method" if args.warmup
+           else "times of first runs (imports and kernel compilation included)") + ".\n\n"
     )
     (out / "table.md").write_text(header + comp.to_markdown(), encoding="utf-8")
     comp.plot(out / "gap.png", title=f"energy gap, {what}")

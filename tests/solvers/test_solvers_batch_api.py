@@ -142,6 +142,9 @@ def test_cli_compare_solvers_on_a_photograph(tmp_path, capsys):
     assert "camera 24x24" in table and "| lbfgs |" in table and "| scipy_lbfgs |" in table
     assert (out / "gap.png").stat().st_size > 1000
     assert "wrote" in capsys.readouterr().out
+    assert "times after one untimed iteration of each method" in table
+    assert _cli(["--size", "16", "--max-iters", "3", "--methods", "lbfgs", "--no-warmup", "--out-dir", str(out)]) == 0
+    assert "times of first runs" in (out / "table.md").read_text()
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".safetensors"])
@@ -270,3 +273,36 @@ def test_adaptive_mean_field_keeps_the_old_point_and_gradient_of_a_rejected_samp
     assert not torch.equal(out.y[0], y[0]) and float(out.energy[0]) < float(e[0])
     torch.testing.assert_close(out.grad, E.grad(out.y, x), rtol=1e-12, atol=1e-12)
     assert state["lam"].tolist() == [1.0, 0.5]
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_compare_solvers_warms_each_method_up_untimed(monkeypatch, warmup):
+    """With ``warmup`` each method first runs one iteration without a progress bar, and the
+    table is built from the second, full run; without it, one run."""
+    from energycrf.solvers import compare
+    from energycrf.solvers.api import get_solver
+
+    calls = []
+
+    def recording(name, **options):
+        solver = get_solver(name, **options)
+        solve = solver.solve
+
+        def wrapped(*args, **kwargs):
+            res = solve(*args, **kwargs)
+            calls.append((name, kwargs["max_iters"], kwargs.get("progress", False), res))
+            return res
+
+        solver.solve = wrapped
+        return solver
+
+    monkeypatch.setattr(compare, "get_solver", recording)
+    comp = ec.compare_solvers(convex_energy(1), _x(B=1, C=1, H=6, W=6), methods=["mean_field", "lbfgs"],
+                              max_iters=7, tol=0.0, gtol=0.0, progress=True, warmup=warmup)
+    expected = [("mean_field", 1, False), ("mean_field", 7, True), ("lbfgs", 1, False), ("lbfgs", 7, True)]
+    if not warmup:
+        expected = expected[1::2]
+    assert [c[:3] for c in calls] == expected
+    timed = {name: res for name, budget, _, res in calls if budget == 7}
+    assert all(comp.results[m] is timed[m] for m in ("mean_field", "lbfgs"))
+    assert all(r.iterations == 7 for r in comp.rows)

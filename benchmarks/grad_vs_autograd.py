@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -42,7 +41,7 @@ import time
 import torch
 
 import energycrf as ec
-from machine_info import cpu_name  # noqa: E402  (benchmarks/ is the script's folder)
+from machine_info import MEMORY_ENV, cpu_name, peak_extra_mib  # noqa: E402  (benchmarks/ is the script's folder)
 
 METHODS = ("analytic", "torch.func.grad", "autograd.grad")
 DEFAULT_SHAPES = ("8,4,64,64", "1,4,128,128")
@@ -78,11 +77,6 @@ def make_call(method: str, E: ec.Energy, y: torch.Tensor, x: torch.Tensor):
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M).group(1))
-
-
 def worker(method: str, shape: tuple[int, ...], warmup: int) -> dict:
     """Runs in a fresh subprocess: peak extra resident memory of one call, in MiB."""
     E = build_energy(shape[1])
@@ -90,17 +84,11 @@ def worker(method: str, shape: tuple[int, ...], warmup: int) -> dict:
     call = make_call(method, E, y, x)
     for _ in range(max(warmup, 1)):
         call()
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current VmRSS
-    before = _status_kib("VmRSS")
-    out = call()
-    peak = _status_kib("VmHWM")
-    del out
-    return {"peak_mib": (peak - before) / 1024}
+    return {"peak_mib": peak_extra_mib(call)}
 
 
 def measure_memory(method: str, shape: tuple[int, ...], warmup: int, threads: int) -> float:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(threads))
+    env = dict(os.environ, **MEMORY_ENV, OMP_NUM_THREADS=str(threads))
     cmd = [sys.executable, __file__, "--worker", method, "--shapes", ",".join(map(str, shape)),
            "--warmup", str(warmup), "--threads", str(threads)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)

@@ -15,3 +15,34 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+#: Environment of a memory-measuring subprocess: glibc serves every block over 64 KiB with
+#: ``mmap``, so freed buffers go back to the kernel and a warm-up cannot hide the measured
+#: call's allocations in its free lists.
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def status_kib(key: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``)."""
+    import re
+
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M).group(1))
+
+
+def peak_extra_mib(call) -> float:
+    """Runs ``call()`` once and returns the extra resident memory it needed at its peak, in MiB.
+
+    Python's ``tracemalloc`` does not see torch's buffers and torch has no peak counter for
+    the CPU, so this resets the kernel's high-water mark (``/proc/self/clear_refs`` <- 5),
+    reads ``VmRSS``, calls, and reads ``VmHWM`` (Linux). Run it in a fresh process started
+    with :data:`MEMORY_ENV`, after a warm-up call; inputs made before it are not counted.
+    """
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current VmRSS
+    before = status_kib("VmRSS")
+    out = call()
+    peak = status_kib("VmHWM")
+    del out
+    return (peak - before) / 1024

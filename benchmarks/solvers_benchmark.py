@@ -23,6 +23,10 @@ once per round, the order rotated every round, each stopped where its single run
 the gap): medians and minima of the time to the gap, and the fastest energycrf method of
 each dtype against each peer of that dtype as ratios of medians and of minima.
 
+Then each run that reached the gap runs again in a fresh process, with the same budget and
+without copies of its iterates, for its peak extra resident memory (inputs excluded, after
+a warm-up run; ``machine_info.peak_extra_mib``); ``--no-memory`` skips it.
+
 energycrf's L-BFGS (FFT preconditioner) runs from ``x`` like the peers, and from
 ``y0="quadratic"``, the minimiser of the energy's quadratic part (computed inside the timed
 run): the peers start at ``x``, as a user of them would.
@@ -36,8 +40,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -47,7 +54,7 @@ import energycrf as ec
 from energycrf.solvers.base import Problem
 from energycrf.solvers.cli import default_energy, noisy_photograph
 from energycrf.solvers.quadratic import quadratic_start
-from machine_info import cpu_name  # benchmarks/ is the script's folder
+from machine_info import MEMORY_ENV, cpu_name, peak_extra_mib  # benchmarks/ is the script's folder
 
 TARGET = 1e-6
 
@@ -69,29 +76,34 @@ def latent_batch(seed: int = 0, sigma: float = 25.0) -> torch.Tensor:
     return z + (sigma / 255.0) * torch.randn(z.shape, generator=g, dtype=z.dtype)
 
 
-def run_energycrf(E, x, method, dtype, max_iters, y0=None, **options):
+def run_energycrf(E, x, method, dtype, max_iters, y0=None, keep=True, **options):
+    """``keep=False``: no iterate is copied (the memory measurement); returns ``None``."""
     Ed, xd = copy.deepcopy(E).to(dtype), x.to(dtype)
     iterates = []
     res = ec.solve(Ed, xd, method=method, y0=y0, max_iters=max_iters, tol=1e-13 if dtype == torch.float64 else 1e-7,
-                   gtol=0.0, on_diverge="warn", callback=lambda t, y, e: iterates.append(y.clone()), **options)
+                   gtol=0.0, on_diverge="warn", callback=(lambda t, y, e: iterates.append(y.clone())) if keep else None,
+                   **options)
+    if not keep:
+        return None
     # the start's iterate, recomputed after the timed run (which times its own), so that it does
     # not warm the allocator and caches for the solve
     iterates.insert(0, xd.clone() if y0 is None else quadratic_start(Problem(Ed, xd)))
     return iterates, res.times.tolist(), res.evaluations
 
 
-def run_scipy(E, x, max_iters):
-    iterates = [x.to(torch.float64).clone()]
+def run_scipy(E, x, max_iters, keep=True):
+    iterates = [x.to(torch.float64).clone()] if keep else None
     res = ec.solve(E, x.to(torch.float64), method="scipy_lbfgs", max_iters=max_iters, tol=1e-13, gtol=0.0,
-                   callback=lambda t, y, e: iterates.append(y.clone()))
-    return iterates, res.times.tolist(), res.evaluations
+                   callback=(lambda t, y, e: iterates.append(y.clone())) if keep else None)
+    return (iterates, res.times.tolist(), res.evaluations) if keep else None
 
 
-def run_torch_lbfgs(E, x, dtype, max_iters, fused=False):
+def run_torch_lbfgs(E, x, dtype, max_iters, fused=False, keep=True):
     """``torch.optim.LBFGS`` as a user would run it: one ``step`` call, strong Wolfe.
 
     The closure calls ``E(y, x)`` and ``E.grad(y, x)``; with ``fused=True`` it calls
-    ``E.energy_and_grad(y, x)`` once (the same values from one evaluation)."""
+    ``E.energy_and_grad(y, x)`` once (the same values from one evaluation). ``keep=False``:
+    the closure copies no iterate (the memory measurement); returns ``None``."""
     Ed, xd = copy.deepcopy(E).to(dtype), x.to(dtype)
     p = xd.clone().requires_grad_(True)
     opt = torch.optim.LBFGS([p], lr=1.0, max_iter=max_iters, max_eval=2 * max_iters, history_size=10,
@@ -107,6 +119,8 @@ def run_torch_lbfgs(E, x, dtype, max_iters, fused=False):
             else:
                 e = Ed(p.detach(), xd).sum()
                 p.grad = Ed.grad(p.detach(), xd)
+        if not keep:
+            return e
         t1 = time.perf_counter()
         iterates.append(p.detach().clone())  # every evaluation: flatters the peer
         times.append(t1 - t0 - spent[0])
@@ -114,6 +128,8 @@ def run_torch_lbfgs(E, x, dtype, max_iters, fused=False):
         return e
 
     opt.step(closure)
+    if not keep:
+        return None
     n = len(iterates) - 1
     return iterates, times, ({"energy_and_grad": n} if fused else {"energy": n, "grad": n})
 
@@ -130,26 +146,66 @@ def first_hit(gaps, times):
     return None, None
 
 
-def bench(problem: str, E, x, max_iters: int, cd_iters: int, rounds: int = 0):
-    E64, x64 = copy.deepcopy(E).to(torch.float64), x.to(torch.float64)
+def methods(E, x, cd_iters: int, keep: bool = True):
+    """The benchmarked runs: ``(name, kind, run(max_iters), dtype, timed in the interleaved rounds)``.
+    ``keep=False`` (the memory measurement): the runs copy no iterate and return ``None``.
+    ``torch.optim.LBFGS``'s budget is the closure calls to the gap, taken as ``max_iter``: it may
+    run an iteration past the gap (one more history pair) in the timed and measured runs alike."""
     f64, f32 = torch.float64, torch.float32
-    # (name, kind, run(max_iters), dtype, timed in the interleaved rounds)
-    plan = [
-        ("energycrf lbfgs (fft, quadratic start)", "energycrf", lambda n: run_energycrf(E, x, "lbfgs", f64, n, y0="quadratic", precondition="fft"), "float64", True),
-        ("energycrf lbfgs (fft precond.)", "energycrf", lambda n: run_energycrf(E, x, "lbfgs", f64, n, precondition="fft"), "float64", True),
-        ("energycrf lbfgs (block precond.)", "energycrf", lambda n: run_energycrf(E, x, "lbfgs", f64, n), "float64", False),
-        ("energycrf mean_field", "energycrf", lambda n: run_energycrf(E, x, "mean_field", f64, n), "float64", False),
-        ("energycrf gradient_descent", "energycrf", lambda n: run_energycrf(E, x, "gradient_descent", f64, n), "float64", False),
-        ("energycrf coordinate_descent", "energycrf", lambda n: run_energycrf(E, x, "coordinate_descent", f64, min(n, cd_iters)), "float64", False),
-        ("energycrf lbfgs (fft, quadratic start)", "energycrf", lambda n: run_energycrf(E, x, "lbfgs", f32, n, y0="quadratic", precondition="fft"), "float32", True),
-        ("energycrf lbfgs (fft precond.)", "energycrf", lambda n: run_energycrf(E, x, "lbfgs", f32, n, precondition="fft"), "float32", True),
-        ("energycrf mean_field", "energycrf", lambda n: run_energycrf(E, x, "mean_field", f32, n), "float32", False),
-        ("scipy L-BFGS-B", "peer", lambda n: run_scipy(E, x, n), "float64", True),
-        ("torch.optim.LBFGS", "peer", lambda n: run_torch_lbfgs(E, x, f64, n), "float64", True),
-        ("torch.optim.LBFGS (fused closure)", "peer", lambda n: run_torch_lbfgs(E, x, f64, n, fused=True), "float64", True),
-        ("torch.optim.LBFGS", "peer", lambda n: run_torch_lbfgs(E, x, f32, n), "float32", True),
-        ("torch.optim.LBFGS (fused closure)", "peer", lambda n: run_torch_lbfgs(E, x, f32, n, fused=True), "float32", True),
+    return [
+        ("energycrf lbfgs (fft, quadratic start)", "energycrf", lambda n: run_energycrf(E, x, "lbfgs", f64, n, y0="quadratic", precondition="fft", keep=keep), "float64", True),
+        ("energycrf lbfgs (fft precond.)", "energycrf", lambda n: run_energycrf(E, x, "lbfgs", f64, n, precondition="fft", keep=keep), "float64", True),
+        ("energycrf lbfgs (block precond.)", "energycrf", lambda n: run_energycrf(E, x, "lbfgs", f64, n, keep=keep), "float64", False),
+        ("energycrf mean_field", "energycrf", lambda n: run_energycrf(E, x, "mean_field", f64, n, keep=keep), "float64", False),
+        ("energycrf gradient_descent", "energycrf", lambda n: run_energycrf(E, x, "gradient_descent", f64, n, keep=keep), "float64", False),
+        ("energycrf coordinate_descent", "energycrf", lambda n: run_energycrf(E, x, "coordinate_descent", f64, min(n, cd_iters), keep=keep), "float64", False),
+        ("energycrf lbfgs (fft, quadratic start)", "energycrf", lambda n: run_energycrf(E, x, "lbfgs", f32, n, y0="quadratic", precondition="fft", keep=keep), "float32", True),
+        ("energycrf lbfgs (fft precond.)", "energycrf", lambda n: run_energycrf(E, x, "lbfgs", f32, n, precondition="fft", keep=keep), "float32", True),
+        ("energycrf mean_field", "energycrf", lambda n: run_energycrf(E, x, "mean_field", f32, n, keep=keep), "float32", False),
+        ("scipy L-BFGS-B", "peer", lambda n: run_scipy(E, x, n, keep=keep), "float64", True),
+        ("torch.optim.LBFGS", "peer", lambda n: run_torch_lbfgs(E, x, f64, n, keep=keep), "float64", True),
+        ("torch.optim.LBFGS (fused closure)", "peer", lambda n: run_torch_lbfgs(E, x, f64, n, fused=True, keep=keep), "float64", True),
+        ("torch.optim.LBFGS", "peer", lambda n: run_torch_lbfgs(E, x, f32, n, keep=keep), "float32", True),
+        ("torch.optim.LBFGS (fused closure)", "peer", lambda n: run_torch_lbfgs(E, x, f32, n, fused=True, keep=keep), "float32", True),
     ]
+
+
+def problem_input(problem: str, size: int):
+    """``x`` and the float64 energy of a benchmark problem (``camera`` at ``size``, or ``latent``)."""
+    if problem == "camera":
+        x, _ = noisy_photograph("camera", size, 25.0, 0)
+    elif problem == "latent":
+        x = latent_batch()
+    else:
+        raise ValueError(f"--problems: expected camera and/or latent, got {problem!r}")
+    return x, default_energy(x.shape[1], seed=0).to(torch.float64)
+
+
+def measure_memory(problem: str, size: int, threads: int, index: int, budget: int, cd_iters: int) -> float:
+    """Peak extra resident memory (MiB) of run ``index`` of :func:`methods` with ``budget``, in a
+    fresh process: inputs made in the run's dtype first, one warm-up run, then the measured one
+    (:func:`machine_info.peak_extra_mib`), without copies of the iterates."""
+    env = dict(os.environ, **MEMORY_ENV, OMP_NUM_THREADS=str(threads))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-worker", f"{problem},{index},{budget}",
+           "--size", str(size), "--threads", str(threads), "--cd-iters", str(cd_iters)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def memory_worker(spec: str, size: int, cd_iters: int) -> dict:
+    problem, index, budget = spec.split(",")
+    x, E = problem_input(problem, size)
+    dtype = getattr(torch, methods(E, x, cd_iters)[int(index)][3])
+    run = methods(E.to(dtype), x.to(dtype), cd_iters, keep=False)[int(index)][2]
+    run(int(budget))  # warm-up: imports, kernels, FFT plans, the allocator
+    return {"peak_mib": peak_extra_mib(lambda: run(int(budget)))}
+
+
+def bench(problem: str, E, x, max_iters: int, cd_iters: int, rounds: int = 0, memory: dict | None = None):
+    """``memory``: the problem's worker arguments (``problem``, ``size``, ``threads``), to measure
+    each run's peak memory to the gap in a fresh process (:func:`measure_memory`); ``None``: not."""
+    E64, x64 = copy.deepcopy(E).to(torch.float64), x.to(torch.float64)
+    plan = methods(E, x, cd_iters)
     runs = []
     for name, kind, fn, dt, _ in plan:
         print(f"[{problem}] {name} ({dt}) ...", flush=True)
@@ -169,6 +225,11 @@ def bench(problem: str, E, x, max_iters: int, cd_iters: int, rounds: int = 0):
     best_peer = min(peers) if peers else None
     for r in runs:
         r["speedup_vs_best_peer"] = (best_peer / r["seconds_to_gap"]) if (best_peer and r["seconds_to_gap"]) else None
+    if memory is not None:
+        for i, r in enumerate(runs):
+            if r["iters_to_gap"] is not None:
+                print(f"[{problem}] peak memory: {r['method']} ({r['dtype']}) ...", flush=True)
+                r["peak_mib"] = measure_memory(**memory, index=i, budget=max(1, r["iters_to_gap"]), cd_iters=cd_iters)
     out = {"problem": problem, "best_energy": best, "best_peer_seconds": best_peer, "runs": runs}
     if rounds:
         out["interleaved"] = interleaved(problem, plan, runs, best, E64, x64, rounds)
@@ -215,21 +276,27 @@ def interleaved_table(result) -> str:
             if r["dtype"] not in ours or r["median"] < ours[r["dtype"]]["median"]:
                 ours[r["dtype"]] = r
     fastest = "; ".join(f"{d}: {r['method']}" for d, r in ours.items())
+    peak = {(r["method"], r["dtype"]): r.get("peak_mib") for r in result.get("runs", [])}
     lines = [
         f"Interleaved timing, {inter['rounds']} rounds: seconds to the gap (median / min) and the fastest "
-        f"energycrf method of the same dtype ({fastest}) against each peer (ratio of medians / ratio of minima).\n",
-        "| method | dtype | seconds to gap, median | min | energycrf faster by (median / min) |",
-        "|---|---|---:|---:|---:|",
+        f"energycrf method of the same dtype ({fastest}) against each peer (ratio of medians / ratio of minima); "
+        "peak memory to the gap against that method's (peer / energycrf).\n",
+        "| method | dtype | seconds to gap, median | min | energycrf faster by (median / min) | memory, peer / energycrf |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         ref = ours.get(r["dtype"])
-        ratio = "-"
+        ratio = memory = "-"
         if r["kind"] == "peer" and ref and ref["median"] and r["median"]:
             ratio = f"**{r['median'] / ref['median']:.2f}x** / {r['min'] / ref['min']:.2f}x"
+        ours_mib = peak.get((ref["method"], ref["dtype"])) if ref else None
+        theirs_mib = peak.get((r["method"], r["dtype"]))
+        if r["kind"] == "peer" and ours_mib and theirs_mib is not None:
+            memory = f"{theirs_mib / ours_mib:.2f}x"
         med = "not reached" if r["median"] is None else f"{r['median']:.4f}"
         mn = "-" if r["min"] is None else f"{r['min']:.4f}"
         miss = f" ({r['missed']} missed)" if r["missed"] else ""
-        lines.append(f"| {r['method']} | {r['dtype']} | {med}{miss} | {mn} | {ratio} |")
+        lines.append(f"| {r['method']} | {r['dtype']} | {med}{miss} | {mn} | {ratio} | {memory} |")
     return "\n".join(lines) + "\n"
 
 
@@ -237,8 +304,8 @@ def table(result) -> str:
     lines = [
         f"Problem `{result['problem']}`: best energy {result['best_energy']:.10g}; target relative gap {TARGET:g}.\n",
         "| method | dtype | iterations to gap | seconds to gap | speed-up vs best peer | final gap "
-        "| evaluations (E, grad, fused E+grad, quadratic-part H v) |",
-        "|---|---|---:|---:|---:|---:|---|",
+        "| evaluations (E, grad, fused E+grad, quadratic-part H v) | peak memory to gap (MiB) |",
+        "|---|---|---:|---:|---:|---:|---|---:|",
     ]
     for r in result["runs"]:
         k = "-" if r["iters_to_gap"] is None else str(r["iters_to_gap"])
@@ -247,17 +314,21 @@ def table(result) -> str:
         c = r["evaluations"]
         ev = (f"{c.get('energy', 0)}, {c.get('grad', 0)}, {c.get('energy_and_grad', 0)}, "
               f"{c.get('quadratic_hvp', 0)}")
-        lines.append(f"| {r['method']} | {r['dtype']} | {k} | {t} | {s} | {r['final_gap']:.1e} | {ev} |")
+        mem = f"{r['peak_mib']:.1f}" if r.get("peak_mib") is not None else "-"
+        lines.append(f"| {r['method']} | {r['dtype']} | {k} | {t} | {s} | {r['final_gap']:.1e} | {ev} | {mem} |")
     return "\n".join(lines) + "\n"
 
 
 def figure(results, path: Path):
+    """Gap against wall time per problem; below, when measured, each run's peak memory to the gap."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(6.2 * len(results), 4.3), squeeze=False)
+    with_memory = any(r.get("peak_mib") is not None for res in results for r in res["runs"])
+    rows = 2 if with_memory else 1
+    fig, axes = plt.subplots(rows, len(results), figsize=(6.2 * len(results), 4.3 * rows), squeeze=False)
     for ax, res in zip(axes[0], results):
         for r in res["runs"]:
             style = "-" if r["kind"] == "energycrf" else "--"
@@ -273,9 +344,20 @@ def figure(results, path: Path):
         ax.set_title(res["problem"])
         ax.grid(True, which="both", alpha=0.25)
     axes[0][0].legend(fontsize=7)
+    if with_memory:
+        for ax, res in zip(axes[1], results):
+            measured = [r for r in res["runs"] if r.get("peak_mib") is not None]
+            labels = [f"{r['method']} ({r['dtype']})" for r in measured]
+            colours = ["tab:blue" if r["kind"] == "energycrf" else "tab:orange" for r in measured]
+            ax.barh(range(len(measured)), [r["peak_mib"] for r in measured], color=colours)
+            ax.set_yticks(range(len(measured)), labels, fontsize=7)
+            ax.invert_yaxis()
+            ax.set_xlabel("peak extra memory to the gap [MiB]")
+            ax.set_title("energycrf (blue) and peers (orange)", fontsize=9)
+            ax.grid(True, axis="x", alpha=0.25)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -290,7 +372,14 @@ def main(argv=None):
     ap.add_argument("--problems", default="camera,latent")
     ap.add_argument("--out", type=Path, default=Path("/tmp/energycrf-solvers-benchmark"))
     ap.add_argument("--replot", type=Path, default=None, help="redraw the figure from a results JSON and exit")
+    ap.add_argument("--no-memory", dest="memory", action="store_false",
+                    help="skip the peak-memory measurement (one fresh process per run that reached the gap)")
+    ap.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)  # problem,index,budget
     args = ap.parse_args(argv)
+    if args.memory_worker is not None:
+        torch.set_num_threads(args.threads)
+        print(json.dumps(memory_worker(args.memory_worker, args.size, args.cd_iters)))
+        return
     if args.replot is not None:
         figure(json.loads(args.replot.read_text()), args.out / "solvers_benchmark.png")
         return
@@ -298,16 +387,11 @@ def main(argv=None):
     torch.manual_seed(0)
     results = []
     for problem in args.problems.split(","):
-        if problem == "camera":
-            x, _ = noisy_photograph("camera", args.size, 25.0, 0)
-        elif problem == "latent":
-            x = latent_batch()
-        else:
-            raise ValueError(f"--problems: expected camera and/or latent, got {problem!r}")
-        E = default_energy(x.shape[1], seed=0).to(torch.float64)
+        x, E = problem_input(problem, args.size)
         margin = E.check_well_posed(on_fail="raise")
         print(f"[{problem}] x {tuple(x.shape)}, convexity margin {margin:.4f}", flush=True)
-        results.append(bench(f"{problem} {tuple(x.shape)}", E, x, args.max_iters, args.cd_iters, args.rounds))
+        memory = {"problem": problem, "size": args.size, "threads": args.threads} if args.memory else None
+        results.append(bench(f"{problem} {tuple(x.shape)}", E, x, args.max_iters, args.cd_iters, args.rounds, memory))
         print(table(results[-1]) + "\n" + interleaved_table(results[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     report = f"Machine: {machine()}\n\n" + "\n".join(table(r) + "\n" + interleaved_table(r) for r in results)

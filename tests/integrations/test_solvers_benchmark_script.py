@@ -10,7 +10,7 @@ from unittest import mock
 def test_benchmark_runs_and_interleaved_rounds_reach_the_gap(tmp_path, load_script):
     mod = load_script("benchmarks/solvers_benchmark.py")
     mod.main(["--problems", "camera", "--size", "32", "--max-iters", "40", "--cd-iters", "2",
-              "--rounds", "2", "--out", str(tmp_path)])
+              "--rounds", "2", "--no-memory", "--out", str(tmp_path)])
     (result,) = json.loads((tmp_path / "solvers_benchmark.json").read_text())
     runs = {(r["method"], r["dtype"]): r for r in result["runs"]}
     for start in ("fft precond.", "fft, quadratic start"):
@@ -40,11 +40,16 @@ def test_interleaved_table_ratios_are_peer_over_the_fastest_energycrf_method_of_
     rows = [row("ours a", "energycrf", "float32", 0.02, 0.01), row("ours b", "energycrf", "float32", 0.01, 0.008),
             row("ours c", "energycrf", "float64", 0.05, 0.04), row("peer", "peer", "float32", 0.03, 0.02),
             row("peer", "peer", "float64", 0.2, 0.1), row("slow peer", "peer", "float64", None, None, missed=2)]
-    table = mod.interleaved_table({"interleaved": {"rounds": 2, "rows": rows}}).splitlines()
+    # peak memory of the single runs: ours b and the float32 peer measured, ours c not
+    runs = [{"method": "ours b", "dtype": "float32", "peak_mib": 4.0}, {"method": "peer", "dtype": "float32", "peak_mib": 10.0},
+            {"method": "peer", "dtype": "float64", "peak_mib": 3.0}]
+    table = mod.interleaved_table({"interleaved": {"rounds": 2, "rows": rows}, "runs": runs}).splitlines()
     assert "(float32: ours b; float64: ours c)" in table[0]
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in table if line.startswith("| ")][1:]
     body = {(c[0], c[1]): c for c in cells}  # method, dtype, median, min, ratio
     assert body[("peer", "float32")][4] == "**3.00x** / 2.50x"  # 0.03 / 0.01, 0.02 / 0.008
+    assert body[("peer", "float32")][5] == "2.50x"  # 10 MiB / 4 MiB
+    assert body[("peer", "float64")][5] == "-"  # ours c has no measurement
     assert body[("peer", "float64")][4] == "**4.00x** / 2.50x"  # 0.2 / 0.05, 0.1 / 0.04
     assert body[("ours a", "float32")][4] == "-"
     assert body[("slow peer", "float64")][2] == "not reached (2 missed)"
@@ -150,3 +155,21 @@ def test_preconditioner_gaps_script_on_a_small_photograph(capsys, load_script):
     assert "| camera | FFT, refine=0 |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         mod.main(["--problems", "moon"])
+
+
+def test_memory_worker_measures_one_solve_in_a_fresh_process(load_script):
+    """The peak memory of energycrf's one-iteration solve of a 256 x 256 photograph (float32)
+    is at least one image (its result) and far below what a leak of the iterates would give;
+    the runs it measures copy no iterate."""
+    import torch
+
+    mod = load_script("benchmarks/solvers_benchmark.py")
+    x, E = mod.problem_input("camera", 256)
+    plan = mod.methods(E, x, cd_iters=1)
+    index = next(i for i, p in enumerate(plan) if p[0] == "energycrf lbfgs (fft, quadratic start)" and p[3] == "float32")
+    bare = mod.methods(E.float(), x.float(), cd_iters=1, keep=False)
+    assert all(run(1) is None for _, _, run, dt, _ in bare if dt == "float32")
+    image_mib = x.numel() * 4 / 2**20  # 0.25 MiB
+    mib = mod.measure_memory("camera", 256, threads=1, index=index, budget=1, cd_iters=1)
+    assert image_mib <= mib < 100 * image_mib
+    assert isinstance(plan[index][2](1)[0][0], torch.Tensor)  # keep=True: the iterates

@@ -151,10 +151,8 @@ def compare_solvers(
         figure: save the gap-vs-iterations / gap-vs-time figure there.
         warmup: run each method for one iteration, untimed and discarded, before its timed
             run, so that one-time costs do not fall on whichever method meets them first:
-            lazy imports (``torch.optim``'s first step imports ``torch._dynamo``, about 0.8 s;
-            ``scipy.optimize``), oneDNN's kernels compiled per convolution shape, FFT plans and
-            the allocator's first buffers. Without it, on a 128 x 128 photograph,
-            ``torch_lbfgs`` is timed at 0.85 s instead of 0.07 s.
+            oneDNN's kernels compiled per convolution shape, FFT plans, the allocator's first
+            buffers, a library's first call.
 
     Returns:
         A :class:`Comparison` (``.rows``, ``.results``, ``.to_markdown()``, ``.plot()``).

@@ -306,3 +306,22 @@ def test_compare_solvers_warms_each_method_up_untimed(monkeypatch, warmup):
     timed = {name: res for name, budget, _, res in calls if budget == 7}
     assert all(comp.results[m] is timed[m] for m in ("mean_field", "lbfgs"))
     assert all(r.iterations == 7 for r in comp.rows)
+
+
+def test_torch_lbfgs_pays_torch_optims_first_use_when_made_not_when_solving(monkeypatch):
+    """torch.optim's first optimiser imports torch._dynamo (about 0.9 s): making the solver makes
+    a throwaway one, so a solve's times start after it. The solve makes its own as before."""
+    from energycrf.solvers.lbfgs import TorchLBFGS
+
+    made = []
+    real = torch.optim.LBFGS
+
+    def counting(params, **kwargs):
+        made.append(kwargs)
+        return real(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "LBFGS", counting)
+    solver = TorchLBFGS()
+    assert len(made) == 1
+    res = solver.solve(quadratic_energy(1), _x(B=1, C=1, H=6, W=6), max_iters=3)
+    assert len(made) == 2 and made[1]["max_iter"] == 1 and res.num_iterations >= 1

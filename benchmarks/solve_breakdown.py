@@ -89,7 +89,7 @@ def breakdown(E, x, peer_evals: int, rounds: int):
         return res.times[-1].item()
 
     def peer():
-        _, times, _ = run_torch_lbfgs(E, x, torch.float32, peer_evals, fused=True)
+        _, times, _, _ = run_torch_lbfgs(E, x, torch.float32, peer_evals, fused=True)
         return times[peer_evals]
 
     ours(), peer()  # warm-up

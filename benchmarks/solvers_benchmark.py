@@ -23,15 +23,16 @@ once per round, the order rotated every round, each stopped where its single run
 the gap): medians and minima of the time to the gap, and the fastest energycrf method of
 each dtype against each peer of that dtype as ratios of medians and of minima.
 
-Then each run that reached the gap runs again in a fresh process, with the same budget and
-without copies of its iterates, for its peak extra resident memory (inputs excluded, after
-a warm-up run; ``machine_info.peak_extra_mib``); ``--no-memory`` skips it.
+Then each run that reached the gap runs again in a fresh process, up to the end of the
+iteration in which it got there and without copies of its iterates, for its peak extra
+resident memory (inputs excluded, after a warm-up run; ``machine_info.peak_extra_mib``,
+Linux); ``--no-memory`` skips it.
 
 energycrf's L-BFGS (FFT preconditioner) runs from ``x`` like the peers, and from
 ``y0="quadratic"``, the minimiser of the energy's quadratic part (computed inside the timed
 run): the peers start at ``x``, as a user of them would.
 
-    python benchmarks/solvers_benchmark.py                 # both problems, ~12 min on 1 thread
+    python benchmarks/solvers_benchmark.py                 # both problems, ~5 min on 1 thread
     python benchmarks/solvers_benchmark.py --size 128 --threads 2 --out /tmp/bench
 """
 
@@ -77,7 +78,9 @@ def latent_batch(seed: int = 0, sigma: float = 25.0) -> torch.Tensor:
 
 
 def run_energycrf(E, x, method, dtype, max_iters, y0=None, keep=True, **options):
-    """``keep=False``: no iterate is copied (the memory measurement); returns ``None``."""
+    """``(iterates, times, evaluations, iterations)``: the start and every iterate, their times,
+    the evaluation counts, and the solver iteration of each iterate (here its index).
+    ``keep=False``: no iterate is copied (the memory measurement); returns ``None``."""
     Ed, xd = copy.deepcopy(E).to(dtype), x.to(dtype)
     iterates = []
     res = ec.solve(Ed, xd, method=method, y0=y0, max_iters=max_iters, tol=1e-13 if dtype == torch.float64 else 1e-7,
@@ -88,27 +91,29 @@ def run_energycrf(E, x, method, dtype, max_iters, y0=None, keep=True, **options)
     # the start's iterate, recomputed after the timed run (which times its own), so that it does
     # not warm the allocator and caches for the solve
     iterates.insert(0, xd.clone() if y0 is None else quadratic_start(Problem(Ed, xd)))
-    return iterates, res.times.tolist(), res.evaluations
+    return iterates, res.times.tolist(), res.evaluations, list(range(len(iterates)))
 
 
 def run_scipy(E, x, max_iters, keep=True):
     iterates = [x.to(torch.float64).clone()] if keep else None
     res = ec.solve(E, x.to(torch.float64), method="scipy_lbfgs", max_iters=max_iters, tol=1e-13, gtol=0.0,
                    callback=(lambda t, y, e: iterates.append(y.clone())) if keep else None)
-    return (iterates, res.times.tolist(), res.evaluations) if keep else None
+    return (iterates, res.times.tolist(), res.evaluations, list(range(len(iterates)))) if keep else None
 
 
-def run_torch_lbfgs(E, x, dtype, max_iters, fused=False, keep=True):
+def run_torch_lbfgs(E, x, dtype, max_iters, fused=False, keep=True, max_evals=None):
     """``torch.optim.LBFGS`` as a user would run it: one ``step`` call, strong Wolfe.
 
     The closure calls ``E(y, x)`` and ``E.grad(y, x)``; with ``fused=True`` it calls
-    ``E.energy_and_grad(y, x)`` once (the same values from one evaluation). ``keep=False``:
-    the closure copies no iterate (the memory measurement); returns ``None``."""
+    ``E.energy_and_grad(y, x)`` once (the same values from one evaluation). Every closure call
+    is an iterate; ``iterations`` gives the L-BFGS iteration each belongs to (0: the first
+    call). ``keep=False``: no iterate is copied (the memory measurement); returns ``None``.
+    ``max_evals``: closure calls allowed (``max_eval``; default ``2 max_iters``)."""
     Ed, xd = copy.deepcopy(E).to(dtype), x.to(dtype)
     p = xd.clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([p], lr=1.0, max_iter=max_iters, max_eval=2 * max_iters, history_size=10,
+    opt = torch.optim.LBFGS([p], lr=1.0, max_iter=max_iters, max_eval=max_evals or 2 * max_iters, history_size=10,
                             line_search_fn="strong_wolfe", tolerance_grad=0.0, tolerance_change=0.0)
-    iterates, times, spent = [xd.clone()], [0.0], [0.0]
+    iterates, times, spent, iterations = ([xd.clone()] if keep else None), [0.0], [0.0], [0]
     t0 = time.perf_counter()
 
     def closure():
@@ -123,6 +128,7 @@ def run_torch_lbfgs(E, x, dtype, max_iters, fused=False, keep=True):
             return e
         t1 = time.perf_counter()
         iterates.append(p.detach().clone())  # every evaluation: flatters the peer
+        iterations.append(opt.state[p].get("n_iter", 0))
         times.append(t1 - t0 - spent[0])
         spent[0] += time.perf_counter() - t1
         return e
@@ -131,7 +137,7 @@ def run_torch_lbfgs(E, x, dtype, max_iters, fused=False, keep=True):
     if not keep:
         return None
     n = len(iterates) - 1
-    return iterates, times, ({"energy_and_grad": n} if fused else {"energy": n, "grad": n})
+    return iterates, times, ({"energy_and_grad": n} if fused else {"energy": n, "grad": n}), iterations
 
 
 def evaluate(E64, x64, iterates):
@@ -149,9 +155,11 @@ def first_hit(gaps, times):
 def methods(E, x, cd_iters: int, keep: bool = True):
     """The benchmarked runs: ``(name, kind, run(max_iters), dtype, timed in the interleaved rounds)``.
     ``keep=False`` (the memory measurement): the runs copy no iterate and return ``None``.
-    ``torch.optim.LBFGS``'s budget is the closure calls to the gap, taken as ``max_iter``: it may
-    run an iteration past the gap (one more history pair) in the timed and measured runs alike."""
+    ``n`` is ``max_iters``: for ``torch.optim.LBFGS`` ``max_iter``, with ``max_eval = 2 n`` when
+    timed and, when measured, a ``max_eval`` that does not bind (it runs ``n`` iterations).
+    """
     f64, f32 = torch.float64, torch.float32
+    evals = (lambda n: None) if keep else (lambda n: 25 * n + 1)  # noqa: E731  (25: torch's line-search limit)
     return [
         ("energycrf lbfgs (fft, quadratic start)", "energycrf", lambda n: run_energycrf(E, x, "lbfgs", f64, n, y0="quadratic", precondition="fft", keep=keep), "float64", True),
         ("energycrf lbfgs (fft precond.)", "energycrf", lambda n: run_energycrf(E, x, "lbfgs", f64, n, precondition="fft", keep=keep), "float64", True),
@@ -163,10 +171,10 @@ def methods(E, x, cd_iters: int, keep: bool = True):
         ("energycrf lbfgs (fft precond.)", "energycrf", lambda n: run_energycrf(E, x, "lbfgs", f32, n, precondition="fft", keep=keep), "float32", True),
         ("energycrf mean_field", "energycrf", lambda n: run_energycrf(E, x, "mean_field", f32, n, keep=keep), "float32", False),
         ("scipy L-BFGS-B", "peer", lambda n: run_scipy(E, x, n, keep=keep), "float64", True),
-        ("torch.optim.LBFGS", "peer", lambda n: run_torch_lbfgs(E, x, f64, n, keep=keep), "float64", True),
-        ("torch.optim.LBFGS (fused closure)", "peer", lambda n: run_torch_lbfgs(E, x, f64, n, fused=True, keep=keep), "float64", True),
-        ("torch.optim.LBFGS", "peer", lambda n: run_torch_lbfgs(E, x, f32, n, keep=keep), "float32", True),
-        ("torch.optim.LBFGS (fused closure)", "peer", lambda n: run_torch_lbfgs(E, x, f32, n, fused=True, keep=keep), "float32", True),
+        ("torch.optim.LBFGS", "peer", lambda n: run_torch_lbfgs(E, x, f64, n, keep=keep, max_evals=evals(n)), "float64", True),
+        ("torch.optim.LBFGS (fused closure)", "peer", lambda n: run_torch_lbfgs(E, x, f64, n, fused=True, keep=keep, max_evals=evals(n)), "float64", True),
+        ("torch.optim.LBFGS", "peer", lambda n: run_torch_lbfgs(E, x, f32, n, keep=keep, max_evals=evals(n)), "float32", True),
+        ("torch.optim.LBFGS (fused closure)", "peer", lambda n: run_torch_lbfgs(E, x, f32, n, fused=True, keep=keep, max_evals=evals(n)), "float32", True),
     ]
 
 
@@ -211,25 +219,35 @@ def bench(problem: str, E, x, max_iters: int, cd_iters: int, rounds: int = 0, me
         print(f"[{problem}] {name} ({dt}) ...", flush=True)
         if "coordinate_descent" not in name:  # warm-up run (allocator, FFT plans, lazy imports), discarded
             fn(max_iters)
-        iterates, times, evals = fn(max_iters)
+        iterates, times, evals, iterations = fn(max_iters)
         runs.append({"method": name, "kind": kind, "dtype": dt, "energies": evaluate(E64, x64, iterates),
-                     "times": times, "evaluations": evals})
+                     "times": times, "evaluations": evals, "iterations": iterations})
         del iterates
     best = min(min(r["energies"]) for r in runs)
     for r in runs:
         r["gaps"] = [(e - best) / abs(best) for e in r["energies"]]
         k, t = first_hit(r["gaps"], r["times"])
         r["iters_to_gap"], r["seconds_to_gap"] = k, t
+        # the solver iteration during which it got there (torch.optim.LBFGS: iterates are closure calls)
+        r["iteration_at_gap"] = None if k is None else r["iterations"][k]
         r["final_gap"] = r["gaps"][-1]
     peers = [r["seconds_to_gap"] for r in runs if r["kind"] == "peer" and r["seconds_to_gap"] is not None]
     best_peer = min(peers) if peers else None
     for r in runs:
         r["speedup_vs_best_peer"] = (best_peer / r["seconds_to_gap"]) if (best_peer and r["seconds_to_gap"]) else None
-    if memory is not None:
-        for i, r in enumerate(runs):
-            if r["iters_to_gap"] is not None:
-                print(f"[{problem}] peak memory: {r['method']} ({r['dtype']}) ...", flush=True)
-                r["peak_mib"] = measure_memory(**memory, index=i, budget=max(1, r["iters_to_gap"]), cd_iters=cd_iters)
+    if memory is not None and not Path("/proc/self/clear_refs").exists():
+        print(f"[{problem}] peak memory not measured: it needs Linux's /proc/self/clear_refs", flush=True)
+        memory = None
+    for i, r in enumerate(runs):
+        if memory is None or r["iteration_at_gap"] is None:
+            continue
+        print(f"[{problem}] peak memory: {r['method']} ({r['dtype']}) ...", flush=True)
+        try:
+            r["peak_mib"] = measure_memory(**memory, index=i, budget=max(1, r["iteration_at_gap"]), cd_iters=cd_iters)
+        except subprocess.CalledProcessError as err:  # keep the timings; say why, measure no more
+            tail = "\n".join((err.stderr or "").strip().splitlines()[-5:])
+            print(f"[{problem}] peak memory not measured: the worker failed (exit {err.returncode}):\n{tail}", flush=True)
+            memory = None
     out = {"problem": problem, "best_energy": best, "best_peer_seconds": best_peer, "runs": runs}
     if rounds:
         out["interleaved"] = interleaved(problem, plan, runs, best, E64, x64, rounds)
@@ -252,7 +270,7 @@ def interleaved(problem, plan, runs, best, E64, x64, rounds):
         order = order[rnd % len(order):] + order[:rnd % len(order)]
         for i in order:
             (name, _, fn, dt, _), r = chosen[i]
-            iterates, times, _ = fn(max(1, r["iters_to_gap"]))
+            iterates, times, _, _ = fn(max(1, r["iters_to_gap"]))
             gaps = [(e - best) / abs(best) for e in evaluate(E64, x64, iterates)]
             seconds[i].append(first_hit(gaps, times)[1])
         print(f"[{problem}] interleaved round {rnd + 1}/{rounds}", flush=True)

@@ -45,8 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="where table.md and gap.png are written (default ./compare-solvers)")
     run_.add_argument("--progress", action="store_true", help="show tqdm bars")
     run_.add_argument("--no-warmup", dest="warmup", action="store_false",
-                      help="time each method's first run (by default one untimed iteration of each "
-                           "goes first, so imports and kernel compilation are not timed)")
+                      help="no untimed warm-up iteration before each method's timed run (by default one goes "
+                           "first, so that one-time costs such as kernel compilation are not timed)")
 
 
 def noisy_photograph(name: str = "camera", size: int = 128, sigma: float = 25.0, seed: int = 0):
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         f"# Solver comparison\n\nProblem: {what}; energy Unary + Pairwise + FieldOfExperts "
         f"(convexity margin {'unknown' if margin is None else format(margin, '.4g')}); dtype {args.dtype}; start {args.start}; best energy {comp.best_energy:.12g}; "
         + ("times after one untimed iteration of each method" if args.warmup
-           else "times of first runs (imports and kernel compilation included)") + ".\n\n"
+           else "times without an untimed warm-up iteration") + ".\n\n"
     )
     (out / "table.md").write_text(header + comp.to_markdown(), encoding="utf-8")
     comp.plot(out / "gap.png", title=f"energy gap, {what}")

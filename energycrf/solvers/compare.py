@@ -149,8 +149,9 @@ def compare_solvers(
         options: per-method options, e.g. ``{"mean_field": {"damping": 0.5}}``.
         target_gap: the relative gap for the "iterations/seconds to gap" columns.
         figure: save the gap-vs-iterations / gap-vs-time figure there.
-        warmup: run each method for one iteration, untimed and discarded, before its timed
-            run, so that one-time costs do not fall on whichever method meets them first:
+        warmup: run each method for one iteration (none with a budget of 0), untimed, on a
+            solver object of its own and discarded, before its timed run, so that one-time
+            costs do not fall on whichever method meets them first:
             oneDNN's kernels compiled per convolution shape, FFT plans, the allocator's first
             buffers, a library's first call.
 
@@ -179,14 +180,14 @@ def compare_solvers(
     results: dict[str, SolveResult] = {}
     skipped: dict[str, str] = {}
     for m in methods:
-        solver = get_solver(m, **options.get(m, {}))
         budget = max_iters.get(m, 200) if isinstance(max_iters, dict) else max_iters
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # divergence is reported in the table
-                if warmup:  # one-time costs, untimed (see the docstring)
-                    solver.solve(E, x, c, y0=y0, max_iters=min(1, budget), tol=tol, gtol=gtol, on_diverge="ignore")
-                results[m] = solver.solve(
+                if warmup:  # one-time costs, untimed (see the docstring); a solver object of its own
+                    get_solver(m, **options.get(m, {})).solve(
+                        E, x, c, y0=y0, max_iters=min(1, budget), tol=tol, gtol=gtol, on_diverge="ignore")
+                results[m] = get_solver(m, **options.get(m, {})).solve(
                     E, x, c, y0=y0, max_iters=budget, tol=tol, gtol=gtol, on_diverge="ignore", progress=progress
                 )
         except ValueError as err:  # the method does not apply to this energy

@@ -4,7 +4,10 @@ included (the real run is documented in docs/solvers.md)."""
 from __future__ import annotations
 
 import json
+import subprocess
 from unittest import mock
+
+import torch
 
 
 def test_benchmark_runs_and_interleaved_rounds_reach_the_gap(tmp_path, load_script):
@@ -173,3 +176,53 @@ def test_memory_worker_measures_one_solve_in_a_fresh_process(load_script):
     mib = mod.measure_memory("camera", 256, threads=1, index=index, budget=1, cd_iters=1)
     assert image_mib <= mib < 100 * image_mib
     assert isinstance(plan[index][2](1)[0][0], torch.Tensor)  # keep=True: the iterates
+
+
+def test_torch_lbfgs_memory_run_stops_with_the_iteration_that_reached_the_gap(load_script):
+    """Every closure call of torch.optim.LBFGS is an iterate, tagged with its L-BFGS iteration; the
+    memory run, given that iteration, makes exactly the calls up to its end (no more history)."""
+    mod = load_script("benchmarks/solvers_benchmark.py")
+    x, E = mod.problem_input("camera", 32)
+    E32, x32 = E.float(), x.float()
+    iterates, times, evals, iterations = mod.run_torch_lbfgs(E32, x32, torch.float32, 6, fused=True)
+    assert len(iterates) == len(times) == len(iterations) == evals["energy_and_grad"] + 1
+    assert iterations[0] == 0 and iterations == sorted(iterations) and iterations[-1] <= 6
+    gap_call = 4  # as if the gap were reached at the 4th closure call
+    m = iterations[gap_call]
+    real = type(E32).energy_and_grad
+    with mock.patch.object(type(E32), "energy_and_grad", autospec=True, side_effect=real) as calls:
+        assert mod.run_torch_lbfgs(E32, x32, torch.float32, m, fused=True, keep=False, max_evals=25 * m + 1) is None
+    # iterate 0 is the start (no call); iterate k is the k-th closure call
+    assert calls.call_count == sum(1 for it in iterations[1:] if it <= m) >= gap_call
+
+
+def test_benchmark_keeps_its_timings_when_the_memory_worker_fails(tmp_path, capsys, load_script):
+    mod = load_script("benchmarks/solvers_benchmark.py")
+    failure = subprocess.CalledProcessError(1, ["worker"], stderr="Traceback ...\nPermissionError: clear_refs")
+    with mock.patch.object(mod, "measure_memory", side_effect=failure) as measure:
+        mod.main(["--problems", "camera", "--size", "16", "--max-iters", "30", "--cd-iters", "1", "--rounds", "0",
+                  "--out", str(tmp_path)])
+    assert measure.call_count == 1  # it stops measuring after the first failure
+    out = capsys.readouterr().out
+    assert "peak memory not measured: the worker failed (exit 1)" in out and "PermissionError: clear_refs" in out
+    (result,) = json.loads((tmp_path / "solvers_benchmark.json").read_text())
+    assert all("peak_mib" not in r for r in result["runs"]) and any(r["iters_to_gap"] for r in result["runs"])
+
+
+def test_memory_is_measured_to_the_iteration_that_reached_the_gap(tmp_path, load_script):
+    """Each run's memory budget is the solver iteration in which it reached the gap: for
+    torch.optim.LBFGS that is fewer than its closure calls to the gap (its iterates)."""
+    mod = load_script("benchmarks/solvers_benchmark.py")
+    with mock.patch.object(mod, "measure_memory", return_value=1.5) as measure:
+        mod.main(["--problems", "camera", "--size", "16", "--max-iters", "30", "--cd-iters", "1", "--rounds", "0",
+                  "--out", str(tmp_path)])
+    (result,) = json.loads((tmp_path / "solvers_benchmark.json").read_text())
+    reached = [(i, r) for i, r in enumerate(result["runs"]) if r["iters_to_gap"] is not None]
+    budgets = {c.kwargs["index"]: c.kwargs["budget"] for c in measure.call_args_list}
+    assert sorted(budgets) == [i for i, _ in reached]
+    for i, r in reached:
+        assert budgets[i] == max(1, r["iteration_at_gap"]) and r["peak_mib"] == 1.5
+        if r["method"].startswith("torch.optim.LBFGS"):
+            assert r["iteration_at_gap"] < r["iters_to_gap"]
+        else:
+            assert r["iteration_at_gap"] == r["iters_to_gap"]

@@ -144,7 +144,7 @@ def test_cli_compare_solvers_on_a_photograph(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     assert "times after one untimed iteration of each method" in table
     assert _cli(["--size", "16", "--max-iters", "3", "--methods", "lbfgs", "--no-warmup", "--out-dir", str(out)]) == 0
-    assert "times of first runs" in (out / "table.md").read_text()
+    assert "times without an untimed warm-up iteration" in (out / "table.md").read_text()
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".safetensors"])
@@ -290,7 +290,7 @@ def test_compare_solvers_warms_each_method_up_untimed(monkeypatch, warmup):
 
         def wrapped(*args, **kwargs):
             res = solve(*args, **kwargs)
-            calls.append((name, kwargs["max_iters"], kwargs.get("progress", False), res))
+            calls.append((name, kwargs["max_iters"], kwargs.get("progress", False), res, id(solver)))
             return res
 
         solver.solve = wrapped
@@ -303,7 +303,9 @@ def test_compare_solvers_warms_each_method_up_untimed(monkeypatch, warmup):
     if not warmup:
         expected = expected[1::2]
     assert [c[:3] for c in calls] == expected
-    timed = {name: res for name, budget, _, res in calls if budget == 7}
+    timed = {name: res for name, budget, _, res, _ in calls if budget == 7}
+    if warmup:  # the warm-up runs on a solver object of its own
+        assert calls[0][4] != calls[1][4] and calls[2][4] != calls[3][4]
     assert all(comp.results[m] is timed[m] for m in ("mean_field", "lbfgs"))
     assert all(r.iterations == 7 for r in comp.rows)
 

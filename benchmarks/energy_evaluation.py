@@ -32,7 +32,7 @@ import energycrf as ec
 from energycrf.energies import operators
 from energycrf.energies.base import _add
 from energycrf.solvers.cli import default_energy, noisy_photograph
-from preconditioner_setup import median_ms  # noqa: E402  (benchmarks/ is the script's folder)
+from machine_info import median_ms  # noqa: E402  (benchmarks/ is the script's folder)
 from solvers_benchmark import latent_batch, machine  # noqa: E402
 
 F64 = torch.float64

@@ -1,8 +1,11 @@
-"""The CPU's model name, for the machine line every benchmark prints (shared by the scripts here)."""
+"""Helpers shared by the benchmark scripts here: the CPU's model name (for the machine line every
+benchmark prints), interleaved median timings, and peak extra memory in a fresh process."""
 
 from __future__ import annotations
 
 import platform
+import statistics
+import time
 from pathlib import Path
 
 
@@ -46,3 +49,18 @@ def peak_extra_mib(call) -> float:
     peak = status_kib("VmHWM")
     del out
     return (peak - before) / 1024
+
+
+def median_ms(fns, rounds):
+    """Interleaved rounds of each function (order rotated each round) -> median milliseconds."""
+    times = [[] for _ in fns]
+    for f in fns:  # warm-up
+        f()
+    for r in range(rounds):
+        order = list(range(len(fns)))
+        order = order[r % len(order):] + order[:r % len(order)]
+        for i in order:
+            t = time.perf_counter()
+            fns[i]()
+            times[i].append(time.perf_counter() - t)
+    return [1e3 * statistics.median(t) for t in times]

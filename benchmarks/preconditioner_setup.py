@@ -18,8 +18,6 @@ here, in one run, interleaved (medians of ``--rounds`` rounds, 1 torch thread):
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from contextlib import contextmanager
 
 import torch
@@ -27,7 +25,8 @@ import torch
 import energycrf as ec
 from energycrf.solvers import quadratic as Q
 from energycrf.solvers.cli import default_energy
-from solvers_benchmark import latent_batch, machine  # noqa: E402  (benchmarks/ is the script's folder)
+from machine_info import median_ms  # noqa: E402  (benchmarks/ is the script's folder)
+from solvers_benchmark import latent_batch, machine  # noqa: E402
 
 
 plain_inverse = Q._eigh_floored_inverse  # the eigendecomposition of every block, the library's fallback
@@ -49,21 +48,6 @@ def mixing_energy(channels: int = 4, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     M = torch.eye(channels) + 0.3 * torch.randn(channels, channels, generator=g)
     return default_energy(channels, seed=seed, compatibility=ec.energies.MatrixCompatibility(M))
-
-
-def median_ms(fns, rounds):
-    """Interleaved rounds of each function (order rotated each round) -> median milliseconds."""
-    times = [[] for _ in fns]
-    for f in fns:  # warm-up
-        f()
-    for r in range(rounds):
-        order = list(range(len(fns)))
-        order = order[r % len(order):] + order[:r % len(order)]
-        for i in order:
-            t = time.perf_counter()
-            fns[i]()
-            times[i].append(time.perf_counter() - t)
-    return [1e3 * statistics.median(t) for t in times]
 
 
 def main(argv=None):

@@ -181,15 +181,16 @@ def compare_solvers(
     skipped: dict[str, str] = {}
     for m in methods:
         budget = max_iters.get(m, 200) if isinstance(max_iters, dict) else max_iters
+        def run(iters, **kw):  # a solver object of its own per run
+            return get_solver(m, **options.get(m, {})).solve(
+                E, x, c, y0=y0, max_iters=iters, tol=tol, gtol=gtol, on_diverge="ignore", **kw)
+
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # divergence is reported in the table
-                if warmup:  # one-time costs, untimed (see the docstring); a solver object of its own
-                    get_solver(m, **options.get(m, {})).solve(
-                        E, x, c, y0=y0, max_iters=min(1, budget), tol=tol, gtol=gtol, on_diverge="ignore")
-                results[m] = get_solver(m, **options.get(m, {})).solve(
-                    E, x, c, y0=y0, max_iters=budget, tol=tol, gtol=gtol, on_diverge="ignore", progress=progress
-                )
+                if warmup:  # one-time costs, untimed (see the docstring)
+                    run(min(1, budget))
+                results[m] = run(budget, progress=progress)
         except ValueError as err:  # the method does not apply to this energy
             skipped[m] = str(err)
     if not results:

@@ -75,6 +75,21 @@ def test_gaussian_local_kernel_matches_its_definition(radius, sigma, strength, c
     _check_message(kernel, matrix, data.draw(tensors((2, 3, H, W))))
 
 
+@given(batch=st.integers(1, 5), channels=st.integers(1, 6), radius=st.integers(1, 2), circular=st.booleans(),
+       H=st.integers(5, 12), W=st.integers(5, 12), data=st.data())
+def test_local_kernel_message_of_a_float32_batch_matches_its_definition(batch, channels, radius, circular, H, W,
+                                                                        data):
+    """float32 runs ``F.conv2d`` (float64 the shifted sums), with the batch packed into the
+    channels: every image of ``[B, C, H, W]`` still gets its own message, for any ``B C``."""
+    kernel = K.LocalKernel(radius=radius, sigma=1.3, boundary="circular" if circular else "zeros")
+    y = data.draw(tensors((batch, channels, H, W))).float()
+    matrix = explicit_local(kernel.weights().detach().double(), H, W, circular)
+    ref = (y.double().reshape(batch, channels, H * W) @ matrix.T).reshape(y.shape)
+    out = kernel.message(y)
+    assert out.dtype == torch.float32 and out.shape == y.shape
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
 @given(H=st.integers(1, 6), W=st.integers(1, 6), data=st.data())
 def test_learnable_local_kernel_is_symmetric_and_matches_its_window(H, W, data):
     kernel = K.LocalKernel(radius=2, learnable=True).double()

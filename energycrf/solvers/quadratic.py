@@ -115,7 +115,7 @@ def _circulant_taps(E_quadratic: Any, x: Tensor, c: Tensor | None, y: Tensor) ->
     """The Hessian's impulse responses at an interior site, ``[B', C, C, H, W]`` (out, in)
     rolled to the origin (``B' = 1`` when every sample has the same), and the number of
     gradient evaluations spent, and whether the taps are a ``(2R + 1)^2`` crop centred at
-    ``(R, R)`` (to be placed on the grid by :func:`_place_taps`).
+    ``(R, R)`` (their spectrum on the grid: :func:`_spectrum_of_crop`).
 
     When the quadratic part is translation invariant (``E.translation_invariant``: the same
     stencil at every interior site, whatever ``x``) and every term declares a finite interaction
@@ -160,6 +160,23 @@ def _place_taps(small: Tensor, H: int, W: int) -> Tensor:
     taps = small.new_zeros(*small.shape[:-2], H, W)
     taps[..., rows[:, None], cols[None, :]] = small
     return taps
+
+
+def _spectrum_of_crop(small: Tensor, H: int, W: int) -> Tensor:
+    """``rfft2(_place_taps(small, H, W))`` from the ``s x s`` taps alone: ``[..., H, W//2+1]``.
+
+    With the taps at offsets ``a, b in [-R, R]``,
+    :math:`\\hat K(\\omega, \\nu) = \\sum_{a, b} e^{-2\\pi i a \\omega / H} \\, t_{ab} \\, e^{-2\\pi i b \\nu / W}`:
+    two products with ``H x s`` and ``s x (W//2+1)`` Fourier factors (``s = 2R + 1``) instead
+    of an image of zeros with ``s^2`` taps on it and a full-size FFT (on a ``512 x 512`` image,
+    200x fewer operations, and no image-sized buffer but the result).
+    """
+    s = small.shape[-1]
+    offsets = torch.arange(s, device=small.device, dtype=torch.float64) - s // 2
+    rows = torch.exp(-2j * torch.pi * torch.outer(torch.arange(H, device=small.device, dtype=torch.float64), offsets) / H)
+    cols = torch.exp(-2j * torch.pi * torch.outer(offsets, torch.arange(W // 2 + 1, device=small.device, dtype=torch.float64)) / W)
+    cdtype = (small.new_zeros(()) * 1j).dtype  # the complex dtype of the taps' precision
+    return rows.to(cdtype) @ small.to(cdtype) @ cols.to(cdtype)
 
 
 def check_refine(refine: Any) -> int:
@@ -253,18 +270,14 @@ class SpectralPreconditioner:
         diag = taps.diagonal(dim1=1, dim2=2).movedim(-1, 1)  # [B', C, h, w]
         self.diagonal = bool(torch.count_nonzero(taps) == torch.count_nonzero(diag))  # channels do not mix
         if self.diagonal:
-            if crop:
-                diag = _place_taps(diag, H, W)
             # point-symmetric real taps: a real spectrum (the symmetric part of the DFT); contiguous,
             # since reductions over the strided real view are ~70x slower on the CPU
-            spectrum = torch.fft.rfft2(diag).real.contiguous()  # [B', C, H, W']
+            spectrum = (_spectrum_of_crop(diag, H, W) if crop else torch.fft.rfft2(diag)).real.contiguous()  # [B', C, H, W']
             floor = _floor(spectrum)
             self.positive_definite = bool(spectrum.amin() > floor)
             self.kinv = 1.0 / spectrum.clamp_min(floor)
         else:
-            if crop:
-                taps = _place_taps(taps, H, W)
-            K = torch.fft.rfft2(taps).permute(0, 3, 4, 1, 2)
+            K = (_spectrum_of_crop(taps, H, W) if crop else torch.fft.rfft2(taps)).permute(0, 3, 4, 1, 2)
             self.positive_definite, self.Kinv = _floored_inverse(0.5 * (K + K.conj().transpose(-1, -2)))
         # H_q <= hat K is known for translation-invariant parts: any Richardson count keeps P definite
         self._bounded_by_circulant = bool(getattr(E_quadratic, "translation_invariant", False))

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 import energycrf as ec
 from energycrf.solvers.base import Problem
-from energycrf.solvers.quadratic import SpectralPreconditioner, _floor, _floored_inverse, quadratic_part
+from energycrf.solvers.quadratic import (SpectralPreconditioner, _floor, _floored_inverse, _place_taps,
+                                        _spectrum_of_crop, quadratic_part)
 from solver_problems import (SiteWeightedUnary, dense_operator, exact_quadratic_minimiser, explicit_hessian,
                              spectral_case)
 
@@ -46,6 +47,21 @@ def test_crop_taps_equal_full_image_taps(kind):
         H = _dense_hessian(E, x[:1], None if c is None else c[:1])
         torch.testing.assert_close(P(v[:1]).reshape(-1), torch.linalg.solve(H, v[:1].reshape(-1)),
                                    rtol=1e-9, atol=1e-10)
+
+
+@given(radius=st.integers(0, 3), extra_h=st.integers(0, 9), extra_w=st.integers(0, 9), lead=st.integers(1, 3),
+       dtype=st.sampled_from([torch.float32, F64]), seed=st.integers(0, 2**16))
+def test_spectrum_of_a_crop_is_the_fft_of_the_placed_taps(radius, extra_h, extra_w, lead, dtype, seed):
+    """The small-DFT spectrum of ``s x s`` taps equals ``rfft2`` of the taps placed on the
+    ``H x W`` grid (centre at the origin), for any ``H, W >= s``, odd or even."""
+    s = 2 * radius + 1
+    H, W = s + extra_h, s + extra_w
+    small = torch.randn(lead, 2, s, s, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+    expected = torch.fft.rfft2(_place_taps(small, H, W))
+    got = _spectrum_of_crop(small, H, W)
+    assert got.dtype == expected.dtype and got.shape == expected.shape
+    tol = 1e-12 if dtype == F64 else 2e-5
+    torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
 
 
 def test_a_site_dependent_quadratic_term_takes_the_full_image_impulse_not_a_corner_crop():

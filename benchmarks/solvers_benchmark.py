@@ -168,6 +168,7 @@ def methods(E, x, cd_iters: int, keep: bool = True):
         ("energycrf gradient_descent", "energycrf", lambda n: run_energycrf(E, x, "gradient_descent", f64, n, keep=keep), "float64", False),
         ("energycrf coordinate_descent", "energycrf", lambda n: run_energycrf(E, x, "coordinate_descent", f64, min(n, cd_iters), keep=keep), "float64", False),
         ("energycrf lbfgs (fft, quadratic start)", "energycrf", lambda n: run_energycrf(E, x, "lbfgs", f32, n, y0="quadratic", precondition="fft", keep=keep), "float32", True),
+        ("energycrf lbfgs (fft, quadratic start, refine=0)", "energycrf", lambda n: run_energycrf(E, x, "lbfgs", f32, n, y0="quadratic", precondition="fft", refine=0, keep=keep), "float32", True),
         ("energycrf lbfgs (fft precond.)", "energycrf", lambda n: run_energycrf(E, x, "lbfgs", f32, n, precondition="fft", keep=keep), "float32", True),
         ("energycrf mean_field", "energycrf", lambda n: run_energycrf(E, x, "mean_field", f32, n, keep=keep), "float32", False),
         ("scipy L-BFGS-B", "peer", lambda n: run_scipy(E, x, n, keep=keep), "float64", True),

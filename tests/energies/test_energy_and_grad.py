@@ -124,7 +124,7 @@ def test_energy_alone_of_a_sum_shares_the_convolution(name):
     y = (x + 0.3 * torch.randn(x.shape, generator=g, dtype=F64)).requires_grad_(True)
     with mock.patch.object(fused, "correlate", wraps=fused.correlate) as shared, \
             mock.patch.object(field_of_experts, "correlate", wraps=field_of_experts.correlate) as own_foe, \
-            mock.patch.object(kernels, "correlate", wraps=kernels.correlate) as own_pairwise:
+            mock.patch.object(kernels, "correlate_shared", wraps=kernels.correlate_shared) as own_pairwise:
         value = E(y, x)
     assert (shared.call_count, own_foe.call_count, own_pairwise.call_count) == (1, 0, 0)
     reference = sum(t(y, x) for t in E.terms)

@@ -3,6 +3,7 @@ each kernel's message operator against an explicit matrix built from its definit
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -76,18 +77,52 @@ def test_gaussian_local_kernel_matches_its_definition(radius, sigma, strength, c
 
 
 @given(batch=st.integers(1, 5), channels=st.integers(1, 6), radius=st.integers(1, 2), circular=st.booleans(),
-       H=st.integers(5, 12), W=st.integers(5, 12), data=st.data())
+       H=st.integers(5, 40), W=st.integers(5, 12), banded=st.booleans(), data=st.data())
 def test_local_kernel_message_of_a_float32_batch_matches_its_definition(batch, channels, radius, circular, H, W,
-                                                                        data):
-    """float32 runs ``F.conv2d`` (float64 the shifted sums), with the batch packed into the
-    channels: every image of ``[B, C, H, W]`` still gets its own message, for any ``B C``."""
+                                                                        banded, data):
+    """float32 runs ``F.conv2d`` (float64 the shifted sums) on the ``B C`` images packed as
+    channels and, with ``banded`` (the size threshold lowered to 0), cut into bands of rows
+    with halos: every image still gets its own message, at every row, for either boundary."""
+    from unittest import mock
+
+    from energycrf.energies import operators
+
     kernel = K.LocalKernel(radius=radius, sigma=1.3, boundary="circular" if circular else "zeros")
     y = data.draw(tensors((batch, channels, H, W))).float()
     matrix = explicit_local(kernel.weights().detach().double(), H, W, circular)
     ref = (y.double().reshape(batch, channels, H * W) @ matrix.T).reshape(y.shape)
-    out = kernel.message(y)
+    with mock.patch.object(operators, "BAND_SITES", 0 if banded else operators.BAND_SITES):
+        out = kernel.message(y)
     assert out.dtype == torch.float32 and out.shape == y.shape
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 181, 97), (1, 3, 96, 80), (2, 2, 130, 64)])
+@pytest.mark.parametrize("boundary", ["zeros", "circular"])
+def test_banded_message_of_large_float32_images_and_its_gradients(shape, boundary):
+    """Above the size threshold, a float32 image with few channels is cut into bands (the last
+    one past the image when the rows do not divide): message and autograd gradients (in ``y``
+    and in a learnable window) equal float64's shifted sums, which never band."""
+    from energycrf.energies import operators
+
+    B, C, H, W = shape
+    n = B * C
+    assert n * H * W >= operators.BAND_SITES and n < operators.CHANNEL_BLOCK  # the banded path
+    g = torch.Generator().manual_seed(H)
+    kernel = K.LocalKernel(radius=2, learnable=True, boundary=boundary)
+    with torch.no_grad():
+        kernel.raw_weights.add_(0.5 * torch.randn(kernel.raw_weights.shape, generator=g))
+    y64 = torch.randn(shape, generator=g, dtype=torch.float64)
+    probe = torch.randn(shape, generator=g, dtype=torch.float64)
+    results = []
+    for dtype in (torch.float32, torch.float64):
+        k = copy.deepcopy(kernel).to(dtype)
+        y = y64.to(dtype).requires_grad_(True)
+        out = k.message(y)
+        grads = torch.autograd.grad((out * probe.to(dtype)).sum(), [y, k.raw_weights])
+        results.append([out.double(), *(t.double() for t in grads)])
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-4)
 
 
 @given(H=st.integers(1, 6), W=st.integers(1, 6), data=st.data())

@@ -86,11 +86,19 @@ class LBFGS(Solver):
         return v if state["P"] is None else state["P"](v)
 
     def _take_pending(self, state: Any, Pg: Tensor) -> None:
-        """Store the last step's pair with ``P q = P g_new - P g_old`` and update ``gamma``."""
+        """Store the last step's pair ``s = y_new - y``, ``q = g_new - g`` (made here, not in the
+        step: a solve's last step needs none) with ``P q = P g_new - P g_old``, when
+        ``s^T q > eps |s| |q|``, and update ``gamma``."""
         pending, state["pending"] = state["pending"], None
         if pending is None:
             return
-        s, qv, sq, rho, valid, Pg_old = pending
+        y_old, y_new, g_old, g_new, ok, Pg_old = pending
+        s, qv = y_new - y_old, g_new - g_old
+        sq = sample_dot(s, qv)
+        valid = ok & (sq > torch.finfo(s.dtype).eps * sample_norm(s) * sample_norm(qv))
+        if not bool(valid.any()):
+            return
+        rho = torch.where(valid, 1.0 / torch.where(valid, sq, torch.ones_like(sq)), torch.zeros_like(sq))
         Pq = Pg - Pg_old
         state["pairs"].append((s, qv, rho, Pq))
         if len(state["pairs"]) > self.history:
@@ -134,7 +142,7 @@ class LBFGS(Solver):
         if state["gamma"] is None and state["P"] is None:  # first step without any scale
             alpha = torch.clamp(1.0 / g.flatten(1).abs().sum(1).clamp_min(torch.finfo(y.dtype).tiny), max=1.0)
         roundoff = (-alpha * gd) <= 16 * eps * e.abs()
-        y_try = y + _col(alpha) * d
+        y_try = torch.addcmul(y, _col(alpha), d)
         e_try, g_try = problem.energy_and_grad(y_try)  # the unit step usually passes: its gradient is ready
         ok = e_try <= e + self.c1 * alpha * gd
         first_ok = ok
@@ -151,12 +159,8 @@ class LBFGS(Solver):
             e_try = torch.where(ok, e_try, problem.energy(y_try))
             ok = e_try <= e + self.c1 * alpha * gd
         y_new, e_new, g_new = accepted_point(problem, y, e, g, y_try, e_try, g_try, first_ok, ok)
-        s, qv = y_new - y, g_new - g
-        sq = sample_dot(s, qv)
-        valid = ok & (sq > eps * sample_norm(s) * sample_norm(qv))
-        if bool(valid.any()):
-            rho = torch.where(valid, 1.0 / torch.where(valid, sq, torch.ones_like(sq)), torch.zeros_like(sq))
-            state["pending"] = (s, qv, sq, rho, valid, Pg)
+        if bool(ok.any()):
+            state["pending"] = (y, y_new, g, g_new, ok, Pg)
         return StepOutput(
             y=y_new,
             energy=e_new,

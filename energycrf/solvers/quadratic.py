@@ -317,7 +317,7 @@ class SpectralPreconditioner:
     def apply_circulant(self, v: Tensor) -> Tensor:
         if self.diagonal:
             H, W = v.shape[-2:]
-            return torch.fft.irfft2(torch.fft.rfft2(v) * self.kinv, s=(H, W))
+            return torch.fft.irfft2(torch.fft.rfft2(v).mul_(self.kinv), s=(H, W))
         return _apply_spectrum(self.Kinv, v)
 
     def _residual(self, v: Tensor, z: Tensor) -> Tensor:
@@ -342,7 +342,7 @@ class SpectralPreconditioner:
         """``P v`` with ``refine`` Richardson steps (default: the one given at construction)."""
         z = self.apply_circulant(v)
         for _ in range(self.refine if refine is None else refine):
-            z = z + self.apply_circulant(self._residual(v, z))
+            z.add_(self.apply_circulant(self._residual(v, z)))  # z is ours: no new image-sized buffer
         return z
 
     def _definite(self, refine: int) -> int:
@@ -446,7 +446,7 @@ def quadratic_start(problem: Problem) -> Tensor:
     x = problem.x.detach()
     with torch.no_grad():
         P._count(1)
-        return x - P(P._E.grad(x, x, problem.c), refine=QUADRATIC_START_REFINE)
+        return P(P._E.grad(x, x, problem.c), refine=QUADRATIC_START_REFINE).neg_().add_(x)  # x - P grad
 
 
 def _require_quadratic(problem: Problem, name: str) -> None:

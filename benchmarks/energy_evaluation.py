@@ -1,4 +1,4 @@
-"""Evaluating the energy: float64 depthwise convolutions, and the energy alone of a sum.
+"""Evaluating the energy: depthwise convolutions in float64 and float32, and the energy alone of a sum.
 
 1. The pairwise message :math:`W^s y` of a ``LocalKernel`` is a depthwise convolution (one
 ``(2r+1) x (2r+1)`` window per channel). In float64 on the CPU ``F.conv2d`` has no
@@ -17,7 +17,14 @@ run, interleaved (medians of ``--rounds`` rounds, 1 torch thread):
    own energies (one convolution each), on both problems and both dtypes. Line-search
    trials, coordinate descent and conjugate gradients evaluate the energy alone.
 
-    python benchmarks/energy_evaluation.py          # ~30 s
+3. In float32 the pairwise message runs as one depthwise ``F.conv2d`` over the ``B C`` images
+   of the batch, cut into bands of rows when the images have few channels
+   (:func:`energycrf.energies.operators.correlate_shared`: CPU convolutions work in blocks of
+   16 channels). Timed against ``F.conv2d`` with ``groups=C`` on the batch as it is, alone and
+   inside the one-iteration solve (whose start and boundary refinement apply the quadratic
+   part) on both problems.
+
+    python benchmarks/energy_evaluation.py          # ~40 s
 """
 
 from __future__ import annotations
@@ -52,6 +59,23 @@ def through_conv2d():
         yield
     finally:
         operators.depthwise_by_shifts = saved
+
+
+def plain_message(self, y, scale):
+    """The peer of ``LocalKernel.scaled_message``: ``F.conv2d`` with ``groups=C`` on ``[B, C, H, W]``."""
+    k = self.weights().to(dtype=y.dtype, device=y.device)
+    k = k if scale == 1.0 else scale * k
+    return operators.correlate(y, k.expand(y.shape[1], 1, *k.shape), self.boundary, groups=y.shape[1])
+
+
+@contextmanager
+def plain_messages():
+    saved = ec.energies.LocalKernel.scaled_message
+    ec.energies.LocalKernel.scaled_message = plain_message
+    try:
+        yield
+    finally:
+        ec.energies.LocalKernel.scaled_message = saved
 
 
 def terms_apart(E, y, x):
@@ -103,6 +127,29 @@ def main(argv=None):
             E = default_energy(y.shape[1], seed=0).to(dtype)
             ours, apart = median_ms([lambda: E(y, y), lambda: terms_apart(E, y, y)], args.rounds)
             print(f"| {name}, {str(dtype).removeprefix('torch.')} | {ours:.2f} | {apart:.2f} | {apart / ours:.2f}x |")
+
+    print("\n| float32 pairwise message, 5 x 5 | packed (and banded) ms | F.conv2d, groups=C ms | faster by |")
+    print("|---|---:|---:|---:|")
+    kernel = ec.energies.LocalKernel(radius=2)
+    for shape in [(1, 1, args.size, args.size), (4, 4, 64, 64), (1, 4, 128, 128), (1, 3, 256, 256)]:
+        u = torch.randn(shape, generator=g)
+        ours, peer = median_ms([lambda: kernel.message(u), lambda: plain_message(kernel, u, 1.0)], args.rounds)
+        print(f"| {list(shape)} | {ours:.3f} | {peer:.3f} | {peer / ours:.2f}x |")
+    print("\n| one-iteration solve, float32 | energycrf ms | groups=C messages ms | faster by |")
+    print("|---|---:|---:|---:|")
+    for name, photo in [(f"camera {args.size} x {args.size}", x), ("latent [4, 4, 64, 64]", latent_batch())]:
+        y = photo.float()
+        E = default_energy(y.shape[1], seed=0).float()
+
+        def solve32(E=E, y=y):
+            ec.solve(E, y, method="lbfgs", y0="quadratic", precondition="fft", max_iters=1, tol=1e-7, gtol=0.0)
+
+        def peer(f=solve32):
+            with plain_messages():
+                f()
+
+        ours, plain = median_ms([solve32, peer], args.rounds)
+        print(f"| {name} | {ours:.2f} | {plain:.2f} | {plain / ours:.2f}x |")
 
 
 if __name__ == "__main__":

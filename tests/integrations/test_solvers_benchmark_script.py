@@ -115,6 +115,8 @@ def test_energy_evaluation_benchmark_compares_equal_results(capsys, load_script)
     really goes there), the terms' own energies for the shared convolution; the script runs."""
     import torch
 
+    import energycrf as ec
+
     mod = load_script("benchmarks/energy_evaluation.py")
     from energycrf.energies import operators
     from energycrf.solvers.cli import default_energy
@@ -130,10 +132,23 @@ def test_energy_evaluation_benchmark_compares_equal_results(capsys, load_script)
     torch.testing.assert_close(ours, plain, rtol=1e-12, atol=1e-12)
     E = default_energy(3, seed=0).double()
     torch.testing.assert_close(E(u, u), mod.terms_apart(E, u, u), rtol=1e-12, atol=1e-12)
+    # the float32 message's peer: the same values from one groups=C convolution of the batch as it is
+    kernel = ec.energies.LocalKernel(radius=2)
+    u32 = torch.randn(3, 2, 40, 24, generator=g)
+    with mock.patch.object(operators, "BAND_SITES", 0), \
+            mock.patch.object(operators.F, "conv2d", wraps=operators.F.conv2d) as calls:
+        banded = kernel.message(u32)
+        assert calls.call_args.kwargs["groups"] == 6 * 2 and calls.call_args.args[0].shape[0] == 1  # 6 images, 2 bands
+        with mod.plain_messages():
+            plain32 = kernel.message(u32)
+        assert calls.call_args.kwargs["groups"] == 2 and calls.call_args.args[0].shape == u32.shape
+    assert ec.energies.LocalKernel.scaled_message is not mod.plain_message
+    torch.testing.assert_close(banded, plain32, rtol=1e-5, atol=1e-5)
     mod.main(["--rounds", "1", "--size", "32"])
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line and " ms |" not in line]
-    assert len(rows) == 3 + 2 + 4, out  # three convolutions, two float64 camera rows, four energies
+    # three float64 convolutions, two float64 camera rows, four energies, four float32 messages, two solves
+    assert len(rows) == 3 + 2 + 4 + 4 + 2, out
 
 
 def test_preconditioner_gaps_script_on_a_small_photograph(capsys, load_script):

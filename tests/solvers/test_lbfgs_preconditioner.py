@@ -53,7 +53,8 @@ def test_crop_taps_equal_full_image_taps(kind):
        dtype=st.sampled_from([torch.float32, F64]), seed=st.integers(0, 2**16))
 def test_spectrum_of_a_crop_is_the_fft_of_the_placed_taps(radius, extra_h, extra_w, lead, dtype, seed):
     """The small-DFT spectrum of ``s x s`` taps equals ``rfft2`` of the taps placed on the
-    ``H x W`` grid (centre at the origin), for any ``H, W >= s``, odd or even."""
+    ``H x W`` grid (centre at the origin), for any ``H, W >= s``, odd or even; with ``real``,
+    its real part."""
     s = 2 * radius + 1
     H, W = s + extra_h, s + extra_w
     small = torch.randn(lead, 2, s, s, generator=torch.Generator().manual_seed(seed), dtype=dtype)
@@ -62,6 +63,9 @@ def test_spectrum_of_a_crop_is_the_fft_of_the_placed_taps(radius, extra_h, extra
     assert got.dtype == expected.dtype and got.shape == expected.shape
     tol = 1e-12 if dtype == F64 else 2e-5
     torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
+    real = _spectrum_of_crop(small, H, W, real=True)  # the real part by cosine and sine factors
+    assert real.dtype == dtype and real.is_contiguous()
+    torch.testing.assert_close(real, expected.real, rtol=tol, atol=tol)
 
 
 def test_a_site_dependent_quadratic_term_takes_the_full_image_impulse_not_a_corner_crop():

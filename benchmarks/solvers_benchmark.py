@@ -347,7 +347,7 @@ def figure(results, path: Path):
 
     with_memory = any(r.get("peak_mib") is not None for res in results for r in res["runs"])
     rows = 2 if with_memory else 1
-    fig, axes = plt.subplots(rows, len(results), figsize=(6.2 * len(results), 4.3 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, len(results), figsize=(7.8 * len(results), 4.3 * rows), squeeze=False)
     for ax, res in zip(axes[0], results):
         for r in res["runs"]:
             style = "-" if r["kind"] == "energycrf" else "--"
@@ -362,7 +362,7 @@ def figure(results, path: Path):
         ax.set_ylabel("relative energy gap")
         ax.set_title(res["problem"])
         ax.grid(True, which="both", alpha=0.25)
-    axes[0][0].legend(fontsize=7)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))  # outside: the curves stay visible
     if with_memory:
         for ax, res in zip(axes[1], results):
             measured = [r for r in res["runs"] if r.get("peak_mib") is not None]

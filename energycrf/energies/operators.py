@@ -84,7 +84,7 @@ def correlate_shared(y: Tensor, window: Tensor, boundary: str) -> Tensor:
     r, n = s // 2, B * C
     bands = 1
     if y.device.type == "cpu" and y.dtype != torch.float64 and n < CHANNEL_BLOCK and n * H * W >= BAND_SITES:
-        bands = min(CHANNEL_BLOCK // n, H // (4 * r))  # halos at most half a band
+        bands = min(CHANNEL_BLOCK // n, H // (4 * r) if r else H)  # halos at most half a band
     if bands <= 1:
         return correlate(y.reshape(1, n, H, W), window.expand(n, 1, s, s), boundary, groups=n).view(y.shape)
     rows = -(-H // bands)  # the last band may reach past the image: zero rows, cropped below

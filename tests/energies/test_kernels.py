@@ -97,6 +97,26 @@ def test_local_kernel_message_of_a_float32_batch_matches_its_definition(batch, c
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
 
 
+@given(size=st.sampled_from([1, 3, 5, 7]), batch=st.integers(1, 3), channels=st.integers(1, 3),
+       H=st.integers(7, 30), W=st.integers(7, 12), circular=st.booleans(), seed=st.integers(0, 2**16))
+def test_correlate_shared_equals_a_per_channel_convolution_for_any_window(size, batch, channels, H, W, circular,
+                                                                          seed):
+    """``operators.correlate_shared`` with any odd window (not symmetric, ``1 x 1`` included) and
+    banding forced equals ``correlate`` with the window repeated per channel."""
+    from unittest import mock
+
+    from energycrf.energies import operators
+
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randn(batch, channels, H, W, generator=g)
+    window = torch.randn(size, size, generator=g)
+    boundary = "circular" if circular and size <= min(H, W) else "zeros"
+    ref = operators.correlate(y.double(), window.double().expand(channels, 1, size, size), boundary, groups=channels)
+    with mock.patch.object(operators, "BAND_SITES", 0):
+        got = operators.correlate_shared(y, window, boundary)
+    torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 181, 97), (1, 3, 96, 80), (2, 2, 130, 64)])
 @pytest.mark.parametrize("boundary", ["zeros", "circular"])
 def test_banded_message_of_large_float32_images_and_its_gradients(shape, boundary):

@@ -63,27 +63,34 @@ def correlate(y: Tensor, weight: Tensor, boundary: str, groups: int = 1) -> Tens
 
 #: Channels a CPU convolution computes together (oneDNN's vector block): fewer are padded to it.
 CHANNEL_BLOCK = 16
-#: Sites (``B C H W``) from which :func:`correlate_shared` cuts images into bands on the CPU.
-BAND_SITES = 2**14
+#: Multiply-adds (``B C H W s^2``) from which :func:`correlate_shared` cuts images into bands on
+#: the CPU: below it the bands' fixed cost (padding, copies, about 50 µs) outweighs the gain
+#: (a 3 x 3 window on one 128 x 128 image: 0.44x; 256 x 256: 1.8x).
+BAND_WORK = 2**18
 
 
 def correlate_shared(y: Tensor, window: Tensor, boundary: str) -> Tensor:
     """``correlate`` of every channel of every sample of ``y [B, C, H, W]`` with one ``s x s``
     window (``s`` odd): the ``n = B C`` images as the channels of one depthwise convolution
-    (a ``[4, 4, 64, 64]`` latent: 1.6 to 9x faster than ``B`` samples of 4 channels).
+    (a ``[4, 4, 64, 64]`` latent, 5 x 5: 1.9x faster than ``B`` samples of 4 channels;
+    ``benchmarks/energy_evaluation.py``). Returns a contiguous tensor.
 
     CPU convolutions compute :data:`CHANNEL_BLOCK` channels together and pad fewer up to it:
     a single photograph wastes 15/16 of the work. On the CPU (other than float64, whose
-    :func:`conv2d` is a sum of shifts), images with fewer channels and at least
-    :data:`BAND_SITES` sites are cut into up to ``16 / n`` bands of rows, each with its ``r``
-    halo rows on both sides (the boundary's own padding at the image's edges), which fill the
-    block: the same products per output site (512 x 512, one channel: 3.6x faster).
+    :func:`conv2d` is a sum of shifts), when ``n < 16`` and the convolution has at least
+    :data:`BAND_WORK` multiply-adds, the images are cut into up to ``16 / n`` bands of rows,
+    each with its ``r`` halo rows on both sides (the boundary's own padding at the image's
+    edges), which fill the block: the same products per output site (512 x 512, one channel,
+    5 x 5: 2.8x faster).
     """
     B, C, H, W = y.shape
     s = window.shape[-1]
     r, n = s // 2, B * C
+    if n == 0:  # an empty batch: grouped convolutions need at least one group
+        return torch.zeros_like(y)
     bands = 1
-    if y.device.type == "cpu" and y.dtype != torch.float64 and n < CHANNEL_BLOCK and n * H * W >= BAND_SITES:
+    if (y.device.type == "cpu" and y.dtype != torch.float64 and n < CHANNEL_BLOCK
+            and n * H * W * s * s >= BAND_WORK):
         bands = min(CHANNEL_BLOCK // n, H // (4 * r) if r else H)  # halos at most half a band
     if bands <= 1:
         return correlate(y.reshape(1, n, H, W), window.expand(n, 1, s, s), boundary, groups=n).view(y.shape)
@@ -92,12 +99,13 @@ def correlate_shared(y: Tensor, window: Tensor, boundary: str) -> Tensor:
         padded = F.pad(F.pad(y, (r, r, r, r), mode="circular"), (0, 0, 0, rows * bands - H))
     else:
         padded = F.pad(y, (r, r, r, r + rows * bands - H))
-    width = W + 2 * r
-    # band b: padded rows [b rows, (b + 1) rows + 2 r), as channel (image, band)
-    stacked = padded.reshape(n, -1, width).unfold(1, rows + 2 * r, rows).transpose(-1, -2)
-    stacked = stacked.reshape(1, n * bands, rows + 2 * r, width)
-    out = conv2d(stacked, window.expand(n * bands, 1, s, s), groups=n * bands)  # [1, n bands, rows, W]
-    return out.reshape(n, bands * rows, W)[:, :H].reshape(B, C, H, W)
+    padded = padded.reshape(n, -1, W + 2 * r)
+    # band b: padded rows [b rows, (b + 1) rows + 2 r), as channel (image, band); narrow and
+    # stack (not unfold, whose backward has no batching rule for torch.func.vmap)
+    stacked = torch.stack([padded.narrow(1, b * rows, rows + 2 * r) for b in range(bands)], 1)
+    out = conv2d(stacked.reshape(1, n * bands, rows + 2 * r, W + 2 * r), window.expand(n * bands, 1, s, s),
+                 groups=n * bands)  # [1, n bands, rows, W]
+    return out.reshape(n, bands * rows, W)[:, :H].reshape(B, C, H, W).contiguous()
 
 
 def adjoint_weight(weight: Tensor) -> Tensor:

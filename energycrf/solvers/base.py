@@ -302,7 +302,9 @@ class Solver:
                 energy has that method: ``"warn"``, ``"raise"`` or ``"ignore"``.
             progress: show a tqdm bar.
             callback: ``callback(t, y, energies)`` after every iteration (its time is not
-                counted in :attr:`SolveResult.times`).
+                counted in :attr:`SolveResult.times`). ``y`` is the solver's own iterate, not a
+                copy: read or clone it, do not modify it in place (L-BFGS forms its next
+                curvature pair from it).
         """
         problem = Problem(E, x, c)
         if on_diverge not in _ON_DIVERGE:

@@ -91,7 +91,7 @@ def test_local_kernel_message_of_a_float32_batch_matches_its_definition(batch, c
     y = data.draw(tensors((batch, channels, H, W))).float()
     matrix = explicit_local(kernel.weights().detach().double(), H, W, circular)
     ref = (y.double().reshape(batch, channels, H * W) @ matrix.T).reshape(y.shape)
-    with mock.patch.object(operators, "BAND_SITES", 0 if banded else operators.BAND_SITES):
+    with mock.patch.object(operators, "BAND_WORK", 0 if banded else operators.BAND_WORK):
         out = kernel.message(y)
     assert out.dtype == torch.float32 and out.shape == y.shape
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
@@ -112,7 +112,7 @@ def test_correlate_shared_equals_a_per_channel_convolution_for_any_window(size, 
     window = torch.randn(size, size, generator=g)
     boundary = "circular" if circular and size <= min(H, W) else "zeros"
     ref = operators.correlate(y.double(), window.double().expand(channels, 1, size, size), boundary, groups=channels)
-    with mock.patch.object(operators, "BAND_SITES", 0):
+    with mock.patch.object(operators, "BAND_WORK", 0):
         got = operators.correlate_shared(y, window, boundary)
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
 
@@ -127,7 +127,7 @@ def test_banded_message_of_large_float32_images_and_its_gradients(shape, boundar
 
     B, C, H, W = shape
     n = B * C
-    assert n * H * W >= operators.BAND_SITES and n < operators.CHANNEL_BLOCK  # the banded path
+    assert n * H * W * 25 >= operators.BAND_WORK and n < operators.CHANNEL_BLOCK  # the banded path
     g = torch.Generator().manual_seed(H)
     kernel = K.LocalKernel(radius=2, learnable=True, boundary=boundary)
     with torch.no_grad():
@@ -139,10 +139,31 @@ def test_banded_message_of_large_float32_images_and_its_gradients(shape, boundar
         k = copy.deepcopy(kernel).to(dtype)
         y = y64.to(dtype).requires_grad_(True)
         out = k.message(y)
+        assert out.is_contiguous()  # a cropped last band is copied out, not returned as a view
         grads = torch.autograd.grad((out * probe.to(dtype)).sum(), [y, k.raw_weights])
         results.append([out.double(), *(t.double() for t in grads)])
     for got, want in zip(*results):
         torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-4)
+
+
+def test_banded_message_under_vmap_and_of_an_empty_batch():
+    """``torch.func.vmap`` over the banded path (forced) equals a loop, with no fallback
+    warning (the suite turns warnings into errors); an empty batch gives an empty message."""
+    from unittest import mock
+
+    from energycrf.energies import operators
+
+    kernel = K.LocalKernel(radius=2, learnable=True)
+    ys = torch.randn(3, 2, 1, 37, 11, generator=torch.Generator().manual_seed(0))
+    with mock.patch.object(operators, "BAND_WORK", 0):
+        mapped = torch.func.vmap(kernel.message)(ys)
+        looped = torch.stack([kernel.message(y) for y in ys])
+        grad = torch.func.vmap(torch.func.grad(lambda y: kernel.message(y).square().sum()))(ys)
+        grad_looped = torch.stack([torch.func.grad(lambda y: kernel.message(y).square().sum())(y) for y in ys])
+    torch.testing.assert_close(mapped, looped, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, grad_looped, rtol=1e-5, atol=1e-5)
+    empty = torch.zeros(0, 2, 40, 40)
+    assert operators.correlate_shared(empty, kernel.weights(), "zeros").shape == empty.shape
 
 
 @given(H=st.integers(1, 6), W=st.integers(1, 6), data=st.data())

@@ -135,7 +135,7 @@ def test_energy_evaluation_benchmark_compares_equal_results(capsys, load_script)
     # the float32 message's peer: the same values from one groups=C convolution of the batch as it is
     kernel = ec.energies.LocalKernel(radius=2)
     u32 = torch.randn(3, 2, 40, 24, generator=g)
-    with mock.patch.object(operators, "BAND_SITES", 0), \
+    with mock.patch.object(operators, "BAND_WORK", 0), \
             mock.patch.object(operators.F, "conv2d", wraps=operators.F.conv2d) as calls:
         banded = kernel.message(u32)
         assert calls.call_args.kwargs["groups"] == 6 * 2 and calls.call_args.args[0].shape[0] == 1  # 6 images, 2 bands

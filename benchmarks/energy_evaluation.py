@@ -30,7 +30,7 @@ run, interleaved (medians of ``--rounds`` rounds, 1 torch thread):
 from __future__ import annotations
 
 import argparse
-from contextlib import contextmanager
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +39,8 @@ import energycrf as ec
 from energycrf.energies import operators
 from energycrf.energies.base import _add
 from energycrf.solvers.cli import default_energy, noisy_photograph
-from machine_info import median_ms  # noqa: E402  (benchmarks/ is the script's folder)
-from solvers_benchmark import latent_batch, machine  # noqa: E402
+from machine_info import median_ms, under  # noqa: E402  (benchmarks/ is the script's folder)
+from solvers_benchmark import fastest_solve, latent_batch, machine  # noqa: E402
 
 F64 = torch.float64
 
@@ -50,15 +50,10 @@ def conv2d_depthwise(u, weight, padding=0):
     return F.conv2d(u, weight, padding=padding, groups=weight.shape[0])
 
 
-@contextmanager
 def through_conv2d():
-    """``operators.conv2d`` with its depthwise path sent to ``F.conv2d`` (what it did before)."""
-    saved = operators.depthwise_by_shifts
-    operators.depthwise_by_shifts = conv2d_depthwise
-    try:
-        yield
-    finally:
-        operators.depthwise_by_shifts = saved
+    """``operators.conv2d`` with its depthwise path sent to ``F.conv2d`` (what it did before; a
+    context manager)."""
+    return mock.patch.object(operators, "depthwise_by_shifts", conv2d_depthwise)
 
 
 def plain_message(self, y, scale):
@@ -68,14 +63,9 @@ def plain_message(self, y, scale):
     return operators.correlate(y, k.expand(y.shape[1], 1, *k.shape), self.boundary, groups=y.shape[1])
 
 
-@contextmanager
 def plain_messages():
-    saved = ec.energies.LocalKernel.scaled_message
-    ec.energies.LocalKernel.scaled_message = plain_message
-    try:
-        yield
-    finally:
-        ec.energies.LocalKernel.scaled_message = saved
+    """Every ``LocalKernel`` message by :func:`plain_message` (a context manager)."""
+    return mock.patch.object(ec.energies.LocalKernel, "scaled_message", plain_message)
 
 
 def terms_apart(E, y, x):
@@ -106,17 +96,10 @@ def main(argv=None):
     E = default_energy(1, seed=0).to(F64)
     pairwise = E.terms[1]
 
-    def solve():
-        ec.solve(E, x, method="lbfgs", y0="quadratic", precondition="fft", max_iters=1, tol=1e-13, gtol=0.0)
-
     print(f"\n| camera {args.size} x {args.size}, float64 | energycrf ms | through F.conv2d ms | faster by |")
     print("|---|---:|---:|---:|")
-    for name, f in [("Pairwise.grad", lambda: pairwise.grad(x, x)), ("one-iteration solve", solve)]:
-        def peer(f=f):
-            with through_conv2d():
-                f()
-
-        ours, plain = median_ms([f, peer], max(1, args.rounds // 2))
+    for name, f in [("Pairwise.grad", lambda: pairwise.grad(x, x)), ("one-iteration solve", lambda: fastest_solve(E, x))]:
+        ours, plain = median_ms([f, under(through_conv2d, f)], max(1, args.rounds // 2))
         print(f"| {name} | {ours:.2f} | {plain:.2f} | {plain / ours:.2f}x |")
 
     print("\n| E(y, x), Unary + Pairwise + FieldOfExperts | one shared convolution ms | terms apart ms | faster by |")
@@ -141,14 +124,8 @@ def main(argv=None):
         y = photo.float()
         E = default_energy(y.shape[1], seed=0).float()
 
-        def solve32(E=E, y=y):
-            ec.solve(E, y, method="lbfgs", y0="quadratic", precondition="fft", max_iters=1, tol=1e-7, gtol=0.0)
-
-        def peer(f=solve32):
-            with plain_messages():
-                f()
-
-        ours, plain = median_ms([solve32, peer], args.rounds)
+        solve32 = lambda E=E, y=y: fastest_solve(E, y)  # noqa: E731
+        ours, plain = median_ms([solve32, under(plain_messages, solve32)], args.rounds)
         print(f"| {name} | {ours:.2f} | {plain:.2f} | {plain / ours:.2f}x |")
 
 

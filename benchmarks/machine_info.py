@@ -51,6 +51,15 @@ def peak_extra_mib(call) -> float:
     return (peak - before) / 1024
 
 
+def under(patch, f):
+    """``f`` run inside the context manager ``patch()``: the peer of ``f`` in an A/B timing
+    (``patch`` swaps in the code being compared against, e.g. a ``mock.patch.object``)."""
+    def run():
+        with patch():
+            return f()
+    return run
+
+
 def median_ms(fns, rounds):
     """Interleaved rounds of each function (order rotated each round) -> median milliseconds."""
     times = [[] for _ in fns]

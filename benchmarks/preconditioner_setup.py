@@ -18,29 +18,23 @@ here, in one run, interleaved (medians of ``--rounds`` rounds, 1 torch thread):
 from __future__ import annotations
 
 import argparse
-from contextlib import contextmanager
+from unittest import mock
 
 import torch
 
 import energycrf as ec
 from energycrf.solvers import quadratic as Q
 from energycrf.solvers.cli import default_energy
-from machine_info import median_ms  # noqa: E402  (benchmarks/ is the script's folder)
-from solvers_benchmark import latent_batch, machine  # noqa: E402
+from machine_info import median_ms, under  # noqa: E402  (benchmarks/ is the script's folder)
+from solvers_benchmark import fastest_solve, latent_batch, machine  # noqa: E402
 
 
 plain_inverse = Q._eigh_floored_inverse  # the eigendecomposition of every block, the library's fallback
 
 
-@contextmanager
 def plain_setup():
-    """The preconditioner built with the eigendecomposition of every block."""
-    saved = Q._floored_inverse
-    Q._floored_inverse = plain_inverse
-    try:
-        yield
-    finally:
-        Q._floored_inverse = saved
+    """The preconditioner built with the eigendecomposition of every block (a context manager)."""
+    return mock.patch.object(Q, "_floored_inverse", plain_inverse)
 
 
 def mixing_energy(channels: int = 4, seed: int = 0):
@@ -61,7 +55,7 @@ def main(argv=None):
     print("| step | shape | energycrf ms | plain ms | energycrf faster by |")
     print("|---|---|---:|---:|---:|")
     taps = Q._circulant_taps(Q.quadratic_part(mixing_energy().float()), latent, None, latent)[0]
-    K = torch.fft.rfft2(Q._place_taps(taps, 64, 64)).permute(0, 3, 4, 1, 2)
+    K = Q._spectrum_of_crop(taps, 64, 64).permute(0, 3, 4, 1, 2)  # as the set-up does
     K = 0.5 * (K + K.conj().transpose(-1, -2))
     ours, plain = median_ms([lambda: Q._floored_inverse(K), lambda: plain_inverse(K)], args.rounds)
     print(f"| C x C inverse (Cholesky-tested vs eigh) | {list(K.shape)} | {ours:.3f} | {plain:.3f} "
@@ -73,14 +67,8 @@ def main(argv=None):
     cases = [("latent [4,4,64,64], identity compatibility", default_energy(4).float(), latent),
              ("latent, MatrixCompatibility", mixing_energy().float(), latent)]
     for name, E, x in cases:
-        def solve():
-            ec.solve(E, x, method="lbfgs", y0="quadratic", precondition="fft", max_iters=1, tol=1e-7, gtol=0.0)
-
-        def solve_plain():
-            with plain_setup():
-                solve()
-
-        ours, plain = median_ms([solve, solve_plain], args.rounds)
+        solve = lambda E=E, x=x: fastest_solve(E, x)  # noqa: E731
+        ours, plain = median_ms([solve, under(plain_setup, solve)], args.rounds)
         print(f"| {name} | {ours:.2f} | {plain:.2f} | {plain / ours:.2f}x |")
 
 

@@ -30,12 +30,11 @@ import time
 
 import torch
 
-import energycrf as ec
 from energycrf.solvers import base as B
 from energycrf.solvers import lbfgs as L
 from energycrf.solvers import quadratic as Q
 from energycrf.solvers.cli import default_energy, noisy_photograph
-from solvers_benchmark import latent_batch, machine, run_torch_lbfgs  # noqa: E402  (benchmarks/ is the script's folder)
+from solvers_benchmark import fastest_solve, latent_batch, machine, run_torch_lbfgs  # noqa: E402  (benchmarks/ is the script's folder)
 
 PARTS = [  # (owner, attribute, label): each part's own time, its nested parts' taken out
     (B.Problem, "energy_and_grad", "fused evaluations (E and grad E), start and step"),
@@ -85,8 +84,7 @@ class Timers:
 
 def breakdown(E, x, peer_evals: int, rounds: int):
     def ours():
-        res = ec.solve(E, x, method="lbfgs", y0="quadratic", precondition="fft", max_iters=1, tol=1e-7, gtol=0.0)
-        return res.times[-1].item()
+        return fastest_solve(E, x).times[-1].item()
 
     def peer():
         _, times, _, _ = run_torch_lbfgs(E, x, torch.float32, peer_evals, fused=True)

@@ -39,7 +39,9 @@ def _problem(kind, height, width, seed):
        width=st.integers(5, 11), seed=st.integers(0, 10_000))
 def test_quadratic_start_is_one_refined_fft_step_and_exact_when_circular(kind, height, width, seed):
     E, x, c = _problem(kind, height, width, seed)
+    x_given = x.clone()
     y0 = Q.quadratic_start(Problem(E, x, c))
+    assert torch.equal(x, x_given) and y0.data_ptr() != x.data_ptr()  # in-place work on its own buffers only
     eye = torch.eye(x[0].numel(), dtype=F64)
     for b in range(x.shape[0]):
         xb, cb = x[b:b + 1], None if c is None else c[b:b + 1]
@@ -52,6 +54,11 @@ def test_quadratic_start_is_one_refined_fft_step_and_exact_when_circular(kind, h
             continue
         # zero boundary: P = (2 I - P0 H) P0 (one Richardson step), built from the dense circulant inverse
         P = Q.SpectralPreconditioner(E, xb, cb, xb)
+        spectrum = lambda: P.kinv if P.diagonal else P.Kinv  # noqa: E731
+        v, spectrum_given = torch.randn_like(xb), spectrum().clone()
+        v_given = v.clone()
+        Pv = P(v, refine=2)  # the in-place work touches neither the input nor the spectrum
+        assert torch.equal(v, v_given) and Pv.data_ptr() != v.data_ptr() and torch.equal(spectrum(), spectrum_given)
         P0 = dense_operator(P.apply_circulant, xb)
         expected = xb.reshape(-1) - (2 * eye - P0 @ H) @ P0 @ grad_x
         torch.testing.assert_close(y0[b].reshape(-1), expected, rtol=1e-9, atol=1e-10)

@@ -7,8 +7,9 @@ input per tap (:func:`energycrf.energies.operators.depthwise_by_shifts`). Timed 
 run, interleaved (medians of ``--rounds`` rounds, 1 torch thread):
 
 - the convolution alone, on the solver benchmark's shapes, against ``F.conv2d``;
-- ``Pairwise.grad`` and a one-iteration solve (``lbfgs``, ``precondition="fft"``, from
-  ``y0="quadratic"``, whose start takes a gradient of the quadratic terms) on the 512 x 512
+- ``Pairwise.grad`` and a one-iteration solve (``solvers_benchmark.fastest_solve``: ``lbfgs``,
+  ``precondition="chebyshev"``, from ``y0="quadratic"``, whose start and step take products
+  with the quadratic terms) on the 512 x 512
   photograph, against the same code with the convolution sent to ``F.conv2d``.
 
 2. ``E(y, x)`` of the solver benchmark's sum (Unary + Pairwise + FieldOfExperts) takes the

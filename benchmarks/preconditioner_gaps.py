@@ -114,7 +114,7 @@ def main(argv=None) -> list[tuple[str, str, list[float]]]:
         original = lbfgs_module.make_preconditioner
         try:
             for k in (1, 4):
-                def make(kind, problem, y, refine=0, _k=k):  # kind, refine: make_preconditioner's signature
+                def make(kind, problem, y, refine=0, degree=None, _k=k):  # make_preconditioner's signature
                     foe = next(t for t in problem.E.terms if not t.is_quadratic)
                     return MeanCurvaturePreconditioner(Q.quadratic_part(problem.E), foe, problem.x, problem.c, y, _k)
 

@@ -1,13 +1,14 @@
 """Where the time of energycrf's fastest solve goes, and the ceiling that leaves against the peer.
 
-On the solver benchmark's problems (float32, 1 torch thread), energycrf's L-BFGS with the FFT
-preconditioner from ``y0="quadratic"`` reaches the 1e-6 gap in one iteration. This script
-times that one-iteration solve with timers wrapped around its parts (fused evaluations, the
-circulant FFT pairs and boundary residuals of the FFT operator, the spectrum's set-up, the
-quadratic start, the L-BFGS step; each part's own time, its nested parts taken out, and the
-driver's as the rest), and, interleaved with it,
-``torch.optim.LBFGS`` with the fused closure up to the evaluation where the benchmark saw it
-reach the gap (``--peer-evals``; 9 on the photograph, 8 on the batch).
+On the solver benchmark's problems (float32, 1 torch thread), energycrf's L-BFGS with the
+Chebyshev preconditioner from ``y0="quadratic"`` reaches the 1e-6 gap in one iteration
+(``solvers_benchmark.fastest_solve``). This script times that one-iteration solve with timers
+wrapped around its parts (fused evaluations, the Chebyshev applications with their products
+of the quadratic part, the spectral bounds, the operator's set-up, the quadratic start, the
+L-BFGS step; each part's own time, its nested parts taken out, and the driver's as the rest),
+and, interleaved with it, ``torch.optim.LBFGS`` with the fused closure up to the evaluation
+where the benchmark saw it reach the gap (``--peer-evals``; 9 on the photograph, 8 on the
+batch).
 
 The ceiling is the ratio the peer's time would give against energycrf's two evaluations
 alone, with everything else free.
@@ -38,10 +39,9 @@ from solvers_benchmark import fastest_solve, latent_batch, machine, run_torch_lb
 
 PARTS = [  # (owner, attribute, label): each part's own time, its nested parts' taken out
     (B.Problem, "energy_and_grad", "fused evaluations (E and grad E), start and step"),
-    (Q.SpectralPreconditioner, "apply_circulant", "circulant FFT pairs (4: two per application)"),
-    (Q.SpectralPreconditioner, "_residual", "boundary residuals (2: one per application)"),
-    (Q.SpectralPreconditioner, "__call__", "applications of the FFT operator, the rest"),
-    (Q, "spectral_preconditioner", "spectrum set-up (taps, FFT, inverse)"),
+    (Q.ChebyshevPreconditioner, "__call__", "Chebyshev applications (2: start and step, m - 1 products each)"),
+    (Q, "chebyshev_bounds", "spectral bounds (convexity margin, curvature bound)"),
+    (Q.ChebyshevPreconditioner, "__init__", "Chebyshev set-up (coefficients, prepared Hessian operator)"),
     (Q, "quadratic_start", "quadratic start, the rest (gradient of the quadratic terms)"),
     (L.LBFGS, "step", "L-BFGS step, the rest (direction, line search, pair)"),
 ]

@@ -193,6 +193,12 @@ class Energy(nn.Module):
         differentiation of ``_grad``; the built-in quadratic terms apply their Hessian directly."""
         return torch.func.jvp(lambda u: self._grad(u, x, c), (y,), (v,))[1]
 
+    def _hessian_operator(self, x: Tensor, c: Tensor | None) -> "HessianOperator":
+        """A quadratic term's (constant) Hessian on inputs like ``x``, prepared once for repeated
+        products. Fallback: :meth:`_hessian_vector_product` at ``x``; the built-in quadratic
+        terms split off their diagonal, so that a sum applies all its diagonals in one pass."""
+        return HessianOperator(None, lambda v: self._hessian_vector_product(x, x, c, v), fresh=False)
+
     def _curvature(self, y: Tensor, x: Tensor, c: Tensor | None) -> Tensor:
         """Fallback: the exact diagonal ``C x C`` Hessian blocks, by Hessian-vector products.
 
@@ -272,6 +278,15 @@ class Energy(nn.Module):
         """
         return None
 
+    def curvature_bound(self, height: int, width: int, c: Tensor | None = None) -> float | None:
+        r"""An upper bound on the largest eigenvalue of the Hessian of :math:`E` in ``y`` on
+        ``height x width`` images (what :meth:`convexity_margin` is to the smallest).
+
+        Together they bound the Hessian's spectrum (the interval of the Chebyshev
+        preconditioner, ``precondition="chebyshev"``). ``None`` means unknown.
+        """
+        return None
+
     def check_well_posed(self, c: Tensor | None = None, on_fail: str = "warn") -> float | None:
         r"""Check :math:`2 w - \sum_m \|C_m\|^2 > 0` (generally: a positive convexity margin).
 
@@ -336,6 +351,49 @@ class Energy(nn.Module):
     __rmul__ = __mul__
 
 
+class HessianOperator:
+    """``H v = diagonal * v + rest(v)``: a quadratic term's Hessian with its diagonal split off
+    (``diagonal``: a tensor broadcastable to ``v``, or ``None``; ``rest``: a callable, or ``None``
+    for a diagonal Hessian). ``fresh``: ``rest`` returns a new tensor, which may then be updated
+    in place."""
+
+    def __init__(self, diagonal: Tensor | None, rest, fresh: bool = True):
+        self.diagonal, self.rest, self.fresh = diagonal, rest, fresh
+
+    def __call__(self, v: Tensor) -> Tensor:
+        if self.rest is None:
+            return v * self.diagonal if self.diagonal is not None else torch.zeros_like(v)
+        out = self.rest(v)
+        if self.diagonal is None:
+            return out
+        return out.addcmul_(self.diagonal, v) if self.fresh else torch.addcmul(out, self.diagonal, v)
+
+    def scaled(self, scale: float) -> "HessianOperator":
+        diagonal = None if self.diagonal is None else scale * self.diagonal
+        rest = None if self.rest is None else (lambda v: torch.mul(self.rest(v), scale))
+        return HessianOperator(diagonal, rest)
+
+    @staticmethod
+    def sum(operators: list["HessianOperator"]) -> "HessianOperator":
+        """The sum: diagonals added once, the rests' products added into the first one's."""
+        diagonals = [op.diagonal for op in operators if op.diagonal is not None]
+        diagonal = None
+        for d in diagonals:
+            diagonal = d if diagonal is None else diagonal + d
+        rests = [op for op in operators if op.rest is not None]
+        if not rests:
+            return HessianOperator(diagonal, None)
+
+        def rest(v: Tensor) -> Tensor:
+            first = rests[0].rest(v)
+            out = first if rests[0].fresh else first.clone()
+            for op in rests[1:]:
+                out.add_(op.rest(v))
+            return out
+
+        return HessianOperator(diagonal, rest)
+
+
 class ScaledEnergy(Energy):
     """``scale * term`` with ``scale > 0`` (energy, gradient and curvature scale alike)."""
 
@@ -390,6 +448,13 @@ class ScaledEnergy(Energy):
     def convexity_margin(self, c=None):
         margin = self.term.convexity_margin(c)
         return None if margin is None else self.scale * margin
+
+    def _hessian_operator(self, x, c):
+        return self.term._hessian_operator(x, c).scaled(self.scale)
+
+    def curvature_bound(self, height, width, c=None):
+        bound = self.term.curvature_bound(height, width, c)
+        return None if bound is None else self.scale * bound
 
     def __mul__(self, scale):
         scaled = Energy.__mul__(self.term, scale)
@@ -585,6 +650,9 @@ class SumEnergy(Energy):
             total, owned = _add_grad(total, owned, t._hessian_vector_product(y, x, c, v), t._owns_grad)
         return total
 
+    def _hessian_operator(self, x, c):
+        return HessianOperator.sum([t._hessian_operator(x, c) for t in self.terms])
+
     def _curvature(self, y, x, c):
         return _add(t._curvature(y, x, c) for t in self.terms)
 
@@ -595,6 +663,10 @@ class SumEnergy(Energy):
     def convexity_margin(self, c=None):
         margins = [t.convexity_margin(c) for t in self.terms]
         return None if any(m is None for m in margins) else float(sum(margins))
+
+    def curvature_bound(self, height, width, c=None):
+        bounds = [t.curvature_bound(height, width, c) for t in self.terms]
+        return None if any(b is None for b in bounds) else float(sum(bounds))
 
     def __repr__(self) -> str:
         lines = [f"  {name}: {term!r}".replace("\n", "\n  ") for name, term in zip(self.names, self.terms)]

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._validation import check_choice, check_int, check_positive
-from .operators import BOUNDARIES, correlate_shared
+from .operators import BOUNDARIES, correlate_shared, window_spectrum
 
 __all__ = ["SpatialKernel", "LocalKernel", "LongRangeKernel", "DenseKernel"]
 
@@ -48,6 +48,12 @@ class SpatialKernel(nn.Module):
         r""":math:`d_i = \sum_j W^s_{ij}`, ``Tensor[H, W]``."""
         ones = torch.ones(1, 1, height, width, dtype=dtype, device=device)
         return self.message(ones)[0, 0]
+
+    def laplacian_bound(self, height: int, width: int) -> float:
+        r"""An upper bound on the largest eigenvalue of the graph Laplacian :math:`D - W^s` on
+        ``height x width`` images. Here Gershgorin's, :math:`2 \max_i d_i` (the row sums of
+        :math:`|D - W^s|` for non-negative weights); kernels with a spectrum give a tighter one."""
+        return 2 * float(self.degree(height, width, torch.float64, None).detach().max())
 
     def check_size(self, height: int, width: int) -> None:
         """Raise ``ValueError`` when the kernel cannot act on an image of this size."""
@@ -126,6 +132,19 @@ class LocalKernel(SpatialKernel):
         if scale != 1.0:
             k = scale * k
         return correlate_shared(y, k, self.boundary)
+
+    def laplacian_bound(self, height, width):
+        r"""The largest value of the Laplacian stencil's spectrum on the ``height x width`` grid,
+        :math:`\max_\omega \sum_o k(o) (1 - \cos \omega^\top o)`: the largest eigenvalue for a
+        circular boundary; for zeros an upper bound, since the circulant Laplacian adds the
+        wrap-around edges' Laplacian (positive semi-definite, the weights being non-negative).
+        Gershgorin's bound when the window does not fit the image."""
+        if 2 * self.radius + 1 > min(height, width):
+            return super().laplacian_bound(height, width)
+        k = self.weights().detach().to(torch.float64)
+        stencil = -k
+        stencil[self.radius, self.radius] = k.sum()
+        return float(window_spectrum(stencil, height, width, real=True).amax())
 
     def degree(self, height, width, dtype, device):
         k = self.weights().to(dtype=dtype, device=device)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ._validation import check_int
-from .base import Energy, _sample_dot
+from .base import Energy, HessianOperator, _sample_dot
 from .compatibility import (
     Compatibility,
     IdentityCompatibility,
@@ -174,6 +174,13 @@ class Pairwise(Energy):
     def _hessian_vector_product(self, y, x, c, v):
         return self._grad(v, x, c)  # the gradient 2M(d v - W^s v) is linear in v and free of x
 
+    def _hessian_operator(self, x, c):
+        if not isinstance(self.compatibility, IdentityCompatibility):  # M mixes channels
+            return super()._hessian_operator(x, c)
+        # 2 (d v - W^s v): the degree computed once, the message scaled by -2 in the window
+        d = self.degree(*x.shape[-2:], x.dtype, x.device)
+        return HessianOperator(2 * d, lambda v: self.kernel.scaled_message(v, -2.0))
+
     def _curvature(self, y, x, c):
         b, _, h, w = y.shape
         m = self.compatibility_matrix(c, b, y.dtype, y.device)
@@ -182,6 +189,17 @@ class Pairwise(Energy):
 
     def convexity_margin(self, c=None):
         return 0.0  # positive semi-definite
+
+    def curvature_bound(self, height, width, c=None):
+        r""":math:`2 \lambda_{\max}(M) \, \lambda_{\max}(D - W^s)`: the Hessian is :math:`2 M \otimes (D - W^s)`,
+        whose eigenvalues are products of the two factors' (the kernel's Laplacian bound)."""
+        if isinstance(self.compatibility, IdentityCompatibility):
+            top = 1.0
+        else:
+            batch = 1 if c is None else c.shape[0]
+            m = self.compatibility_matrix(c, batch, torch.float64, None if c is None else c.device).detach()
+            top = float(torch.linalg.eigvalsh(0.5 * (m + m.transpose(-1, -2))).amax())
+        return 2 * max(top, 0.0) * self.kernel.laplacian_bound(height, width)
 
     def extra_repr(self):
         return f"channels={self.channels}"

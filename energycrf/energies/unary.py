@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from ._validation import check_positive
-from .base import Energy, _sample_dot
+from .base import Energy, HessianOperator, _sample_dot
 
 __all__ = ["Unary"]
 
@@ -72,6 +72,9 @@ class Unary(Energy):
     def _hessian_vector_product(self, y, x, c, v):
         return v * (2 * self._broadcast(v))
 
+    def _hessian_operator(self, x, c):
+        return HessianOperator(2 * self._broadcast(x), None)
+
     def _curvature(self, y, x, c):
         b, channels, h, w = y.shape
         weight = self.weight().to(dtype=y.dtype, device=y.device).expand(channels)
@@ -79,6 +82,9 @@ class Unary(Energy):
 
     def convexity_margin(self, c=None):
         return 2 * float(self.weight().detach().min())
+
+    def curvature_bound(self, height, width, c=None):
+        return 2 * float(self.weight().detach().max())
 
     def extra_repr(self):
         w = self.weight().detach()

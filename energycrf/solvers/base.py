@@ -166,6 +166,8 @@ class Problem:
         self._curv_cache: Tensor | None = None
         self._curv_quadratic: Tensor | None = None
         self._spectral: Any = None  # the quadratic part's FFT operator, built once (solvers.quadratic)
+        self._chebyshev: dict = {}  # its Chebyshev operators by degree, likewise
+        self._quadratic: Any = ()  # the quadratic part of E (solvers.quadratic.problem_quadratic_part)
 
     @property
     def is_quadratic(self) -> bool:
@@ -259,6 +261,11 @@ class Solver:
     def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> Any:
         return None
 
+    def start_operator(self, problem: Problem) -> Any:
+        """The operator of ``y0="quadratic"`` (:func:`~energycrf.solvers.quadratic.quadratic_start`):
+        ``None``, the FFT operator, unless the method has one of its own."""
+        return None
+
     def step(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor, state: Any) -> StepOutput:
         raise NotImplementedError
 
@@ -285,7 +292,8 @@ class Solver:
         Args:
             y0: the start: ``None`` (``x``), a tensor shaped like ``x``, or ``"quadratic"``:
                 the minimiser of the energy's quadratic part (Unary + Pairwise), from its
-                FFT inverse (:func:`energycrf.solvers.quadratic.quadratic_start`; counted in
+                FFT inverse, or from the Chebyshev polynomial of a method with
+                ``precondition="chebyshev"`` (:func:`energycrf.solvers.quadratic.quadratic_start`; counted in
                 the wall time; ``energies[0]`` is the energy there).
             max_iters: iterations of this method (a sweep over all colour classes for
                 coordinate descent, one line search for L-BFGS, ...).
@@ -333,7 +341,7 @@ class Solver:
         if start == "quadratic":  # timed: it is part of the method
             from .quadratic import quadratic_start
 
-            y0 = quadratic_start(problem)
+            y0 = quadratic_start(problem, self.start_operator(problem))
         y = y0.detach().clone()
         e, g = problem.energy_and_grad(y)
         if not bool(torch.isfinite(e).all() & torch.isfinite(_max_abs(g)).all()):

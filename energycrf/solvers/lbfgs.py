@@ -29,7 +29,8 @@ from torch import Tensor
 
 from .base import (Problem, Solver, StepOutput, accepted_point, check_start, report_outcome, sample_dot,
                    sample_norm)
-from .quadratic import _PRECONDITIONERS, check_refine, make_preconditioner, quadratic_start
+from .quadratic import (_PRECONDITIONERS, check_chebyshev, check_degree, check_refine, chebyshev_preconditioner,
+                        make_preconditioner, quadratic_start)
 from .result import SolveResult
 
 __all__ = ["LBFGS", "TorchLBFGS", "ScipyLBFGS"]
@@ -54,12 +55,18 @@ class LBFGS(Solver):
             inverse curvature blocks at ``y0``; ``"fft"`` the inverse of the circulant
             approximation of the energy's quadratic part (Unary + Pairwise), which removes
             the pairwise term's ill-conditioning (``"blocks"`` when there is none or it is
-            singular); ``"none"`` (``False``) the identity.
+            singular); ``"chebyshev"`` a Chebyshev polynomial in the quadratic part's Hessian
+            (:class:`~energycrf.solvers.quadratic.ChebyshevPreconditioner`: ``degree - 1``
+            products with it, no FFT; with ``y0="quadratic"`` the start uses it too; a
+            ``ValueError`` when the quadratic part has no spectral bounds); ``"none"``
+            (``False``) the identity.
         refine: with ``precondition="fft"``, Richardson steps on the exact quadratic part
             that correct the circulant inverse at the image boundary (one gradient of the
             quadratic terms and one FFT pair each; ``0``: the plain circulant inverse). An odd
             count is lowered by one for a quadratic part that is not translation invariant,
             where it could make ``H^0`` indefinite (:class:`~energycrf.solvers.quadratic.SpectralPreconditioner`).
+        degree: with ``precondition="chebyshev"``, the Chebyshev degree ``m`` (``None``: the
+            smallest with accuracy :data:`~energycrf.solvers.quadratic.CHEBYSHEV_ACCURACY`).
         c1: Armijo constant.
         max_backtracks: trials per line search before the sample is reported stalled.
     """
@@ -68,7 +75,7 @@ class LBFGS(Solver):
     monotone = True
 
     def __init__(self, history: int = 10, precondition: str | bool = "blocks", c1: float = 1e-4,
-                 max_backtracks: int = 30, refine: int = 1):
+                 max_backtracks: int = 30, refine: int = 1, degree: int | None = None):
         if {True: "blocks", False: "none"}.get(precondition, precondition) not in _PRECONDITIONERS:
             raise ValueError(f"precondition: expected one of {_PRECONDITIONERS} (or a bool), got {precondition!r}")
         if not isinstance(history, int) or history < 1:
@@ -77,9 +84,19 @@ class LBFGS(Solver):
             raise ValueError(f"c1: expected a number in (0, 0.5), got {c1!r}")
         self.history, self.precondition = history, precondition
         self.c1, self.max_backtracks, self.refine = float(c1), int(max_backtracks), check_refine(refine)
+        self.degree = check_degree(degree)
+
+    def check(self, problem: Problem, y0: Tensor) -> None:
+        if self.precondition == "chebyshev":
+            check_chebyshev(problem)
+
+    def start_operator(self, problem: Problem) -> Any:
+        if self.precondition == "chebyshev":
+            return chebyshev_preconditioner(problem, problem.x, self.degree)
+        return None
 
     def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> Any:
-        P = make_preconditioner(self.precondition, problem, y, refine=self.refine)
+        P = make_preconditioner(self.precondition, problem, y, refine=self.refine, degree=self.degree)
         return {"pairs": [], "P": P, "gamma": None, "pending": None}
 
     def _P(self, state: Any, v: Tensor) -> Tensor:

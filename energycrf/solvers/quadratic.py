@@ -29,20 +29,25 @@ is the exact minimiser, in ``O(C^3 HW + C^2 HW log HW)``.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..energies.operators import window_spectrum
 from .base import Problem, Solver, StepOutput, _positive_definite_blocks, sample_dot, sample_norm
 
 __all__ = [
+    "ChebyshevPreconditioner",
     "ConjugateGradient",
     "FFTSolver",
     "hessian_vector_product",
     "impulse_spectrum",
     "quadratic_part",
     "SpectralPreconditioner",
+    "chebyshev_bounds",
+    "chebyshev_preconditioner",
     "make_preconditioner",
     "quadratic_start",
     "quadratic_start_operator",
@@ -80,6 +85,13 @@ def quadratic_part(E: Any) -> Any | None:
     return terms[0] if len(terms) == 1 else SumEnergy(terms)
 
 
+def problem_quadratic_part(problem: Problem) -> Any | None:
+    """:func:`quadratic_part` of ``problem.E``, made once per problem (a sum is a new module)."""
+    if problem._quadratic == ():
+        problem._quadratic = quadratic_part(problem.E)
+    return problem._quadratic
+
+
 def impulse_spectrum(problem: Problem, y: Tensor, g: Tensor, centre: bool = False) -> Tensor:
     """The 2-D real FFT of the Hessian's impulse responses, ``[B, H, W//2+1, C, C]`` (out, in).
 
@@ -115,7 +127,7 @@ def _circulant_taps(E_quadratic: Any, x: Tensor, c: Tensor | None, y: Tensor) ->
     """The Hessian's impulse responses at an interior site, ``[B', C, C, H, W]`` (out, in)
     rolled to the origin (``B' = 1`` when every sample has the same), and the number of
     gradient evaluations spent, and whether the taps are a ``(2R + 1)^2`` crop centred at
-    ``(R, R)`` (their spectrum on the grid: :func:`_spectrum_of_crop`).
+    ``(R, R)`` (their spectrum on the grid: :func:`window_spectrum`).
 
     When the quadratic part is translation invariant (``E.translation_invariant``: the same
     stencil at every interior site, whatever ``x``) and every term declares a finite interaction
@@ -160,31 +172,6 @@ def _place_taps(small: Tensor, H: int, W: int) -> Tensor:
     taps = small.new_zeros(*small.shape[:-2], H, W)
     taps[..., rows[:, None], cols[None, :]] = small
     return taps
-
-
-def _spectrum_of_crop(small: Tensor, H: int, W: int, real: bool = False) -> Tensor:
-    """``rfft2(_place_taps(small, H, W))`` from the ``s x s`` taps alone: ``[..., H, W//2+1]``
-    (with ``real``, its real part only, in the taps' dtype).
-
-    With the taps at offsets ``a, b in [-R, R]``,
-    :math:`\\hat K(\\omega, \\nu) = \\sum_{a, b} e^{-2\\pi i a \\omega / H} \\, t_{ab} \\, e^{-2\\pi i b \\nu / W}`:
-    two products with ``H x s`` and ``s x (W//2+1)`` Fourier factors (``s = 2R + 1``) instead
-    of an image of zeros with ``s^2`` taps on it and a full-size FFT. Its real part is
-    :math:`C_H t C_W - S_H t S_W` with the cosine and sine factors, one product
-    :math:`[C_H, S_H] \\, [t C_W; -t S_W]` whose result is the only image-sized buffer (a
-    ``512 x 512`` image: 0.12 ms, against 0.43 ms for the real part of the FFT of the placed taps).
-    """
-    s = small.shape[-1]
-    f64 = dict(device=small.device, dtype=torch.float64)
-    offsets = torch.arange(s, **f64) - s // 2
-    rows = 2 * torch.pi * torch.outer(torch.arange(H, **f64), offsets) / H  # [H, s] phases
-    cols = 2 * torch.pi * torch.outer(offsets, torch.arange(W // 2 + 1, **f64)) / W  # [s, W']
-    if real:
-        left = torch.cat([rows.cos(), rows.sin()], -1).to(small.dtype)  # [H, 2s]
-        right = torch.cat([small @ cols.cos().to(small.dtype), -(small @ cols.sin().to(small.dtype))], -2)
-        return left @ right
-    cdtype = (small.new_zeros(()) * 1j).dtype  # the complex dtype of the taps' precision
-    return torch.exp(-1j * rows).to(cdtype) @ small.to(cdtype) @ torch.exp(-1j * cols).to(cdtype)
 
 
 def check_refine(refine: Any) -> int:
@@ -280,13 +267,13 @@ class SpectralPreconditioner:
         if self.diagonal:
             # point-symmetric real taps: a real spectrum (the symmetric part of the DFT); contiguous,
             # since reductions over the strided real view are ~70x slower on the CPU
-            spectrum = (_spectrum_of_crop(diag, H, W, real=True) if crop
+            spectrum = (window_spectrum(diag, H, W, real=True) if crop
                         else torch.fft.rfft2(diag).real.contiguous())  # [B', C, H, W']
             floor = _floor(spectrum)
             self.positive_definite = bool(spectrum.amin() > floor)
             self.kinv = spectrum.clamp_min_(floor).reciprocal_()  # in place: one image-sized buffer
         else:
-            K = (_spectrum_of_crop(taps, H, W) if crop else torch.fft.rfft2(taps)).permute(0, 3, 4, 1, 2)
+            K = (window_spectrum(taps, H, W) if crop else torch.fft.rfft2(taps)).permute(0, 3, 4, 1, 2)
             self.positive_definite, self.Kinv = _floored_inverse(0.5 * (K + K.conj().transpose(-1, -2)))
         # H_q <= hat K is known for translation-invariant parts: any Richardson count keeps P definite
         self._bounded_by_circulant = bool(getattr(E_quadratic, "translation_invariant", False))
@@ -377,22 +364,184 @@ class BlockPreconditioner:
         return torch.cholesky_solve(rhs, self.L).squeeze(-1).permute(0, 3, 1, 2)
 
 
-_PRECONDITIONERS = ("blocks", "fft", "none")
+#: The accuracy a :class:`ChebyshevPreconditioner` without a given degree is built for: the
+#: smallest degree ``m`` with ``1 / T_m(sigma) <= 0.02``, i.e. ``|1 - lambda p(lambda)| <= 0.02`` on
+#: the quadratic part's spectrum (``m = 3`` for the solver benchmark's energy, ``sigma = 2.7``).
+CHEBYSHEV_ACCURACY = 0.02
 
 
-def make_preconditioner(kind: str | bool, problem: Problem, y: Tensor, refine: int = 0):
-    """``"blocks"`` (or True), ``"fft"`` or ``"none"`` (or False) -> a callable or ``None``.
+def chebyshev_unavailable(E_quadratic: Any, c: Tensor | None, height: int, width: int) -> str | None:
+    """Why :class:`ChebyshevPreconditioner` cannot be built for this quadratic part (``None``: it can)."""
+    return _chebyshev_interval(E_quadratic, c, height, width)[2]
+
+
+def _chebyshev_interval(E_quadratic: Any, c: Tensor | None, height: int, width: int):
+    """``(margin, bound, why not)``: the quadratic part's convexity margin and curvature bound, each
+    computed once, and why they do not make an interval (``None`` when they do)."""
+    if E_quadratic is None:
+        return None, None, "the energy has no quadratic term (Unary, Pairwise)"
+    name = type(E_quadratic).__name__
+    margin = E_quadratic.convexity_margin(c) if hasattr(E_quadratic, "convexity_margin") else None
+    if margin is None:
+        return None, None, (f"the quadratic part ({name}) gives no convexity margin (a lower bound on its "
+                            "Hessian's eigenvalues: implement convexity_margin() on the term)")
+    if not margin > 0:
+        return margin, None, (f"the quadratic part's convexity margin is {margin:.4g} <= 0, so its Hessian's "
+                              "spectrum has no positive lower bound (e.g. Pairwise without a Unary term)")
+    bound = E_quadratic.curvature_bound(height, width, c) if hasattr(E_quadratic, "curvature_bound") else None
+    if bound is None:
+        return margin, None, (f"the quadratic part ({name}) gives no curvature bound (an upper bound on its "
+                              "Hessian's eigenvalues: implement curvature_bound() on the term)")
+    return float(margin), float(bound), None
+
+
+def chebyshev_bounds(E_quadratic: Any, c: Tensor | None, height: int, width: int) -> tuple[float, float]:
+    """``(lambda_-, lambda_+)`` of :class:`ChebyshevPreconditioner`: the quadratic part's
+    convexity margin and curvature bound, or a ``ValueError`` saying why there are none."""
+    lower, upper, why = _chebyshev_interval(E_quadratic, c, height, width)
+    if why is not None:
+        raise ValueError(f"precondition='chebyshev': {why}; use precondition='fft' or 'blocks'")
+    return lower, max(upper, lower)
+
+
+class ChebyshevPreconditioner:
+    r"""A polynomial in the quadratic part's Hessian that approximates its inverse: ``m - 1``
+    products with ``H_q`` per application, no FFT and no boundary correction.
+
+    Chebyshev semi-iteration on :math:`H_q z = v` from :math:`z = 0`, ``m`` steps, on the spectral
+    interval :math:`[\lambda_-, \lambda_+]` with centre :math:`\theta` and half-width :math:`\delta`
+    (:math:`\sigma = \theta / \delta`):
+
+    .. math::
+
+        z_1 = d_0 = v / \theta, \quad r_k = r_{k-1} - H_q d_{k-1}, \quad
+        \rho_k = (2\sigma - \rho_{k-1})^{-1}, \quad
+        d_k = \rho_k \rho_{k-1} d_{k-1} + \tfrac{2 \rho_k}{\delta} r_k, \quad z_{k+1} = z_k + d_k
+
+    (:math:`r_0 = v`, :math:`\rho_0 = 1/\sigma`). So ``P v = z_m = p(H_q) v`` with
+    :math:`1 - \lambda p(\lambda) = T_m((\theta - \lambda)/\delta) / T_m(\sigma)`, the residual
+    polynomial of least maximum on the interval: :math:`|1 - \lambda p(\lambda)| \le 1 / T_m(\sigma)`
+    (:attr:`accuracy`) for every eigenvalue of ``H_q``, and ``P`` is a fixed, linear, symmetric
+    operator, positive definite whenever every eigenvalue of ``H_q`` is below
+    :math:`\lambda_- + \lambda_+` (where the residual polynomial reaches 1): a bound need not be
+    tight for L-BFGS to get a definite ``H^0``.
+
+    The bounds are the quadratic terms' own: :math:`\lambda_-` their convexity margin
+    (``E.convexity_margin``: ``2 w`` for a Unary term), :math:`\lambda_+` their curvature bound
+    (``E.curvature_bound``: ``2 w`` plus, for a Pairwise term, ``2 lambda_max(M)`` times its
+    kernel's Laplacian bound, the largest value of the stencil's spectrum on the image's frequency
+    grid for a ``LocalKernel``). Neither costs a product with ``H_q`` or an image-sized FFT, and
+    neither needs translation invariance (a site-dependent term that gives both works too). With
+    :math:`\kappa = \lambda_+ / \lambda_-` the degree needed for an accuracy grows as
+    :math:`\sqrt\kappa`, so this suits well-conditioned quadratic parts (a Unary term not much
+    weaker than the Pairwise one); on ill-conditioned ones the FFT operator is cheaper.
+
+    Args:
+        degree: ``m >= 1`` (``1``: ``v / theta``); ``None``: the smallest ``m`` with
+            :math:`1/T_m(\sigma) \le` :data:`CHEBYSHEV_ACCURACY`.
+        bounds: ``(lambda_-, lambda_+)`` when known, else :func:`chebyshev_bounds`.
+    """
+
+    def __init__(self, E_quadratic: Any, x: Tensor, c: Tensor | None, y: Tensor, degree: int | None = None,
+                 bounds: tuple[float, float] | None = None, counts: dict | None = None, hessian: Any = None):
+        self.counts = {} if counts is None else counts
+        self._E = E_quadratic
+        # H_q v, prepared once (degree, windows); a duck-typed energy without one: its product at y
+        self._hessian = hessian or (E_quadratic._hessian_operator(x.detach(), c) if hasattr(E_quadratic, "_hessian_operator")
+                                    else (lambda v: E_quadratic._hessian_vector_product(y, x, c, v)))
+        self.lower, self.upper = chebyshev_bounds(E_quadratic, c, *y.shape[-2:]) if bounds is None else bounds
+        theta, delta = 0.5 * (self.upper + self.lower), 0.5 * (self.upper - self.lower)
+        self.centre = theta
+        if delta <= 4 * torch.finfo(y.dtype).eps * theta:  # H_q = theta I (to round-off): exact in one step
+            sigma = None
+        else:
+            sigma = theta / delta
+        self.degree = _chebyshev_degree(sigma, check_degree(degree))
+        # a_k = rho_k rho_{k-1} and b_k = 2 rho_k / delta of the recurrence, k = 1 .. m - 1
+        self.coefficients: list[tuple[float, float]] = []
+        rho = None if sigma is None else 1.0 / sigma
+        for _ in range(0 if sigma is None else self.degree - 1):
+            rho_next = 1.0 / (2.0 * sigma - rho)
+            self.coefficients.append((rho_next * rho, 2.0 * rho_next / delta))
+            rho = rho_next
+        self.accuracy = 0.0 if sigma is None else 1.0 / math.cosh(self.degree * math.acosh(sigma))
+
+    def _count(self, n: int) -> None:
+        self.counts["quadratic_hvp"] = self.counts.get("quadratic_hvp", 0) + n
+
+    def __call__(self, v: Tensor) -> Tensor:
+        """``P v = p(H_q) v`` (``m - 1`` products with the quadratic part)."""
+        z = v / self.centre
+        if not self.coefficients:
+            return z
+        d, r = z.clone(), None
+        with torch.no_grad():
+            for a, b in self.coefficients:
+                self._count(1)
+                hd = self._hessian(d)
+                r = torch.sub(v, hd) if r is None else r.sub_(hd)
+                d.mul_(a).add_(r, alpha=b)
+                z.add_(d)
+        return z
+
+
+def check_chebyshev(problem: Problem) -> None:
+    """A ``ValueError`` naming the alternatives when ``problem``'s quadratic part has no Chebyshev
+    bounds (a solver's check, before any work)."""
+    why = chebyshev_unavailable(quadratic_part(problem.E), problem.c, *problem.x.shape[-2:])  # nothing cached: untimed
+    if why is not None:
+        raise ValueError(f"precondition='chebyshev': {why}; use precondition='fft' or 'blocks'")
+
+
+def check_degree(degree: Any) -> int | None:
+    """``degree`` (of the Chebyshev preconditioner) as an int ``>= 1`` or ``None``, or a ``ValueError``."""
+    if degree is None:
+        return None
+    if isinstance(degree, bool) or not isinstance(degree, int) or degree < 1:
+        raise ValueError(f"degree: expected None (automatic) or an int >= 1, got {degree!r}")
+    return degree
+
+
+def _chebyshev_degree(sigma: float | None, degree: int | None) -> int:
+    """The given degree, or the smallest ``m`` with ``1 / T_m(sigma) <= CHEBYSHEV_ACCURACY``."""
+    if degree is not None:
+        return degree
+    if sigma is None:
+        return 1
+    return max(1, math.ceil(math.acosh(1.0 / CHEBYSHEV_ACCURACY) / math.acosh(sigma) - 1e-9))
+
+
+def chebyshev_preconditioner(problem: Problem, y: Tensor, degree: int | None = None) -> ChebyshevPreconditioner:
+    """The :class:`ChebyshevPreconditioner` of ``problem``'s quadratic part, built once per problem
+    and degree (the quadratic start and the solver share it)."""
+    if degree not in problem._chebyshev:
+        Eq = problem_quadratic_part(problem)
+        bounds = chebyshev_bounds(Eq, problem.c, *y.shape[-2:])
+        problem._chebyshev[degree] = ChebyshevPreconditioner(Eq, problem.x, problem.c, y, degree, bounds=bounds,
+                                                             counts=problem.counts)
+    return problem._chebyshev[degree]
+
+
+_PRECONDITIONERS = ("blocks", "fft", "chebyshev", "none")
+
+
+def make_preconditioner(kind: str | bool, problem: Problem, y: Tensor, refine: int = 0,
+                        degree: int | None = None):
+    """``"blocks"`` (or True), ``"fft"``, ``"chebyshev"`` or ``"none"`` (or False) -> a callable or ``None``.
 
     ``"fft"`` falls back to ``"blocks"`` when the energy has no quadratic term or its quadratic
     part is singular (its inverse would blow up the directions only the other terms hold); ``refine``
     Richardson steps on the exact quadratic part correct its boundary
-    (:class:`SpectralPreconditioner`).
+    (:class:`SpectralPreconditioner`). ``"chebyshev"`` (:class:`ChebyshevPreconditioner` of
+    ``degree``) raises a ``ValueError`` where it has no spectral bounds (the solvers check first).
     """
     kind = {True: "blocks", False: "none"}.get(kind, kind)
     if kind not in _PRECONDITIONERS:
         raise ValueError(f"precondition: expected one of {_PRECONDITIONERS} (or a bool), got {kind!r}")
     if kind == "none":
         return None
+    if kind == "chebyshev":
+        return chebyshev_preconditioner(problem, y, degree)
     if kind == "fft":
         P = spectral_preconditioner(problem, y)
         if P is not None and P.positive_definite:
@@ -405,7 +554,7 @@ def spectral_preconditioner(problem: Problem, y: Tensor) -> SpectralPrecondition
     one), built once per problem: the quadratic part's Hessian does not depend on ``y``, so
     the quadratic start and the solver share one spectrum."""
     if problem._spectral is None:
-        Eq = quadratic_part(problem.E)
+        Eq = problem_quadratic_part(problem)
         if Eq is None:
             return None
         problem._spectral = SpectralPreconditioner(Eq, problem.x, problem.c, y, counts=problem.counts)
@@ -436,14 +585,15 @@ def quadratic_start_operator(problem: Problem) -> SpectralPreconditioner:
     return P
 
 
-def quadratic_start(problem: Problem) -> Tensor:
+def quadratic_start(problem: Problem, operator: ChebyshevPreconditioner | None = None) -> Tensor:
     """``y0 = "quadratic"``: the minimiser of the energy's quadratic part (Unary + Pairwise),
 
     .. math::  y^{(0)} = x - P \\, \\nabla E_q(x), \\qquad E_q = \\text{the quadratic terms},
 
     with ``P`` the inverse circulant of :class:`SpectralPreconditioner` and
     :data:`QUADRATIC_START_REFINE` Richardson steps for the zero boundary (exact when the
-    quadratic part is circular). Starting the Richardson iteration from ``x`` leaves a boundary
+    quadratic part is circular), or the given ``operator`` (the
+    :class:`ChebyshevPreconditioner` of a solver that uses it, so that no FFT spectrum is built). Starting the Richardson iteration from ``x`` leaves a boundary
     error of the size of the noise, not of the image (``P b`` from zero is ten times worse on
     the solver benchmark). The other terms are a perturbation of this denoised start, so
     their gradient there is close to the one at the minimum: on the solver benchmark one
@@ -451,11 +601,13 @@ def quadratic_start(problem: Problem) -> Tensor:
     quadratic terms, the Richardson steps, and the spectrum's set-up (which L-BFGS with
     ``precondition="fft"`` then reuses); no evaluation of the other terms.
     """
-    P = quadratic_start_operator(problem)
+    P = quadratic_start_operator(problem) if operator is None else operator
     x = problem.x.detach()
     with torch.no_grad():
         P._count(1)
-        return P(P._E.grad(x, x, problem.c), refine=QUADRATIC_START_REFINE).neg_().add_(x)  # x - P grad
+        grad_q = P._E.grad(x, x, problem.c)
+        step = P(grad_q, refine=QUADRATIC_START_REFINE) if operator is None else P(grad_q)
+        return step.neg_().add_(x)  # x - P grad
 
 
 def _require_quadratic(problem: Problem, name: str) -> None:
@@ -469,22 +621,31 @@ class ConjugateGradient(Solver):
     Args:
         precondition: ``"blocks"`` (inverse curvature blocks, the default; ``True`` too),
             ``"fft"`` (inverse circulant approximation: exact for circular boundaries, so
-            CG then ends in one step) or ``"none"`` (``False``).
+            CG then ends in one step), ``"chebyshev"`` (:class:`ChebyshevPreconditioner`) or
+            ``"none"`` (``False``).
+        degree: with ``precondition="chebyshev"``, its degree (``None``: automatic).
     """
 
     name = "conjugate_gradient"
     monotone = True
 
-    def __init__(self, precondition: str | bool = "blocks"):
+    def __init__(self, precondition: str | bool = "blocks", degree: int | None = None):
         if {True: "blocks", False: "none"}.get(precondition, precondition) not in _PRECONDITIONERS:
             raise ValueError(f"precondition: expected one of {_PRECONDITIONERS} (or a bool), got {precondition!r}")
-        self.precondition = precondition
+        self.precondition, self.degree = precondition, check_degree(degree)
 
     def check(self, problem: Problem, y0: Tensor) -> None:
         _require_quadratic(problem, self.name)
+        if self.precondition == "chebyshev":
+            check_chebyshev(problem)
+
+    def start_operator(self, problem: Problem) -> Any:
+        if self.precondition == "chebyshev":
+            return chebyshev_preconditioner(problem, problem.x, self.degree)
+        return None
 
     def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> Any:
-        P = make_preconditioner(self.precondition, problem, y) or (lambda r: r)
+        P = make_preconditioner(self.precondition, problem, y, degree=self.degree) or (lambda r: r)
         z = P(-g)
         return {"P": P, "p": z, "rz": sample_dot(-g, z)}
 

@@ -16,16 +16,17 @@ def test_benchmark_runs_and_interleaved_rounds_reach_the_gap(tmp_path, load_scri
               "--rounds", "2", "--no-memory", "--out", str(tmp_path)])
     (result,) = json.loads((tmp_path / "solvers_benchmark.json").read_text())
     runs = {(r["method"], r["dtype"]): r for r in result["runs"]}
-    for start in ("fft precond.", "fft, quadratic start"):
+    for start in ("fft precond.", "fft, quadratic start", "chebyshev, quadratic start"):
         ours = runs[(f"energycrf lbfgs ({start})", "float64")]
         assert ours["iters_to_gap"] is not None and ours["final_gap"] <= mod.TARGET
     # the quadratic start's row 0 is its own iterate (not x): its gap differs from the x start's
-    assert runs[("energycrf lbfgs (fft, quadratic start)", "float64")]["gaps"][0] < runs[("energycrf lbfgs (fft precond.)", "float64")]["gaps"][0]
+    for start in ("fft", "chebyshev"):
+        assert runs[(f"energycrf lbfgs ({start}, quadratic start)", "float64")]["gaps"][0] < runs[("energycrf lbfgs (fft precond.)", "float64")]["gaps"][0]
     rows = result["interleaved"]["rows"]
     timed = {(r["method"], r["dtype"]) for r in rows}
     # every fast method that reached the gap in its single run is timed, and reaches it again
     expected = {(m, d) for (m, d), r in runs.items() if r["iters_to_gap"] is not None
-                and ("lbfgs (fft" in m or r["kind"] == "peer")}
+                and ("lbfgs (fft" in m or "lbfgs (chebyshev" in m or r["kind"] == "peer")}
     assert timed == expected
     for r in rows:
         assert len(r["seconds"]) == 2 and r["missed"] == 0 and r["min"] > 0
@@ -184,7 +185,7 @@ def test_memory_worker_measures_one_solve_in_a_fresh_process(load_script):
     mod = load_script("benchmarks/solvers_benchmark.py")
     x, E = mod.problem_input("camera", 256)
     plan = mod.methods(E, x, cd_iters=1)
-    index = next(i for i, p in enumerate(plan) if p[0] == "energycrf lbfgs (fft, quadratic start)" and p[3] == "float32")
+    index = next(i for i, p in enumerate(plan) if p[0] == "energycrf lbfgs (chebyshev, quadratic start)" and p[3] == "float32")
     bare = mod.methods(E.float(), x.float(), cd_iters=1, keep=False)
     assert all(run(1) is None for _, _, run, dt, _ in bare if dt == "float32")
     image_mib = x.numel() * 4 / 2**20  # 0.25 MiB

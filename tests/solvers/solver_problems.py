@@ -152,7 +152,8 @@ def exact_quadratic_minimiser(E, x, c=None):
     for b in range(x.shape[0]):
         xb = x[b : b + 1]
         zero = torch.zeros_like(xb)
-        H = explicit_hessian(E, zero, xb, None if c is None else c[b : b + 1])
-        g0 = autograd_grad(E, zero, xb).flatten()
+        cb = None if c is None else c[b : b + 1]
+        H = explicit_hessian(E, zero, xb, cb)
+        g0 = autograd_grad(E, zero, xb, cb).flatten()
         out.append(torch.linalg.solve(H, -g0).view_as(xb))
     return torch.cat(out)

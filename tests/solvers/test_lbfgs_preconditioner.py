@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 
 import energycrf as ec
 from energycrf.solvers.base import Problem
+from energycrf.energies.operators import window_spectrum
 from energycrf.solvers.quadratic import (SpectralPreconditioner, _floor, _floored_inverse, _place_taps,
-                                        _spectrum_of_crop, quadratic_part)
+                                        quadratic_part)
 from solver_problems import (SiteWeightedUnary, dense_operator, exact_quadratic_minimiser, explicit_hessian,
                              spectral_case)
 
@@ -59,11 +60,11 @@ def test_spectrum_of_a_crop_is_the_fft_of_the_placed_taps(radius, extra_h, extra
     H, W = s + extra_h, s + extra_w
     small = torch.randn(lead, 2, s, s, generator=torch.Generator().manual_seed(seed), dtype=dtype)
     expected = torch.fft.rfft2(_place_taps(small, H, W))
-    got = _spectrum_of_crop(small, H, W)
+    got = window_spectrum(small, H, W)
     assert got.dtype == expected.dtype and got.shape == expected.shape
     tol = 1e-12 if dtype == F64 else 2e-5
     torch.testing.assert_close(got, expected, rtol=tol, atol=tol)
-    real = _spectrum_of_crop(small, H, W, real=True)  # the real part by cosine and sine factors
+    real = window_spectrum(small, H, W, real=True)  # the real part by cosine and sine factors
     assert real.dtype == dtype and real.is_contiguous()
     torch.testing.assert_close(real, expected.real, rtol=tol, atol=tol)
 

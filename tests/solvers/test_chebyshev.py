@@ -1,0 +1,296 @@
+"""The Chebyshev preconditioner (``precondition="chebyshev"``): the energies' spectral bounds
+enclose the Hessian's spectrum (against ``eigvalsh`` of the explicit Hessian), the operator is
+the Chebyshev polynomial of the quadratic part's Hessian (against ``numpy``'s Chebyshev
+polynomials of the explicit matrix), symmetric positive definite with the stated accuracy,
+its degree is the smallest that meets the accuracy, the quadratic terms' prepared Hessian
+operators equal their products, and L-BFGS and CG with it reach the reference minima."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import energycrf as ec
+from energycrf.solvers import quadratic as Q
+from energycrf.solvers.base import Problem
+from energycrf.solvers.cli import default_energy, noisy_photograph
+
+from solver_problems import (BoxSmooth, SiteWeightedUnary, convex_energy, dense_operator, exact_quadratic_minimiser,
+                             explicit_hessian, foe, random_compat)
+
+K = ec.energies
+F64 = torch.float64
+
+
+def _energy(channels, radius, boundary, weights, strength, compat, seed):
+    """Unary (one weight or one per channel) + Pairwise (LocalKernel; identity, matrix or text compatibility)."""
+    kernel = K.LocalKernel(radius=radius, sigma=1.0 + 0.3 * seed % 2, strength=strength, boundary=boundary)
+    compatibility = {"identity": None, "matrix": random_compat(channels, seed), "text": "text"}[compat]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        pairwise = K.Pairwise(channels=channels, kernel=kernel, compatibility=compatibility,
+                              **({"cond_dim": 3} if compat == "text" else {}))
+    unary = K.Unary(weight=weights[0] if len(weights) == 1 else weights[:channels])
+    return (unary + pairwise).double()
+
+
+energies = st.fixed_dictionaries({
+    "channels": st.integers(1, 3),
+    "radius": st.integers(1, 2),
+    "boundary": st.sampled_from(["zeros", "circular"]),
+    "weights": st.lists(st.floats(0.05, 3.0), min_size=3, max_size=3).map(lambda w: w[:1] if w[0] > 1.5 else w),
+    "strength": st.floats(0.1, 4.0),
+    "compat": st.sampled_from(["identity", "matrix", "text"]),
+    "seed": st.integers(0, 1000),
+})
+
+
+def _case(params, extra_h, extra_w, batch=2):
+    E = _energy(**params)
+    s = 2 * params["radius"] + 1
+    H, W = s + extra_h, s + extra_w
+    g = torch.Generator().manual_seed(params["seed"])
+    x = torch.randn(batch, params["channels"], H, W, generator=g, dtype=F64)
+    c = torch.randn(batch, 3, generator=g, dtype=F64) if params["compat"] == "text" else None
+    return E, x, c
+
+
+def _spectrum(E, x, c, b=0):
+    return torch.linalg.eigvalsh(explicit_hessian(E, x[b:b + 1], x[b:b + 1], None if c is None else c[b:b + 1]).detach())
+
+
+@given(params=energies, extra_h=st.integers(0, 5), extra_w=st.integers(0, 5))
+def test_convexity_margin_and_curvature_bound_enclose_the_hessian_spectrum(params, extra_h, extra_w):
+    E, x, c = _case(params, extra_h, extra_w)
+    H, W = x.shape[-2:]
+    lower, upper = E.convexity_margin(c), E.curvature_bound(H, W, c)
+    for b in range(x.shape[0]):
+        lam = _spectrum(E, x, c, b)
+        assert lower <= float(lam.min()) * (1 + 1e-10) + 1e-12
+        assert float(lam.max()) <= upper * (1 + 1e-10) + 1e-12
+
+
+@given(radius=st.integers(1, 3), extra_h=st.integers(0, 6), extra_w=st.integers(0, 6),
+       boundary=st.sampled_from(["zeros", "circular"]), sigma=st.floats(0.5, 3.0), strength=st.floats(0.1, 5.0),
+       learnable=st.booleans())
+def test_local_kernel_laplacian_bound_is_the_circulant_maximum(radius, extra_h, extra_w, boundary, sigma, strength,
+                                                               learnable):
+    """``D - W`` from the kernel's explicit matrix: its largest eigenvalue is the bound for a circular
+    kernel and below it for zeros; Gershgorin's bound when the window does not fit."""
+    kernel = K.LocalKernel(radius=radius, sigma=sigma, strength=strength, boundary=boundary, learnable=learnable).double()
+    if learnable:
+        with torch.no_grad():
+            kernel.raw_weights.add_(0.3 * torch.randn(kernel.raw_weights.shape, generator=torch.Generator().manual_seed(radius), dtype=F64))
+    s = 2 * radius + 1
+    H, W = s + extra_h, s + extra_w
+    Wm = kernel.dense(H, W).detach()
+    lam = float(torch.linalg.eigvalsh(torch.diag(Wm.sum(1)) - Wm).max())
+    bound = kernel.laplacian_bound(H, W)
+    if boundary == "circular":
+        assert bound == pytest.approx(lam, rel=1e-10, abs=1e-12)
+    else:
+        assert lam <= bound * (1 + 1e-12)
+    small = K.LocalKernel(radius=radius, sigma=sigma, strength=strength).double()  # a window larger than the image
+    Ws = small.dense(s - 1, s + 1).detach()
+    assert small.laplacian_bound(s - 1, s + 1) == pytest.approx(2 * float(Ws.sum(1).max()))
+
+
+@pytest.mark.parametrize("kernel", [K.LongRangeKernel(sigma=2.0, weight=0.3, boundary="zeros"),
+                                    K.LongRangeKernel(sigma=2.0, weight=0.3, boundary="circular")])
+def test_other_kernels_give_gershgorins_bound(kernel):
+    Wm = kernel.double().dense(6, 5).detach()
+    lam = float(torch.linalg.eigvalsh(torch.diag(Wm.sum(1)) - Wm).max())
+    assert lam <= kernel.laplacian_bound(6, 5) == pytest.approx(2 * float(Wm.sum(1).max()))
+    dense = K.DenseKernel(Wm)
+    assert dense.laplacian_bound(6, 5) == pytest.approx(2 * float(Wm.sum(1).max()))
+
+
+def test_scaled_and_summed_bounds():
+    E = K.Unary(weight=0.5) + 3.0 * K.Pairwise(channels=2)
+    pair = K.Pairwise(channels=2)
+    assert E.curvature_bound(8, 8) == pytest.approx(1.0 + 3.0 * pair.curvature_bound(8, 8))
+    assert (E + BoxSmooth()).curvature_bound(8, 8) is None  # a user term that does not say
+    assert foe(channels=2).curvature_bound(8, 8) is None
+
+
+def _chebyshev_reference(Hm, lower, upper, m, v):
+    """``p(H) v`` with ``1 - lambda p(lambda) = T_m((theta - lambda) / delta) / T_m(theta / delta)``, from
+    the eigendecomposition of the explicit Hessian and numpy's Chebyshev polynomial ``T_m``."""
+    theta, delta = (upper + lower) / 2, (upper - lower) / 2
+    T = np.polynomial.chebyshev.Chebyshev.basis(m)
+    lam, V = np.linalg.eigh(Hm.numpy())
+    p = (1 - T((theta - lam) / delta) / T(theta / delta)) / lam
+    return torch.from_numpy(V @ (p * (V.T @ v.reshape(-1).numpy()))), float(1 / T(theta / delta))
+
+
+@given(params=energies, extra_h=st.integers(0, 3), extra_w=st.integers(0, 3), degree=st.integers(1, 7))
+def test_chebyshev_operator_is_the_chebyshev_polynomial_of_the_hessian(params, extra_h, extra_w, degree):
+    E, x, c = _case(params, extra_h, extra_w, batch=1)
+    P = Q.ChebyshevPreconditioner(E, x, c, x, degree)
+    assert (P.lower, P.upper) == pytest.approx((E.convexity_margin(c), E.curvature_bound(*x.shape[-2:], c)))
+    Hm = explicit_hessian(E, x, x, c).detach()
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(params["seed"]), dtype=F64)
+    v_before = v.clone()
+    expected, accuracy = _chebyshev_reference(Hm, P.lower, P.upper, degree, v)
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(P(v).reshape(-1), expected, rtol=1e-9, atol=1e-11 * scale)
+    assert torch.equal(v, v_before)  # the input is not touched
+    assert P.accuracy == pytest.approx(accuracy, rel=1e-9)
+    # a symmetric positive definite operator with |1 - lambda| <= accuracy on P H's spectrum
+    Pm = dense_operator(P, x)
+    torch.testing.assert_close(Pm, Pm.T, rtol=1e-9, atol=1e-11 * float(Pm.abs().max()))
+    assert float(torch.linalg.eigvalsh(0.5 * (Pm + Pm.T)).min()) > 0
+    residual = torch.linalg.eigvals(torch.eye(Hm.shape[0], dtype=F64) - Pm @ Hm).abs().max()
+    assert float(residual) <= accuracy * (1 + 1e-8) + 1e-12
+
+
+@given(weight=st.floats(0.01, 10.0), strength=st.floats(0.01, 10.0), side=st.integers(5, 40))
+def test_automatic_degree_is_the_smallest_that_meets_the_accuracy(weight, strength, side):
+    E = (K.Unary(weight=weight) + K.Pairwise(channels=1, kernel=K.LocalKernel(radius=2, strength=strength))).double()
+    x = torch.zeros(1, 1, side, side, dtype=F64)
+    P = Q.ChebyshevPreconditioner(E, x, None, x)
+    assert P.accuracy <= Q.CHEBYSHEV_ACCURACY
+    if P.degree > 1:
+        assert Q.ChebyshevPreconditioner(E, x, None, x, P.degree - 1).accuracy > Q.CHEBYSHEV_ACCURACY
+    assert len(P.coefficients) == P.degree - 1  # m - 1 products per application
+
+
+def test_a_diagonal_hessian_is_inverted_in_one_step():
+    E = K.Unary(weight=0.7).double()
+    x = torch.randn(2, 3, 5, 4, dtype=F64)
+    P = Q.ChebyshevPreconditioner(E, x, None, x, 5)
+    assert P.degree == 5 and P.accuracy == 0.0 and not P.coefficients
+    torch.testing.assert_close(P(x), x / 1.4)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: K.Unary(weight=[0.5, 2.0]) + K.Pairwise(channels=2),
+    lambda: 2.5 * (K.Unary(weight=0.5) + K.Pairwise(channels=2, kernel=K.LocalKernel(radius=1, boundary="circular"))),
+    lambda: K.Unary() + K.Pairwise(channels=2, compatibility=random_compat(2, 4)),  # channels mix: the product
+    lambda: K.Unary() + K.Pairwise(channels=2, kernel=K.LongRangeKernel(sigma=2.0, weight=0.2, boundary="zeros")),
+    lambda: K.Unary() + BoxSmooth(0.5),  # a user term: forward-mode product
+    lambda: K.Pairwise(channels=2) + 0.5 * K.Pairwise(channels=2, kernel=K.LocalKernel(radius=1)),  # no diagonal term
+])
+def test_prepared_hessian_operator_equals_the_hessian(make):
+    E = make().double()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 2, 6, 5, generator=g, dtype=F64)
+    v = torch.randn(x.shape, generator=g, dtype=F64)
+    v_before = v.clone()
+    got = E._hessian_operator(x, None)(v)
+    assert torch.equal(v, v_before)
+    torch.testing.assert_close(got, E._hessian_vector_product(x, x, None, v), rtol=1e-12, atol=1e-12)
+    Hm = explicit_hessian(E, x, x).detach()
+    torch.testing.assert_close(got[0].reshape(-1), Hm @ v[0].reshape(-1), rtol=1e-10, atol=1e-10)
+
+
+@given(params=energies, extra=st.integers(0, 4), degree=st.integers(1, 5))
+def test_quadratic_start_error_shrinks_by_the_accuracy_in_the_energy_norm(params, extra, degree):
+    """``y0 = x - P grad E_q(x)``: its error is ``(I - P H)(x - y*)``, so in the ``H``-norm it is at
+    most ``accuracy`` times the error of ``x``."""
+    E, x, c = _case(params, extra, extra)
+    problem = Problem(E, x, c)
+    P = Q.chebyshev_preconditioner(problem, x, degree)
+    y0 = Q.quadratic_start(problem, P)
+    y_star = exact_quadratic_minimiser(E, x, c).detach()
+    for b in range(x.shape[0]):
+        Hm = explicit_hessian(E, x[b:b + 1], x[b:b + 1], None if c is None else c[b:b + 1]).detach()
+        norm = lambda e: float(e.reshape(-1) @ Hm @ e.reshape(-1)) ** 0.5  # noqa: E731
+        assert norm(y0[b] - y_star[b]) <= P.accuracy * norm(x[b] - y_star[b]) * (1 + 1e-8) + 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_lbfgs_with_chebyshev_reaches_the_reference_minimum(dtype):
+    E = convex_energy(channels=2, dtype=dtype)
+    x = torch.randn(3, 2, 12, 10, generator=torch.Generator().manual_seed(5), dtype=dtype)
+    ref = ec.solve(E.double(), x.double(), method="lbfgs", precondition="fft", max_iters=300, tol=0.0, gtol=1e-12)
+    for y0 in (None, "quadratic"):
+        res = ec.solve(E, x, method="lbfgs", precondition="chebyshev", y0=y0, max_iters=200, tol=0.0,
+                       gtol=1e-12 if dtype == F64 else 1e-5)
+        if dtype == F64:  # float32 may stall at round-off before the relative gradient tolerance
+            assert all(s == "converged" for s in res.status)
+        tol = 1e-7 if dtype == F64 else 2e-4  # both stop where the energy stops changing (gradient ~1e-7)
+        torch.testing.assert_close(res.y.double(), ref.y, rtol=tol, atol=tol)
+        assert res.evaluations["quadratic_hvp"] > 0
+
+
+def test_lbfgs_quadratic_start_uses_the_chebyshev_operator_and_no_fft():
+    E = convex_energy(channels=2)
+    x = torch.randn(2, 2, 9, 8, generator=torch.Generator().manual_seed(6), dtype=F64)
+    problem = Problem(E, x)
+    start = Q.quadratic_start(problem, Q.chebyshev_preconditioner(problem, x, 3))
+    with mock.patch.object(torch.fft, "rfft2", wraps=torch.fft.rfft2) as rfft2:
+        res = ec.solve(E, x, method="lbfgs", precondition="chebyshev", degree=3, y0="quadratic", max_iters=2)
+    assert rfft2.call_count == 0
+    torch.testing.assert_close(res.energies[0], E(start, x))
+
+
+def test_a_site_dependent_quadratic_part_that_gives_its_bounds():
+    """Chebyshev needs bounds, not translation invariance: a user term with a weight map that says
+    its margin and bound works with L-BFGS and CG (the FFT operator only approximates it)."""
+
+    class BoundedSiteUnary(SiteWeightedUnary):
+        def convexity_margin(self, c=None):
+            return 2 * float(self.site_weight.min())
+
+        def curvature_bound(self, height, width, c=None):
+            return 2 * float(self.site_weight.max())
+
+    E = (BoundedSiteUnary(7, 6) + K.Pairwise(channels=2)).double()
+    x = torch.randn(2, 2, 7, 6, generator=torch.Generator().manual_seed(7), dtype=F64)
+    lam = _spectrum(E, x, None)
+    assert E.convexity_margin() <= float(lam.min()) and float(lam.max()) <= E.curvature_bound(7, 6)
+    exact = exact_quadratic_minimiser(E, x)
+    for method in ("lbfgs", "conjugate_gradient"):
+        res = ec.solve(E, x, method=method, precondition="chebyshev", max_iters=100, tol=0.0, gtol=1e-12)
+        torch.testing.assert_close(res.y, exact.detach(), rtol=1e-8, atol=1e-9)
+
+
+def test_conjugate_gradient_with_chebyshev_is_exact():
+    E = (K.Unary(weight=0.8) + K.Pairwise(channels=2, compatibility=random_compat(2, 1))).double()
+    x = torch.randn(2, 2, 8, 7, generator=torch.Generator().manual_seed(8), dtype=F64)
+    res = ec.solve(E, x, method="conjugate_gradient", precondition="chebyshev", degree=2, max_iters=60, tol=0.0,
+                   gtol=1e-12)
+    torch.testing.assert_close(res.y, exact_quadratic_minimiser(E, x).detach(), rtol=1e-9, atol=1e-10)
+
+
+def test_one_iteration_reaches_the_benchmark_gap():
+    """The solver benchmark's energy on a 64 x 64 photograph: one L-BFGS iteration with the
+    Chebyshev preconditioner from the quadratic start reaches the 1e-6 relative gap."""
+    E = default_energy(1, seed=0).double()
+    x = noisy_photograph("camera", 64, 25.0, 0)[0].double()
+    best = float(ec.solve(E, x, method="lbfgs", precondition="fft", max_iters=80, tol=1e-15, gtol=0.0).energies[-1].sum())
+    res = ec.solve(E, x, method="lbfgs", precondition="chebyshev", y0="quadratic", max_iters=1, tol=0.0, gtol=0.0)
+    assert res.evaluations["energy_and_grad"] == 2 and res.evaluations["quadratic_hvp"] == 5  # degree 3
+    assert (float(res.energies[-1].sum()) - best) / abs(best) < 1e-6
+
+
+def test_chebyshev_refusals_name_the_alternatives():
+    x = torch.randn(1, 2, 6, 6, dtype=F64)
+    class MarginOnly(BoxSmooth):  # says its margin, not its bound
+        def convexity_margin(self, c=None):
+            return 0.0
+
+    cases = [
+        (foe(channels=2).double(), "has no quadratic term"),
+        (K.Pairwise(channels=2).double() + foe(channels=2).double(), r"convexity margin is 0 <= 0"),
+        ((K.Unary() + BoxSmooth()).double(), "gives no convexity margin"),
+        ((K.Unary() + MarginOnly()).double(), "gives no curvature bound"),
+    ]
+    for E, why in cases:
+        for method in ("lbfgs", "conjugate_gradient"):
+            if method == "conjugate_gradient" and not E.is_quadratic:
+                continue
+            with pytest.raises(ValueError, match=f"precondition='chebyshev': .*{why}.*use precondition='fft' or 'blocks'"):
+                ec.solve(E, x, method=method, precondition="chebyshev")
+    E = convex_energy(channels=2)
+    for degree in (0, -1, 2.5, True, "3"):
+        with pytest.raises(ValueError, match=r"degree: expected None \(automatic\) or an int >= 1"):
+            ec.solve(E, x, method="lbfgs", precondition="chebyshev", degree=degree)
+    with pytest.raises(ValueError, match="precondition: expected one of .*'chebyshev'"):
+        ec.solve(E, x, method="lbfgs", precondition="chebychev")

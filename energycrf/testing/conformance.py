@@ -27,7 +27,8 @@ What is checked (``E`` the energy, ``g = grad E``, ``A_i`` the per-site curvatur
 - outputs follow the input's dtype and device;
 - ``state_dict`` round-trips into a freshly built term;
 - ``convexity_margin(c)`` is a lower bound on the smallest Hessian eigenvalue, and
-  ``check_well_posed`` agrees with its sign.
+  ``check_well_posed`` agrees with its sign;
+- ``curvature_bound(H, W, c)``, when given, is an upper bound on the largest one.
 """
 
 from __future__ import annotations
@@ -549,6 +550,30 @@ def check_convexity_margin(make_energy: MakeEnergy, case: Case, *, required: boo
             raise AssertionError(f"check_well_posed(on_fail='warn') gave no {warning.__name__} with margin {m}")
 
 
+def check_curvature_bound(make_energy: MakeEnergy, case: Case, *, atol=1e-8) -> None:
+    """``curvature_bound(H, W, c)`` (a float, or None when unknown) bounds the largest eigenvalue
+    of each sample's Hessian from above at a random point, and is at least the convexity margin."""
+    energy = build(make_energy, case)
+    y, x, c = case.inputs()
+    bound = energy.curvature_bound(y.shape[-2], y.shape[-1], c)
+    if bound is None:
+        return
+    if isinstance(bound, torch.Tensor) or not isinstance(bound, (int, float)) or isinstance(bound, bool):
+        raise AssertionError(f"curvature_bound must be a python float or None, got {type(bound).__name__}")
+    hess = full_hessian(energy, y, x, c)
+    B = case.batch
+    n = math.prod(case.shape[1:])
+    hr = hess.reshape(B, n, B, n)
+    tol = _atol_for(hess, atol=atol)
+    for b in range(B):
+        lam = float(torch.linalg.eigvalsh(hr[b, :, b]).max())
+        if lam > bound + tol:
+            raise AssertionError(f"curvature_bound {bound:.6g} is below the Hessian's largest eigenvalue {lam:.6g}")
+    margin = energy.convexity_margin(c)
+    if margin is not None and margin > bound + tol:
+        raise AssertionError(f"curvature_bound {bound:.6g} is below convexity_margin {margin:.6g}")
+
+
 # --------------------------------------------------------------------------------------
 # running them all
 # --------------------------------------------------------------------------------------
@@ -566,6 +591,7 @@ CHECKS: dict[str, Callable] = {
     "dtype": check_dtype,
     "state_dict": check_state_dict,
     "convexity_margin": check_convexity_margin,
+    "curvature_bound": check_curvature_bound,
 }
 """Every check by name (``check_device`` is separate: it needs a CUDA device)."""
 

@@ -29,8 +29,7 @@ from torch import Tensor
 
 from .base import (Problem, Solver, StepOutput, accepted_point, check_start, report_outcome, sample_dot,
                    sample_norm)
-from .quadratic import (_PRECONDITIONERS, check_chebyshev, check_degree, check_refine, chebyshev_preconditioner,
-                        make_preconditioner, quadratic_start)
+from .quadratic import Preconditioned, check_refine, make_preconditioner, quadratic_start
 from .result import SolveResult
 
 __all__ = ["LBFGS", "TorchLBFGS", "ScipyLBFGS"]
@@ -40,7 +39,7 @@ def _col(v: Tensor) -> Tensor:
     return v.view(-1, 1, 1, 1)
 
 
-class LBFGS(Solver):
+class LBFGS(Preconditioned, Solver):
     """Batched, block-preconditioned L-BFGS with a backtracking Armijo search.
 
     Each iteration costs one fused energy-and-gradient evaluation at the trial point
@@ -76,24 +75,13 @@ class LBFGS(Solver):
 
     def __init__(self, history: int = 10, precondition: str | bool = "blocks", c1: float = 1e-4,
                  max_backtracks: int = 30, refine: int = 1, degree: int | None = None):
-        if {True: "blocks", False: "none"}.get(precondition, precondition) not in _PRECONDITIONERS:
-            raise ValueError(f"precondition: expected one of {_PRECONDITIONERS} (or a bool), got {precondition!r}")
         if not isinstance(history, int) or history < 1:
             raise ValueError(f"history: expected an int >= 1, got {history!r}")
         if not 0.0 < c1 < 0.5:
             raise ValueError(f"c1: expected a number in (0, 0.5), got {c1!r}")
-        self.history, self.precondition = history, precondition
+        self._set_preconditioner(precondition, degree)
+        self.history = history
         self.c1, self.max_backtracks, self.refine = float(c1), int(max_backtracks), check_refine(refine)
-        self.degree = check_degree(degree)
-
-    def check(self, problem: Problem, y0: Tensor) -> None:
-        if self.precondition == "chebyshev":
-            check_chebyshev(problem)
-
-    def start_operator(self, problem: Problem) -> Any:
-        if self.precondition == "chebyshev":
-            return chebyshev_preconditioner(problem, problem.x, self.degree)
-        return None
 
     def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> Any:
         P = make_preconditioner(self.precondition, problem, y, refine=self.refine, degree=self.degree)

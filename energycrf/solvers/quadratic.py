@@ -525,6 +525,29 @@ def chebyshev_preconditioner(problem: Problem, y: Tensor, degree: int | None = N
 _PRECONDITIONERS = ("blocks", "fft", "chebyshev", "none")
 
 
+class Preconditioned:
+    """A solver option set ``precondition`` (one of ``_PRECONDITIONERS``, or a bool) and ``degree``
+    (of ``"chebyshev"``): validated when set, the Chebyshev bounds checked before any work, and
+    ``y0="quadratic"`` started from the Chebyshev polynomial when the method uses it."""
+
+    precondition: str | bool
+    degree: int | None
+
+    def _set_preconditioner(self, precondition: str | bool, degree: int | None) -> None:
+        if {True: "blocks", False: "none"}.get(precondition, precondition) not in _PRECONDITIONERS:
+            raise ValueError(f"precondition: expected one of {_PRECONDITIONERS} (or a bool), got {precondition!r}")
+        self.precondition, self.degree = precondition, check_degree(degree)
+
+    def check(self, problem: Problem, y0: Tensor) -> None:
+        if self.precondition == "chebyshev":
+            check_chebyshev(problem)
+
+    def start_operator(self, problem: Problem) -> Any:
+        if self.precondition == "chebyshev":
+            return chebyshev_preconditioner(problem, problem.x, self.degree)
+        return None
+
+
 def make_preconditioner(kind: str | bool, problem: Problem, y: Tensor, refine: int = 0,
                         degree: int | None = None):
     """``"blocks"`` (or True), ``"fft"``, ``"chebyshev"`` or ``"none"`` (or False) -> a callable or ``None``.
@@ -615,7 +638,7 @@ def _require_quadratic(problem: Problem, name: str) -> None:
         raise ValueError(_NOT_QUADRATIC.format(name=name, kind=type(problem.E).__name__))
 
 
-class ConjugateGradient(Solver):
+class ConjugateGradient(Preconditioned, Solver):
     """Matrix-free preconditioned conjugate gradients for quadratic energies.
 
     Args:
@@ -630,19 +653,11 @@ class ConjugateGradient(Solver):
     monotone = True
 
     def __init__(self, precondition: str | bool = "blocks", degree: int | None = None):
-        if {True: "blocks", False: "none"}.get(precondition, precondition) not in _PRECONDITIONERS:
-            raise ValueError(f"precondition: expected one of {_PRECONDITIONERS} (or a bool), got {precondition!r}")
-        self.precondition, self.degree = precondition, check_degree(degree)
+        self._set_preconditioner(precondition, degree)
 
     def check(self, problem: Problem, y0: Tensor) -> None:
         _require_quadratic(problem, self.name)
-        if self.precondition == "chebyshev":
-            check_chebyshev(problem)
-
-    def start_operator(self, problem: Problem) -> Any:
-        if self.precondition == "chebyshev":
-            return chebyshev_preconditioner(problem, problem.x, self.degree)
-        return None
+        super().check(problem, y0)
 
     def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> Any:
         P = make_preconditioner(self.precondition, problem, y, degree=self.degree) or (lambda r: r)

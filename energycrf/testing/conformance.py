@@ -508,6 +508,14 @@ def _well_posed_types():
     raise AssertionError("energycrf exports no IllPosedEnergyError")
 
 
+def _sample_spectra(energy, case: Case, y, x, c, atol) -> tuple[list[torch.Tensor], float]:
+    """The eigenvalues of each sample's Hessian at ``y`` and the tolerance for comparing them."""
+    hess = full_hessian(energy, y, x, c)
+    B, n = case.batch, math.prod(case.shape[1:])
+    hr = hess.reshape(B, n, B, n)
+    return [torch.linalg.eigvalsh(hr[b, :, b]) for b in range(B)], _atol_for(hess, atol=atol)
+
+
 def check_convexity_margin(make_energy: MakeEnergy, case: Case, *, required: bool = False, atol=1e-8) -> None:
     """``convexity_margin(c)`` (a float, or None when unknown; required for built-in terms)
     bounds the smallest eigenvalue of each sample's Hessian from below at a random point,
@@ -521,13 +529,9 @@ def check_convexity_margin(make_energy: MakeEnergy, case: Case, *, required: boo
         return
     if isinstance(m, torch.Tensor) or not isinstance(m, (int, float)) or isinstance(m, bool):
         raise AssertionError(f"convexity_margin must be a python float or None, got {type(m).__name__}")
-    hess = full_hessian(energy, y, x, c)
-    B = case.batch
-    n = math.prod(case.shape[1:])
-    hr = hess.reshape(B, n, B, n)
-    tol = _atol_for(hess, atol=atol)
-    for b in range(B):
-        lam = float(torch.linalg.eigvalsh(hr[b, :, b]).min())
+    spectra, tol = _sample_spectra(energy, case, y, x, c, atol)
+    for spectrum in spectra:
+        lam = float(spectrum.min())
         if lam < m - tol:
             raise AssertionError(f"convexity_margin {m:.6g} exceeds the Hessian's smallest eigenvalue {lam:.6g}")
     error, warning = _well_posed_types()
@@ -560,13 +564,9 @@ def check_curvature_bound(make_energy: MakeEnergy, case: Case, *, atol=1e-8) -> 
         return
     if isinstance(bound, torch.Tensor) or not isinstance(bound, (int, float)) or isinstance(bound, bool):
         raise AssertionError(f"curvature_bound must be a python float or None, got {type(bound).__name__}")
-    hess = full_hessian(energy, y, x, c)
-    B = case.batch
-    n = math.prod(case.shape[1:])
-    hr = hess.reshape(B, n, B, n)
-    tol = _atol_for(hess, atol=atol)
-    for b in range(B):
-        lam = float(torch.linalg.eigvalsh(hr[b, :, b]).max())
+    spectra, tol = _sample_spectra(energy, case, y, x, c, atol)
+    for spectrum in spectra:
+        lam = float(spectrum.max())
         if lam > bound + tol:
             raise AssertionError(f"curvature_bound {bound:.6g} is below the Hessian's largest eigenvalue {lam:.6g}")
     margin = energy.convexity_margin(c)

@@ -53,7 +53,8 @@ class SpatialKernel(nn.Module):
         r"""An upper bound on the largest eigenvalue of the graph Laplacian :math:`D - W^s` on
         ``height x width`` images. Here Gershgorin's, :math:`2 \max_i d_i` (the row sums of
         :math:`|D - W^s|` for non-negative weights); kernels with a spectrum give a tighter one."""
-        return 2 * float(self.degree(height, width, torch.float64, None).detach().max())
+        device = next((t.device for t in [*self.parameters(), *self.buffers()]), None)  # the kernel's own
+        return 2 * float(self.degree(height, width, torch.float64, device).detach().max())
 
     def check_size(self, height: int, width: int) -> None:
         """Raise ``ValueError`` when the kernel cannot act on an image of this size."""

@@ -50,3 +50,18 @@ def test_cuda_quadratic_start_matches_cpu():
     gpu = ec.solve(E.cuda(), x.cuda(), method="lbfgs", precondition="fft", y0="quadratic", max_iters=200,
                    tol=1e-14, gtol=1e-10)
     torch.testing.assert_close(gpu.y.cpu(), cpu.y, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("compatibility", [None, "matrix"])
+def test_cuda_chebyshev_matches_cpu(compatibility):
+    """The Chebyshev preconditioner's bounds (the kernel's spectrum, the compatibility's top
+    eigenvalue) and polynomial on the device, and a window too large for the image (Gershgorin)."""
+    E = convex_energy(2) if compatibility else (ec.energies.Unary() + ec.energies.Pairwise(channels=2)).double()
+    x = torch.randn(2, 2, 12, 10, generator=torch.Generator().manual_seed(3), dtype=F64)
+    for y0 in (None, "quadratic"):
+        cpu = ec.solve(E, x, method="lbfgs", precondition="chebyshev", y0=y0, max_iters=200, tol=1e-14, gtol=1e-10)
+        gpu = ec.solve(E.cuda(), x.cuda(), method="lbfgs", precondition="chebyshev", y0=y0, max_iters=200,
+                       tol=1e-14, gtol=1e-10)
+        torch.testing.assert_close(gpu.y.cpu(), cpu.y, rtol=1e-6, atol=1e-6)
+    pairwise = ec.energies.Pairwise(channels=2).double()
+    assert pairwise.cuda().curvature_bound(3, 3) == pytest.approx(pairwise.cpu().curvature_bound(3, 3))

@@ -15,7 +15,8 @@ from .gradient_descent import GradientDescent
 from .latent_crf import CompatibilityNetwork, LatentCRF
 from .lbfgs import LBFGS, ScipyLBFGS, TorchLBFGS
 from .mean_field import MeanField
-from .quadratic import ConjugateGradient, FFTSolver, hessian_vector_product
+from .quadratic import (ChebyshevPreconditioner, ConjugateGradient, FFTSolver, SpectralPreconditioner,
+                        hessian_vector_product)
 from .result import DivergenceError, DivergenceWarning, SolveResult, SolverWarning
 from .unrolled import ImplicitDifferentiationWarning, Staged, Unrolled, conjugate_gradient
 
@@ -42,6 +43,8 @@ __all__ = [
     "ScipyLBFGS",
     "ConjugateGradient",
     "FFTSolver",
+    "ChebyshevPreconditioner",
+    "SpectralPreconditioner",
     "hessian_vector_product",
     "LatentCRF",
     "CompatibilityNetwork",

@@ -35,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     en.add_argument("--filter-scale", type=float, default=0.1, help="L2 norm of each FoE filter")
     run_ = parser.add_argument_group("solvers")
     run_.add_argument("--methods", default=None,
-                      help="comma-separated registry names (default: all that apply)")
+                      help="comma-separated registry names, each optionally with options as "
+                           "name:key=value:... (e.g. lbfgs:precondition=fft,lbfgs:precondition=chebyshev; "
+                           "default: all that apply)")
     run_.add_argument("--max-iters", type=int, default=200)
     run_.add_argument("--tol", type=float, default=None)
     run_.add_argument("--dtype", choices=("float32", "float64"), default="float64")

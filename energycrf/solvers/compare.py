@@ -20,7 +20,7 @@ from .base import Problem, check_start
 from .quadratic import quadratic_start_operator
 from .result import SolveResult
 
-__all__ = ["compare_solvers", "Comparison", "ComparisonRow", "DEFAULT_METHODS"]
+__all__ = ["compare_solvers", "parse_method", "Comparison", "ComparisonRow", "DEFAULT_METHODS"]
 
 DEFAULT_METHODS = (
     "coordinate_descent", "mean_field", "gradient_descent", "lbfgs", "torch_lbfgs", "scipy_lbfgs",
@@ -109,6 +109,37 @@ class Comparison:
         return fig
 
 
+def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
+    """A method of :func:`compare_solvers`: ``"name"``, or ``"name:key=value:key=value"`` for the
+    method with options (``"lbfgs:precondition=chebyshev:degree=3"``), so that variants of one
+    method can be compared. Values are read as ``true``/``false``, ``none``, ints, floats, or
+    else strings. Returns ``(name, options)``."""
+    if not isinstance(spec, str):
+        raise TypeError(f"methods: expected method names (str), got {type(spec).__name__}")
+    name, *parts = spec.split(":")
+    options: dict[str, Any] = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"methods: expected 'name' or 'name:key=value:...', got {spec!r}")
+        options[key.strip()] = _option_value(value.strip())
+    return name.strip(), options
+
+
+def _option_value(text: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def _status_summary(res: SolveResult) -> str:
     counts: dict[str, int] = {}
     for s in res.status:
@@ -141,12 +172,15 @@ def compare_solvers(
     table; a ``ValueError`` is raised only when none applies.
 
     Args:
-        methods: registry names (default: all of :data:`DEFAULT_METHODS`).
+        methods: registry names (default: all of :data:`DEFAULT_METHODS`), each optionally with
+            options, ``"name:key=value:..."`` (:func:`parse_method`): ``["lbfgs:precondition=fft",
+            "lbfgs:precondition=chebyshev"]`` compares two preconditioners. Such a label is the
+            row's name; its options override those given for the name in ``options``.
         y0: the common start: ``None`` (``x``), a tensor, or ``"quadratic"`` (the minimiser
             of the quadratic part, see :meth:`Solver.solve`; methods it does not apply to
             are skipped).
-        max_iters: one budget for all, or per method.
-        options: per-method options, e.g. ``{"mean_field": {"damping": 0.5}}``.
+        max_iters: one budget for all, or per method (by label, else by name).
+        options: per-method options, e.g. ``{"mean_field": {"damping": 0.5}}`` (by name or label).
         target_gap: the relative gap for the "iterations/seconds to gap" columns.
         figure: save the gap-vs-iterations / gap-vs-time figure there.
         warmup: run each method for one iteration (none with a budget of 0), untimed, on a
@@ -167,11 +201,14 @@ def compare_solvers(
         ['coordinate_descent', 'conjugate_gradient']
     """
     methods = list(DEFAULT_METHODS if methods is None else methods)
-    unknown = [m for m in methods if m not in method_names()]
+    specs = {m: parse_method(m) for m in methods}
+    unknown = [m for m, (name, _) in specs.items() if name not in method_names()]
     if unknown:
         raise ValueError(f"methods: unknown {unknown}; expected names from {method_names()}")
     if not methods:
         raise ValueError("methods: expected at least one method name")
+    if len(specs) < len(methods):
+        raise ValueError(f"methods: each label once, got {methods}")
     # the start depends on the energy, not on the method: refuse a bad one here, not as "no method applies"
     problem = Problem(E, x, c)  # checks E, x and c
     if check_start(y0, x) == "quadratic":
@@ -180,9 +217,12 @@ def compare_solvers(
     results: dict[str, SolveResult] = {}
     skipped: dict[str, str] = {}
     for m in methods:
-        budget = max_iters.get(m, 200) if isinstance(max_iters, dict) else max_iters
+        name, own = specs[m]
+        budget = max_iters.get(m, max_iters.get(name, 200)) if isinstance(max_iters, dict) else max_iters
+        method_options = {**options.get(name, {}), **(options.get(m, {}) if m != name else {}), **own}
+
         def run(iters, **kw):  # a solver object of its own per run
-            return get_solver(m, **options.get(m, {})).solve(
+            return get_solver(name, **method_options).solve(
                 E, x, c, y0=y0, max_iters=iters, tol=tol, gtol=gtol, on_diverge="ignore", **kw)
 
         try:

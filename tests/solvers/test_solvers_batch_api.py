@@ -126,6 +126,41 @@ def test_compare_solvers_table_and_figure(tmp_path):
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_compare_solvers_compares_variants_of_one_method():
+    """``"name:key=value:..."`` runs the method with those options under that label: the rows
+    equal direct solves with the same options; values are typed; bad specs are refused."""
+    E = convex_energy(1)
+    x = _x(B=2, C=1, H=10, W=9)
+    methods = ["lbfgs:precondition=fft:refine=0", "lbfgs:precondition=chebyshev:degree=3", "mean_field:adaptive=true",
+               "lbfgs"]
+    comp = ec.compare_solvers(E, x, methods=methods, y0="quadratic", max_iters={"lbfgs": 4, "mean_field:adaptive=true": 3},
+                              options={"lbfgs": {"history": 3}}, warmup=False)
+    assert [r.method for r in comp.rows] == methods
+    direct = {
+        methods[0]: dict(method="lbfgs", precondition="fft", refine=0, history=3, max_iters=4),
+        methods[1]: dict(method="lbfgs", precondition="chebyshev", degree=3, history=3, max_iters=4),
+        methods[2]: dict(method="mean_field", adaptive=True, max_iters=3),
+        methods[3]: dict(method="lbfgs", history=3, max_iters=4),
+    }
+    for label, kwargs in direct.items():
+        res = ec.solve(E, x, y0="quadratic", on_diverge="ignore", **kwargs)
+        torch.testing.assert_close(comp.results[label].energies, res.energies)
+        assert comp.results[label].evaluations == res.evaluations
+    assert ec.solvers.compare.parse_method("mean_field:damping=0.5:adaptive=False:x=none:name=a b") == (
+        "mean_field", {"damping": 0.5, "adaptive": False, "x": None, "name": "a b"})
+    for bad in ("lbfgs:precondition", "lbfgs:=fft", "lbfgs:precondition="):
+        with pytest.raises(ValueError, match="methods: expected 'name' or 'name:key=value:...'"):
+            ec.compare_solvers(E, x, methods=[bad])
+    with pytest.raises(ValueError, match=r"methods: unknown \['lbfgz:refine=0'\]"):
+        ec.compare_solvers(E, x, methods=["lbfgz:refine=0"])
+    with pytest.raises(ValueError, match="each label once"):
+        ec.compare_solvers(E, x, methods=["lbfgs", "lbfgs"])
+    with pytest.raises(TypeError, match=r"method .lbfgs. has no option\(s\) \[.refines.\]"):
+        ec.compare_solvers(E, x, methods=["lbfgs:refines=1"])
+    with pytest.raises(TypeError, match="methods: expected method names"):
+        ec.compare_solvers(E, x, methods=[("lbfgs", {})])
+
+
 def _cli(argv):
     from energycrf.solvers import cli
 
@@ -145,6 +180,10 @@ def test_cli_compare_solvers_on_a_photograph(tmp_path, capsys):
     assert "times after one untimed iteration of each method" in table
     assert _cli(["--size", "16", "--max-iters", "3", "--methods", "lbfgs", "--no-warmup", "--out-dir", str(out)]) == 0
     assert "times without an untimed warm-up iteration" in (out / "table.md").read_text()
+    assert _cli(["--size", "16", "--max-iters", "3", "--methods", "lbfgs:precondition=fft,lbfgs:precondition=chebyshev",
+                 "--start", "quadratic", "--out-dir", str(out)]) == 0
+    table = (out / "table.md").read_text()
+    assert "| lbfgs:precondition=fft |" in table and "| lbfgs:precondition=chebyshev |" in table
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".safetensors"])

@@ -122,6 +122,8 @@ def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
         key, sep, value = part.partition("=")
         if not sep or not key.strip() or not value.strip():
             raise ValueError(f"methods: expected 'name' or 'name:key=value:...', got {spec!r}")
+        if key.strip() in options:
+            raise ValueError(f"methods: option {key.strip()!r} given twice in {spec!r}")
         options[key.strip()] = _option_value(value.strip())
     return name.strip(), options
 
@@ -214,15 +216,18 @@ def compare_solvers(
     if check_start(y0, x) == "quadratic":
         quadratic_start_operator(problem)
     options = dict(options or {})
+    method_options = {m: {**options.get(name, {}), **(options.get(m, {}) if m != name else {}), **own}
+                      for m, (name, own) in specs.items()}
+    for m, (name, _) in specs.items():  # bad options are the caller's error, not "does not apply": raise now
+        get_solver(name, **method_options[m])
     results: dict[str, SolveResult] = {}
     skipped: dict[str, str] = {}
     for m in methods:
-        name, own = specs[m]
+        name = specs[m][0]
         budget = max_iters.get(m, max_iters.get(name, 200)) if isinstance(max_iters, dict) else max_iters
-        method_options = {**options.get(name, {}), **(options.get(m, {}) if m != name else {}), **own}
 
         def run(iters, **kw):  # a solver object of its own per run
-            return get_solver(name, **method_options).solve(
+            return get_solver(name, **method_options[m]).solve(
                 E, x, c, y0=y0, max_iters=iters, tol=tol, gtol=gtol, on_diverge="ignore", **kw)
 
         try:

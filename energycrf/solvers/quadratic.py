@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -37,6 +38,7 @@ from torch import Tensor
 
 from ..energies.operators import window_spectrum
 from .base import Problem, Solver, StepOutput, _positive_definite_blocks, sample_dot, sample_norm
+from .result import SolverWarning
 
 __all__ = [
     "ChebyshevPreconditioner",
@@ -392,7 +394,15 @@ def _chebyshev_interval(E_quadratic: Any, c: Tensor | None, height: int, width: 
     if bound is None:
         return margin, None, (f"the quadratic part ({name}) gives no curvature bound (an upper bound on its "
                               "Hessian's eigenvalues: implement curvature_bound() on the term)")
-    return float(margin), float(bound), None
+    margin, bound = float(margin), float(bound)
+    if not (math.isfinite(margin) and math.isfinite(bound)) or bound < margin * (1 - 1e-12):
+        return margin, bound, (f"the quadratic part ({name}) gives convexity margin {margin:.6g} and curvature "
+                               f"bound {bound:.6g}, which are not a finite interval (the bound must be at least "
+                               "the margin)")
+    if margin / bound <= 4 * torch.finfo(torch.float64).eps:
+        return margin, bound, (f"the quadratic part's spectral interval [{margin:.3g}, {bound:.3g}] is too ill-"
+                               "conditioned for a Chebyshev polynomial (the Unary term is far weaker than the rest)")
+    return margin, bound, None
 
 
 def chebyshev_bounds(E_quadratic: Any, c: Tensor | None, height: int, width: int) -> tuple[float, float]:
@@ -401,7 +411,7 @@ def chebyshev_bounds(E_quadratic: Any, c: Tensor | None, height: int, width: int
     lower, upper, why = _chebyshev_interval(E_quadratic, c, height, width)
     if why is not None:
         raise ValueError(f"precondition='chebyshev': {why}; use precondition='fft' or 'blocks'")
-    return lower, max(upper, lower)
+    return lower, max(upper, lower)  # equal up to round-off at most (checked above)
 
 
 class ChebyshevPreconditioner:
@@ -452,37 +462,49 @@ class ChebyshevPreconditioner:
         self.lower, self.upper = chebyshev_bounds(E_quadratic, c, *y.shape[-2:]) if bounds is None else bounds
         theta, delta = 0.5 * (self.upper + self.lower), 0.5 * (self.upper - self.lower)
         self.centre = theta
-        if delta <= 4 * torch.finfo(y.dtype).eps * theta:  # H_q = theta I (to round-off): exact in one step
-            sigma = None
-        else:
-            sigma = theta / delta
-        self.degree = _chebyshev_degree(sigma, check_degree(degree))
+        degree = check_degree(degree)
         # a_k = rho_k rho_{k-1} and b_k = 2 rho_k / delta of the recurrence, k = 1 .. m - 1
         self.coefficients: list[tuple[float, float]] = []
-        rho = None if sigma is None else 1.0 / sigma
-        for _ in range(0 if sigma is None else self.degree - 1):
+        if delta <= 4 * torch.finfo(y.dtype).eps * theta:  # H_q = theta I (to round-off): exact in one step
+            self.degree, self.accuracy = 1, 0.0
+            return
+        sigma = theta / delta
+        self.degree = _chebyshev_degree(sigma, degree)
+        rho = 1.0 / sigma
+        for _ in range(self.degree - 1):
             rho_next = 1.0 / (2.0 * sigma - rho)
             self.coefficients.append((rho_next * rho, 2.0 * rho_next / delta))
             rho = rho_next
-        self.accuracy = 0.0 if sigma is None else 1.0 / math.cosh(self.degree * math.acosh(sigma))
+        self.accuracy = chebyshev_accuracy(sigma, self.degree)
 
     def _count(self, n: int) -> None:
         self.counts["quadratic_hvp"] = self.counts.get("quadratic_hvp", 0) + n
 
     def __call__(self, v: Tensor) -> Tensor:
-        """``P v = p(H_q) v`` (``m - 1`` products with the quadratic part)."""
-        z = v / self.centre
-        if not self.coefficients:
+        """``P v = p(H_q) v`` (``m - 1`` products with the quadratic part). In place without a
+        graph; out of place, recorded by autograd, when ``v`` requires a gradient (the unrolled
+        layers differentiate through it)."""
+        if torch.is_grad_enabled() and v.requires_grad:
+            z = d = v / self.centre
+            r = v
+            for a, b in self.coefficients:
+                self._count(1)
+                r = r - self._hessian(d)
+                d = a * d + b * r
+                z = z + d
             return z
-        d, r = z.clone(), None
         with torch.no_grad():
+            z = v / self.centre
+            if not self.coefficients:
+                return z
+            d, r = z.clone(), None
             for a, b in self.coefficients:
                 self._count(1)
                 hd = self._hessian(d)
                 r = torch.sub(v, hd) if r is None else r.sub_(hd)
                 d.mul_(a).add_(r, alpha=b)
                 z.add_(d)
-        return z
+            return z
 
 
 def check_chebyshev(problem: Problem) -> None:
@@ -502,13 +524,29 @@ def check_degree(degree: Any) -> int | None:
     return degree
 
 
-def _chebyshev_degree(sigma: float | None, degree: int | None) -> int:
+#: Automatic degrees above this warn (a :class:`~energycrf.solvers.result.SolverWarning`): so many
+#: products per application are likely slower than the FFT operator.
+CHEBYSHEV_WARN_DEGREE = 32
+
+
+def chebyshev_accuracy(sigma: float, degree: int) -> float:
+    """``1 / T_m(sigma)`` for ``sigma > 1``, as ``2 e / (1 + e^2)`` with ``e = exp(-m acosh sigma)``
+    (no overflow for large degrees)."""
+    e = math.exp(-degree * math.acosh(sigma))
+    return 2 * e / (1 + e * e)
+
+
+def _chebyshev_degree(sigma: float, degree: int | None) -> int:
     """The given degree, or the smallest ``m`` with ``1 / T_m(sigma) <= CHEBYSHEV_ACCURACY``."""
     if degree is not None:
         return degree
-    if sigma is None:
-        return 1
-    return max(1, math.ceil(math.acosh(1.0 / CHEBYSHEV_ACCURACY) / math.acosh(sigma) - 1e-9))
+    m = max(1, math.ceil(math.acosh(1.0 / CHEBYSHEV_ACCURACY) / math.acosh(sigma) - 1e-9))
+    if m > CHEBYSHEV_WARN_DEGREE:
+        warnings.warn(
+            f"precondition='chebyshev': the quadratic part's spectral interval (condition number "
+            f"{(sigma + 1) / (sigma - 1):.3g}) needs degree {m} ({m - 1} products per application) for accuracy "
+            f"{CHEBYSHEV_ACCURACY}; precondition='fft' is likely cheaper (or pass degree=)", SolverWarning, stacklevel=4)
+    return m
 
 
 def chebyshev_preconditioner(problem: Problem, y: Tensor, degree: int | None = None) -> ChebyshevPreconditioner:
@@ -533,10 +571,14 @@ class Preconditioned:
     precondition: str | bool
     degree: int | None
 
-    def _set_preconditioner(self, precondition: str | bool, degree: int | None) -> None:
-        if {True: "blocks", False: "none"}.get(precondition, precondition) not in _PRECONDITIONERS:
+    def _set_preconditioner(self, precondition: str | bool | None, degree: int | None) -> None:
+        kind = {True: "blocks", False: "none", None: "none"}.get(precondition, precondition)
+        if kind not in _PRECONDITIONERS:
             raise ValueError(f"precondition: expected one of {_PRECONDITIONERS} (or a bool), got {precondition!r}")
-        self.precondition, self.degree = precondition, check_degree(degree)
+        if degree is not None and kind != "chebyshev":
+            raise ValueError(f"degree: applies to precondition='chebyshev' only, got degree={degree!r} with "
+                             f"precondition={precondition!r}")
+        self.precondition, self.degree = kind, check_degree(degree)
 
     def check(self, problem: Problem, y0: Tensor) -> None:
         if self.precondition == "chebyshev":

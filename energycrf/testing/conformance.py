@@ -529,10 +529,12 @@ def check_convexity_margin(make_energy: MakeEnergy, case: Case, *, required: boo
         return
     if isinstance(m, torch.Tensor) or not isinstance(m, (int, float)) or isinstance(m, bool):
         raise AssertionError(f"convexity_margin must be a python float or None, got {type(m).__name__}")
+    if math.isnan(m):
+        raise AssertionError("convexity_margin is NaN (None when unknown)")
     spectra, tol = _sample_spectra(energy, case, y, x, c, atol)
     for spectrum in spectra:
         lam = float(spectrum.min())
-        if lam < m - tol:
+        if not lam >= m - tol:  # NaN fails too
             raise AssertionError(f"convexity_margin {m:.6g} exceeds the Hessian's smallest eigenvalue {lam:.6g}")
     error, warning = _well_posed_types()
     if m > 0:
@@ -564,13 +566,15 @@ def check_curvature_bound(make_energy: MakeEnergy, case: Case, *, atol=1e-8) -> 
         return
     if isinstance(bound, torch.Tensor) or not isinstance(bound, (int, float)) or isinstance(bound, bool):
         raise AssertionError(f"curvature_bound must be a python float or None, got {type(bound).__name__}")
+    if not math.isfinite(bound):
+        raise AssertionError(f"curvature_bound must be finite (None when unknown), got {bound}")
     spectra, tol = _sample_spectra(energy, case, y, x, c, atol)
     for spectrum in spectra:
         lam = float(spectrum.max())
-        if lam > bound + tol:
+        if not lam <= bound + tol:  # NaN fails too
             raise AssertionError(f"curvature_bound {bound:.6g} is below the Hessian's largest eigenvalue {lam:.6g}")
     margin = energy.convexity_margin(c)
-    if margin is not None and margin > bound + tol:
+    if margin is not None and not margin <= bound + tol:
         raise AssertionError(f"curvature_bound {bound:.6g} is below convexity_margin {margin:.6g}")
 
 

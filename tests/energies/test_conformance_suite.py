@@ -14,6 +14,7 @@ from energycrf.testing import (
     check_batch,
     check_convexity_margin,
     check_curvature,
+    check_curvature_bound,
     check_dtype,
     check_energy,
     check_grad,
@@ -74,6 +75,26 @@ class Float32Only(K.Unary):
 class Overclaims(K.Unary):
     def convexity_margin(self, c=None):
         return 10 * super().convexity_margin(c)
+
+
+class Underbounds(K.Unary):
+    def curvature_bound(self, height, width, c=None):
+        return 0.5 * super().curvature_bound(height, width, c)
+
+
+class NaNBound(K.Unary):
+    def curvature_bound(self, height, width, c=None):
+        return float("nan")
+
+
+class InfBound(K.Unary):
+    def curvature_bound(self, height, width, c=None):
+        return float("inf")
+
+
+class NaNMargin(K.Unary):
+    def convexity_margin(self, c=None):
+        return float("nan")
 
 
 class NoWarning(ec.Energy):
@@ -176,6 +197,10 @@ BROKEN = [
     ("dtype", check_dtype, lambda case: Float32Only(), "float32"),
     ("margin", check_convexity_margin, lambda case: Overclaims(), "exceeds"),
     ("well-posed check", check_convexity_margin, lambda case: NoWarning(), "check_well_posed"),
+    ("margin NaN", check_convexity_margin, lambda case: NaNMargin(), "NaN"),
+    ("curvature bound", check_curvature_bound, lambda case: Underbounds(), "below the Hessian's largest"),
+    ("curvature bound NaN", check_curvature_bound, lambda case: NaNBound(), "must be finite"),
+    ("curvature bound inf", check_curvature_bound, lambda case: InfBound(), "must be finite"),
     ("state_dict", check_state_dict, lambda case: NotInStateDict(), "load_state_dict"),
     ("gradcheck of grad", check_gradcheck, lambda case: GradNotDifferentiable(), "Numerical gradient|does not require grad|Jacobian"),
 ]

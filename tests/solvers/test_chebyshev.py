@@ -164,7 +164,7 @@ def test_a_diagonal_hessian_is_inverted_in_one_step():
     E = K.Unary(weight=0.7).double()
     x = torch.randn(2, 3, 5, 4, dtype=F64)
     P = Q.ChebyshevPreconditioner(E, x, None, x, 5)
-    assert P.degree == 5 and P.accuracy == 0.0 and not P.coefficients
+    assert P.degree == 1 and P.accuracy == 0.0 and not P.coefficients  # the degree applied
     torch.testing.assert_close(P(x), x / 1.4)
 
 
@@ -294,3 +294,81 @@ def test_chebyshev_refusals_name_the_alternatives():
             ec.solve(E, x, method="lbfgs", precondition="chebyshev", degree=degree)
     with pytest.raises(ValueError, match="precondition: expected one of .*'chebyshev'"):
         ec.solve(E, x, method="lbfgs", precondition="chebychev")
+
+
+@given(params=energies, degree=st.integers(1, 5), seed=st.integers(0, 100))
+def test_autograd_through_the_operator_is_the_operator(params, degree, seed):
+    """``P`` is linear and symmetric, so the gradient of ``<w, P v>`` in ``v`` is ``P w``: autograd
+    through the out-of-place path (taken when ``v`` requires a gradient) must give it."""
+    E, x, c = _case(params, 1, 2, batch=1)
+    P = Q.ChebyshevPreconditioner(E, x, c, x, degree)
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(x.shape, generator=g, dtype=F64).requires_grad_(True)
+    w = torch.randn(x.shape, generator=g, dtype=F64)
+    out = P(v)
+    (grad,) = torch.autograd.grad((w * out).sum(), v)
+    torch.testing.assert_close(out.detach(), P(v.detach()), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, P(w), rtol=1e-10, atol=1e-12)
+
+
+def test_unrolled_conjugate_gradient_with_chebyshev_has_the_finite_difference_derivative():
+    E = (K.Unary(0.5) + K.Pairwise(channels=1, kernel=K.LocalKernel(strength=3.0))).double()
+    g = torch.Generator().manual_seed(0)
+    x, w, dx = (torch.randn(1, 1, 10, 10, generator=g, dtype=F64) for _ in range(3))
+    U = ec.solvers.Unrolled(E, ec.solvers.ConjugateGradient(precondition="chebyshev"), num_iterations=2)
+    xx = x.clone().requires_grad_(True)
+    (U(xx) * w).sum().backward()
+    h = 1e-6
+    with torch.no_grad():
+        fd = ((U(x + h * dx) * w).sum() - (U(x - h * dx) * w).sum()) / (2 * h)
+    assert float((xx.grad * dx).sum()) == pytest.approx(float(fd), rel=1e-6)
+
+
+class _Bounds(K.Unary):
+    """A Unary term that reports the given bounds (to test their refusals)."""
+
+    def __init__(self, margin, bound):
+        super().__init__()
+        self._margin, self._bound = margin, bound
+
+    def convexity_margin(self, c=None):
+        return self._margin
+
+    def curvature_bound(self, height, width, c=None):
+        return self._bound
+
+
+@pytest.mark.parametrize("margin, bound, why", [
+    (2.0, float("inf"), "not a finite interval"),
+    (2.0, float("nan"), "not a finite interval"),
+    (float("inf"), float("inf"), "not a finite interval"),
+    (2.0, 1.0, "the bound must be at least the margin"),
+    (1e-17, 4.0, "too ill-conditioned"),
+])
+def test_invalid_or_hopeless_spectral_intervals_are_refused(margin, bound, why):
+    x = torch.randn(1, 1, 6, 6, dtype=F64)
+    with pytest.raises(ValueError, match=f"precondition='chebyshev': .*{why}"):
+        ec.solve(_Bounds(margin, bound).double(), x, method="lbfgs", precondition="chebyshev")
+
+
+def test_large_degrees_do_not_overflow_and_ill_conditioned_automatic_degrees_warn():
+    x = torch.zeros(1, 1, 16, 16, dtype=F64)
+    E = (K.Unary(weight=1.0) + K.Pairwise(channels=1)).double()
+    P = Q.ChebyshevPreconditioner(E, x, None, x, 1000)
+    assert P.degree == 1000 and 0.0 <= P.accuracy < 1e-300
+    weak = (K.Unary(weight=1e-3) + K.Pairwise(channels=1)).double()
+    with pytest.warns(ec.solvers.SolverWarning, match="needs degree .* precondition='fft' is likely cheaper"):
+        P = Q.ChebyshevPreconditioner(weak, x, None, x)
+    assert P.degree > Q.CHEBYSHEV_WARN_DEGREE and P.accuracy <= Q.CHEBYSHEV_ACCURACY
+    assert Q.chebyshev_accuracy(2.0, 3) == pytest.approx(1 / 26)  # T_3(2) = 4 * 8 - 3 * 2
+
+
+def test_degree_needs_chebyshev_and_precondition_none_means_none():
+    E = convex_energy(channels=2)
+    x = torch.randn(1, 2, 6, 6, dtype=F64)
+    for method in ("lbfgs", "conjugate_gradient"):
+        with pytest.raises(ValueError, match="degree: applies to precondition='chebyshev' only"):
+            ec.solvers.get_solver(method, precondition="fft", degree=3)
+    assert ec.solvers.LBFGS(precondition=None).precondition == "none"
+    torch.testing.assert_close(ec.solve(E, x, precondition=None, max_iters=3).y,
+                               ec.solve(E, x, precondition="none", max_iters=3).y)

@@ -155,6 +155,15 @@ def test_compare_solvers_compares_variants_of_one_method():
         ec.compare_solvers(E, x, methods=["lbfgz:refine=0"])
     with pytest.raises(ValueError, match="each label once"):
         ec.compare_solvers(E, x, methods=["lbfgs", "lbfgs"])
+    with pytest.raises(ValueError, match="option 'degree' given twice"):
+        ec.compare_solvers(E, x, methods=["lbfgs:precondition=chebyshev:degree=3:degree=4"])
+    # a bad value is the caller's error, raised, not a "skipped" row
+    with pytest.raises(ValueError, match="precondition: expected one of"):
+        ec.compare_solvers(E, x, methods=["mean_field", "lbfgs:precondition=chebychev"])
+    with pytest.raises(ValueError, match="degree: expected None"):
+        ec.compare_solvers(E, x, methods=["mean_field", "lbfgs:precondition=chebyshev:degree=0"])
+    comp = ec.compare_solvers(E, x, methods=["lbfgs:precondition=none"], max_iters=2)
+    assert comp.results["lbfgs:precondition=none"].evaluations.get("quadratic_hvp", 0) == 0
     with pytest.raises(TypeError, match=r"method .lbfgs. has no option\(s\) \[.refines.\]"):
         ec.compare_solvers(E, x, methods=["lbfgs:refines=1"])
     with pytest.raises(TypeError, match="methods: expected method names"):

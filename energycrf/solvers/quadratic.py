@@ -372,46 +372,35 @@ class BlockPreconditioner:
 CHEBYSHEV_ACCURACY = 0.02
 
 
-def chebyshev_unavailable(E_quadratic: Any, c: Tensor | None, height: int, width: int) -> str | None:
-    """Why :class:`ChebyshevPreconditioner` cannot be built for this quadratic part (``None``: it can)."""
-    return _chebyshev_interval(E_quadratic, c, height, width)[2]
+def chebyshev_bounds(E_quadratic: Any, c: Tensor | None, height: int, width: int) -> tuple[float, float]:
+    """``(lambda_-, lambda_+)`` of :class:`ChebyshevPreconditioner`: the quadratic part's convexity
+    margin and curvature bound, or a ``ValueError`` saying why they are not a usable interval."""
 
+    def refuse(why: str) -> ValueError:
+        return ValueError(f"precondition='chebyshev': {why}; use precondition='fft' or 'blocks'")
 
-def _chebyshev_interval(E_quadratic: Any, c: Tensor | None, height: int, width: int):
-    """``(margin, bound, why not)``: the quadratic part's convexity margin and curvature bound, each
-    computed once, and why they do not make an interval (``None`` when they do)."""
     if E_quadratic is None:
-        return None, None, "the energy has no quadratic term (Unary, Pairwise)"
+        raise refuse("the energy has no quadratic term (Unary, Pairwise)")
     name = type(E_quadratic).__name__
     margin = E_quadratic.convexity_margin(c) if hasattr(E_quadratic, "convexity_margin") else None
     if margin is None:
-        return None, None, (f"the quadratic part ({name}) gives no convexity margin (a lower bound on its "
-                            "Hessian's eigenvalues: implement convexity_margin() on the term)")
+        raise refuse(f"the quadratic part ({name}) gives no convexity margin (a lower bound on its Hessian's "
+                     "eigenvalues: implement convexity_margin() on the term)")
     if not margin > 0:
-        return margin, None, (f"the quadratic part's convexity margin is {margin:.4g} <= 0, so its Hessian's "
-                              "spectrum has no positive lower bound (e.g. Pairwise without a Unary term)")
+        raise refuse(f"the quadratic part's convexity margin is {margin:.4g} <= 0, so its Hessian's spectrum has "
+                     "no positive lower bound (e.g. Pairwise without a Unary term)")
     bound = E_quadratic.curvature_bound(height, width, c) if hasattr(E_quadratic, "curvature_bound") else None
     if bound is None:
-        return margin, None, (f"the quadratic part ({name}) gives no curvature bound (an upper bound on its "
-                              "Hessian's eigenvalues: implement curvature_bound() on the term)")
+        raise refuse(f"the quadratic part ({name}) gives no curvature bound (an upper bound on its Hessian's "
+                     "eigenvalues: implement curvature_bound() on the term)")
     margin, bound = float(margin), float(bound)
     if not (math.isfinite(margin) and math.isfinite(bound)) or bound < margin * (1 - 1e-12):
-        return margin, bound, (f"the quadratic part ({name}) gives convexity margin {margin:.6g} and curvature "
-                               f"bound {bound:.6g}, which are not a finite interval (the bound must be at least "
-                               "the margin)")
+        raise refuse(f"the quadratic part ({name}) gives convexity margin {margin:.6g} and curvature bound "
+                     f"{bound:.6g}, which are not a finite interval (the bound must be at least the margin)")
     if margin / bound <= 4 * torch.finfo(torch.float64).eps:
-        return margin, bound, (f"the quadratic part's spectral interval [{margin:.3g}, {bound:.3g}] is too ill-"
-                               "conditioned for a Chebyshev polynomial (the Unary term is far weaker than the rest)")
-    return margin, bound, None
-
-
-def chebyshev_bounds(E_quadratic: Any, c: Tensor | None, height: int, width: int) -> tuple[float, float]:
-    """``(lambda_-, lambda_+)`` of :class:`ChebyshevPreconditioner`: the quadratic part's
-    convexity margin and curvature bound, or a ``ValueError`` saying why there are none."""
-    lower, upper, why = _chebyshev_interval(E_quadratic, c, height, width)
-    if why is not None:
-        raise ValueError(f"precondition='chebyshev': {why}; use precondition='fft' or 'blocks'")
-    return lower, max(upper, lower)  # equal up to round-off at most (checked above)
+        raise refuse(f"the quadratic part's spectral interval [{margin:.3g}, {bound:.3g}] is too ill-conditioned "
+                     "for a Chebyshev polynomial (the Unary term is far weaker than the rest)")
+    return margin, max(bound, margin)  # equal up to round-off at most (checked above)
 
 
 class ChebyshevPreconditioner:
@@ -453,12 +442,12 @@ class ChebyshevPreconditioner:
     """
 
     def __init__(self, E_quadratic: Any, x: Tensor, c: Tensor | None, y: Tensor, degree: int | None = None,
-                 bounds: tuple[float, float] | None = None, counts: dict | None = None, hessian: Any = None):
+                 bounds: tuple[float, float] | None = None, counts: dict | None = None):
         self.counts = {} if counts is None else counts
         self._E = E_quadratic
         # H_q v, prepared once (degree, windows); a duck-typed energy without one: its product at y
-        self._hessian = hessian or (E_quadratic._hessian_operator(x.detach(), c) if hasattr(E_quadratic, "_hessian_operator")
-                                    else (lambda v: E_quadratic._hessian_vector_product(y, x, c, v)))
+        self._hessian = (E_quadratic._hessian_operator(x.detach(), c) if hasattr(E_quadratic, "_hessian_operator")
+                         else (lambda v: E_quadratic._hessian_vector_product(y, x, c, v)))
         self.lower, self.upper = chebyshev_bounds(E_quadratic, c, *y.shape[-2:]) if bounds is None else bounds
         theta, delta = 0.5 * (self.upper + self.lower), 0.5 * (self.upper - self.lower)
         self.centre = theta
@@ -510,9 +499,7 @@ class ChebyshevPreconditioner:
 def check_chebyshev(problem: Problem) -> None:
     """A ``ValueError`` naming the alternatives when ``problem``'s quadratic part has no Chebyshev
     bounds (a solver's check, before any work)."""
-    why = chebyshev_unavailable(quadratic_part(problem.E), problem.c, *problem.x.shape[-2:])  # nothing cached: untimed
-    if why is not None:
-        raise ValueError(f"precondition='chebyshev': {why}; use precondition='fft' or 'blocks'")
+    chebyshev_bounds(quadratic_part(problem.E), problem.c, *problem.x.shape[-2:])  # nothing cached: untimed
 
 
 def check_degree(degree: Any) -> int | None:

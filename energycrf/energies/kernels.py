@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._validation import check_choice, check_int, check_positive
-from .operators import BOUNDARIES, correlate_shared, window_spectrum
+from .operators import BOUNDARIES, correlate_shared, grid_constant, window_spectrum
 
 __all__ = ["SpatialKernel", "LocalKernel", "LongRangeKernel", "DenseKernel"]
 
@@ -41,7 +41,8 @@ class SpatialKernel(nn.Module):
         raise NotImplementedError
 
     def scaled_message(self, y: Tensor, scale: float) -> Tensor:
-        r""":math:`s\,(W^s y)`; local kernels fold ``s`` into the window (no extra pass)."""
+        r""":math:`s\,(W^s y)`, a new tensor (callers may update it in place); local kernels fold
+        ``s`` into the window (no extra pass)."""
         return scale * self.message(y)
 
     def degree(self, height: int, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -266,10 +267,12 @@ class DenseKernel(SpatialKernel):
         return f"n={self.matrix.shape[0]}"
 
 
+@grid_constant
 def _inside(n: int, radius: int, dtype: torch.dtype, device) -> Tensor:
     """``[n, 2r+1]``: 1 where the window offset ``a - r`` from site ``i`` lands inside ``[0, n)``,
     i.e. ``r - i <= a <= n - 1 - i + r``; with columns flipped (``a' = 2r - a``) that is the band
-    ``r + 1 - n <= a' - i <= r`` (``triu``/``tril``)."""
+    ``r + 1 - n <= a' - i <= r`` (``triu``/``tril``). A constant of the grid, made once per size
+    (callers must not modify it)."""
     band = torch.ones(n, 2 * radius + 1, dtype=dtype, device=device).tril_(radius).triu_(radius + 1 - n)
     return band.flip(1)
 

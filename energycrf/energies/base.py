@@ -197,7 +197,7 @@ class Energy(nn.Module):
         """A quadratic term's (constant) Hessian on inputs like ``x``, prepared once for repeated
         products. Fallback: :meth:`_hessian_vector_product` at ``x``; the built-in quadratic
         terms split off their diagonal, so that a sum applies all its diagonals in one pass."""
-        return HessianOperator(None, lambda v: self._hessian_vector_product(x, x, c, v), fresh=False)
+        return HessianOperator(None, lambda v, s: torch.mul(self._hessian_vector_product(x, x, c, v), s))
 
     def _curvature(self, y: Tensor, x: Tensor, c: Tensor | None) -> Tensor:
         """Fallback: the exact diagonal ``C x C`` Hessian blocks, by Hessian-vector products.
@@ -352,43 +352,40 @@ class Energy(nn.Module):
 
 
 class HessianOperator:
-    """``H v = diagonal * v + rest(v)``: a quadratic term's Hessian with its diagonal split off
-    (``diagonal``: a tensor broadcastable to ``v``, or ``None``; ``rest``: a callable, or ``None``
-    for a diagonal Hessian). ``fresh``: ``rest`` returns a new tensor, which may then be updated
-    in place."""
+    """``s H v = s diagonal * v + rest(v, s)``: a quadratic term's Hessian with its diagonal split
+    off, applied with a scale ``s`` folded in where it costs no pass (``diagonal``: a tensor
+    broadcastable to ``v``, or ``None``; ``rest(v, s)``: ``s`` times the rest's product, a new
+    tensor, or ``None`` for a diagonal Hessian). The result is always a new tensor."""
 
-    def __init__(self, diagonal: Tensor | None, rest, fresh: bool = True):
-        self.diagonal, self.rest, self.fresh = diagonal, rest, fresh
+    def __init__(self, diagonal: Tensor | None, rest):
+        self.diagonal, self.rest = diagonal, rest
 
-    def __call__(self, v: Tensor) -> Tensor:
+    def __call__(self, v: Tensor, scale: float = 1.0) -> Tensor:
         if self.rest is None:
-            return v * self.diagonal if self.diagonal is not None else torch.zeros_like(v)
-        out = self.rest(v)
-        if self.diagonal is None:
-            return out
-        return out.addcmul_(self.diagonal, v) if self.fresh else torch.addcmul(out, self.diagonal, v)
+            return v * (scale * self.diagonal) if self.diagonal is not None else torch.zeros_like(v)
+        out = self.rest(v, scale)
+        return out if self.diagonal is None else out.addcmul_(self.diagonal, v, value=scale)
 
     def scaled(self, scale: float) -> "HessianOperator":
         diagonal = None if self.diagonal is None else scale * self.diagonal
-        rest = None if self.rest is None else (lambda v: torch.mul(self.rest(v), scale))
+        rest = None if self.rest is None else (lambda v, s: self.rest(v, scale * s))
         return HessianOperator(diagonal, rest)
 
     @staticmethod
     def sum(operators: list["HessianOperator"]) -> "HessianOperator":
         """The sum: diagonals added once, the rests' products added into the first one's."""
-        diagonals = [op.diagonal for op in operators if op.diagonal is not None]
         diagonal = None
-        for d in diagonals:
-            diagonal = d if diagonal is None else diagonal + d
-        rests = [op for op in operators if op.rest is not None]
+        for op in operators:
+            if op.diagonal is not None:
+                diagonal = op.diagonal if diagonal is None else diagonal + op.diagonal
+        rests = [op.rest for op in operators if op.rest is not None]
         if not rests:
             return HessianOperator(diagonal, None)
 
-        def rest(v: Tensor) -> Tensor:
-            first = rests[0].rest(v)
-            out = first if rests[0].fresh else first.clone()
-            for op in rests[1:]:
-                out.add_(op.rest(v))
+        def rest(v: Tensor, scale: float) -> Tensor:
+            out = rests[0](v, scale)
+            for other in rests[1:]:
+                out.add_(other(v, scale))
             return out
 
         return HessianOperator(diagonal, rest)

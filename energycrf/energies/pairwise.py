@@ -179,7 +179,7 @@ class Pairwise(Energy):
             return super()._hessian_operator(x, c)
         # 2 (d v - W^s v): the degree computed once, the message scaled by -2 in the window
         d = self.degree(*x.shape[-2:], x.dtype, x.device)
-        return HessianOperator(2 * d, lambda v: self.kernel.scaled_message(v, -2.0))
+        return HessianOperator(2 * d, lambda v, s: self.kernel.scaled_message(v, -2.0 * s))
 
     def _curvature(self, y, x, c):
         b, _, h, w = y.shape

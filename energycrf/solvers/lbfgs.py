@@ -66,6 +66,9 @@ class LBFGS(Preconditioned, Solver):
             where it could make ``H^0`` indefinite (:class:`~energycrf.solvers.quadratic.SpectralPreconditioner`).
         degree: with ``precondition="chebyshev"``, the Chebyshev degree ``m`` (``None``: the
             smallest with accuracy :data:`~energycrf.solvers.quadratic.CHEBYSHEV_ACCURACY`).
+        start_degree: with ``precondition="chebyshev"`` and ``y0="quadratic"``, the start's degree
+            (``None``: the smallest with accuracy
+            :data:`~energycrf.solvers.quadratic.CHEBYSHEV_START_ACCURACY`; the first step corrects it).
         c1: Armijo constant.
         max_backtracks: trials per line search before the sample is reported stalled.
     """
@@ -74,12 +77,13 @@ class LBFGS(Preconditioned, Solver):
     monotone = True
 
     def __init__(self, history: int = 10, precondition: str | bool = "blocks", c1: float = 1e-4,
-                 max_backtracks: int = 30, refine: int = 1, degree: int | None = None):
+                 max_backtracks: int = 30, refine: int = 1, degree: int | None = None,
+                 start_degree: int | None = None):
         if not isinstance(history, int) or history < 1:
             raise ValueError(f"history: expected an int >= 1, got {history!r}")
         if not 0.0 < c1 < 0.5:
             raise ValueError(f"c1: expected a number in (0, 0.5), got {c1!r}")
-        self._set_preconditioner(precondition, degree)
+        self._set_preconditioner(precondition, degree, start_degree)
         self.history = history
         self.c1, self.max_backtracks, self.refine = float(c1), int(max_backtracks), check_refine(refine)
 

@@ -7,6 +7,7 @@ operators equal their products, and L-BFGS and CG with it reach the reference mi
 
 from __future__ import annotations
 
+import copy
 from unittest import mock
 
 import numpy as np
@@ -128,7 +129,7 @@ def _chebyshev_reference(Hm, lower, upper, m, v):
     return torch.from_numpy(V @ (p * (V.T @ v.reshape(-1).numpy()))), float(1 / T(theta / delta))
 
 
-@given(params=energies, extra_h=st.integers(0, 3), extra_w=st.integers(0, 3), degree=st.integers(1, 7))
+@given(params=energies, extra_h=st.integers(0, 3), extra_w=st.integers(0, 3), degree=st.integers(1, 9))
 def test_chebyshev_operator_is_the_chebyshev_polynomial_of_the_hessian(params, extra_h, extra_w, degree):
     E, x, c = _case(params, extra_h, extra_w, batch=1)
     P = Q.ChebyshevPreconditioner(E, x, c, x, degree)
@@ -149,6 +150,27 @@ def test_chebyshev_operator_is_the_chebyshev_polynomial_of_the_hessian(params, e
     assert float(residual) <= accuracy * (1 + 1e-8) + 1e-12
 
 
+@given(params=energies, degree=st.integers(1, Q.HORNER_DEGREE), seed=st.integers(0, 100))
+def test_horner_rule_equals_the_recurrence(params, degree, seed):
+    """Degrees up to ``HORNER_DEGREE`` apply the monomial form: the same operator as the semi-iteration
+    (float64, tight), and in float32 within a small multiple of round-off (its terms cancel by at
+    most ~6x at these degrees)."""
+    E, x, c = _case(params, 2, 1)
+    P = Q.ChebyshevPreconditioner(E, x, c, x, degree)
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    assert P.monomial is not None and len(P.monomial) == P.degree
+    with torch.no_grad():
+        recurrence = P._recurrence(v, graph=False)
+    scale = float(recurrence.abs().max())
+    torch.testing.assert_close(P(v), recurrence, rtol=1e-10, atol=1e-12 * scale)
+    P32 = Q.ChebyshevPreconditioner(copy.deepcopy(E).float(), x.float(), None if c is None else c.float(), x.float(), degree)
+    err = float((P32(v.float()).double() - recurrence).abs().max())
+    assert err <= 64 * torch.finfo(torch.float32).eps * scale
+    if degree < Q.HORNER_DEGREE:  # above it the recurrence applies the operator
+        assert Q.ChebyshevPreconditioner(E, x, c, x, Q.HORNER_DEGREE + 1).monomial is None
+
+
+@pytest.mark.filterwarnings("ignore::energycrf.solvers.result.SolverWarning")  # degrees above 32: tested below
 @given(weight=st.floats(0.01, 10.0), strength=st.floats(0.01, 10.0), side=st.integers(5, 40))
 def test_automatic_degree_is_the_smallest_that_meets_the_accuracy(weight, strength, side):
     E = (K.Unary(weight=weight) + K.Pairwise(channels=1, kernel=K.LocalKernel(radius=2, strength=strength))).double()
@@ -182,9 +204,12 @@ def test_prepared_hessian_operator_equals_the_hessian(make):
     x = torch.randn(2, 2, 6, 5, generator=g, dtype=F64)
     v = torch.randn(x.shape, generator=g, dtype=F64)
     v_before = v.clone()
-    got = E._hessian_operator(x, None)(v)
+    operator = E._hessian_operator(x, None)
+    got = operator(v)
     assert torch.equal(v, v_before)
     torch.testing.assert_close(got, E._hessian_vector_product(x, x, None, v), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(operator(v, -0.3), -0.3 * got, rtol=1e-12, atol=1e-12)  # the scale folded in
+    assert torch.equal(v, v_before)
     Hm = explicit_hessian(E, x, x).detach()
     torch.testing.assert_close(got[0].reshape(-1), Hm @ v[0].reshape(-1), rtol=1e-10, atol=1e-10)
 
@@ -219,15 +244,32 @@ def test_lbfgs_with_chebyshev_reaches_the_reference_minimum(dtype):
         assert res.evaluations["quadratic_hvp"] > 0
 
 
-def test_lbfgs_quadratic_start_uses_the_chebyshev_operator_and_no_fft():
+@pytest.mark.parametrize("start_degree", [None, 1, 3])
+def test_lbfgs_quadratic_start_uses_the_chebyshev_operator_and_no_fft(start_degree):
     E = convex_energy(channels=2)
     x = torch.randn(2, 2, 9, 8, generator=torch.Generator().manual_seed(6), dtype=F64)
     problem = Problem(E, x)
-    start = Q.quadratic_start(problem, Q.chebyshev_preconditioner(problem, x, 3))
+    P_start = Q.chebyshev_preconditioner(problem, x, start_degree, Q.CHEBYSHEV_START_ACCURACY)
+    start = Q.quadratic_start(problem, P_start)
     with mock.patch.object(torch.fft, "rfft2", wraps=torch.fft.rfft2) as rfft2:
-        res = ec.solve(E, x, method="lbfgs", precondition="chebyshev", degree=3, y0="quadratic", max_iters=2)
+        res = ec.solve(E, x, method="lbfgs", precondition="chebyshev", degree=3, start_degree=start_degree,
+                       y0="quadratic", max_iters=2)
     assert rfft2.call_count == 0
     torch.testing.assert_close(res.energies[0], E(start, x))
+    P = Q.chebyshev_preconditioner(problem, x, 3)  # the steps' operator: the start's Hessian and bounds
+    assert P._hessian is P_start._hessian and (P.lower, P.upper) == (P_start.lower, P_start.upper)
+    if start_degree is None:  # automatic: the smallest degree with the start's (looser) accuracy
+        assert P_start.accuracy <= Q.CHEBYSHEV_START_ACCURACY
+        assert P_start.degree == 1 or P.with_degree(P_start.degree - 1).accuracy > Q.CHEBYSHEV_START_ACCURACY
+    else:
+        assert P_start.degree == start_degree
+
+
+def test_start_degree_needs_chebyshev_and_an_int():
+    with pytest.raises(ValueError, match="start_degree: applies to precondition='chebyshev' only"):
+        ec.solvers.get_solver("lbfgs", precondition="fft", start_degree=2)
+    with pytest.raises(ValueError, match="start_degree: expected None .* got 0"):
+        ec.solvers.get_solver("conjugate_gradient", precondition="chebyshev", start_degree=0)
 
 
 def test_a_site_dependent_quadratic_part_that_gives_its_bounds():
@@ -266,7 +308,8 @@ def test_one_iteration_reaches_the_benchmark_gap():
     x = noisy_photograph("camera", 64, 25.0, 0)[0].double()
     best = float(ec.solve(E, x, method="lbfgs", precondition="fft", max_iters=80, tol=1e-15, gtol=0.0).energies[-1].sum())
     res = ec.solve(E, x, method="lbfgs", precondition="chebyshev", y0="quadratic", max_iters=1, tol=0.0, gtol=0.0)
-    assert res.evaluations["energy_and_grad"] == 2 and res.evaluations["quadratic_hvp"] == 5  # degree 3
+    # the start: its quadratic gradient and degree 2 (one product); the step: degree 3 (two)
+    assert res.evaluations["energy_and_grad"] == 2 and res.evaluations["quadratic_hvp"] == 4
     assert (float(res.energies[-1].sum()) - best) / abs(best) < 1e-6
 
 

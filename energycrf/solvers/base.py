@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -60,6 +61,16 @@ def check_start(y0: Any, x: Tensor) -> str | None:
 def sample_norm(a: Tensor) -> Tensor:
     """Per-sample Euclidean norm of a ``[B, ...]`` tensor -> ``[B]``."""
     return a.flatten(1).norm(dim=1)
+
+
+def _host(*values: Tensor) -> np.ndarray:
+    """``[len(values), B]`` float64 on the host: per-sample scalars in one transfer."""
+    return torch.stack([v.detach() for v in values]).to(device="cpu", dtype=torch.float64).numpy()
+
+
+def _host_mask(mask: Tensor) -> np.ndarray:
+    """A ``[B]`` bool tensor on the host."""
+    return mask.detach().cpu().numpy()
 
 
 def _max_abs(a: Tensor) -> Tensor:
@@ -341,30 +352,32 @@ class Solver:
         if start == "quadratic":  # timed: it is part of the method
             from .quadratic import quadratic_start
 
-            y0 = quadratic_start(problem, self.start_operator(problem))
-        y = y0.detach().clone()
+            y0 = y = quadratic_start(problem, self.start_operator(problem))  # a new tensor, the solver's own
+        else:
+            y = y0.detach().clone()
         e, g = problem.energy_and_grad(y)
-        if not bool(torch.isfinite(e).all() & torch.isfinite(_max_abs(g)).all()):
-            raise ValueError("y0: the energy or its gradient is not finite at the starting point")
         gn = sample_norm(g)
+        # the per-sample bookkeeping below runs on the host in float64: one transfer per iteration
+        e_np, gn_np = _host(e, gn)
+        if not np.isfinite(e_np).all() or (not np.isfinite(gn_np).all() and not bool(torch.isfinite(_max_abs(g)).all())):
+            raise ValueError("y0: the energy or its gradient is not finite at the starting point")
         B = y.shape[0]
         dev = y.device
 
         # a computed start is part of the run: its row is stamped when it is known
         t_hist = [time.perf_counter() - t_start if start is not None else 0.0]
-        e_hist, g_hist = [e.clone()], [gn.clone()]
-        active = torch.ones(B, dtype=torch.bool, device=dev)
+        e_hist, g_hist = [e_np], [gn_np]
+        active = np.ones(B, dtype=bool)
         status = ["max_iters"] * B
         reason = [f"reached max_iters={max_iters}"] * B
-        iters = torch.zeros(B, dtype=torch.long)
-        e0, e_min, g0n = e.clone(), e.clone(), gn.clone()
+        iters = np.zeros(B, dtype=np.int64)
+        e0, e_min, g0n = e_np, e_np.copy(), gn_np
         tiny = torch.finfo(e.dtype).tiny
-        lim = blowup * (1.0 + _max_abs(x.detach()) + _max_abs(y0.detach()))
+        lim = blowup * (1.0 + _host(_max_abs(x.detach()), _max_abs(y0.detach())).sum(0))
+        no_sample = np.zeros(B, dtype=bool)
 
-        def stop(mask: Tensor, st: str, why: str, it: int) -> None:
-            if not bool(mask.any()):
-                return
-            for b in torch.nonzero(mask).flatten().tolist():
+        def stop(mask: np.ndarray, st: str, why: str, it: int) -> None:
+            for b in np.flatnonzero(mask):
                 status[b], reason[b] = st, why
                 iters[b] = it
 
@@ -380,32 +393,25 @@ class Solver:
             out = self.step(problem, y, e, g, state)
             y_new, e_new = out.y, out.energy
             g_new = out.grad if out.grad is not None else problem.grad(y_new)
-            gn_new = sample_norm(g_new)
-            acc = out.accepted if out.accepted is not None else True
+            e_new_np, gn_new_np, y_max = _host(e_new, sample_norm(g_new), _max_abs(y_new))  # NaN/inf where any entry is
+            acc = True if out.accepted is None else _host_mask(out.accepted)
+            own_div = no_sample if out.diverged is None else _host_mask(out.diverged)
+            done = no_sample if out.done is None else _host_mask(out.done)
 
-            y_max = _max_abs(y_new)  # NaN or inf when any entry is
-            finite = torch.isfinite(e_new) & torch.isfinite(y_max) & torch.isfinite(gn_new)
-            runaway = finite & (y_max > lim)
-            scale = e_min.abs() + (e0 - e_min).abs() + eps**0.5
-            rise = finite & (e_new - e_min > rise_tol * scale)
-            div = ~finite | runaway | rise
-            if out.diverged is not None:
-                div = div | out.diverged
-            div = active & div
-
-            ok = active & ~div
-            rel = (e - e_new).abs() / torch.clamp(torch.maximum(e.abs(), e_new.abs()), min=tiny)
-            by_e = acc & (rel <= tol)
-            by_g = gn_new <= gtol * g0n
-            conv = by_e | by_g
-            if out.done is not None:
-                conv = conv | out.done
-            conv = ok & conv
-            stalled = ok & ~conv & out.stalled if out.stalled is not None else None
-            ended = div | conv if stalled is None else div | conv | stalled
-            if bool(ended.any()):  # the per-sample reasons (rare: at most once per sample)
-                own_div = out.diverged if out.diverged is not None else torch.zeros_like(active)
-                done = out.done if out.done is not None else torch.zeros_like(active)
+            with np.errstate(invalid="ignore", over="ignore"):  # NaN and inf are judged below, not warned about
+                finite = np.isfinite(e_new_np) & np.isfinite(y_max) & np.isfinite(gn_new_np)
+                runaway = finite & (y_max > lim)
+                scale = np.abs(e_min) + np.abs(e0 - e_min) + eps**0.5
+                rise = finite & (e_new_np - e_min > rise_tol * scale)
+                div = active & (~finite | runaway | rise | own_div)
+                ok = active & ~div
+                rel = np.abs(e_np - e_new_np) / np.maximum(np.maximum(np.abs(e_np), np.abs(e_new_np)), tiny)
+                by_e = acc & (rel <= tol)
+                by_g = gn_new_np <= gtol * g0n
+            conv = ok & (by_e | by_g | done)
+            stalled = no_sample if out.stalled is None else ok & ~conv & _host_mask(out.stalled)
+            ended = div | conv | stalled
+            if ended.any():  # the per-sample reasons (rare: at most once per sample)
                 stop(active & ~finite, "diverged", "a value became non-finite (NaN or inf)", it)
                 stop(active & finite & runaway, "diverged",
                      "the iterate ran away (|y| grew past the blow-up limit): the energy looks unbounded below", it)
@@ -415,22 +421,23 @@ class Solver:
                 stop(conv & done, "converged", "solved exactly", it)
                 stop(conv & ~done & by_g, "converged", f"relative gradient norm <= gtol={gtol:g}", it)
                 stop(conv & ~done & ~by_g, "converged", f"relative energy change <= tol={tol:g}", it)
-                if stalled is not None:
-                    stop(stalled, "stalled", out.stall_reason, it)
+                stop(stalled, "stalled", out.stall_reason, it)
                 active = active & ~ended
 
-            if bool(ok.all()):
-                y, g, e, gn = y_new, g_new, e_new, gn_new
+            if ok.all():
+                y, g, e = y_new, g_new, e_new
+                e_np, gn_np = e_new_np, gn_new_np
             else:
-                m4 = _bcast(ok, y)
+                ok_t = torch.from_numpy(ok).to(dev)
+                m4 = _bcast(ok_t, y)
                 y = torch.where(m4, y_new, y)
                 g = torch.where(m4, g_new, g)
-                e = torch.where(ok, e_new, e)
-                gn = torch.where(ok, gn_new, gn)
-            e_min = torch.minimum(e_min, e)
+                e = torch.where(ok_t, e_new, e)
+                e_np, gn_np = np.where(ok, e_new_np, e_np), np.where(ok, gn_new_np, gn_np)
+            e_min = np.minimum(e_min, e_np)
 
-            e_hist.append(e.clone())
-            g_hist.append(gn.clone())
+            e_hist.append(e_np)
+            g_hist.append(gn_np)
             t_hist.append(time.perf_counter() - t_start - t_callback)
             if callback is not None:
                 t_cb = time.perf_counter()
@@ -438,21 +445,20 @@ class Solver:
                 t_callback += time.perf_counter() - t_cb
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(E=f"{float(e.sum()):.6g}", active=int(active.sum()))
-            if not bool(active.any()):
+                bar.set_postfix(E=f"{float(e_np.sum()):.6g}", active=int(active.sum()))
+            if not active.any():
                 break
         if bar is not None:
             bar.close()
-        for b in torch.nonzero(active).flatten().tolist():
-            iters[b] = it
+        iters[active] = it
 
         wall = time.perf_counter() - t_start - t_callback
         res = SolveResult(
             y=y,
-            energies=torch.stack(e_hist),
-            grad_norms=torch.stack(g_hist),
+            energies=torch.from_numpy(np.stack(e_hist)).to(dtype=e.dtype, device=dev),
+            grad_norms=torch.from_numpy(np.stack(g_hist)).to(dtype=e.dtype, device=dev),
             times=torch.tensor(t_hist, dtype=torch.float64),
-            iterations=iters,
+            iterations=torch.from_numpy(iters),
             converged=torch.tensor([s == "converged" for s in status], dtype=torch.bool),
             status=status,
             reason=reason,

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import (Problem, Solver, StepOutput, accepted_point, check_start, report_outcome, sample_dot,
+from .base import (Problem, Solver, StepOutput, _host, accepted_point, check_start, report_outcome, sample_dot,
                    sample_norm)
 from .quadratic import Preconditioned, check_refine, make_preconditioner, quadratic_start
 from .result import SolveResult
@@ -141,43 +141,64 @@ class LBFGS(Preconditioned, Solver):
         Pg = self._P(state, g)
         self._take_pending(state, Pg)
         d = self._direction(state, g, Pg)
-        gd = sample_dot(g, d)
+        # the per-sample scalars of the line search on the host, in float64 (one transfer each)
+        e_h, gd = _host(e, sample_dot(g, d))
         bad = ~(gd < 0)  # not a descent direction (or NaN): fall back to the preconditioned gradient
-        if bool(bad.any()):
+        if bad.any():
             d0 = -Pg
-            d = torch.where(_col(bad), d0, d)
-            gd = torch.where(bad, sample_dot(g, d0), gd)
-        alpha = torch.ones_like(e)
+            d = torch.where(_col(_device_mask(bad, y)), d0, d)
+            gd = np.where(bad, _host(sample_dot(g, d0))[0], gd)
+        alpha = np.ones_like(e_h)
         if state["gamma"] is None and state["P"] is None:  # first step without any scale
-            alpha = torch.clamp(1.0 / g.flatten(1).abs().sum(1).clamp_min(torch.finfo(y.dtype).tiny), max=1.0)
-        roundoff = (-alpha * gd) <= 16 * eps * e.abs()
-        y_try = torch.addcmul(y, _col(alpha), d)
-        e_try, g_try = problem.energy_and_grad(y_try)  # the unit step usually passes: its gradient is ready
-        ok = e_try <= e + self.c1 * alpha * gd
+            alpha = np.minimum(1.0 / np.maximum(_host(g.flatten(1).abs().sum(1))[0], torch.finfo(y.dtype).tiny), 1.0)
+        with np.errstate(invalid="ignore", over="ignore"):
+            roundoff = (-alpha * gd) <= 16 * eps * np.abs(e_h)
+        y_try = torch.add(y, d) if (alpha == 1.0).all() else torch.addcmul(y, _col(_device_values(alpha, y)), d)
+        e_try_t, g_try = problem.energy_and_grad(y_try)  # the unit step usually passes: its gradient is ready
+        (e_try,) = _host(e_try_t)
+        with np.errstate(invalid="ignore", over="ignore"):
+            ok = e_try <= e_h + self.c1 * alpha * gd
         first_ok = ok
         for _ in range(self.max_backtracks):
-            if bool(ok.all()):
+            if ok.all():
                 break
             # minimiser of the quadratic through E(y), slope gd and E(y + alpha d), kept in [0.1, 0.5] alpha
-            denom = 2.0 * (e_try - e - gd * alpha)
-            a_q = torch.where(denom > 0, -gd * alpha * alpha / denom, 0.5 * alpha)
-            a_q = torch.where(torch.isfinite(a_q), a_q, 0.1 * alpha)
-            a_new = torch.clamp(a_q, min=0.1 * alpha, max=0.5 * alpha)
-            alpha = torch.where(ok, alpha, a_new)
-            y_try = torch.where(_col(ok), y_try, y + _col(alpha) * d)
-            e_try = torch.where(ok, e_try, problem.energy(y_try))
-            ok = e_try <= e + self.c1 * alpha * gd
-        y_new, e_new, g_new = accepted_point(problem, y, e, g, y_try, e_try, g_try, first_ok, ok)
-        if bool(ok.any()):
-            state["pending"] = (y, y_new, g, g_new, ok, Pg)
+            with np.errstate(all="ignore"):
+                denom = 2.0 * (e_try - e_h - gd * alpha)
+                a_q = np.where(denom > 0, -gd * alpha * alpha / np.where(denom > 0, denom, 1.0), 0.5 * alpha)
+            a_q = np.where(np.isfinite(a_q), a_q, 0.1 * alpha)
+            alpha = np.where(ok, alpha, np.clip(a_q, 0.1 * alpha, 0.5 * alpha))
+            ok_t = _device_mask(ok, y)
+            y_try = torch.where(_col(ok_t), y_try, y + _col(_device_values(alpha, y)) * d)
+            e_try_t = torch.where(ok_t, e_try_t, problem.energy(y_try))
+            (e_try,) = _host(e_try_t)
+            with np.errstate(invalid="ignore", over="ignore"):
+                ok = e_try <= e_h + self.c1 * alpha * gd
+        if first_ok.all():
+            y_new, e_new, g_new = y_try, e_try_t, g_try
+        else:
+            y_new, e_new, g_new = accepted_point(problem, y, e, g, y_try, e_try_t, g_try,
+                                                 _device_mask(first_ok, y), _device_mask(ok, y))
+        if ok.any():
+            state["pending"] = (y, y_new, g, g_new, _device_mask(ok, y), Pg)
         return StepOutput(
             y=y_new,
             energy=e_new,
             grad=g_new,
-            accepted=ok | roundoff,
-            stalled=~ok & ~roundoff,
+            accepted=torch.from_numpy(ok | roundoff),
+            stalled=torch.from_numpy(~ok & ~roundoff),
             stall_reason=f"the line search found no decrease in {self.max_backtracks} trials",
         )
+
+
+def _device_mask(mask: np.ndarray, like: Tensor) -> Tensor:
+    """A host bool array as a ``[B]`` tensor on ``like``'s device."""
+    return torch.from_numpy(mask).to(like.device)
+
+
+def _device_values(values: np.ndarray, like: Tensor) -> Tensor:
+    """Host float64 values as a ``[B]`` tensor of ``like``'s dtype and device."""
+    return torch.from_numpy(values).to(dtype=like.dtype, device=like.device)
 
 
 class TorchLBFGS(Solver):

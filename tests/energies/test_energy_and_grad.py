@@ -223,6 +223,30 @@ def test_degree_closed_form_matches_the_message_of_ones(H, W):
                                    rtol=1e-14, atol=1e-14)
 
 
+def test_grid_constants_are_built_once_outside_transforms_and_afresh_inside():
+    """The border masks and Fourier factors are memoised per size, dtype and device (the same
+    object on a second call, a different one for another size); inside a ``torch.func`` transform
+    they are built afresh and do not enter the memo (a tensor made there belongs to the transform),
+    so a degree under ``jacfwd`` and after it both equal the message of ones."""
+    from energycrf.energies.kernels import _inside
+    from energycrf.energies.operators import _fourier_factors
+
+    _inside.cache_clear()
+    a = _inside(9, 2, F64, torch.device("cpu"))
+    assert _inside(9, 2, F64, torch.device("cpu")) is a and _inside(10, 2, F64, torch.device("cpu")) is not a
+    assert _fourier_factors(8, 6, 3, True, F64, torch.device("cpu"))[0] is _fourier_factors(8, 6, 3, True, F64,
+                                                                                          torch.device("cpu"))[0]
+    kernel = K.LocalKernel(radius=2).double()
+    ones = torch.ones(1, 1, 11, 7, dtype=F64)
+    _inside.cache_clear()
+    inside = torch.func.jacfwd(lambda s: s * kernel.degree(11, 7, F64, torch.device("cpu")))(torch.ones((), dtype=F64))
+    torch.testing.assert_close(inside, kernel.message(ones)[0, 0], rtol=1e-14, atol=1e-14)
+    assert not torch._C._functorch.is_functorch_wrapped_tensor(_inside(11, 2, F64, torch.device("cpu")))
+    torch.func.hessian(lambda s: (s * kernel.degree(11, 7, F64, torch.device("cpu"))).sum())(torch.ones((), dtype=F64))
+    torch.testing.assert_close(kernel.degree(11, 7, F64, torch.device("cpu")), kernel.message(ones)[0, 0],
+                               rtol=1e-14, atol=1e-14)
+
+
 @pytest.mark.parametrize("B,C,M,H,W,s", [(2, 4, 8, 7, 5, 5), (1, 1, 8, 1, 1, 5), (3, 2, 3, 6, 9, 3),
                                          (1, 4, 8, 2, 3, 7), (2, 3, 2, 1, 6, 1), (1, 4, 8, 16, 12, 5)])
 def test_correlation_by_phases_equals_the_plain_correlation(B, C, M, H, W, s):

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import energycrf as ec
 from energycrf.solvers.base import Problem
+from energycrf.solvers.lbfgs import LBFGS
 from energycrf.energies.operators import window_spectrum
 from energycrf.solvers.quadratic import (SpectralPreconditioner, _floor, _floored_inverse, _place_taps,
                                         quadratic_part)
@@ -356,3 +357,53 @@ def test_lbfgs_direction_is_the_textbook_two_loop_recursion(precondition):
         pairs.append((out.y - y, out.grad - g))
         y, e, g = out.y, out.energy, out.grad
     assert checked == 5 and len(state["pairs"]) == 3  # the window was full for the last ones
+
+
+class _ScriptedLine:
+    """A problem whose energy along ``y = alpha d`` is ``f(alpha)`` per sample (``d = 1`` everywhere:
+    ``y`` holds ``alpha`` at every site), gradient ``-1`` at the start: the line search sees exactly
+    the values it is given."""
+
+    def __init__(self, f):
+        self.f, self.trials, self.counts = f, [], {}
+
+    def _alpha(self, y):
+        return y.flatten(1)[:, 0]
+
+    def energy(self, y):
+        self.trials.append(self._alpha(y).clone())
+        return self.f(self._alpha(y))
+
+    def energy_and_grad(self, y):
+        return self.energy(y), torch.full_like(y, -1.0)
+
+    def grad(self, y):
+        return torch.full_like(y, -1.0)
+
+
+def test_backtracking_interpolates_and_keeps_the_trial_in_a_tenth_to_a_half_of_the_step():
+    """With ``E(0) = 0`` and slope ``g^T d = -n`` (``n`` sites), a failed trial ``E(a) = v`` gives the
+    quadratic's minimiser ``n a^2 / (2 (v + n a))``, kept in ``[0.1 a, 0.5 a]``; without a curvature
+    (``v`` NaN) the step is halved. Samples: interpolated (``E(1) = n``: 0.25), clamped low
+    (``E(1) = 100 n``: 0.1), NaN (0.5), a unit step that passes, and two failures
+    (``E(1) = n``, ``E(0.25) = n / 4``: 0.0625)."""
+    n = 4
+    y = torch.zeros(5, 1, 2, 2, dtype=torch.float64)
+    g = torch.full_like(y, -1.0)
+    e = torch.zeros(5, dtype=torch.float64)
+    first = torch.tensor([float(n), 100.0 * n, float("nan"), -0.5 * n, float(n)], dtype=torch.float64)
+    twice = torch.tensor([False, False, False, False, True])
+
+    def f(alpha):
+        later = torch.where(twice & (alpha == 0.25), torch.full_like(alpha, 0.25 * n), -0.01 * alpha * n)
+        return torch.where(alpha == 1.0, first, later)  # later trials pass Armijo (c1 = 1e-4) but these
+
+    solver = LBFGS(precondition="none")
+    problem = _ScriptedLine(f)
+    state = {"pairs": [], "P": None, "gamma": torch.ones(5, dtype=torch.float64), "pending": None}
+    out = solver.step(problem, y, e, g, state)
+    torch.testing.assert_close(problem.trials[0], torch.ones(5, dtype=torch.float64))  # the unit step
+    expected = torch.tensor([0.25, 0.1, 0.5, 1.0, 0.0625], dtype=torch.float64)
+    torch.testing.assert_close(out.y.flatten(1)[:, 0], expected)
+    assert out.accepted.tolist() == [True] * 5
+    torch.testing.assert_close(out.energy, torch.where(expected == 1.0, first, -0.01 * expected * n))

@@ -225,7 +225,8 @@ def memory_worker(spec: str, size: int, cd_iters: int) -> dict:
     return {"peak_mib": peak_extra_mib(lambda: run(int(budget)))}
 
 
-def bench(problem: str, E, x, max_iters: int, cd_iters: int, rounds: int = 0, memory: dict | None = None):
+def bench(problem: str, E, x, max_iters: int, cd_iters: int, rounds: int = 0, memory: dict | None = None,
+          warm: bool = True):
     """``memory``: the problem's worker arguments (``problem``, ``size``, ``threads``), to measure
     each run's peak memory to the gap in a fresh process (:func:`measure_memory`); ``None``: not."""
     E64, x64 = copy.deepcopy(E).to(torch.float64), x.to(torch.float64)
@@ -266,17 +267,25 @@ def bench(problem: str, E, x, max_iters: int, cd_iters: int, rounds: int = 0, me
             memory = None
     out = {"problem": problem, "best_energy": best, "best_peer_seconds": best_peer, "runs": runs}
     if rounds:
-        out["interleaved"] = interleaved(problem, plan, runs, best, E64, x64, rounds)
+        out["interleaved"] = interleaved(problem, plan, runs, best, E64, x64, rounds, warm)
     return out
 
 
-def interleaved(problem, plan, runs, best, E64, x64, rounds):
+def interleaved(problem, plan, runs, best, E64, x64, rounds, warm=True):
     """Time to the gap of the fast methods, timed in ``rounds`` rounds that run each once, in
     an order rotated every round (machine noise and cache effects fall on all alike).
     Each run gets as budget the count at which the single run above first reached the gap
     (iterations; for torch.optim.LBFGS closure calls, which bound its iterations from above,
     so it may run past the gap) and is timed at its first iterate (peers: evaluation) within
-    the gap; a round whose run misses it counts as not reached."""
+    the gap; a round whose run misses it counts as not reached.
+
+    ``warm``: each timed run follows an untimed run of the same method, so that it starts
+    from the method's own steady state, as in a loop of solves. Without it (``--cold``) a
+    run starts where the previous method and the float64 re-evaluation of its iterates left
+    the allocator: glibc has given their freed pages back to the OS, and the run's first
+    evaluation page-faults about 2 MiB of fresh memory on the latent batch (about 500
+    faults, 0.5 to 1.5 ms on this VM), a fixed cost that falls on every method but weighs
+    most on the shortest."""
     chosen = [(p, r) for p, r in zip(plan, runs) if p[4] and r["iters_to_gap"] is not None]
     if not chosen:  # no fast method reached the gap: nothing to time
         return {"rounds": rounds, "rows": []}
@@ -286,6 +295,8 @@ def interleaved(problem, plan, runs, best, E64, x64, rounds):
         order = order[rnd % len(order):] + order[:rnd % len(order)]
         for i in order:
             (name, _, fn, dt, _), r = chosen[i]
+            if warm:
+                fn(max(1, r["iters_to_gap"]))  # untimed, discarded
             iterates, times, _, _ = fn(max(1, r["iters_to_gap"]))
             gaps = [(e - best) / abs(best) for e in evaluate(E64, x64, iterates)]
             seconds[i].append(first_hit(gaps, times)[1])
@@ -296,7 +307,7 @@ def interleaved(problem, plan, runs, best, E64, x64, rounds):
         rows.append({"method": name, "kind": kind, "dtype": dt, "seconds": seconds[i],
                      "median": statistics.median(got) if got else None, "min": min(got) if got else None,
                      "missed": len(seconds[i]) - len(got)})
-    return {"rounds": rounds, "rows": rows}
+    return {"rounds": rounds, "warm": warm, "rows": rows}
 
 
 def interleaved_table(result) -> str:
@@ -312,7 +323,9 @@ def interleaved_table(result) -> str:
     fastest = "; ".join(f"{d}: {r['method']}" for d, r in ours.items())
     peak = {(r["method"], r["dtype"]): r.get("peak_mib") for r in result.get("runs", [])}
     lines = [
-        f"Interleaved timing, {inter['rounds']} rounds: seconds to the gap (median / min) and the fastest "
+        f"Interleaved timing, {inter['rounds']} rounds"
+        f"{', each timed run after an untimed one of the same method' if inter.get('warm', True) else ', cold (no untimed run before each)'}"
+        f": seconds to the gap (median / min) and the fastest "
         f"energycrf method of the same dtype ({fastest}) against each peer (ratio of medians / ratio of minima); "
         "peak memory to the gap against that method's (peer / energycrf).\n",
         "| method | dtype | seconds to gap, median | min | energycrf faster by (median / min) | memory, peer / energycrf |",
@@ -406,6 +419,8 @@ def main(argv=None):
     ap.add_argument("--problems", default="camera,latent")
     ap.add_argument("--out", type=Path, default=Path("/tmp/energycrf-solvers-benchmark"))
     ap.add_argument("--replot", type=Path, default=None, help="redraw the figure from a results JSON and exit")
+    ap.add_argument("--cold", dest="warm", action="store_false",
+                    help="interleaved rounds without the untimed run before each timed one (see interleaved())")
     ap.add_argument("--no-memory", dest="memory", action="store_false",
                     help="skip the peak-memory measurement (one fresh process per run that reached the gap)")
     ap.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)  # problem,index,budget
@@ -425,7 +440,8 @@ def main(argv=None):
         margin = E.check_well_posed(on_fail="raise")
         print(f"[{problem}] x {tuple(x.shape)}, convexity margin {margin:.4f}", flush=True)
         memory = {"problem": problem, "size": args.size, "threads": args.threads} if args.memory else None
-        results.append(bench(f"{problem} {tuple(x.shape)}", E, x, args.max_iters, args.cd_iters, args.rounds, memory))
+        results.append(bench(f"{problem} {tuple(x.shape)}", E, x, args.max_iters, args.cd_iters, args.rounds, memory,
+                             args.warm))
         print(table(results[-1]) + "\n" + interleaved_table(results[-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     report = f"Machine: {machine()}\n\n" + "\n".join(table(r) + "\n" + interleaved_table(r) for r in results)

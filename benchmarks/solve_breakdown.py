@@ -39,9 +39,10 @@ from solvers_benchmark import fastest_solve, latent_batch, machine, run_torch_lb
 
 PARTS = [  # (owner, attribute, label): each part's own time, its nested parts' taken out
     (B.Problem, "energy_and_grad", "fused evaluations (E and grad E), start and step"),
-    (Q.ChebyshevPreconditioner, "__call__", "Chebyshev applications (2: start and step, m - 1 products each)"),
+    (Q.ChebyshevPreconditioner, "__call__", "Chebyshev applications (2: start and step, m - 1 products each, Horner)"),
     (Q, "chebyshev_bounds", "spectral bounds (convexity margin, curvature bound)"),
     (Q.ChebyshevPreconditioner, "__init__", "Chebyshev set-up (coefficients, prepared Hessian operator)"),
+    (Q.ChebyshevPreconditioner, "with_degree", "Chebyshev set-up (coefficients, prepared Hessian operator)"),
     (Q, "quadratic_start", "quadratic start, the rest (gradient of the quadratic terms)"),
     (L.LBFGS, "step", "L-BFGS step, the rest (direction, line search, pair)"),
 ]
@@ -125,7 +126,7 @@ def main(argv=None):
               f"{peer / ours:.2f}x; with everything but the two evaluations free: {peer / evals_ms:.2f}x")
         print("| part (own time, nested parts excluded) | ms per solve (mean) |")
         print("|---|---:|")
-        for label in [p[2] for p in PARTS] + [DRIVER]:
+        for label in dict.fromkeys([p[2] for p in PARTS] + [DRIVER]):
             print(f"| {label} | {per.get(label, 0.0):.3f} |")
         print()
 

@@ -352,19 +352,26 @@ class Energy(nn.Module):
 
 
 class HessianOperator:
-    """``s H v = s diagonal * v + rest(v, s)``: a quadratic term's Hessian with its diagonal split
-    off, applied with a scale ``s`` folded in where it costs no pass (``diagonal``: a tensor
-    broadcastable to ``v``, or ``None``; ``rest(v, s)``: ``s`` times the rest's product, a new
-    tensor, or ``None`` for a diagonal Hessian). The result is always a new tensor."""
+    """``(s H + t I) v = (s diagonal + t) * v + rest(v, s)``: a quadratic term's Hessian with its
+    diagonal split off, applied with a scale ``s`` and a shift ``t`` folded in where they cost no
+    pass (``diagonal``: a tensor broadcastable to ``v``, or ``None``; ``rest(v, s)``: ``s`` times
+    the rest's product, a new tensor, or ``None`` for a diagonal Hessian). The result is always a
+    new tensor."""
 
     def __init__(self, diagonal: Tensor | None, rest):
         self.diagonal, self.rest = diagonal, rest
 
-    def __call__(self, v: Tensor, scale: float = 1.0) -> Tensor:
+    def __call__(self, v: Tensor, scale: float = 1.0, shift: float = 0.0) -> Tensor:
         if self.rest is None:
-            return v * (scale * self.diagonal) if self.diagonal is not None else torch.zeros_like(v)
+            if self.diagonal is None:
+                return v * shift if shift else torch.zeros_like(v)
+            return v * (scale * self.diagonal + shift)
         out = self.rest(v, scale)
-        return out if self.diagonal is None else out.addcmul_(self.diagonal, v, value=scale)
+        if self.diagonal is None:
+            return out.add_(v, alpha=shift) if shift else out
+        if shift:  # one pass either way: the shift joins the (small) diagonal
+            return out.addcmul_(scale * self.diagonal + shift, v)
+        return out.addcmul_(self.diagonal, v, value=scale)
 
     def scaled(self, scale: float) -> "HessianOperator":
         diagonal = None if self.diagonal is None else scale * self.diagonal

@@ -503,14 +503,13 @@ class ChebyshevPreconditioner:
 
     def _horner(self, v: Tensor, graph: bool) -> Tensor:
         r""":math:`p(H_q) v = c_0 v + H_q (c_1 v + H_q (c_2 v + \dots))` with the monomial
-        coefficients :math:`c_k` (:data:`HORNER_DEGREE`): per product one more pass, the
-        leading coefficient folded into the first product."""
+        coefficients :math:`c_k` (:data:`HORNER_DEGREE`): per product one more pass, except the
+        first, whose scale and shift join the product's own pass."""
         c = self.monomial
         if len(c) == 1:
             return v * c[0]
         self._count(1)
-        z = self._hessian(v, c[-1])
-        z = torch.add(z, v, alpha=c[-2]) if graph else z.add_(v, alpha=c[-2])
+        z = self._hessian(v, c[-1], c[-2])  # (c_{m-1} H_q + c_{m-2}) v in the product's own pass
         for ck in reversed(c[:-2]):
             self._count(1)
             z = self._hessian(z)
@@ -737,7 +736,7 @@ def quadratic_start(problem: Problem, operator: ChebyshevPreconditioner | None =
         P._count(1)
         grad_q = P._E.grad(x, x, problem.c)
         step = P(grad_q, refine=QUADRATIC_START_REFINE) if operator is None else P(grad_q)
-        return step.neg_().add_(x)  # x - P grad
+        return torch.sub(x, step)
 
 
 def _require_quadratic(problem: Problem, name: str) -> None:

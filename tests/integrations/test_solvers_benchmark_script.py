@@ -7,6 +7,7 @@ import json
 import subprocess
 from unittest import mock
 
+import pytest
 import torch
 
 
@@ -64,6 +65,32 @@ def test_interleaved_rounds_with_no_method_at_the_gap_time_nothing(load_script):
     plan = [("m", "energycrf", lambda n: None, "float32", True)]
     out = mod.interleaved("p", plan, [{"iters_to_gap": None}], 0.0, None, None, rounds=3)
     assert out == {"rounds": 3, "rows": []}
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_interleaved_rounds_run_each_method_once_untimed_before_its_timed_run(load_script, warm):
+    """``warm``: every timed run follows an untimed run of the same method with the same budget
+    (``--cold``: the timed run alone); only the timed run's iterates and times count."""
+    mod = load_script("benchmarks/solvers_benchmark.py")
+    calls = []
+
+    def method(name, seconds):
+        def run(n):
+            calls.append((name, n))
+            return [torch.zeros(1)], [seconds[len([c for c in calls if c[0] == name]) - 1]], {}, [0]
+        return run
+
+    plan = [("a", "energycrf", method("a", [1.0, 2.0, 3.0, 4.0]), "float32", True),
+            ("b", "peer", method("b", [5.0, 6.0, 7.0, 8.0]), "float32", True)]
+    runs = [{"iters_to_gap": 1}, {"iters_to_gap": 3}]
+    E64 = lambda y, x: torch.zeros(1)  # noqa: E731  (every iterate at the best energy: gap 0)
+    out = mod.interleaved("p", plan, runs, 1.0, E64, torch.zeros(1), rounds=2, warm=warm)
+    assert out["warm"] is warm
+    expected = [("a", 1), ("b", 3), ("b", 3), ("a", 1)] if not warm else \
+        [("a", 1), ("a", 1), ("b", 3), ("b", 3), ("b", 3), ("b", 3), ("a", 1), ("a", 1)]
+    assert calls == expected
+    seconds = {r["method"]: r["seconds"] for r in out["rows"]}
+    assert seconds == ({"a": [2.0, 4.0], "b": [6.0, 8.0]} if warm else {"a": [1.0, 2.0], "b": [5.0, 6.0]})
 
 
 def test_preconditioner_setup_benchmark_compares_equal_operators(capsys, load_script):

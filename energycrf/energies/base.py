@@ -197,7 +197,7 @@ class Energy(nn.Module):
         """A quadratic term's (constant) Hessian on inputs like ``x``, prepared once for repeated
         products. Fallback: :meth:`_hessian_vector_product` at ``x``; the built-in quadratic
         terms split off their diagonal, so that a sum applies all its diagonals in one pass."""
-        return HessianOperator(None, lambda v, s: torch.mul(self._hessian_vector_product(x, x, c, v), s))
+        return HessianOperator.of_product(lambda v: self._hessian_vector_product(x, x, c, v))
 
     def _curvature(self, y: Tensor, x: Tensor, c: Tensor | None) -> Tensor:
         """Fallback: the exact diagonal ``C x C`` Hessian blocks, by Hessian-vector products.
@@ -372,6 +372,11 @@ class HessianOperator:
         if shift:  # one pass either way: the shift joins the (small) diagonal
             return out.addcmul_(scale * self.diagonal + shift, v)
         return out.addcmul_(self.diagonal, v, value=scale)
+
+    @staticmethod
+    def of_product(product) -> "HessianOperator":
+        """The operator of a bare product ``v -> H v`` (no diagonal split off; the scale costs a pass)."""
+        return HessianOperator(None, lambda v, s: torch.mul(product(v), s))
 
     def scaled(self, scale: float) -> "HessianOperator":
         diagonal = None if self.diagonal is None else scale * self.diagonal

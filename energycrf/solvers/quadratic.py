@@ -459,7 +459,7 @@ class ChebyshevPreconditioner:
         self._E = E_quadratic
         # s H_q v, prepared once (degree, windows); a duck-typed energy without one: its product at y
         self._hessian = (E_quadratic._hessian_operator(x.detach(), c) if hasattr(E_quadratic, "_hessian_operator")
-                         else HessianOperator(None, lambda v, s: torch.mul(E_quadratic._hessian_vector_product(y, x, c, v), s)))
+                         else HessianOperator.of_product(lambda v: E_quadratic._hessian_vector_product(y, x, c, v)))
         self.lower, self.upper = chebyshev_bounds(E_quadratic, c, *y.shape[-2:]) if bounds is None else bounds
         self._dtype = y.dtype
         self._set_degree(check_degree(degree), target)

@@ -418,3 +418,25 @@ def test_degree_needs_chebyshev_and_precondition_none_means_none():
     assert ec.solvers.LBFGS(precondition=None).precondition == "none"
     torch.testing.assert_close(ec.solve(E, x, precondition=None, max_iters=3).y,
                                ec.solve(E, x, precondition="none", max_iters=3).y)
+
+
+def test_a_duck_typed_quadratic_part_is_applied_through_its_product():
+    """An object with only the product and the two bounds (no prepared operator) gets the same
+    polynomial as the energy it wraps, by Horner and by the recurrence."""
+    E = (K.Unary(weight=0.6) + K.Pairwise(channels=2, kernel=K.LocalKernel(radius=1, strength=1.5))).double()
+    x = torch.randn(2, 2, 6, 7, generator=torch.Generator().manual_seed(11), dtype=F64)
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(12), dtype=F64)
+
+    class Duck:
+        def _hessian_vector_product(self, y, x, c, v):
+            return E._hessian_vector_product(y, x, c, v)
+
+        def convexity_margin(self, c=None):
+            return E.convexity_margin(c)
+
+        def curvature_bound(self, height, width, c=None):
+            return E.curvature_bound(height, width, c)
+
+    for degree in (3, Q.HORNER_DEGREE + 2):
+        torch.testing.assert_close(Q.ChebyshevPreconditioner(Duck(), x, None, x, degree)(v),
+                                   Q.ChebyshevPreconditioner(E, x, None, x, degree)(v), rtol=1e-12, atol=1e-12)

@@ -95,3 +95,48 @@ def test_converged_status_means_a_small_gradient():
     res = ec.solve(E, x, method="mean_field", damping=0.2, max_iters=5000, tol=1e-14, gtol=1e-10)
     assert res.status == ["converged"]
     assert float(autograd_grad(E, res.y, x).norm()) < 1e-7 * (1 + float(autograd_grad(E, x, x).norm()))
+
+
+class _Scripted(ec.solvers.Solver):
+    """A solver whose steps are given: step ``t`` returns ``y * scale[t]`` with energies ``energy[t]``
+    (per sample) and gradient ``grad[t] * ones``, so the driver's per-sample rules see exactly them."""
+
+    name = "scripted"
+
+    def __init__(self, energy, scale, grad):
+        self.energy, self.scale, self.grad = energy, scale, grad
+
+    def step(self, problem, y, e, g, state):
+        t = state["t"] = state.get("t", -1) + 1 if state is not None else 0
+        e_new = torch.tensor(self.energy[t], dtype=y.dtype)
+        scale = torch.tensor(self.scale[t], dtype=y.dtype).view(-1, 1, 1, 1)
+        return ec.solvers.StepOutput(y=y * scale, energy=e_new, grad=torch.ones_like(y) * self.grad[t])
+
+    def init_state(self, problem, y, e, g):
+        return {}
+
+
+def test_driver_rules_per_sample_against_scripted_steps():
+    """Each sample stops on its own rule, judged against its own history: sample 0 rises more than
+    ``rise_tol`` times its scale above its running minimum (not its start), sample 1 runs away,
+    sample 2 turns NaN and keeps its last finite energy, sample 3 runs out of iterations."""
+    x = torch.ones(4, 1, 2, 2, dtype=F64)
+    E = ec.energies.Unary(weight=1.0).double()  # E(x) = 0 at the start: the scale comes from the script
+    nan = float("nan")
+    energy = [[-10.0, -1.0, -1.5, -1.0], [-9.0, -2.0, nan, -2.0], [-4.0, -3.0, -3.0, -3.0]]
+    scale = [[1.0, 1.0, 1.0, 1.0], [1.0, 1e9, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]]
+    res = _Scripted(energy, scale, [1.0, 1.0, 1.0]).solve(E, x, max_iters=3, tol=0.0, gtol=0.0, rise_tol=0.5,
+                                                         on_diverge="ignore")
+    # sample 0: min -10, scale |-10| + |0 - -10| = 20; -4 - (-10) = 6 < 10: no rise; then it keeps going
+    assert res.status[0] == "max_iters"
+    res = _Scripted(energy, scale, [1.0, 1.0, 1.0]).solve(E, x, max_iters=3, tol=0.0, gtol=0.0, rise_tol=0.25,
+                                                         on_diverge="ignore")
+    # with rise_tol 0.25: 6 > 5, at iteration 3, measured from the running minimum -10 (from the start 0 it is a fall)
+    assert res.status == ["diverged", "diverged", "diverged", "max_iters"]
+    assert "rose" in res.reason[0] and "ran away" in res.reason[1] and "non-finite" in res.reason[2]
+    assert res.iterations.tolist() == [3, 2, 2, 3]
+    torch.testing.assert_close(res.energies[:, 2], torch.tensor([0.0, -1.5, -1.5, -1.5], dtype=F64))  # frozen, no NaN
+    torch.testing.assert_close(res.energies[:, 1], torch.tensor([0.0, -1.0, -1.0, -1.0], dtype=F64))
+    torch.testing.assert_close(res.energies[:, 0], torch.tensor([0.0, -10.0, -9.0, -9.0], dtype=F64))
+    torch.testing.assert_close(res.energies[:, 3], torch.tensor([0.0, -1.0, -2.0, -3.0], dtype=F64))
+    assert bool(torch.isfinite(res.y).all())

@@ -91,6 +91,12 @@ class Energy(nn.Module):
     periodic: bool = False
     interaction_radius: int | None = None
     translation_invariant: bool = False
+    #: For a quadratic term, where its gradient is a product with its Hessian from: ``"zero"`` when
+    #: :math:`\nabla E(y) = H y` (a homogeneous quadratic form, e.g. Pairwise), ``"data"`` when
+    #: :math:`\nabla E(y) = H (y - x)` (minimised at the data, e.g. Unary); ``None`` (neither, or not
+    #: declared). A solver then gets the quadratic part's gradient at ``y = x`` as one product
+    #: (:func:`energycrf.solvers.quadratic.gradient_at_data`).
+    quadratic_anchor: str | None = None
     #: ``_grad``, ``_energy_and_grad`` and ``_hessian_vector_product`` return a tensor of their own
     #: (no view or alias of an input; from ``_grad`` and ``_hessian_vector_product`` not saved by
     #: autograd, from ``_energy_and_grad`` possibly saved for the value), which a sum may add to in
@@ -355,13 +361,17 @@ class HessianOperator:
     """``(s H + t I) v = (s diagonal + t) * v + rest(v, s)``: a quadratic term's Hessian with its
     diagonal split off, applied with a scale ``s`` and a shift ``t`` folded in where they cost no
     pass (``diagonal``: a tensor broadcastable to ``v``, or ``None``; ``rest(v, s)``: ``s`` times
-    the rest's product, a new tensor, or ``None`` for a diagonal Hessian). The result is always a
+    the rest's product, a new tensor, or ``None`` for a diagonal Hessian). The shift is a number
+    or a diagonal (a tensor broadcastable to ``v``: ``(s H + diag(t)) v``). The result is always a
     new tensor."""
 
     def __init__(self, diagonal: Tensor | None, rest):
         self.diagonal, self.rest = diagonal, rest
 
-    def __call__(self, v: Tensor, scale: float = 1.0, shift: float = 0.0) -> Tensor:
+    def __call__(self, v: Tensor, scale: float = 1.0, shift: float | Tensor = 0.0) -> Tensor:
+        if isinstance(shift, Tensor):  # a diagonal shift: one pass with the diagonal
+            diagonal = shift if self.diagonal is None else scale * self.diagonal + shift
+            return v * diagonal if self.rest is None else self.rest(v, scale).addcmul_(diagonal, v)
         if self.rest is None:
             if self.diagonal is None:
                 return v * shift if shift else torch.zeros_like(v)
@@ -425,6 +435,7 @@ class ScaledEnergy(Energy):
     cond_dim = property(lambda self: self.term.cond_dim)  # type: ignore[assignment]
     requires_condition = property(lambda self: self.term.requires_condition)  # type: ignore[assignment]
     is_quadratic = property(lambda self: self.term.is_quadratic)  # type: ignore[assignment]
+    quadratic_anchor = property(lambda self: self.term.quadratic_anchor)  # type: ignore[assignment]
     periodic = property(lambda self: self.term.periodic)  # type: ignore[assignment]
     interaction_radius = property(lambda self: self.term.interaction_radius)  # type: ignore[assignment]
     translation_invariant = property(lambda self: self.term.translation_invariant)  # type: ignore[assignment]
@@ -668,6 +679,11 @@ class SumEnergy(Energy):
     def breakdown(self, y, x, c=None):
         c = self.validate(y, x, c)
         return {name: t.energy(y, x, c) for name, t in zip(self.names, self.terms)}
+
+    @property
+    def quadratic_anchor(self):  # type: ignore[override]
+        anchors = {t.quadratic_anchor for t in self.terms}
+        return anchors.pop() if len(anchors) == 1 else None
 
     def convexity_margin(self, c=None):
         margins = [t.convexity_margin(c) for t in self.terms]

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._validation import check_choice, check_int, check_positive
-from .operators import BOUNDARIES, correlate_shared, grid_constant, window_spectrum
+from .operators import BOUNDARIES, SharedCorrelation, correlate_shared, grid_constant, window_spectrum
 
 __all__ = ["SpatialKernel", "LocalKernel", "LongRangeKernel", "DenseKernel"]
 
@@ -44,6 +44,12 @@ class SpatialKernel(nn.Module):
         r""":math:`s\,(W^s y)`, a new tensor (callers may update it in place); local kernels fold
         ``s`` into the window (no extra pass)."""
         return scale * self.message(y)
+
+    def message_operator(self, shape: torch.Size, dtype: torch.dtype, device: torch.device):
+        r"""``(v, s) -> s W^s v`` for images ``v`` of this shape, dtype and device, with what depends
+        on neither ``v`` nor ``s`` prepared once (a Hessian operator applies it many times). Here
+        :meth:`scaled_message` itself; local kernels keep their window and its scalings."""
+        return self.scaled_message
 
     def degree(self, height: int, width: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         r""":math:`d_i = \sum_j W^s_{ij}`, ``Tensor[H, W]``."""
@@ -134,6 +140,21 @@ class LocalKernel(SpatialKernel):
         if scale != 1.0:
             k = scale * k
         return correlate_shared(y, k, self.boundary)
+
+    def message_operator(self, shape, dtype, device):
+        k = self.weights().to(dtype=dtype, device=device)
+        plan = SharedCorrelation(shape, k.shape[-1], self.boundary, device, dtype)
+        weights: dict[float, Tensor] = {}  # by scale: a Chebyshev application uses two or three
+
+        def message(v: Tensor, scale: float) -> Tensor:
+            if v.shape != plan.shape or v.dtype != dtype or v.device != k.device:
+                return self.scaled_message(v, scale)
+            w = weights.get(scale)
+            if w is None:
+                w = weights[scale] = plan.weight(k if scale == 1.0 else scale * k)
+            return plan(v, w)
+
+        return message
 
     def laplacian_bound(self, height, width):
         r"""The largest value of the Laplacian stencil's spectrum on the ``height x width`` grid,

@@ -75,6 +75,7 @@ class Pairwise(Energy):
     """
 
     is_quadratic = True
+    quadratic_anchor = "zero"  # the gradient 2 M (d y - W^s y) is linear in y
 
     def __init__(
         self,
@@ -179,7 +180,8 @@ class Pairwise(Energy):
             return super()._hessian_operator(x, c)
         # 2 (d v - W^s v): the degree computed once, the message scaled by -2 in the window
         d = self.degree(*x.shape[-2:], x.dtype, x.device)
-        return HessianOperator(2 * d, lambda v, s: self.kernel.scaled_message(v, -2.0 * s))
+        message = self.kernel.message_operator(x.shape, x.dtype, x.device)
+        return HessianOperator(2 * d, lambda v, s: message(v, -2.0 * s))
 
     def _curvature(self, y, x, c):
         b, _, h, w = y.shape

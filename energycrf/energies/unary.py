@@ -28,6 +28,7 @@ class Unary(Energy):
     """
 
     is_quadratic = True
+    quadratic_anchor = "data"  # 2 w (y - x)
     interaction_radius = 0
     translation_invariant = True  # one weight per channel, the same at every site
 

@@ -29,6 +29,7 @@ is the exact minimiser, in ``O(C^3 HW + C^2 HW log HW)``.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import warnings
 from typing import Any
@@ -465,22 +466,16 @@ class ChebyshevPreconditioner:
         self._set_degree(check_degree(degree), target)
 
     def _set_degree(self, degree: int | None, target: float) -> None:
-        theta, delta = 0.5 * (self.upper + self.lower), 0.5 * (self.upper - self.lower)
-        self.centre = theta
-        # a_k = rho_k rho_{k-1} and b_k = 2 rho_k / delta of the recurrence, k = 1 .. m - 1
-        self.coefficients: list[tuple[float, float]] = []
-        if delta <= 4 * torch.finfo(self._dtype).eps * theta:  # H_q = theta I (to round-off): exact in one step
-            self.degree, self.accuracy, self.monomial = 1, 0.0, (1.0 / theta,)
-            return
-        sigma = theta / delta
-        self.degree = _chebyshev_degree(sigma, degree, target)
-        rho = 1.0 / sigma
-        for _ in range(self.degree - 1):
-            rho_next = 1.0 / (2.0 * sigma - rho)
-            self.coefficients.append((rho_next * rho, 2.0 * rho_next / delta))
-            rho = rho_next
-        self.accuracy = chebyshev_accuracy(sigma, self.degree)
-        self.monomial = _monomial(theta, self.coefficients) if self.degree <= HORNER_DEGREE else None
+        self.centre = 0.5 * (self.upper + self.lower)
+        self.degree, self.accuracy, self.coefficients, self.monomial = _chebyshev_polynomial(
+            self.lower, self.upper, degree, target, torch.finfo(self._dtype).eps)
+        if degree is None and self.degree > CHEBYSHEV_WARN_DEGREE:
+            sigma = (self.upper + self.lower) / (self.upper - self.lower)
+            warnings.warn(
+                f"precondition='chebyshev': the quadratic part's spectral interval (condition number "
+                f"{(sigma + 1) / (sigma - 1):.3g}) needs degree {self.degree} ({self.degree - 1} products per "
+                f"application) for accuracy {target}; precondition='fft' is likely cheaper (or pass degree=)",
+                SolverWarning, stacklevel=4)
 
     def with_degree(self, degree: int | None, target: float = CHEBYSHEV_ACCURACY) -> "ChebyshevPreconditioner":
         """The operator of another degree (or ``target``) on the same prepared Hessian and bounds."""
@@ -550,6 +545,27 @@ class ChebyshevPreconditioner:
 HORNER_DEGREE = 3
 
 
+@functools.lru_cache(maxsize=256)
+def _chebyshev_polynomial(lower: float, upper: float, degree: int | None, target: float,
+                          eps: float) -> tuple[int, float, tuple[tuple[float, float], ...], tuple[float, ...] | None]:
+    """``(degree, accuracy, recurrence coefficients, monomial coefficients or None)`` of
+    :class:`ChebyshevPreconditioner` on ``[lower, upper]`` (a pure function of these numbers,
+    memoised): ``a_k = rho_k rho_{k-1}`` and ``b_k = 2 rho_k / delta`` for ``k = 1 .. m - 1``."""
+    theta, delta = 0.5 * (upper + lower), 0.5 * (upper - lower)
+    if delta <= 4 * eps * theta:  # H_q = theta I (to round-off): exact in one step
+        return 1, 0.0, (), (1.0 / theta,)
+    sigma = theta / delta
+    m = _chebyshev_degree(sigma, degree, target)
+    coefficients = []
+    rho = 1.0 / sigma
+    for _ in range(m - 1):
+        rho_next = 1.0 / (2.0 * sigma - rho)
+        coefficients.append((rho_next * rho, 2.0 * rho_next / delta))
+        rho = rho_next
+    monomial = _monomial(theta, coefficients) if m <= HORNER_DEGREE else None
+    return m, chebyshev_accuracy(sigma, m), tuple(coefficients), monomial
+
+
 def _monomial(theta: float, coefficients: list[tuple[float, float]]) -> tuple[float, ...]:
     """The coefficients ``c_0 .. c_{m-1}`` of ``p(lambda) = sum_k c_k lambda^k``: the recurrence of
     :class:`ChebyshevPreconditioner` run on polynomials in ``lambda`` (coefficient lists, float64)."""
@@ -593,13 +609,7 @@ def _chebyshev_degree(sigma: float, degree: int | None, target: float = CHEBYSHE
     """The given degree, or the smallest ``m`` with ``1 / T_m(sigma) <= target``."""
     if degree is not None:
         return degree
-    m = max(1, math.ceil(math.acosh(1.0 / target) / math.acosh(sigma) - 1e-9))
-    if m > CHEBYSHEV_WARN_DEGREE:
-        warnings.warn(
-            f"precondition='chebyshev': the quadratic part's spectral interval (condition number "
-            f"{(sigma + 1) / (sigma - 1):.3g}) needs degree {m} ({m - 1} products per application) for accuracy "
-            f"{target}; precondition='fft' is likely cheaper (or pass degree=)", SolverWarning, stacklevel=5)
-    return m
+    return max(1, math.ceil(math.acosh(1.0 / target) / math.acosh(sigma) - 1e-9))
 
 
 def chebyshev_preconditioner(problem: Problem, y: Tensor, degree: int | None = None,
@@ -734,9 +744,36 @@ def quadratic_start(problem: Problem, operator: ChebyshevPreconditioner | None =
     x = problem.x.detach()
     with torch.no_grad():
         P._count(1)
-        grad_q = P._E.grad(x, x, problem.c)
+        grad_q = P._E.grad(x, x, problem.c) if operator is None else gradient_at_data(P._E, P._hessian, x, problem.c)
         step = P(grad_q, refine=QUADRATIC_START_REFINE) if operator is None else P(grad_q)
         return torch.sub(x, step)
+
+
+def gradient_at_data(E_quadratic: Any, hessian: HessianOperator, x: Tensor, c: Tensor | None) -> Tensor:
+    r"""The quadratic part's gradient at the data, :math:`\nabla E_q(x)`, by its prepared Hessian
+    operator ``hessian`` when its terms declare where their gradients are Hessian products from
+    (``quadratic_anchor``): the terms anchored at the data (Unary: :math:`2 w (y - x)`) have none
+    there, those anchored at zero (Pairwise) have :math:`H_t x`, so
+
+    .. math::  \nabla E_q(x) = \sum_{t:\,\text{zero}} H_t x = (H_q - D) \, x,
+               \qquad D = \sum_{t:\,\text{data}} H_t,
+
+    one pass of the product with the diagonal :math:`D` as its shift when the data-anchored terms'
+    Hessians are diagonal (a Unary term's :math:`2 w`). Otherwise (a term without an anchor, or a
+    data-anchored one with off-diagonal coupling) ``E_quadratic.grad(x, x, c)``."""
+    terms = list(getattr(E_quadratic, "terms", [E_quadratic]))
+    anchors = [getattr(t, "quadratic_anchor", None) for t in terms]
+    if not hasattr(E_quadratic, "_hessian_operator") or not all(a in ("zero", "data") for a in anchors):
+        return E_quadratic.grad(x, x, c)
+    at_data = [t._hessian_operator(x, c) for t, a in zip(terms, anchors) if a == "data"]
+    if not at_data:
+        return hessian(x)
+    if any(op.rest is not None or op.diagonal is None for op in at_data):
+        return E_quadratic.grad(x, x, c)
+    shift = at_data[0].diagonal
+    for op in at_data[1:]:
+        shift = shift + op.diagonal
+    return hessian(x, 1.0, -shift)
 
 
 def _require_quadratic(problem: Problem, name: str) -> None:

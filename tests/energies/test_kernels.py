@@ -117,6 +117,39 @@ def test_correlate_shared_equals_a_per_channel_convolution_for_any_window(size, 
     torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
 
 
+@given(radius=st.integers(1, 3), batch=st.integers(1, 3), channels=st.integers(1, 3), H=st.integers(7, 20),
+       W=st.integers(7, 12), circular=st.booleans(), banded=st.booleans(), learnable=st.booleans(),
+       scales=st.lists(st.sampled_from([1.0, -2.0, 0.37, -0.74]), min_size=1, max_size=5),
+       dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**16))
+def test_message_operator_is_the_scaled_message(radius, batch, channels, H, W, circular, banded, learnable,
+                                                scales, dtype, seed):
+    """``LocalKernel.message_operator(shape, ...)(v, s)`` (the window cast, its convolution weight
+    and its scalings kept between products) equals ``scaled_message(v, s)`` for any sequence of
+    scales, banded or not; another shape or dtype falls back to ``scaled_message``."""
+    from unittest import mock
+
+    from energycrf.energies import operators
+
+    boundary = "circular" if circular and 2 * radius + 1 <= min(H, W) else "zeros"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        kernel = K.LocalKernel(radius=radius, sigma=1.2, boundary=boundary, learnable=learnable)
+        if learnable:
+            with torch.no_grad():
+                kernel.raw_weights.add_(0.3 * torch.randn_like(kernel.raw_weights))
+    g = torch.Generator().manual_seed(seed)
+    shape = (batch, channels, H, W)
+    with mock.patch.object(operators, "BAND_WORK", 0 if banded else operators.BAND_WORK):
+        message = kernel.message_operator(torch.Size(shape), dtype, torch.device("cpu"))
+        for s in scales:
+            v = torch.randn(shape, generator=g, dtype=dtype)
+            torch.testing.assert_close(message(v, s), kernel.scaled_message(v, s), rtol=0, atol=0)
+        other = torch.randn(batch, channels, H + 1, W, generator=g, dtype=dtype)
+        torch.testing.assert_close(message(other, 0.5), kernel.scaled_message(other, 0.5), rtol=0, atol=0)
+        wide = torch.randn(shape, generator=g, dtype=torch.float64 if dtype == torch.float32 else torch.float32)
+        torch.testing.assert_close(message(wide, 0.5), kernel.scaled_message(wide, 0.5), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 181, 97), (1, 3, 96, 80), (2, 2, 130, 64)])
 @pytest.mark.parametrize("boundary", ["zeros", "circular"])
 def test_banded_message_of_large_float32_images_and_its_gradients(shape, boundary):

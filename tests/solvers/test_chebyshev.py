@@ -197,6 +197,7 @@ def test_a_diagonal_hessian_is_inverted_in_one_step():
     lambda: K.Unary() + K.Pairwise(channels=2, kernel=K.LongRangeKernel(sigma=2.0, weight=0.2, boundary="zeros")),
     lambda: K.Unary() + BoxSmooth(0.5),  # a user term: forward-mode product
     lambda: K.Pairwise(channels=2) + 0.5 * K.Pairwise(channels=2, kernel=K.LocalKernel(radius=1)),  # no diagonal term
+    lambda: K.Unary(weight=[0.5, 2.0]),  # a diagonal only
 ])
 def test_prepared_hessian_operator_equals_the_hessian(make):
     E = make().double()
@@ -210,9 +211,66 @@ def test_prepared_hessian_operator_equals_the_hessian(make):
     torch.testing.assert_close(got, E._hessian_vector_product(x, x, None, v), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(operator(v, -0.3), -0.3 * got, rtol=1e-12, atol=1e-12)  # the scale folded in
     torch.testing.assert_close(operator(v, -0.3, 0.7), -0.3 * got + 0.7 * v, rtol=1e-12, atol=1e-12)  # and a shift
+    shift = torch.tensor([0.7, -1.1], dtype=F64).reshape(1, 2, 1, 1)  # a diagonal shift, per channel
+    torch.testing.assert_close(operator(v, -0.3, shift), -0.3 * got + shift * v, rtol=1e-12, atol=1e-12)
     assert torch.equal(v, v_before)
     Hm = explicit_hessian(E, x, x).detach()
     torch.testing.assert_close(got[0].reshape(-1), Hm @ v[0].reshape(-1), rtol=1e-10, atol=1e-10)
+
+
+class AnchoredBoxSmooth(BoxSmooth):
+    quadratic_anchor = "zero"  # a homogeneous quadratic form: its gradient at 0 is 0
+
+
+class AnchoredSiteUnary(SiteWeightedUnary):
+    quadratic_anchor = "data"  # minimised at x, but its prepared operator is the bare product (no diagonal)
+
+
+@given(params=energies, extra_h=st.integers(0, 3), extra_w=st.integers(0, 3), scale=st.floats(0.2, 3.0))
+def test_quadratic_anchors_are_where_the_gradient_vanishes(params, extra_h, extra_w, scale):
+    """A term anchored at ``"data"`` has a zero gradient at ``y = x``, one anchored at ``"zero"`` at
+    ``y = 0`` (autograd of the energy, any compatibility, boundary and scale): so its gradient is
+    ``H (y - x)`` or ``H y``. A sum declares the common anchor, or none."""
+    E, x, c = _case(params, extra_h, extra_w)
+    unary, pairwise = E.terms
+    for term in (unary, pairwise, scale * unary, scale * pairwise):
+        anchor = {"data": x, "zero": torch.zeros_like(x)}[term.quadratic_anchor]
+        g = torch.func.grad(lambda y: term.energy(y, x, c).sum())(anchor).detach()
+        assert float(g.abs().max()) <= 1e-12 * (1 + float(x.abs().max()))
+    assert (unary.quadratic_anchor, pairwise.quadratic_anchor) == ("data", "zero")
+    assert E.quadratic_anchor is None and (pairwise + 0.5 * pairwise).quadratic_anchor == "zero"
+    assert ec.Energy.quadratic_anchor is None and K.FieldOfExperts(channels=1).quadratic_anchor is None
+
+
+@given(params=energies, extra_h=st.integers(0, 3), extra_w=st.integers(0, 3), scale=st.floats(0.2, 3.0))
+def test_gradient_at_data_is_one_product_of_the_prepared_operator(params, extra_h, extra_w, scale):
+    """``gradient_at_data`` equals autograd's gradient of the quadratic part at ``y = x`` (any
+    weights, kernel boundary, compatibility, scale), by the prepared operator alone: the energy's
+    gradient is never called."""
+    E, x, c = _case(params, extra_h, extra_w)
+    E = scale * E if scale != 1.0 else E
+    ref = torch.func.grad(lambda y: E.energy(y, x, c).sum())(x).detach()
+    operator = E._hessian_operator(x, c)
+    with mock.patch.object(type(E), "grad", side_effect=AssertionError("E.grad called")):
+        got = Q.gradient_at_data(E, operator, x, c)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10 * (1 + float(ref.abs().max())))
+
+
+@pytest.mark.parametrize("make, product", [
+    (lambda: K.Unary(weight=0.7) + AnchoredBoxSmooth(0.5), True),  # a user term anchored at zero
+    (lambda: K.Unary(weight=0.7) + BoxSmooth(0.5), False),  # no anchor: the energy's gradient
+    (lambda: AnchoredSiteUnary(5, 6) + K.Pairwise(channels=2), False),  # at the data, not diagonal
+    (lambda: K.Unary(weight=[0.5, 2.0]) + 2.0 * K.Unary(weight=0.3), True),  # data only: zero, no product
+])
+def test_gradient_at_data_falls_back_to_the_gradient(make, product):
+    E = make().double()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 2, 5, 6, generator=g, dtype=F64)
+    ref = torch.func.grad(lambda y: E.energy(y, x).sum())(x)
+    with mock.patch.object(type(E), "grad", wraps=E.grad) as grad:
+        got = Q.gradient_at_data(E, E._hessian_operator(x, None), x, None)
+    assert grad.called != product
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
 
 
 @given(params=energies, extra=st.integers(0, 4), degree=st.integers(1, 5))
@@ -403,8 +461,9 @@ def test_large_degrees_do_not_overflow_and_ill_conditioned_automatic_degrees_war
     P = Q.ChebyshevPreconditioner(E, x, None, x, 1000)
     assert P.degree == 1000 and 0.0 <= P.accuracy < 1e-300
     weak = (K.Unary(weight=1e-3) + K.Pairwise(channels=1)).double()
-    with pytest.warns(ec.solvers.SolverWarning, match="needs degree .* precondition='fft' is likely cheaper"):
-        P = Q.ChebyshevPreconditioner(weak, x, None, x)
+    for _ in range(2):  # every time (the polynomial's numbers are memoised, the warning is not)
+        with pytest.warns(ec.solvers.SolverWarning, match="needs degree .* precondition='fft' is likely cheaper"):
+            P = Q.ChebyshevPreconditioner(weak, x, None, x)
     assert P.degree > Q.CHEBYSHEV_WARN_DEGREE and P.accuracy <= Q.CHEBYSHEV_ACCURACY
     assert Q.chebyshev_accuracy(2.0, 3) == pytest.approx(1 / 26)  # T_3(2) = 4 * 8 - 3 * 2
 

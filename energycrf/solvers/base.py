@@ -60,22 +60,35 @@ def check_start(y0: Any, x: Tensor) -> str | None:
 
 def sample_norm(a: Tensor) -> Tensor:
     """Per-sample Euclidean norm of a ``[B, ...]`` tensor -> ``[B]``."""
-    return a.flatten(1).norm(dim=1)
+    return torch.linalg.vector_norm(a, dim=tuple(range(1, a.dim())))
+
+
+def check_divergence_limits(rise_tol: Any, blowup: Any) -> None:
+    """``rise_tol`` and ``blowup`` of :meth:`Solver.solve`: positive numbers (``inf`` switches a test
+    off), or a ``ValueError`` naming the option."""
+    for name, value in (("rise_tol", rise_tol), ("blowup", blowup)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{name}: expected a positive number (inf to switch the test off), got {value!r}")
 
 
 def _host(*values: Tensor) -> np.ndarray:
     """``[len(values), B]`` float64 on the host: per-sample scalars in one transfer."""
-    return torch.stack([v.detach() for v in values]).to(device="cpu", dtype=torch.float64).numpy()
+    stacked = torch.stack(values)
+    if stacked.requires_grad:
+        stacked = stacked.detach()
+    if stacked.dtype in (torch.float32, torch.float64):  # numpy widens these on the host
+        return stacked.cpu().numpy().astype(np.float64)
+    return stacked.to(device="cpu", dtype=torch.float64).numpy()
 
 
-def _host_mask(mask: Tensor) -> np.ndarray:
-    """A ``[B]`` bool tensor on the host."""
-    return mask.detach().cpu().numpy()
+def _host_mask(mask: Tensor | np.ndarray) -> np.ndarray:
+    """A ``[B]`` bool tensor (or host array) on the host."""
+    return mask if isinstance(mask, np.ndarray) else mask.detach().cpu().numpy()
 
 
 def _max_abs(a: Tensor) -> Tensor:
     """Per-sample ``max |a|`` of a ``[B, ...]`` tensor -> ``[B]`` (one pass; NaN if any entry is)."""
-    return a.flatten(1).abs().amax(1)  # (vector_norm with ord=inf is ~20x slower on CPU)
+    return a.abs().amax(tuple(range(1, a.dim())))  # (vector_norm with ord=inf is ~20x slower on CPU)
 
 
 def accepted_point(problem: "Problem", y: Tensor, e: Tensor, g: Tensor, y_try: Tensor, e_try: Tensor,
@@ -237,18 +250,23 @@ class StepOutput:
     ``grad`` may be left ``None`` (the driver computes it). ``accepted[b]`` is False when
     the step was rejected for sample ``b`` (it did not move): energy-change convergence
     is not judged on such a step. ``stalled`` / ``diverged`` let a method give up on a
-    sample with a reason; ``done`` marks samples the step solved exactly.
+    sample with a reason; ``done`` marks samples the step solved exactly. The masks are
+    ``[B]`` bool tensors or host (numpy) arrays, whichever the step has. ``host``: the
+    driver's per-sample scalars of the returned point when the step has them on the host
+    already, float64 ``[3, B]``: energy, gradient norm and ``max |y|`` (then the driver
+    transfers nothing).
     """
 
     y: Tensor
     energy: Tensor
     grad: Tensor | None = None
-    accepted: Tensor | None = None
-    stalled: Tensor | None = None
+    accepted: Tensor | np.ndarray | None = None
+    stalled: Tensor | np.ndarray | None = None
     stall_reason: str = "no step lowered the energy"
-    diverged: Tensor | None = None
+    diverged: Tensor | np.ndarray | None = None
     diverge_reason: str = "the energy is unbounded below"
-    done: Tensor | None = None
+    done: Tensor | np.ndarray | None = None
+    host: np.ndarray | None = None
 
 
 # ----------------------------------------------------------------------------------------
@@ -342,6 +360,7 @@ class Solver:
         gtol = (1e-5 if x.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-8) if gtol is None else float(gtol)
         if tol < 0 or gtol < 0:
             raise ValueError(f"tol, gtol: expected non-negative numbers, got tol={tol}, gtol={gtol}")
+        check_divergence_limits(rise_tol, blowup)
         if well_posed not in ("warn", "raise", "ignore"):
             raise ValueError(f"well_posed: expected 'warn', 'raise' or 'ignore', got {well_posed!r}")
         if well_posed != "ignore" and hasattr(E, "check_well_posed"):
@@ -373,7 +392,7 @@ class Solver:
         iters = np.zeros(B, dtype=np.int64)
         e0, e_min, g0n = e_np, e_np.copy(), gn_np
         tiny = torch.finfo(e.dtype).tiny
-        lim = blowup * (1.0 + _host(_max_abs(x.detach()), _max_abs(y0.detach())).sum(0))
+        lim = None  # the blow-up limit: computed once some max|y| passes blowup, its lower bound
         no_sample = np.zeros(B, dtype=bool)
 
         def stop(mask: np.ndarray, st: str, why: str, it: int) -> None:
@@ -393,14 +412,18 @@ class Solver:
             out = self.step(problem, y, e, g, state)
             y_new, e_new = out.y, out.energy
             g_new = out.grad if out.grad is not None else problem.grad(y_new)
-            e_new_np, gn_new_np, y_max = _host(e_new, sample_norm(g_new), _max_abs(y_new))  # NaN/inf where any entry is
+            # energy, gradient norm and max |y| (NaN/inf where any entry is)
+            at_new = _host(e_new, sample_norm(g_new), _max_abs(y_new)) if out.host is None else out.host
+            e_new_np, gn_new_np, y_max = at_new
             acc = True if out.accepted is None else _host_mask(out.accepted)
             own_div = no_sample if out.diverged is None else _host_mask(out.diverged)
             done = no_sample if out.done is None else _host_mask(out.done)
 
             with np.errstate(invalid="ignore", over="ignore"):  # NaN and inf are judged below, not warned about
-                finite = np.isfinite(e_new_np) & np.isfinite(y_max) & np.isfinite(gn_new_np)
-                runaway = finite & (y_max > lim)
+                finite = np.isfinite(at_new).all(0)
+                if lim is None and (y_max > blowup).any():
+                    lim = blowup * (1.0 + _host(_max_abs(x.detach()), _max_abs(y0.detach())).sum(0))
+                runaway = no_sample if lim is None else finite & (y_max > lim)
                 scale = np.abs(e_min) + np.abs(e0 - e_min) + eps**0.5
                 rise = finite & (e_new_np - e_min > rise_tol * scale)
                 div = active & (~finite | runaway | rise | own_div)

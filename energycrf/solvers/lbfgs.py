@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import (Problem, Solver, StepOutput, _host, accepted_point, check_start, report_outcome, sample_dot,
-                   sample_norm)
+from .base import (Problem, Solver, StepOutput, _host, _max_abs, accepted_point, check_divergence_limits, check_start,
+                   report_outcome, sample_dot, sample_norm)
 from .quadratic import Preconditioned, check_refine, make_preconditioner, quadratic_start
 from .result import SolveResult
 
@@ -102,6 +102,7 @@ class LBFGS(Preconditioned, Solver):
         if pending is None:
             return
         y_old, y_new, g_old, g_new, ok, Pg_old = pending
+        ok = _device_mask(ok, y_new)  # the samples whose step was accepted (host mask)
         s, qv = y_new - y_old, g_new - g_old
         sq = sample_dot(s, qv)
         valid = ok & (sq > torch.finfo(s.dtype).eps * sample_norm(s) * sample_norm(qv))
@@ -151,14 +152,16 @@ class LBFGS(Preconditioned, Solver):
         alpha = np.ones_like(e_h)
         if state["gamma"] is None and state["P"] is None:  # first step without any scale
             alpha = np.minimum(1.0 / np.maximum(_host(g.flatten(1).abs().sum(1))[0], torch.finfo(y.dtype).tiny), 1.0)
-        with np.errstate(invalid="ignore", over="ignore"):
-            roundoff = (-alpha * gd) <= 16 * eps * np.abs(e_h)
-        y_try = torch.add(y, d) if (alpha == 1.0).all() else torch.addcmul(y, _col(_device_values(alpha, y)), d)
+            y_try = torch.addcmul(y, _col(_device_values(alpha, y)), d)
+        else:
+            y_try = torch.add(y, d)
         e_try_t, g_try = problem.energy_and_grad(y_try)  # the unit step usually passes: its gradient is ready
-        (e_try,) = _host(e_try_t)
+        # with the driver's scalars of the point (its gradient norm and max |y|): one transfer
+        at_try = _host(e_try_t, sample_norm(g_try), _max_abs(y_try))
+        e_try = at_try[0]
         with np.errstate(invalid="ignore", over="ignore"):
             ok = e_try <= e_h + self.c1 * alpha * gd
-        first_ok = ok
+        first_ok, alpha0 = ok, alpha
         for _ in range(self.max_backtracks):
             if ok.all():
                 break
@@ -174,19 +177,21 @@ class LBFGS(Preconditioned, Solver):
             (e_try,) = _host(e_try_t)
             with np.errstate(invalid="ignore", over="ignore"):
                 ok = e_try <= e_h + self.c1 * alpha * gd
-        if first_ok.all():
-            y_new, e_new, g_new = y_try, e_try_t, g_try
-        else:
-            y_new, e_new, g_new = accepted_point(problem, y, e, g, y_try, e_try_t, g_try,
-                                                 _device_mask(first_ok, y), _device_mask(ok, y))
+        if first_ok.all():  # the usual case: the unit step, all accepted, its scalars already here
+            state["pending"] = (y, y_try, g, g_try, ok, Pg)
+            return StepOutput(y=y_try, energy=e_try_t, grad=g_try, host=at_try)
+        y_new, e_new, g_new = accepted_point(problem, y, e, g, y_try, e_try_t, g_try,
+                                             _device_mask(first_ok, y), _device_mask(ok, y))
         if ok.any():
-            state["pending"] = (y, y_new, g, g_new, _device_mask(ok, y), Pg)
+            state["pending"] = (y, y_new, g, g_new, ok, Pg)
+        with np.errstate(invalid="ignore", over="ignore"):
+            roundoff = (-alpha0 * gd) <= 16 * eps * np.abs(e_h)  # no decrease to find: a stop, not a stall
         return StepOutput(
             y=y_new,
             energy=e_new,
             grad=g_new,
-            accepted=torch.from_numpy(ok | roundoff),
-            stalled=torch.from_numpy(~ok & ~roundoff),
+            accepted=ok | roundoff,
+            stalled=~ok & ~roundoff,
             stall_reason=f"the line search found no decrease in {self.max_backtracks} trials",
         )
 
@@ -286,6 +291,7 @@ class ScipyLBFGS(Solver):
         Problem(E, x, c)  # validates the arguments
         if on_diverge not in ("warn", "raise", "ignore"):
             raise ValueError(f"on_diverge: expected 'warn', 'raise' or 'ignore', got {on_diverge!r}")
+        check_divergence_limits(rise_tol, blowup)
         start_name = check_start(y0, x)
         if start_name is not None:
             y0 = None

@@ -140,3 +140,24 @@ def test_driver_rules_per_sample_against_scripted_steps():
     torch.testing.assert_close(res.energies[:, 0], torch.tensor([0.0, -10.0, -9.0, -9.0], dtype=F64))
     torch.testing.assert_close(res.energies[:, 3], torch.tensor([0.0, -1.0, -2.0, -3.0], dtype=F64))
     assert bool(torch.isfinite(res.y).all())
+
+
+def test_the_blow_up_limit_is_relative_to_x_and_the_start():
+    """A sample runs away when ``max |y| > blowup (1 + max |x| + max |y0|)``: past ``blowup`` alone
+    is not enough (samples 0 and 2), past the limit is (samples 1 and 3, each by its own x)."""
+    x = torch.tensor([1.0, 1.0, 2.0, 2.0], dtype=F64).view(4, 1, 1, 1).expand(4, 1, 2, 2).contiguous()
+    E = ec.energies.Unary(weight=1.0).double()
+    energy, scale = [[-1.0, -1.0, -1.0, -1.0]], [[25.0, 31.0, 20.0, 26.0]]  # limits 30, 30, 50, 50
+    res = _Scripted(energy, scale, [1.0]).solve(E, x, max_iters=1, tol=0.0, gtol=0.0, blowup=10.0,
+                                               on_diverge="ignore")
+    assert res.status == ["max_iters", "diverged", "max_iters", "diverged"]
+    assert "ran away" in res.reason[1] and "ran away" in res.reason[3]
+
+
+@pytest.mark.parametrize("method", ["gradient_descent", "scipy_lbfgs"])
+@pytest.mark.parametrize("option", ["rise_tol", "blowup"])
+@pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), True, "1e6", None])
+def test_rise_tol_and_blowup_must_be_positive_numbers(method, option, value):
+    x = torch.ones(1, 1, 2, 2, dtype=F64)
+    with pytest.raises(ValueError, match=f"{option}: expected a positive number"):
+        ec.solve(ec.energies.Unary().double(), x, method=method, **{option: value})

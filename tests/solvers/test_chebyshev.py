@@ -76,6 +76,21 @@ def test_convexity_margin_and_curvature_bound_enclose_the_hessian_spectrum(param
         assert float(lam.max()) <= upper * (1 + 1e-10) + 1e-12
 
 
+class _Bound(torch.nn.Module):
+    def __init__(self, kernel):
+        super().__init__()
+        self.kernel = kernel
+
+    def forward(self, height, width):
+        return self.kernel.laplacian_bound(height, width)
+
+
+def _bound_with(kernel, params, height, width):
+    """``kernel.laplacian_bound`` with its parameters replaced by ``params`` (``torch.func.functional_call``)."""
+    own = {f"kernel.{k}": v for k, v in params.items() if k != "unused"}
+    return torch.func.functional_call(_Bound(kernel), own, (height, width))
+
+
 @given(radius=st.integers(1, 3), extra_h=st.integers(0, 6), extra_w=st.integers(0, 6),
        boundary=st.sampled_from(["zeros", "circular"]), sigma=st.floats(0.5, 3.0), strength=st.floats(0.1, 5.0),
        learnable=st.booleans())
@@ -96,6 +111,15 @@ def test_local_kernel_laplacian_bound_is_the_circulant_maximum(radius, extra_h, 
         assert bound == pytest.approx(lam, rel=1e-10, abs=1e-12)
     else:
         assert lam <= bound * (1 + 1e-12)
+    # inside a torch.func transform, where learnable taps are wrapped tensors without a host copy: the same bound
+    inside = []
+
+    def total(params):
+        inside.append(_bound_with(kernel, params, H, W))
+        return sum(p.sum() for p in params.values()) + torch.zeros((), dtype=F64)
+
+    torch.func.grad(total)({**dict(kernel.named_parameters()), "unused": torch.zeros((), dtype=F64)})
+    assert inside[0] == pytest.approx(bound, rel=1e-12)
     small = K.LocalKernel(radius=radius, sigma=sigma, strength=strength).double()  # a window larger than the image
     Ws = small.dense(s - 1, s + 1).detach()
     assert small.laplacian_bound(s - 1, s + 1) == pytest.approx(2 * float(Ws.sum(1).max()))

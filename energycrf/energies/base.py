@@ -615,7 +615,15 @@ class SumEnergy(Energy):
     requires_condition = property(lambda self: any(t.requires_condition for t in self.terms))  # type: ignore[assignment]
     is_quadratic = property(lambda self: all(t.is_quadratic for t in self.terms))  # type: ignore[assignment]
     periodic = property(lambda self: any(t.periodic for t in self.terms))  # type: ignore[assignment]
-    translation_invariant = property(lambda self: all(t.translation_invariant for t in self.terms))  # type: ignore[assignment]
+
+    @property
+    def translation_invariant(self) -> bool:  # type: ignore[override]
+        """Every term's, and with global coupling every term periodic: a zero-boundary term is the
+        same stencil only at sites farther than its radius from the border, and global coupling
+        (a circular long-range term) leaves no site of which the whole stencil is that far."""
+        if not all(t.translation_invariant for t in self.terms):
+            return False
+        return self.interaction_radius is not None or all(t.periodic for t in self.terms)
 
     @property
     def interaction_radius(self) -> int | None:  # type: ignore[override]

@@ -121,6 +121,26 @@ def test_sums_are_flat_and_indexable():
         s[1.5]
 
 
+@pytest.mark.parametrize("global_boundary, local_boundary, invariant", [
+    ("circular", "zeros", False),  # global coupling with a zero-boundary term: no interior site (the regression)
+    ("circular", "circular", True),
+    (None, "zeros", True),  # local terms only: the same stencil away from the border
+])
+def test_a_sums_translation_invariance_needs_wrap_around_with_global_coupling(global_boundary, local_boundary,
+                                                                             invariant):
+    """Checked by the conformance suite's stencil comparison too (``check_translation_invariance``)."""
+    from energycrf.testing.conformance import check_translation_invariance
+    from energycrf.testing.registry import Case
+
+    terms = [K.Pairwise(channels=1, kernel=K.LocalKernel(radius=1, boundary=local_boundary)),
+             K.Pairwise(channels=1, kernel=K.LocalKernel(radius=2, sigma=0.8, boundary="circular"))]
+    if global_boundary is not None:
+        terms.append(K.Pairwise(channels=1, kernel=K.LongRangeKernel(sigma=3.0, weight=0.1, boundary=global_boundary)))
+    E = ec.energies.SumEnergy(terms).double()
+    assert E.translation_invariant is invariant
+    check_translation_invariance(lambda case: E, Case(batch=1, channels=1, height=5, width=5))
+
+
 def test_scaling_composes_and_stays_flat():
     a, b, _ = _three()
     s = 2 * (a + b)

@@ -369,19 +369,17 @@ class HessianOperator:
         self.diagonal, self.rest = diagonal, rest
 
     def __call__(self, v: Tensor, scale: float = 1.0, shift: float | Tensor = 0.0) -> Tensor:
-        if isinstance(shift, Tensor):  # a diagonal shift: one pass with the diagonal
-            diagonal = shift if self.diagonal is None else scale * self.diagonal + shift
-            return v * diagonal if self.rest is None else self.rest(v, scale).addcmul_(diagonal, v)
+        shifted = isinstance(shift, Tensor) or shift != 0
         if self.rest is None:
             if self.diagonal is None:
-                return v * shift if shift else torch.zeros_like(v)
+                return v * shift if shifted else torch.zeros_like(v)
             return v * (scale * self.diagonal + shift)
         out = self.rest(v, scale)
+        if not shifted:
+            return out if self.diagonal is None else out.addcmul_(self.diagonal, v, value=scale)
         if self.diagonal is None:
-            return out.add_(v, alpha=shift) if shift else out
-        if shift:  # one pass either way: the shift joins the (small) diagonal
-            return out.addcmul_(scale * self.diagonal + shift, v)
-        return out.addcmul_(self.diagonal, v, value=scale)
+            return out.addcmul_(shift, v) if isinstance(shift, Tensor) else out.add_(v, alpha=shift)
+        return out.addcmul_(scale * self.diagonal + shift, v)  # one pass: the shift joins the (small) diagonal
 
     @staticmethod
     def of_product(product) -> "HessianOperator":
@@ -617,6 +615,12 @@ class SumEnergy(Energy):
     periodic = property(lambda self: any(t.periodic for t in self.terms))  # type: ignore[assignment]
 
     @property
+    def quadratic_anchor(self) -> str | None:  # type: ignore[override]
+        """The terms' common anchor, or ``None`` when they differ."""
+        anchors = {t.quadratic_anchor for t in self.terms}
+        return anchors.pop() if len(anchors) == 1 else None
+
+    @property
     def translation_invariant(self) -> bool:  # type: ignore[override]
         """Every term's, and with global coupling every term periodic: a zero-boundary term is the
         same stencil only at sites farther than its radius from the border, and global coupling
@@ -687,11 +691,6 @@ class SumEnergy(Energy):
     def breakdown(self, y, x, c=None):
         c = self.validate(y, x, c)
         return {name: t.energy(y, x, c) for name, t in zip(self.names, self.terms)}
-
-    @property
-    def quadratic_anchor(self):  # type: ignore[override]
-        anchors = {t.quadratic_anchor for t in self.terms}
-        return anchors.pop() if len(anchors) == 1 else None
 
     def convexity_margin(self, c=None):
         margins = [t.convexity_margin(c) for t in self.terms]

@@ -166,12 +166,10 @@ class LocalKernel(SpatialKernel):
         if 2 * self.radius + 1 > min(height, width):
             return super().laplacian_bound(height, width)
         k = self.weights().detach()
-        if torch._C._functorch.maybe_current_level() is not None:  # inside a transform: no host copy
-            k = k.to(torch.float64)
-            stencil = -k
-            stencil[self.radius, self.radius] = k.sum()
-            return float(window_spectrum(stencil, height, width, real=True).amax())
-        k = k.cpu().numpy().astype(np.float64)  # 25 numbers: on the host, in numpy (half the time)
+        # 25 numbers: on the host, in numpy (half the time); inside a torch.func transform, whose
+        # wrapped tensors have no host copy, in torch
+        in_transform = torch._C._functorch.maybe_current_level() is not None
+        k = k.to(torch.float64) if in_transform else k.cpu().numpy().astype(np.float64)
         stencil = -k
         stencil[self.radius, self.radius] = k.sum()
         return float(window_spectrum(stencil, height, width, real=True).max())

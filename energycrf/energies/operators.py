@@ -103,9 +103,8 @@ class SharedCorrelation:
         self.r, self.n = size // 2, B * C
         self.bands = 1
         if (torch.device(device).type == "cpu" and dtype != torch.float64 and self.n < CHANNEL_BLOCK
-                and self.n * H * W * size * size >= BAND_WORK):
-            self.bands = min(CHANNEL_BLOCK // self.n, H // (4 * self.r) if self.r else H)  # halos at most half a band
-        self.bands = max(self.bands, 1)
+                and self.n * H * W * size * size >= BAND_WORK):  # halos at most half a band
+            self.bands = max(1, min(CHANNEL_BLOCK // self.n, H // (4 * self.r) if self.r else H))
         self.rows = -(-H // self.bands)  # the last band may reach past the image: zero rows, cropped below
 
     def weight(self, window: Tensor) -> Tensor:

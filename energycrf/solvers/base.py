@@ -86,6 +86,16 @@ def _host_mask(mask: Tensor | np.ndarray) -> np.ndarray:
     return mask if isinstance(mask, np.ndarray) else mask.detach().cpu().numpy()
 
 
+def _device_mask(mask: np.ndarray, like: Tensor) -> Tensor:
+    """A host bool array as a ``[B]`` tensor on ``like``'s device."""
+    return torch.from_numpy(mask).to(like.device)
+
+
+def _device_values(values: np.ndarray, like: Tensor) -> Tensor:
+    """Host float64 values as a ``[B]`` tensor of ``like``'s dtype and device."""
+    return torch.from_numpy(values).to(dtype=like.dtype, device=like.device)
+
+
 def _max_abs(a: Tensor) -> Tensor:
     """Per-sample ``max |a|`` of a ``[B, ...]`` tensor -> ``[B]`` (one pass; NaN if any entry is)."""
     return a.abs().amax(tuple(range(1, a.dim())))  # (vector_norm with ord=inf is ~20x slower on CPU)
@@ -451,7 +461,7 @@ class Solver:
                 y, g, e = y_new, g_new, e_new
                 e_np, gn_np = e_new_np, gn_new_np
             else:
-                ok_t = torch.from_numpy(ok).to(dev)
+                ok_t = _device_mask(ok, y)
                 m4 = _bcast(ok_t, y)
                 y = torch.where(m4, y_new, y)
                 g = torch.where(m4, g_new, g)

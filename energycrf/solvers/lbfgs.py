@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import (Problem, Solver, StepOutput, _host, _max_abs, accepted_point, check_divergence_limits, check_start,
-                   report_outcome, sample_dot, sample_norm)
+from .base import (Problem, Solver, StepOutput, _device_mask, _device_values, _host, _max_abs, accepted_point,
+                   check_divergence_limits, check_start, report_outcome, sample_dot, sample_norm)
 from .quadratic import Preconditioned, check_refine, make_preconditioner, quadratic_start
 from .result import SolveResult
 
@@ -194,16 +194,6 @@ class LBFGS(Preconditioned, Solver):
             stalled=~ok & ~roundoff,
             stall_reason=f"the line search found no decrease in {self.max_backtracks} trials",
         )
-
-
-def _device_mask(mask: np.ndarray, like: Tensor) -> Tensor:
-    """A host bool array as a ``[B]`` tensor on ``like``'s device."""
-    return torch.from_numpy(mask).to(like.device)
-
-
-def _device_values(values: np.ndarray, like: Tensor) -> Tensor:
-    """Host float64 values as a ``[B]`` tensor of ``like``'s dtype and device."""
-    return torch.from_numpy(values).to(dtype=like.dtype, device=like.device)
 
 
 class TorchLBFGS(Solver):

@@ -732,9 +732,11 @@ def quadratic_start(problem: Problem, operator: ChebyshevPreconditioner | None =
     with ``P`` the inverse circulant of :class:`SpectralPreconditioner` and
     :data:`QUADRATIC_START_REFINE` Richardson steps for the zero boundary (exact when the
     quadratic part is circular), or the given ``operator`` (the
-    :class:`ChebyshevPreconditioner` of a solver that uses it, so that no FFT spectrum is built). Starting the Richardson iteration from ``x`` leaves a boundary
-    error of the size of the noise, not of the image (``P b`` from zero is ten times worse on
-    the solver benchmark). The other terms are a perturbation of this denoised start, so
+    :class:`ChebyshevPreconditioner` of a solver that uses it, so that no FFT spectrum is built;
+    the gradient is then one product of its prepared operator, :func:`gradient_at_data`).
+    Starting the Richardson iteration from ``x`` leaves a boundary error of the size of the
+    noise, not of the image (``P b`` from zero is ten times worse on the solver benchmark).
+    The other terms are a perturbation of this denoised start, so
     their gradient there is close to the one at the minimum: on the solver benchmark one
     L-BFGS iteration from it goes further than two from ``x``. Costs one gradient of the
     quadratic terms, the Richardson steps, and the spectrum's set-up (which L-BFGS with
@@ -744,9 +746,9 @@ def quadratic_start(problem: Problem, operator: ChebyshevPreconditioner | None =
     x = problem.x.detach()
     with torch.no_grad():
         P._count(1)
-        grad_q = P._E.grad(x, x, problem.c) if operator is None else gradient_at_data(P._E, P._hessian, x, problem.c)
-        step = P(grad_q, refine=QUADRATIC_START_REFINE) if operator is None else P(grad_q)
-        return torch.sub(x, step)
+        if operator is None:
+            return torch.sub(x, P(P._E.grad(x, x, problem.c), refine=QUADRATIC_START_REFINE))
+        return torch.sub(x, P(gradient_at_data(P._E, P._hessian, x, problem.c)))
 
 
 def gradient_at_data(E_quadratic: Any, hessian: HessianOperator, x: Tensor, c: Tensor | None) -> Tensor:
@@ -768,12 +770,10 @@ def gradient_at_data(E_quadratic: Any, hessian: HessianOperator, x: Tensor, c: T
     at_data = [t._hessian_operator(x, c) for t, a in zip(terms, anchors) if a == "data"]
     if not at_data:
         return hessian(x)
-    if any(op.rest is not None or op.diagonal is None for op in at_data):
+    D = HessianOperator.sum(at_data)
+    if D.rest is not None or D.diagonal is None:
         return E_quadratic.grad(x, x, c)
-    shift = at_data[0].diagonal
-    for op in at_data[1:]:
-        shift = shift + op.diagonal
-    return hessian(x, 1.0, -shift)
+    return hessian(x, 1.0, -D.diagonal)
 
 
 def _require_quadratic(problem: Problem, name: str) -> None:

@@ -380,3 +380,30 @@ def test_torch_lbfgs_pays_torch_optims_first_use_when_made_not_when_solving(monk
     assert len(made) == 1
     res = solver.solve(quadratic_energy(1), _x(B=1, C=1, H=6, W=6), max_iters=3)
     assert len(made) == 2 and made[1]["max_iter"] == 1 and res.num_iterations >= 1
+
+
+@pytest.mark.parametrize("precondition", ["chebyshev", "fft", "blocks"])
+def test_the_host_scalars_a_step_hands_the_driver_are_those_of_its_point(precondition):
+    """L-BFGS hands the driver its accepted unit step's energy, gradient norm and max |y|
+    (``StepOutput.host``): they equal those of the returned point, and the result's histories
+    equal those of every iterate (``callback``), computed here independently."""
+    from energycrf.solvers.api import get_solver
+    from energycrf.solvers.base import Problem
+
+    E = convex_energy(channels=2)
+    x = _x(B=3, C=2, H=7, W=6, seed=5)
+    solver = get_solver("lbfgs", precondition=precondition)
+    problem = Problem(E, x)
+    y = x + 0.3
+    e, g = problem.energy_and_grad(y)
+    out = solver.step(problem, y, e, g, solver.init_state(problem, y, e, g))
+    assert out.host is not None  # the unit step was accepted for every sample
+    expected = torch.stack([E(out.y, x), E.grad(out.y, x).flatten(1).norm(dim=1), out.y.flatten(1).abs().amax(1)])
+    np.testing.assert_allclose(out.host, expected.detach().numpy(), rtol=1e-12, atol=1e-12)
+
+    iterates = [x.clone()]
+    res = ec.solve(E, x, method="lbfgs", precondition=precondition, max_iters=4, tol=0.0, gtol=0.0,
+                   callback=lambda t, y, e: iterates.append(y.clone()))
+    norms = torch.stack([E.grad(yt, x).flatten(1).norm(dim=1) for yt in iterates])
+    torch.testing.assert_close(res.grad_norms, norms, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(res.energies, torch.stack([E(yt, x) for yt in iterates]), rtol=1e-12, atol=1e-12)

@@ -365,8 +365,9 @@ class HessianOperator:
     or a diagonal (a tensor broadcastable to ``v``: ``(s H + diag(t)) v``). The result is always a
     new tensor."""
 
-    def __init__(self, diagonal: Tensor | None, rest):
+    def __init__(self, diagonal: Tensor | None, rest, parts: list["HessianOperator"] | None = None):
         self.diagonal, self.rest = diagonal, rest
+        self.parts = parts  # a sum's operators, one per term (:meth:`sum`), else None
 
     def __call__(self, v: Tensor, scale: float = 1.0, shift: float | Tensor = 0.0) -> Tensor:
         shifted = isinstance(shift, Tensor) or shift != 0
@@ -393,14 +394,15 @@ class HessianOperator:
 
     @staticmethod
     def sum(operators: list["HessianOperator"]) -> "HessianOperator":
-        """The sum: diagonals added once, the rests' products added into the first one's."""
+        """The sum: diagonals added once, the rests' products added into the first one's (the
+        operators stay available as :attr:`parts`)."""
         diagonal = None
         for op in operators:
             if op.diagonal is not None:
                 diagonal = op.diagonal if diagonal is None else diagonal + op.diagonal
         rests = [op.rest for op in operators if op.rest is not None]
-        if not rests:
-            return HessianOperator(diagonal, None)
+        if len(rests) <= 1:
+            return HessianOperator(diagonal, rests[0] if rests else None, list(operators))
 
         def rest(v: Tensor, scale: float) -> Tensor:
             out = rests[0](v, scale)
@@ -408,7 +410,7 @@ class HessianOperator:
                 out.add_(other(v, scale))
             return out
 
-        return HessianOperator(diagonal, rest)
+        return HessianOperator(diagonal, rest, list(operators))
 
 
 class ScaledEnergy(Energy):

@@ -13,6 +13,8 @@ degree :math:`d_i = \sum_j W^s_{ij}`.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -166,13 +168,12 @@ class LocalKernel(SpatialKernel):
         if 2 * self.radius + 1 > min(height, width):
             return super().laplacian_bound(height, width)
         k = self.weights().detach()
-        # 25 numbers: on the host, in numpy (half the time); inside a torch.func transform, whose
-        # wrapped tensors have no host copy, in torch
-        in_transform = torch._C._functorch.maybe_current_level() is not None
-        k = k.to(torch.float64) if in_transform else k.cpu().numpy().astype(np.float64)
-        stencil = -k
-        stencil[self.radius, self.radius] = k.sum()
-        return float(window_spectrum(stencil, height, width, real=True).max())
+        # 25 numbers: on the host, in numpy, a memoised function of their values; inside a
+        # torch.func transform, whose wrapped tensors have no host copy, in torch
+        if torch._C._functorch.maybe_current_level() is None:
+            taps = k.cpu().numpy().astype(np.float64)
+            return _laplacian_bound_of_taps(taps.tobytes(), taps.shape[-1], height, width)
+        return float(_laplacian_spectrum(k.to(torch.float64), self.radius, height, width).max())
 
     def degree(self, height, width, dtype, device):
         k = self.weights().to(dtype=dtype, device=device)
@@ -291,6 +292,22 @@ class DenseKernel(SpatialKernel):
 
     def extra_repr(self):
         return f"n={self.matrix.shape[0]}"
+
+
+def _laplacian_spectrum(k, radius: int, height: int, width: int):
+    r"""The spectrum :math:`\sum_o k(o) (1 - \cos \omega^\top o)` of the Laplacian stencil of the
+    window ``k`` (float64, numpy or torch) on the ``height x width`` frequency grid."""
+    stencil = -k
+    stencil[radius, radius] = k.sum()
+    return window_spectrum(stencil, height, width, real=True)
+
+
+@functools.lru_cache(maxsize=256)
+def _laplacian_bound_of_taps(taps: bytes, size: int, height: int, width: int) -> float:
+    """:meth:`LocalKernel.laplacian_bound` of the float64 taps given by their bytes: a pure
+    function of these numbers, memoised (a solver asks for it at every solve)."""
+    k = np.frombuffer(taps, dtype=np.float64).reshape(size, size)
+    return float(_laplacian_spectrum(k, size // 2, height, width).max())
 
 
 @grid_constant

@@ -104,13 +104,17 @@ def test_local_kernel_laplacian_bound_is_the_circulant_maximum(radius, extra_h, 
             kernel.raw_weights.add_(0.3 * torch.randn(kernel.raw_weights.shape, generator=torch.Generator().manual_seed(radius), dtype=F64))
     s = 2 * radius + 1
     H, W = s + extra_h, s + extra_w
-    Wm = kernel.dense(H, W).detach()
-    lam = float(torch.linalg.eigvalsh(torch.diag(Wm.sum(1)) - Wm).max())
-    bound = kernel.laplacian_bound(H, W)
-    if boundary == "circular":
-        assert bound == pytest.approx(lam, rel=1e-10, abs=1e-12)
-    else:
-        assert lam <= bound * (1 + 1e-12)
+    for change in range(2):  # then the taps changed in place: the (memoised) bound follows their values
+        if change:
+            with torch.no_grad():
+                (kernel.raw_weights if learnable else kernel.fixed_weights).mul_(1.7)
+        Wm = kernel.dense(H, W).detach()
+        lam = float(torch.linalg.eigvalsh(torch.diag(Wm.sum(1)) - Wm).max())
+        bound = kernel.laplacian_bound(H, W)
+        if boundary == "circular":
+            assert bound == pytest.approx(lam, rel=1e-10, abs=1e-12)
+        else:
+            assert lam <= bound * (1 + 1e-12)
     # inside a torch.func transform, where learnable taps are wrapped tensors without a host copy: the same bound
     inside = []
 
@@ -280,13 +284,25 @@ def test_gradient_at_data_is_one_product_of_the_prepared_operator(params, extra_
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10 * (1 + float(ref.abs().max())))
 
 
+class OwnOperatorSum(ec.energies.SumEnergy):
+    """A sum whose prepared operator is its bare product: no per-term parts to pick from."""
+
+    def _hessian_operator(self, x, c):
+        return ec.energies.base.HessianOperator.of_product(lambda v: self._hessian_vector_product(x, x, c, v))
+
+
 @pytest.mark.parametrize("make, product", [
     (lambda: K.Unary(weight=0.7) + AnchoredBoxSmooth(0.5), True),  # a user term anchored at zero
     (lambda: K.Unary(weight=0.7) + BoxSmooth(0.5), False),  # no anchor: the energy's gradient
-    (lambda: AnchoredSiteUnary(5, 6) + K.Pairwise(channels=2), False),  # at the data, not diagonal
+    (lambda: AnchoredSiteUnary(5, 6) + K.Pairwise(channels=2), True),  # at the data (not diagonal): nothing at x
     (lambda: K.Unary(weight=[0.5, 2.0]) + 2.0 * K.Unary(weight=0.3), True),  # data only: zero, no product
+    (lambda: AnchoredSiteUnary(5, 6), True),  # one term at the data: zero
+    (lambda: K.Pairwise(channels=2), True),  # one term at zero: its own operator
+    (lambda: OwnOperatorSum([K.Unary(weight=0.7), K.Pairwise(channels=2)]), False),  # no parts: the gradient
 ])
 def test_gradient_at_data_falls_back_to_the_gradient(make, product):
+    """The zero-anchored terms' own operators give the gradient at the data (data-anchored terms
+    add nothing there, diagonal or not); without anchors or per-term operators, the gradient."""
     E = make().double()
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 2, 5, 6, generator=g, dtype=F64)
@@ -295,6 +311,41 @@ def test_gradient_at_data_falls_back_to_the_gradient(make, product):
         got = Q.gradient_at_data(E, E._hessian_operator(x, None), x, None)
     assert grad.called != product
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_a_sum_of_prepared_operators_keeps_its_parts():
+    """``HessianOperator.sum`` applies the sum, and keeps the operators it was made of."""
+    E = (K.Unary(weight=[0.5, 2.0]) + K.Pairwise(channels=2) + AnchoredBoxSmooth(0.5)).double()
+    x = torch.randn(2, 2, 5, 6, generator=torch.Generator().manual_seed(4), dtype=F64)
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=F64)
+    ops = [t._hessian_operator(x, None) for t in E.terms]
+    total = ec.energies.base.HessianOperator.sum(ops)
+    assert total.parts == ops and ops[0].parts is None
+    torch.testing.assert_close(total(v, 0.3, 0.2), 0.3 * E._hessian_vector_product(x, x, None, v) + 0.2 * v,
+                               rtol=1e-12, atol=1e-12)
+    one = ec.energies.base.HessianOperator.sum(ops[1:2])  # a single rest: the same product
+    torch.testing.assert_close(one(v), E.terms[1]._hessian_vector_product(x, x, None, v), rtol=1e-12, atol=1e-12)
+
+
+def test_the_quadratic_part_of_a_sum_is_made_once_and_follows_its_terms():
+    """The sum of the quadratic terms is kept on the energy: the same module while they are its
+    terms (their parameter changes show through it), a copy's own after ``deepcopy``, a new one
+    when a term is replaced; never a submodule or state of the energy."""
+    E = K.Unary(weight=0.7) + K.Pairwise(channels=2) + K.FieldOfExperts(channels=2)
+    x = torch.randn(1, 2, 6, 6, generator=torch.Generator().manual_seed(6))
+    keys, modules = list(E.state_dict()), len(list(E.modules()))
+    part = Q.quadratic_part(E)
+    assert Q.quadratic_part(E) is part and list(part.terms) == list(E.terms)[:2]
+    assert list(E.state_dict()) == keys and len(list(E.modules())) == modules
+    before = part(x + 1, x)
+    with torch.no_grad():
+        E.terms[0].fixed_weight.mul_(2.0)
+    torch.testing.assert_close(part(x + 1, x) - before, E.terms[0](x + 1, x) / 2)
+    twin = copy.deepcopy(E)
+    twin_part = Q.quadratic_part(twin)
+    assert twin_part is not part and all(a is b for a, b in zip(twin_part.terms, list(twin.terms)[:2]))
+    E.terms[1] = K.Pairwise(channels=2, kernel=K.LocalKernel(radius=1))
+    assert Q.quadratic_part(E) is not part and Q.quadratic_part(E).terms[1] is E.terms[1]
 
 
 @given(params=energies, extra=st.integers(0, 4), degree=st.integers(1, 5))

@@ -118,6 +118,7 @@ class LBFGS(Preconditioned, Solver):
         state["gamma"] = gam if state["gamma"] is None else torch.where(valid, gam, state["gamma"])
 
     def _direction(self, state: Any, g: Tensor, Pg: Tensor) -> Tensor:
+        """The two-loop recursion's direction ``-H g`` with ``H^0 = gamma P`` (``gamma``: 1 before the first pair)."""
         pairs = state["pairs"]
         if not pairs:
             return -Pg if state["gamma"] is None else -_col(state["gamma"]) * Pg
@@ -141,20 +142,24 @@ class LBFGS(Preconditioned, Solver):
         eps = torch.finfo(y.dtype).eps
         Pg = self._P(state, g)
         self._take_pending(state, Pg)
-        d = self._direction(state, g, Pg)
+        # the direction is sign * d: without pairs or scale -P g, whose sign the slope and the
+        # trial points take (no pass to negate it)
+        plain = not state["pairs"] and state["gamma"] is None
+        d, sign = (Pg, -1.0) if plain else (self._direction(state, g, Pg), 1.0)
         # the per-sample scalars of the line search on the host, in float64 (one transfer each)
         e_h, gd = _host(e, sample_dot(g, d))
+        gd = sign * gd
         bad = ~(gd < 0)  # not a descent direction (or NaN): fall back to the preconditioned gradient
         if bad.any():
             d0 = -Pg
-            d = torch.where(_col(_device_mask(bad, y)), d0, d)
+            d, sign = torch.where(_col(_device_mask(bad, y)), d0, sign * d), 1.0
             gd = np.where(bad, _host(sample_dot(g, d0))[0], gd)
         alpha = np.ones_like(e_h)
         if state["gamma"] is None and state["P"] is None:  # first step without any scale
             alpha = np.minimum(1.0 / np.maximum(_host(g.flatten(1).abs().sum(1))[0], torch.finfo(y.dtype).tiny), 1.0)
-            y_try = torch.addcmul(y, _col(_device_values(alpha, y)), d)
+            y_try = torch.addcmul(y, _col(_device_values(sign * alpha, y)), d)
         else:
-            y_try = torch.add(y, d)
+            y_try = torch.add(y, d, alpha=sign)
         e_try_t, g_try = problem.energy_and_grad(y_try)  # the unit step usually passes: its gradient is ready
         # with the driver's scalars of the point (its gradient norm and max |y|): one transfer
         at_try = _host(e_try_t, sample_norm(g_try), _max_abs(y_try))
@@ -172,7 +177,7 @@ class LBFGS(Preconditioned, Solver):
             a_q = np.where(np.isfinite(a_q), a_q, 0.1 * alpha)
             alpha = np.where(ok, alpha, np.clip(a_q, 0.1 * alpha, 0.5 * alpha))
             ok_t = _device_mask(ok, y)
-            y_try = torch.where(_col(ok_t), y_try, y + _col(_device_values(alpha, y)) * d)
+            y_try = torch.where(_col(ok_t), y_try, y + _col(_device_values(sign * alpha, y)) * d)
             e_try_t = torch.where(ok_t, e_try_t, problem.energy(y_try))
             (e_try,) = _host(e_try_t)
             with np.errstate(invalid="ignore", over="ignore"):

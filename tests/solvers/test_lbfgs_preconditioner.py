@@ -5,6 +5,8 @@ reference minimum with one fused evaluation per accepted iteration."""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from hypothesis import strategies as st
 
 import energycrf as ec
 from energycrf.solvers.base import Problem
+from energycrf.solvers import lbfgs as lbfgs_module
 from energycrf.solvers.lbfgs import LBFGS
 from energycrf.energies.operators import window_spectrum
 from energycrf.solvers.quadratic import (SpectralPreconditioner, _floor, _floored_inverse, _place_taps,
@@ -387,7 +390,11 @@ class _ScriptedLine:
         return torch.full_like(y, -1.0)
 
 
-def test_backtracking_interpolates_and_keeps_the_trial_in_a_tenth_to_a_half_of_the_step():
+@pytest.mark.parametrize("state", [
+    {"pairs": [], "P": None, "gamma": torch.ones(5, dtype=torch.float64), "pending": None},  # d = -gamma P g formed
+    {"pairs": [], "P": torch.clone, "gamma": None, "pending": None},  # d = -P g, its sign folded into the steps
+])
+def test_backtracking_interpolates_and_keeps_the_trial_in_a_tenth_to_a_half_of_the_step(state):
     """With ``E(0) = 0`` and slope ``g^T d = -n`` (``n`` sites), a failed trial ``E(a) = v`` gives the
     quadratic's minimiser ``n a^2 / (2 (v + n a))``, kept in ``[0.1 a, 0.5 a]``; without a curvature
     (``v`` NaN) the step is halved. Samples: interpolated (``E(1) = n``: 0.25), clamped low
@@ -406,10 +413,38 @@ def test_backtracking_interpolates_and_keeps_the_trial_in_a_tenth_to_a_half_of_t
 
     solver = LBFGS(precondition="none")
     problem = _ScriptedLine(f)
-    state = {"pairs": [], "P": None, "gamma": torch.ones(5, dtype=torch.float64), "pending": None}
-    out = solver.step(problem, y, e, g, state)
+    out = solver.step(problem, y, e, g, dict(state))
     torch.testing.assert_close(problem.trials[0], torch.ones(5, dtype=torch.float64))  # the unit step
     expected = torch.tensor([0.25, 0.1, 0.5, 1.0, 0.0625], dtype=torch.float64)
     torch.testing.assert_close(out.y.flatten(1)[:, 0], expected)
     assert out.accepted.tolist() == [True] * 5
     torch.testing.assert_close(out.energy, torch.where(expected == 1.0, first, -0.01 * expected * n))
+
+
+def test_the_first_step_without_preconditioner_or_scale_is_steepest_descent_of_length_at_most_one():
+    """No ``P`` and no ``gamma`` yet: the trial is ``y - a g`` with ``a = min(1, 1 / |g|_1)`` (downhill),
+    and one passing trial costs one evaluation and three transfers to the host (slope, ``|g|_1``, trial's scalars)."""
+    y = torch.zeros(2, 1, 2, 2, dtype=torch.float64)
+    g = torch.full_like(y, -1.0)
+    problem = _ScriptedLine(lambda alpha: -alpha)
+    state = {"pairs": [], "P": None, "gamma": None, "pending": None}
+    with mock.patch("energycrf.solvers.lbfgs._host", wraps=lbfgs_module._host) as host:
+        out = LBFGS(precondition="none").step(problem, y, torch.zeros(2, dtype=torch.float64), g, state)
+    torch.testing.assert_close(out.y, torch.full_like(y, 0.25))  # |g|_1 = 4 per sample
+    assert len(problem.trials) == 1 and host.call_count == 3
+
+
+def test_a_preconditioned_first_step_transfers_the_slope_once():
+    """With ``P`` and no pairs the direction is ``-P g``: a descent direction, so the slope is
+    transferred once (no fallback) and the passing unit step once more."""
+    E = (ec.energies.Unary(weight=0.8) + ec.energies.Pairwise(channels=1)).double()
+    x = torch.randn(2, 1, 6, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    problem = Problem(E, x)
+    solver = LBFGS(precondition="chebyshev", degree=3)
+    e, g = problem.energy_and_grad(x)
+    state = solver.init_state(problem, x, e, g)
+    with mock.patch("energycrf.solvers.lbfgs._host", wraps=lbfgs_module._host) as host:
+        out = solver.step(problem, x, e, g, state)
+    assert host.call_count == 2 and out.accepted is None
+    d = -state["P"](g)
+    torch.testing.assert_close(out.y, x + d)  # the unit step along -P g

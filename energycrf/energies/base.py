@@ -368,6 +368,7 @@ class HessianOperator:
     def __init__(self, diagonal: Tensor | None, rest, parts: list["HessianOperator"] | None = None):
         self.diagonal, self.rest = diagonal, rest
         self.parts = parts  # a sum's operators, one per term (:meth:`sum`), else None
+        self._shifted: dict[tuple[float, float], Tensor] = {}  # s diagonal + t by number (s, t)
 
     def __call__(self, v: Tensor, scale: float = 1.0, shift: float | Tensor = 0.0) -> Tensor:
         shifted = isinstance(shift, Tensor) or shift != 0
@@ -380,7 +381,19 @@ class HessianOperator:
             return out if self.diagonal is None else out.addcmul_(self.diagonal, v, value=scale)
         if self.diagonal is None:
             return out.addcmul_(shift, v) if isinstance(shift, Tensor) else out.add_(v, alpha=shift)
-        return out.addcmul_(scale * self.diagonal + shift, v)  # one pass: the shift joins the (small) diagonal
+        return out.addcmul_(self._shifted_diagonal(scale, shift), v)  # one pass: the shift joins the (small) diagonal
+
+    def _shifted_diagonal(self, scale: float, shift: float | Tensor) -> Tensor:
+        """``scale * diagonal + shift``, kept for number pairs (a polynomial applies the same ones
+        again); made afresh for a tensor shift, while autograd records or inside a ``torch.func``
+        transform (whose tensors belong to it)."""
+        if isinstance(shift, Tensor) or torch.is_grad_enabled() or torch._C._functorch.maybe_current_level() is not None:
+            return scale * self.diagonal + shift
+        key = (float(scale), float(shift))
+        kept = self._shifted.get(key)
+        if kept is None:
+            kept = self._shifted[key] = scale * self.diagonal + shift
+        return kept
 
     @staticmethod
     def of_product(product) -> "HessianOperator":

@@ -239,11 +239,28 @@ def test_prepared_hessian_operator_equals_the_hessian(make):
     torch.testing.assert_close(got, E._hessian_vector_product(x, x, None, v), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(operator(v, -0.3), -0.3 * got, rtol=1e-12, atol=1e-12)  # the scale folded in
     torch.testing.assert_close(operator(v, -0.3, 0.7), -0.3 * got + 0.7 * v, rtol=1e-12, atol=1e-12)  # and a shift
+    with torch.no_grad():  # the shifted diagonals are kept by (scale, shift): pairs again and pairs sharing a number
+        for s, t in [(-0.3, 0.7), (-0.3, 0.7), (-0.3, 0.1), (0.4, 0.7), (-0.3, 0.7)]:
+            torch.testing.assert_close(operator(v, s, t), s * got + t * v, rtol=1e-12, atol=1e-12)
     shift = torch.tensor([0.7, -1.1], dtype=F64).reshape(1, 2, 1, 1)  # a diagonal shift, per channel
     torch.testing.assert_close(operator(v, -0.3, shift), -0.3 * got + shift * v, rtol=1e-12, atol=1e-12)
     assert torch.equal(v, v_before)
     Hm = explicit_hessian(E, x, x).detach()
     torch.testing.assert_close(got[0].reshape(-1), Hm @ v[0].reshape(-1), rtol=1e-10, atol=1e-10)
+
+
+def test_a_kept_shifted_diagonal_does_not_cut_the_graph():
+    """A shifted diagonal kept without a graph is not reused while autograd records: the product's
+    gradient in a learnable weight stays exact (against autograd of the explicit formula)."""
+    E = (K.Unary(weight=0.6, learnable=True) + K.Pairwise(channels=2)).double()
+    x = torch.randn(1, 2, 5, 4, generator=torch.Generator().manual_seed(8), dtype=F64)
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(9), dtype=F64)
+    operator = E._hessian_operator(x, None)  # its diagonal 2 w + 2 d records w
+    with torch.no_grad():
+        operator(v, 0.5, 0.2)
+    (w_grad,) = torch.autograd.grad(operator(v, 0.5, 0.2).sum(), E.terms[0].log_weight)
+    w = E.terms[0].log_weight.detach().exp()
+    torch.testing.assert_close(w_grad, (0.5 * 2 * w * v).sum().reshape(w_grad.shape), rtol=1e-12, atol=1e-12)
 
 
 class AnchoredBoxSmooth(BoxSmooth):

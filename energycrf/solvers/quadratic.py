@@ -79,12 +79,12 @@ def hessian_vector_product(problem: Problem, y: Tensor, g: Tensor, v: Tensor) ->
     return (problem.grad(y + s4 * v) - g) / s4
 
 
-def quadratic_part(E: Any) -> Any | None:
+def quadratic_part(E: Any, keep: bool = True) -> Any | None:
     """The quadratic terms of ``E`` as one energy (``E`` itself when it is quadratic), or ``None``.
 
-    A sum of several is a new module (about 15 µs), kept on ``E`` for as long as these are its
-    quadratic terms: it holds the terms themselves (no copy of a value), so it stays valid when
-    their parameters change, and a deep copy of ``E`` copies it along with them."""
+    A sum of several is a new module (about 15 µs), kept on ``E`` (unless ``keep=False``) for as
+    long as these are its quadratic terms: it holds the terms themselves (no copy of a value), so
+    it stays valid when their parameters change, and a deep copy of ``E`` copies it along with them."""
     if bool(getattr(E, "is_quadratic", False)):
         return E
     terms = [t for t in getattr(E, "terms", []) if bool(getattr(t, "is_quadratic", False))]
@@ -96,7 +96,7 @@ def quadratic_part(E: Any) -> Any | None:
     from ..energies import SumEnergy
 
     part = SumEnergy(terms)
-    if hasattr(E, "__dict__"):
+    if keep and hasattr(E, "__dict__"):
         E.__dict__["_quadratic_part"] = part  # a plain attribute: not a submodule, not in the state dict
     return part
 
@@ -591,7 +591,8 @@ def _monomial(theta: float, coefficients: list[tuple[float, float]]) -> tuple[fl
 def check_chebyshev(problem: Problem) -> None:
     """A ``ValueError`` naming the alternatives when ``problem``'s quadratic part has no Chebyshev
     bounds (a solver's check, before any work)."""
-    chebyshev_bounds(quadratic_part(problem.E), problem.c, *problem.x.shape[-2:])  # nothing cached: untimed
+    # nothing kept for the solve (validation runs before its timed region, which makes its own)
+    chebyshev_bounds(quadratic_part(problem.E, keep=False), problem.c, *problem.x.shape[-2:])
 
 
 def check_degree(degree: Any, name: str = "degree") -> int | None:

@@ -351,6 +351,8 @@ def test_the_quadratic_part_of_a_sum_is_made_once_and_follows_its_terms():
     E = K.Unary(weight=0.7) + K.Pairwise(channels=2) + K.FieldOfExperts(channels=2)
     x = torch.randn(1, 2, 6, 6, generator=torch.Generator().manual_seed(6))
     keys, modules = list(E.state_dict()), len(list(E.modules()))
+    Q.check_chebyshev(Problem(E, torch.zeros(1, 2, 6, 6)))  # validation keeps nothing for the solve
+    assert "_quadratic_part" not in E.__dict__ and Q.quadratic_part(E, keep=False) is not Q.quadratic_part(E, keep=False)
     part = Q.quadratic_part(E)
     assert Q.quadratic_part(E) is part and list(part.terms) == list(E.terms)[:2]
     assert list(E.state_dict()) == keys and len(list(E.modules())) == modules

@@ -359,35 +359,33 @@ class Energy(nn.Module):
 
 class HessianOperator:
     """``(s H + t I) v = (s diagonal + t) * v + rest(v, s)``: a quadratic term's Hessian with its
-    diagonal split off, applied with a scale ``s`` and a shift ``t`` folded in where they cost no
-    pass (``diagonal``: a tensor broadcastable to ``v``, or ``None``; ``rest(v, s)``: ``s`` times
-    the rest's product, a new tensor, or ``None`` for a diagonal Hessian). The shift is a number
-    or a diagonal (a tensor broadcastable to ``v``: ``(s H + diag(t)) v``). The result is always a
-    new tensor."""
+    diagonal split off, applied with a scale ``s`` and a shift ``t`` (numbers) folded in where they
+    cost no pass (``diagonal``: a tensor broadcastable to ``v``, or ``None``; ``rest(v, s)``: ``s``
+    times the rest's product, a new tensor, or ``None`` for a diagonal Hessian). The result is
+    always a new tensor."""
 
     def __init__(self, diagonal: Tensor | None, rest, parts: list["HessianOperator"] | None = None):
         self.diagonal, self.rest = diagonal, rest
         self.parts = parts  # a sum's operators, one per term (:meth:`sum`), else None
-        self._shifted: dict[tuple[float, float], Tensor] = {}  # s diagonal + t by number (s, t)
+        self._shifted: dict[tuple[float, float], Tensor] = {}  # s diagonal + t by (s, t)
 
-    def __call__(self, v: Tensor, scale: float = 1.0, shift: float | Tensor = 0.0) -> Tensor:
-        shifted = isinstance(shift, Tensor) or shift != 0
+    def __call__(self, v: Tensor, scale: float = 1.0, shift: float = 0.0) -> Tensor:
         if self.rest is None:
             if self.diagonal is None:
-                return v * shift if shifted else torch.zeros_like(v)
+                return v * shift if shift != 0 else torch.zeros_like(v)
             return v * (scale * self.diagonal + shift)
         out = self.rest(v, scale)
-        if not shifted:
+        if shift == 0:
             return out if self.diagonal is None else out.addcmul_(self.diagonal, v, value=scale)
         if self.diagonal is None:
-            return out.addcmul_(shift, v) if isinstance(shift, Tensor) else out.add_(v, alpha=shift)
+            return out.add_(v, alpha=shift)
         return out.addcmul_(self._shifted_diagonal(scale, shift), v)  # one pass: the shift joins the (small) diagonal
 
-    def _shifted_diagonal(self, scale: float, shift: float | Tensor) -> Tensor:
-        """``scale * diagonal + shift``, kept for number pairs (a polynomial applies the same ones
-        again); made afresh for a tensor shift, while autograd records or inside a ``torch.func``
-        transform (whose tensors belong to it)."""
-        if isinstance(shift, Tensor) or torch.is_grad_enabled() or torch._C._functorch.maybe_current_level() is not None:
+    def _shifted_diagonal(self, scale: float, shift: float) -> Tensor:
+        """``scale * diagonal + shift``, kept per pair (a polynomial applies the same ones again);
+        made afresh while autograd records or inside a ``torch.func`` transform (whose tensors
+        belong to it)."""
+        if torch.is_grad_enabled() or torch._C._functorch.maybe_current_level() is not None:
             return scale * self.diagonal + shift
         key = (float(scale), float(shift))
         kept = self._shifted.get(key)

@@ -9,8 +9,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import energies
+from . import _compat, energies
 from .energies import Energy
+
+# Old import paths of moved modules (energycrf.losses, energycrf.ldm.*, ...) keep working
+# for one release; see energycrf/_compat.py.
+_compat.install()
 
 __version__ = "0.1.0"
 
@@ -18,11 +22,12 @@ __version__ = "0.1.0"
 _LAZY = {
     "solve": ("energycrf.solvers", "solve"),
     "compare_solvers": ("energycrf.solvers", "compare_solvers"),
-    "LatentCRF": ("energycrf.solvers.latent_crf", "LatentCRF"),
-    "Unrolled": ("energycrf.solvers.unrolled", "Unrolled"),
+    "LatentCRF": ("energycrf.learned.latent_crf", "LatentCRF"),
+    "Unrolled": ("energycrf.learned.unrolled", "Unrolled"),
     "solvers": ("energycrf.solvers", None),
+    "learned": ("energycrf.learned", None),
     "testing": ("energycrf.testing", None),
-    "losses": ("energycrf.losses", None),
+    "losses": ("energycrf.learned.losses", None),
     "integrations": ("energycrf.integrations", None),
 }
 

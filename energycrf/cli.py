@@ -1,6 +1,7 @@
 """Command-line interface: ``energycrf <command> [options]`` (also ``python -m energycrf``).
 
-Adding a command: write a module with two functions,
+The commands live in ``energycrf/apps/`` (the library never imports them). Adding a
+command: write a module with two functions,
 
     def add_arguments(parser: argparse.ArgumentParser) -> None: ...
     def run(args: argparse.Namespace) -> int: ...
@@ -19,14 +20,15 @@ from collections.abc import Sequence
 
 # name -> (module implementing add_arguments/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("energycrf.ldm.demo", "LatentCRF on the shipped text-to-image model: picture grid and Table 1"),
-    "energy-demo": ("energycrf.demo",
+    "demo": ("energycrf.apps.ldm.demo", "LatentCRF on the shipped text-to-image model: picture grid and Table 1"),
+    "energy-demo": ("energycrf.apps.energy_demo",
                     "an energy on a real photograph with noise: well-posedness, breakdown, solve, picture"),
-    "evaluate": ("energycrf.ldm.evaluate",
+    "evaluate": ("energycrf.apps.ldm.evaluate",
                  "Table 1 for a text-to-image pipeline: Frechet distance, class accuracy, Vendi, ms/image"),
-    "compare-solvers": ("energycrf.solvers.cli", "compare inference solvers on a real problem: table and picture"),
-    "denoise": ("energycrf.denoise", "denoise a grayscale image with a shipped checkpoint"),
-    "distill-data": ("energycrf.integrations.cli",
+    "compare-solvers": ("energycrf.apps.compare_solvers",
+                        "compare inference solvers on a real problem: table and picture"),
+    "denoise": ("energycrf.apps.denoise", "denoise a grayscale image with a shipped checkpoint"),
+    "distill-data": ("energycrf.apps.distill_data",
                      "write stage-2 distillation shards (z_s, z_f, prompt embeddings) from a local diffusers pipeline"),
 }
 

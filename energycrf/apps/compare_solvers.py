@@ -54,10 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def noisy_photograph(name: str = "camera", size: int = 128, sigma: float = 25.0, seed: int = 0):
     """``(x, clean)``: a grayscale ``skimage.data`` photograph in ``[0, 1]`` resized to
     ``[1, 1, size, size]`` float64, and the same with the project's noise protocol
-    (:func:`energycrf.photographs.add_gaussian_noise`: std ``sigma / 255``, unclipped)."""
+    (:func:`energycrf.apps.photographs.add_gaussian_noise`: std ``sigma / 255``, unclipped)."""
     import torch
 
-    from ..photographs import PHOTOGRAPHS, add_gaussian_noise, load_photograph
+    from .photographs import PHOTOGRAPHS, add_gaussian_noise, load_photograph
 
     if name not in PHOTOGRAPHS:
         raise ValueError(f"--image: expected a skimage.data photograph such as 'camera', got {name!r}")
@@ -121,7 +121,7 @@ def default_energy(channels: int, unary_weight: float = 1.0, pairwise_strength: 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from .compare import compare_solvers
+    from ..solvers.compare import compare_solvers
 
     dtype = getattr(torch, args.dtype)
     if args.latent is not None:

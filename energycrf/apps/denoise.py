@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 SIGMAS = (15, 25, 50)
-PRETRAINED_ROOT = Path(__file__).resolve().parent / "pretrained"
+PRETRAINED_ROOT = Path(__file__).resolve().parents[1] / "pretrained"
 DENOISER_JSON = "denoiser.json"
 DEFAULT_PAD = 8
 
@@ -130,7 +130,7 @@ class PixelDenoiser(nn.Module):
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write the model (its own ``save_pretrained``) and ``denoiser.json`` to ``directory``."""
-        from .training.checkpoint import atomic_write_text
+        from ..training.checkpoint import atomic_write_text
 
         directory = Path(directory)
         self.model.save_pretrained(directory)
@@ -180,7 +180,7 @@ class _ConfiguredModel(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         from safetensors.torch import save_file
 
-        from .training.checkpoint import atomic_write_text
+        from ..training.checkpoint import atomic_write_text
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -214,7 +214,7 @@ class FoEEnergyDenoiser(_ConfiguredModel):
     (``Unary`` + ``FieldOfExperts`` with Student-t experts, paper eqs. 4-6 with a classic
     expert), and ``M(x)`` = ``num_iterations`` steps of the solver ``method`` from
     ``y = x`` (the shared site-wise update ``y_i <- y_i - A_i^{-1} g_i``; for
-    ``"mean_field"`` all sites at once), through :class:`energycrf.solvers.unrolled.Unrolled`,
+    ``"mean_field"`` all sites at once), through :class:`energycrf.learned.unrolled.Unrolled`,
     which backpropagates through the steps: training learns ``w`` and the filters ``J_m``
     (started from random zero-mean filters, or the DCT basis with ``filter_init="dct"``).
     """
@@ -223,9 +223,9 @@ class FoEEnergyDenoiser(_ConfiguredModel):
                  num_iterations: int = 6, method: str = "mean_field", unary_weight: float = 1.0,
                  init_scale: float = 1.0, filter_init: str = "random"):
         super().__init__()
-        from .energies import FieldOfExperts, Unary
-        from .energies.potentials import StudentT
-        from .solvers.unrolled import Unrolled
+        from ..energies import FieldOfExperts, Unary
+        from ..energies.potentials import StudentT
+        from ..learned.unrolled import Unrolled
 
         if filter_init not in ("random", "dct"):
             raise ValueError(f"filter_init: expected 'random' or 'dct', got {filter_init!r}")
@@ -258,7 +258,7 @@ class StagedFoEDenoiser(_ConfiguredModel):
         y_t = y_{t-1} - \nabla_y E_t(y_{t-1}, x), \qquad
         E_t(y, x) = w_t \|y - x\|^2 + \sum_{m=1}^{M} \sum_k \rho_{t,m}\big((J_{t,m} \odot y)_k\big),
 
-    with ``y_0 = x`` (:class:`energycrf.solvers.unrolled.Staged`; Chen and Pock's trainable
+    with ``y_0 = x`` (:class:`energycrf.learned.unrolled.Staged`; Chen and Pock's trainable
     reaction-diffusion). Each :math:`E_t` is ``Unary(learnable=True) + FieldOfExperts(channels=1,
     potential=PiecewiseLinear(num_experts=M))``: own weight :math:`w_t`, own filters
     :math:`J_{t,m}` (started from the DCT basis) and own influence functions
@@ -270,8 +270,8 @@ class StagedFoEDenoiser(_ConfiguredModel):
     def __init__(self, num_stages: int = 5, num_filters: int = 24, kernel_size: int = 5, num_knots: int = 63,
                  span: float = 4.0, alpha: float = 0.1, unary_weight: float = 0.05, init_scale: float = 1.0):
         super().__init__()
-        from .energies import FieldOfExperts, PiecewiseLinear, Unary
-        from .solvers.unrolled import Staged
+        from ..energies import FieldOfExperts, PiecewiseLinear, Unary
+        from ..learned.unrolled import Staged
 
         if isinstance(num_stages, bool) or not isinstance(num_stages, int) or num_stages < 1:
             raise ValueError(f"num_stages: expected an int >= 1, got {num_stages!r}")
@@ -298,7 +298,7 @@ class StagedFoEDenoiser(_ConfiguredModel):
 
 
 def _load_latent_crf(directory: Path) -> nn.Module:
-    from .solvers.latent_crf import LatentCRF
+    from ..learned.latent_crf import LatentCRF
 
     return LatentCRF.from_pretrained(directory)
 
@@ -427,7 +427,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m energycrf.denoise IN --sigma 25 -o OUT`` (same as ``energycrf denoise``)."""
+    """``python -m energycrf.apps.denoise IN --sigma 25 -o OUT`` (same as ``energycrf denoise``)."""
     parser = argparse.ArgumentParser(prog="energycrf denoise",
                                      description="Denoise a photograph with the shipped checkpoints.")
     add_arguments(parser)

@@ -41,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from diffusers import DDIMScheduler, DiffusionPipeline
 
-    from .distill import generate_distillation_data, rank_and_world_size
-    from .plan import SplicePlan
+    from ..integrations.distill import generate_distillation_data, rank_and_world_size
+    from ..integrations.plan import SplicePlan
 
     plan = SplicePlan(args.pre_steps, args.pre_run, args.post_steps, args.post_run, args.crf_output)
     prompts = [line.strip() for line in Path(args.prompts).read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,6 +1,6 @@
 """A denoising energy on a real photograph: well-posedness, per-term breakdown, a solve and a picture.
 
-``energycrf demo`` loads a grayscale photograph from ``skimage.data`` (``camera`` by
+``energycrf energy-demo`` loads a grayscale photograph from ``skimage.data`` (``camera`` by
 default, shipped inside the scikit-image wheel), adds Gaussian noise (sigma = 25/255,
 ``numpy.random.default_rng(seed)``, unclipped), and builds
 

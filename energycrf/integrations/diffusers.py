@@ -494,7 +494,7 @@ def load_pretrained(directory, pipeline_cls=None, crf_cls=None, **pipeline_kwarg
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"{str(path)!r} holds no model_index.json (not a saved pipeline directory)")
     if crf_cls is None:
-        from energycrf.solvers.latent_crf import LatentCRF as crf_cls
+        from energycrf.learned.latent_crf import LatentCRF as crf_cls
     pipe = (pipeline_cls or DiffusionPipeline).from_pretrained(str(path), local_files_only=True, **pipeline_kwargs)
     crf = crf_cls.from_pretrained(path / CRF_SUBFOLDER)
     plan_file = path / PLAN_FILE

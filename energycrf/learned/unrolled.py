@@ -40,9 +40,9 @@ from torch import Tensor, nn
 
 from ..energies._validation import check_condition, check_latent
 from ..energies.base import Energy
-from .api import get_solver
-from .base import Problem, Solver, block_solve, sample_dot
-from .result import SolverWarning
+from ..solvers.api import get_solver
+from ..solvers.base import Problem, Solver, block_solve, sample_dot
+from ..solvers.result import SolverWarning
 
 __all__ = ["Unrolled", "Staged", "ImplicitDifferentiationWarning", "conjugate_gradient"]
 
@@ -209,7 +209,7 @@ class Unrolled(nn.Module):
 
     Example:
         >>> import torch, energycrf as ec
-        >>> from energycrf.solvers.unrolled import Unrolled
+        >>> from energycrf.learned import Unrolled
         >>> E = ec.energies.Unary(learnable=True) + ec.energies.Pairwise(channels=1, compatibility="learnable")
         >>> layer = Unrolled(E, "mean_field", num_iterations=50, differentiation="implicit")
         >>> x = torch.randn(2, 1, 8, 8)
@@ -381,7 +381,7 @@ class Staged(nn.Module):
 
     Example:
         >>> import torch, energycrf as ec
-        >>> from energycrf.solvers.unrolled import Staged
+        >>> from energycrf.learned import Staged
         >>> stages = [ec.energies.Unary(learnable=True) + ec.energies.FieldOfExperts(channels=1, num_filters=4,
         ...           kernel_size=3, potential=ec.energies.PiecewiseLinear(num_experts=4)) for _ in range(3)]
         >>> layer = Staged(stages)

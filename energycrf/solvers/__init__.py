@@ -12,13 +12,18 @@ from .base import Problem, Solver, StepOutput, block_solve
 from .compare import Comparison, ComparisonRow, compare_solvers
 from .coordinate_descent import CoordinateDescent
 from .gradient_descent import GradientDescent
-from .latent_crf import CompatibilityNetwork, LatentCRF
 from .lbfgs import LBFGS, ScipyLBFGS, TorchLBFGS
 from .mean_field import MeanField
 from .quadratic import (ChebyshevPreconditioner, ConjugateGradient, FFTSolver, SpectralPreconditioner,
                         hessian_vector_product)
 from .result import DivergenceError, DivergenceWarning, SolveResult, SolverWarning
-from .unrolled import ImplicitDifferentiationWarning, Staged, Unrolled, conjugate_gradient
+
+# The learned layer moved to energycrf.learned; its old names here warn for one release.
+from .._compat import moved_attributes
+
+__getattr__ = moved_attributes(__name__, dict.fromkeys(
+    ("LatentCRF", "CompatibilityNetwork", "Unrolled", "Staged", "ImplicitDifferentiationWarning",
+     "conjugate_gradient", "latent_crf", "unrolled"), "energycrf.learned"))
 
 __all__ = [
     "solve",
@@ -46,12 +51,6 @@ __all__ = [
     "ChebyshevPreconditioner",
     "SpectralPreconditioner",
     "hessian_vector_product",
-    "LatentCRF",
-    "CompatibilityNetwork",
-    "Unrolled",
-    "Staged",
-    "ImplicitDifferentiationWarning",
-    "conjugate_gradient",
     "DivergenceWarning",
     "DivergenceError",
     "SolverWarning",

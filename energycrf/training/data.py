@@ -283,7 +283,7 @@ class NoiseSpec:
         """Corrupt ``z`` with the drawn ``noise`` at per-sample ``level``."""
         if self.mode == "sigma":
             return z + level.to(z.dtype).view(-1, *([1] * (z.ndim - 1))) * noise
-        from energycrf.losses import add_noise
+        from energycrf.learned.losses import add_noise
 
         return add_noise(z, level.to(z.dtype), noise=noise)
 

@@ -155,11 +155,11 @@ class Trainer:
         required when ``config.adversarial`` (e.g. the appendix-D discriminator).
     loss_fn:
         ``loss_fn(pred, target) -> scalar``; defaults to ``L_NT`` (stage 1) or
-        ``L_DT`` (stage 2) from :mod:`energycrf.losses`.
+        ``L_DT`` (stage 2) from :mod:`energycrf.learned.losses`.
     gen_adv_fn, disc_loss_fn:
         ``gen_adv_fn(logits_fake) -> scalar`` (the ``L_SCE(D(M(z~)), 1)`` term of
         eq. 13) and ``disc_loss_fn(logits_real, logits_fake) -> scalar`` (eq. 14);
-        default to :mod:`energycrf.losses`.
+        default to :mod:`energycrf.learned.losses`.
     dist:
         a :class:`~energycrf.training.distributed.DistInfo`; by default read from the
         ``torchrun`` environment.
@@ -235,13 +235,13 @@ class Trainer:
     def _default_loss(self):
         from functools import partial
 
-        from energycrf import losses
+        from energycrf.learned import losses
 
         fn = losses.denoising_loss if self.config.stage == 1 else losses.distillation_loss
         return partial(fn, norm=self.config.loss_norm)
 
     def _default_adv(self, gen_adv_fn, disc_loss_fn):
-        from energycrf import losses
+        from energycrf.learned import losses
 
         def gen_adv(logits_fake):  # the L_SCE(D(M(z~)), 1) term of eq. 13
             return losses.sigmoid_cross_entropy(logits_fake, 1.0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from energycrf.ldm.data import CLASS_NAMES
+from energycrf.apps.ldm.data import CLASS_NAMES
 
 CLASS_SYNONYMS: dict[int, tuple[str, ...]] = {
     0: ("t-shirt", "tee", "short-sleeved top", "t-shirt top"),

@@ -56,7 +56,7 @@ class FashionClassifier(nn.Module):
 
 def real_images(split: str = "test", limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fashion-MNIST photographs as classifier input ``(N, 1, 32, 32)`` in [0, 1] and labels."""
-    from energycrf.ldm import data
+    from energycrf.apps.ldm import data
 
     x, y = data.load_fashion_mnist(split)
     if limit:

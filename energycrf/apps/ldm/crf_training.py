@@ -10,7 +10,7 @@
   pipeline's own DDIM trajectories, started from the stage-1 weights.
 
 The model, losses and training loop are the library's (:class:`energycrf.LatentCRF`,
-:mod:`energycrf.losses`, :class:`energycrf.training.Trainer`); this module supplies the
+:mod:`energycrf.learned.losses`, :class:`energycrf.training.Trainer`); this module supplies the
 data and the configuration.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from energycrf.ldm import captions as _captions
+from energycrf.apps.ldm import captions as _captions
 
 CRF_CONFIG = dict(channels=4, cond_dim=384, num_iterations=5, hidden_channels=32, attention_dim=32, num_filters=8,
                   normalization="none")  # starts at the identity (the latents' channels differ in scale)
@@ -30,7 +30,7 @@ CRF_CONFIG = dict(channels=4, cond_dim=384, num_iterations=5, hidden_channels=32
 
 def build_crf(**overrides):
     """The LatentCRF used for the Fashion-MNIST pipeline (4 latent channels, 384-dim MiniLM context)."""
-    from energycrf.solvers.latent_crf import LatentCRF
+    from energycrf.learned.latent_crf import LatentCRF
 
     return LatentCRF(**{**CRF_CONFIG, **overrides})
 
@@ -39,7 +39,7 @@ class CaptionedLatents(Dataset):
     """Stage-1 items ``{"z", "prompt_embeds", "index"}``: latent ``i`` with a caption of its class.
 
     The caption of item ``i`` is drawn by a generator seeded with ``(seed, i)`` from the
-    training captions (:data:`energycrf.ldm.captions.TRAIN_TEMPLATES`), so epochs and
+    training captions (:data:`energycrf.apps.ldm.captions.TRAIN_TEMPLATES`), so epochs and
     resumptions see the same pairs.
     """
 
@@ -75,7 +75,7 @@ def train_stage1(crf, dataset, out_dir: str | Path, steps: int, noise_level: tup
                  batch_size: int = 64, lr: float = 1e-3, warmup: int = 50, adversarial: bool = True,
                  adv_weight: float = 0.1, seed: int = 0, progress: bool = True):
     """Stage 1 with :class:`energycrf.training.Trainer` (resumes from ``out_dir``); returns the fit summary."""
-    from energycrf.losses import LatentDiscriminator
+    from energycrf.learned.losses import LatentDiscriminator
     from energycrf.training import TrainConfig, Trainer
 
     cfg = TrainConfig(output_dir=str(out_dir), stage=1, max_steps=steps, batch_size=batch_size, lr=lr,

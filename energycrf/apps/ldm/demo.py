@@ -63,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from energycrf.integrations.plan import SplicePlan
-    from energycrf.ldm import captions, pretrained
-    from energycrf.ldm import evaluate as E
+    from energycrf.apps.ldm import captions, pretrained
+    from energycrf.apps.ldm import evaluate as E
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -170,7 +170,7 @@ class Reference:
 @torch.no_grad()
 def reference_features(classifier, limit: int = 2000) -> Reference:
     """Features of the first ``limit`` Fashion-MNIST test photographs."""
-    from energycrf.ldm.classifier import real_images
+    from energycrf.apps.ldm.classifier import real_images
 
     x, _ = real_images("test", limit=limit)
     return Reference(torch.cat([classifier.features(x[k : k + 500]) for k in range(0, len(x), 500)]).numpy())
@@ -222,7 +222,7 @@ def evaluate(
     method = Method(name or ("LatentCRF" if plan is not None else {"ddim": "LDM (DDIM)", "dpm++": "DPM-Solver++"}.get(scheduler, scheduler)),
                     steps=None if plan is not None else num_inference_steps, scheduler=scheduler, plan=plan)
     if classifier is None:
-        from energycrf.ldm.pretrained import load_classifier
+        from energycrf.apps.ldm.pretrained import load_classifier
 
         classifier = load_classifier()
     if reference is None:
@@ -287,7 +287,7 @@ def run_table(
     if timing_repeats < 0:
         raise ValueError(f"timing_repeats must be >= 0, got {timing_repeats}")
     if kwargs.get("classifier") is None:
-        from energycrf.ldm.pretrained import load_classifier
+        from energycrf.apps.ldm.pretrained import load_classifier
 
         kwargs["classifier"] = load_classifier()
     if kwargs.get("reference") is None:
@@ -375,7 +375,7 @@ _ROW_KEYS = ("ldm50", "ldm33", "crf33", "ldm20", "crf20", "dpm33", "dpm20")
 
 
 def run(args: argparse.Namespace) -> int:
-    from energycrf.ldm import captions, pretrained
+    from energycrf.apps.ldm import captions, pretrained
 
     if args.threads:
         torch.set_num_threads(args.threads)

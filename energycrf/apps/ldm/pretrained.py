@@ -4,7 +4,7 @@ Layout of ``energycrf/pretrained/ldm-fashion/``:
 
 - ``pipeline/``: the ``MiniLMStableDiffusionPipeline`` (``save_pretrained``, safetensors;
   VAE, UNet, DDIM scheduler; the MiniLM text encoder comes from its own wheel);
-- ``classifier/``: the evaluation CNN (:mod:`energycrf.ldm.classifier`);
+- ``classifier/``: the evaluation CNN (:mod:`energycrf.apps.ldm.classifier`);
 - ``latent-crf/``: the LatentCRF trained for this pipeline (stage 1 + stage 2).
 
 Reproduce with ``scripts/train_ldm.py``, ``scripts/train_classifier.py`` and
@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1] / "pretrained" / "ldm-fashion"
+ROOT = Path(__file__).resolve().parents[2] / "pretrained" / "ldm-fashion"
 
 
 def pipeline_dir() -> Path:
@@ -33,20 +33,20 @@ def crf_dir() -> Path:
 
 def load_pipeline(path: str | os.PathLike | None = None):
     """The shipped pipeline (or the one at ``path``), float32, progress bar off."""
-    from energycrf.ldm.train import load_pipeline as _load
+    from energycrf.apps.ldm.train import load_pipeline as _load
 
     return _load(path if path is not None else pipeline_dir())
 
 
 def load_classifier(path: str | os.PathLike | None = None):
-    from energycrf.ldm.classifier import load_classifier as _load
+    from energycrf.apps.ldm.classifier import load_classifier as _load
 
     return _load(path if path is not None else classifier_dir())
 
 
 def load_crf(path: str | os.PathLike | None = None):
     """The shipped ``ec.LatentCRF`` (or the one at ``path``), eval mode."""
-    from energycrf.solvers.latent_crf import LatentCRF
+    from energycrf.learned.latent_crf import LatentCRF
 
     p = Path(path) if path is not None else crf_dir()
     if not p.exists():

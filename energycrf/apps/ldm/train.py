@@ -6,7 +6,7 @@ Components are the standard diffusers classes built from small configurations:
   reconstruction loss and a small KL weight; latents are scaled by ``1 / std`` (the
   ``scaling_factor`` in the VAE config, as Stable Diffusion's 0.18215);
 - ``UNet2DConditionModel`` (epsilon prediction, cross-attention on the 384-dim MiniLM
-  token states of :mod:`energycrf.ldm.text`), trained with the DDPM objective
+  token states of :mod:`energycrf.apps.ldm.text`), trained with the DDPM objective
   ``E ||eps - eps_theta(sqrt(abar_t) z_0 + sqrt(1 - abar_t) eps, t, c)||^2``, the caption
   replaced by the empty prompt 10% of the time (classifier-free guidance), EMA weights;
 - ``DDIMScheduler`` with Stable Diffusion 1.5's configuration (``scaled_linear`` betas
@@ -35,8 +35,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from energycrf.ldm import captions as _captions
-from energycrf.ldm import text as _text
+from energycrf.apps.ldm import captions as _captions
+from energycrf.apps.ldm import text as _text
 
 LATENT_CHANNELS = 4
 IMAGE_SIZE = 32
@@ -112,7 +112,7 @@ def _pipeline_class():
         """``StableDiffusionPipeline`` whose prompts are encoded by the MiniLM sentence encoder.
 
         ``text_encoder`` and ``tokenizer`` are ``None`` in the saved pipeline; prompts are
-        turned into ``(B, 16, 384)`` token states by :func:`energycrf.ldm.text.encode`.
+        turned into ``(B, 16, 384)`` token states by :func:`energycrf.apps.ldm.text.encode`.
         Everything else (schedulers, callbacks, ``prompt_embeds=``, guidance) is the parent's.
         """
 

@@ -7,7 +7,7 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
 from energycrf import cli
-from energycrf.denoise import (MODELS, SIGMAS, TEST_IMAGES, TRAIN_IMAGES, FoEEnergyDenoiser, PixelDenoiser, denoise,
+from energycrf.apps.denoise import (MODELS, SIGMAS, TEST_IMAGES, TRAIN_IMAGES, FoEEnergyDenoiser, PixelDenoiser, denoise,
                                heldout_pair, load_denoiser, pretrained_dir, read_image, write_image)
 
 
@@ -15,7 +15,7 @@ def _cli(argv):
     """``energycrf denoise ...`` through the package CLI once the command is registered there."""
     if "denoise" in cli.COMMANDS:
         return cli.main(["denoise", *argv])
-    from energycrf.denoise import main
+    from energycrf.apps.denoise import main
 
     return main(argv)
 
@@ -175,7 +175,7 @@ def test_shipped_staged_model_beats_nl_means_and_tv_on_held_out_crops():
 
 
 def test_dct_filters_are_orthonormal_zero_mean_and_refuse_too_many():
-    from energycrf.denoise import dct_filters
+    from energycrf.apps.denoise import dct_filters
 
     f = dct_filters(3, 8).double().flatten(1)
     torch.testing.assert_close(f @ f.T, torch.eye(8, dtype=torch.float64), rtol=0, atol=1e-6)

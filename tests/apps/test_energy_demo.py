@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from energycrf import cli, demo
-from energycrf.photographs import load_photograph
+from energycrf import cli
+from energycrf.apps import energy_demo as demo
+from energycrf.apps.photographs import load_photograph
 
 TINY = ["--size", "32", "--max-iters", "30", "--quiet"]
 

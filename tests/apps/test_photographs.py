@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from energycrf.photographs import PHOTOGRAPHS, add_gaussian_noise, load_photograph
+from energycrf.apps.photographs import PHOTOGRAPHS, add_gaussian_noise, load_photograph
 
 
 def test_camera_noise_protocol_gives_the_reference_input_psnr():

@@ -170,7 +170,7 @@ def test_written_metadata_is_json(tmp_path):
 def test_cli_writes_shards_from_a_saved_pipeline(sd_pipe, tmp_path, capsys):
     import argparse
 
-    from energycrf.integrations import cli
+    from energycrf.apps import distill_data as cli
 
     sd_pipe.save_pretrained(str(tmp_path / "pipe"))
     (tmp_path / "prompts.txt").write_text("a red cube\n\nthe sea\n")

@@ -147,7 +147,7 @@ def test_energy_evaluation_benchmark_compares_equal_results(capsys, load_script)
 
     mod = load_script("benchmarks/energy_evaluation.py")
     from energycrf.energies import operators
-    from energycrf.solvers.cli import default_energy
+    from energycrf.apps.compare_solvers import default_energy
 
     g = torch.Generator().manual_seed(0)
     u = torch.randn(2, 3, 11, 9, generator=g, dtype=torch.float64)

@@ -11,7 +11,7 @@ import energycrf as ec
 from energycrf.energies import FieldOfExperts, LocalKernel, LongRangeKernel, Pairwise, Unary
 from energycrf.energies.potentials import Charbonnier
 from energycrf.solvers import MeanField, Problem
-from energycrf.solvers.latent_crf import LatentCRF
+from energycrf.learned.latent_crf import LatentCRF
 
 
 def _energy(seed, channels=4, *, per_channel=True, boundary="zeros", kernel=None, scales=(1.0, 1.0, 1.0),

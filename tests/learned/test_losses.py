@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from energycrf import losses as L
+from energycrf.learned import losses as L
 
 floats = st.floats(min_value=-60.0, max_value=60.0, allow_nan=False, width=64)
 

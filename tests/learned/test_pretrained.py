@@ -11,7 +11,7 @@ import torch
 
 from energycrf.energies import DenseKernel, Pairwise, Unary
 from energycrf.energies.kernels import LocalKernel, LongRangeKernel
-from energycrf.solvers.latent_crf import LatentCRF
+from energycrf.learned.latent_crf import LatentCRF
 
 def _touch(path):
     Path(path).write_text("unpickled!")

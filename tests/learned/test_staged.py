@@ -1,4 +1,4 @@
-"""Stage-wise unrolled gradient descent (energycrf.solvers.unrolled.Staged) and the staged
+"""Stage-wise unrolled gradient descent (energycrf.learned.unrolled.Staged) and the staged
 Field-of-Experts denoiser: the step against its formula written out with conv2d, against
 explicit gradient descent on a shared quadratic energy, gradients by gradcheck, saving and
 loading, bad input."""
@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import energycrf as ec
-from energycrf.denoise import PixelDenoiser, StagedFoEDenoiser
-from energycrf.solvers.unrolled import Staged
+from energycrf.apps.denoise import PixelDenoiser, StagedFoEDenoiser
+from energycrf.learned.unrolled import Staged
 
 K = ec.energies
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import energycrf as ec
 from energycrf.energies import FieldOfExperts, Pairwise, Unary
 from energycrf.energies.potentials import Charbonnier
-from energycrf.solvers.unrolled import ImplicitDifferentiationWarning, Unrolled, conjugate_gradient
+from energycrf.learned.unrolled import ImplicitDifferentiationWarning, Unrolled, conjugate_gradient
 
 
 def _convex_energy(seed, channels=2, filters=3):

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import energycrf as ec
 from energycrf.solvers import quadratic as Q
 from energycrf.solvers.base import Problem
-from energycrf.solvers.cli import default_energy, noisy_photograph
+from energycrf.apps.compare_solvers import default_energy, noisy_photograph
 
 from solver_problems import (BoxSmooth, SiteWeightedUnary, convex_energy, dense_operator, exact_quadratic_minimiser,
                              explicit_hessian, foe, random_compat)
@@ -511,7 +511,7 @@ def test_unrolled_conjugate_gradient_with_chebyshev_has_the_finite_difference_de
     E = (K.Unary(0.5) + K.Pairwise(channels=1, kernel=K.LocalKernel(strength=3.0))).double()
     g = torch.Generator().manual_seed(0)
     x, w, dx = (torch.randn(1, 1, 10, 10, generator=g, dtype=F64) for _ in range(3))
-    U = ec.solvers.Unrolled(E, ec.solvers.ConjugateGradient(precondition="chebyshev"), num_iterations=2)
+    U = ec.learned.Unrolled(E, ec.solvers.ConjugateGradient(precondition="chebyshev"), num_iterations=2)
     xx = x.clone().requires_grad_(True)
     (U(xx) * w).sum().backward()
     h = 1e-6

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import energycrf as ec
 from energycrf.solvers import quadratic as Q
 from energycrf.solvers.base import Problem
-from energycrf.solvers.cli import default_energy, noisy_photograph
+from energycrf.apps.compare_solvers import default_energy, noisy_photograph
 
 from solver_problems import dense_operator, explicit_hessian, foe, quadratic_energy, spectral_case
 

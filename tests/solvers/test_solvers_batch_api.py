@@ -176,7 +176,7 @@ def test_compare_solvers_compares_variants_of_one_method():
 
 
 def _cli(argv):
-    from energycrf.solvers import cli
+    from energycrf.apps import compare_solvers as cli
 
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from energycrf.losses import add_noise
+from energycrf.learned.losses import add_noise
 from energycrf.training.data import ImagePatches, LatentShards, NoiseSpec, ResumableDistributedSampler
 
 from ._toy import toy_images

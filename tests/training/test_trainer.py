@@ -3,7 +3,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from energycrf.losses import LatentDiscriminator
+from energycrf.learned.losses import LatentDiscriminator
 from energycrf.training import ImagePatches, LatentShards, TrainConfig, Trainer, read_log
 
 from ._toy import ToyDenoiser, toy_images
@@ -151,7 +151,7 @@ def test_loss_margin_ignores_the_border(tmp_path):
 
 def test_stage1_on_latent_shards_feeds_the_papers_noised_latents(tmp_path):
     """Stage 1 from clean latents on disk: the model sees z~ = sqrt(a) z + sqrt(1-a) n (3.4.1)."""
-    from energycrf.losses import add_noise
+    from energycrf.learned.losses import add_noise
     from energycrf.training import NoiseSpec
 
     torch.manual_seed(0)

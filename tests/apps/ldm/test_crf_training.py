@@ -6,8 +6,8 @@ import json
 
 import torch
 
-from energycrf.ldm import crf_training as CT
-from tests.ldm.conftest import needs_text
+from energycrf.apps.ldm import crf_training as CT
+from tests.apps.ldm.conftest import needs_text
 
 
 def _bank():
@@ -28,7 +28,7 @@ def test_captioned_latents_are_deterministic_and_class_consistent():
 
 
 def test_alpha_range_brackets_the_splice_point():
-    from energycrf.ldm.train import build_scheduler
+    from energycrf.apps.ldm.train import build_scheduler
 
     cfg = build_scheduler().config
     lo, hi = CT.alpha_range(cfg, 101, 301)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from energycrf.ldm import captions, data
-from tests.ldm.conftest import needs_data, needs_text
+from energycrf.apps.ldm import captions, data
+from tests.apps.ldm.conftest import needs_data, needs_text
 
 
 def _write_idx(tmp_path, n=5, rows=28, cols=28, split="train"):
@@ -90,7 +90,7 @@ def test_captions_cover_classes_and_holdout_is_disjoint():
 
 @needs_text
 def test_text_context_shapes_and_semantics():
-    from energycrf.ldm import text
+    from energycrf.apps.ldm import text
 
     e = text.encode(["a photo of a sneaker", "a bag"])
     assert e.shape == (2, text.MAX_LENGTH, text.EMBED_DIM) and e.dtype == torch.float32

@@ -11,9 +11,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from energycrf.ldm import evaluate as E
-from energycrf.ldm.classifier import FashionClassifier
-from tests.ldm.conftest import needs_text
+from energycrf.apps.ldm import evaluate as E
+from energycrf.apps.ldm.classifier import FashionClassifier
+from tests.apps.ldm.conftest import needs_text
 
 with warnings.catch_warnings():  # vendi-score imports deprecated scipy namespaces
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from energycrf.ldm import captions, pretrained
-from energycrf.ldm import evaluate as E
-from tests.ldm.conftest import needs_data, needs_text
+from energycrf.apps.ldm import captions, pretrained
+from energycrf.apps.ldm import evaluate as E
+from tests.apps.ldm.conftest import needs_data, needs_text
 
 MB = 1024 * 1024
 ACC_MIN = 0.7  # measured 0.875 on 40 held-out images at 20 steps, guidance 4 (seeds 11-14)
@@ -34,7 +34,7 @@ def clf():
 
 @needs_data
 def test_shipped_classifier_accuracy(clf):
-    from energycrf.ldm.classifier import accuracy, real_images
+    from energycrf.apps.ldm.classifier import accuracy, real_images
 
     x, y = real_images("test", limit=2000)
     assert accuracy(clf, x, y) >= 0.85  # 0.889 on all 10,000 test photographs

@@ -9,10 +9,10 @@ import sys
 import pytest
 import torch
 
-from energycrf.ldm import classifier as C
-from energycrf.ldm import train
+from energycrf.apps.ldm import classifier as C
+from energycrf.apps.ldm import train
 from tests.conftest import REPO_ROOT
-from tests.ldm.conftest import needs_data, needs_text
+from tests.apps.ldm.conftest import needs_data, needs_text
 
 
 def test_scheduler_is_sd15_like():
@@ -64,7 +64,7 @@ def test_pipeline_save_load_round_trip(tmp_path, tiny_pipe):
     assert a.shape == (1, 1, 32, 32)
     torch.testing.assert_close(a, b)
     # prompt_embeds given directly bypass the encoder; guidance uses the empty prompt
-    from energycrf.ldm import text
+    from energycrf.apps.ldm import text
 
     c = pipe(prompt_embeds=text.encode("a bag"), generator=torch.Generator().manual_seed(3), **kw).images
     torch.testing.assert_close(c, a)

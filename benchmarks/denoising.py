@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Grayscale Gaussian denoising on held-out scikit-image photographs: energycrf vs the classics.
 
-One run, same noisy inputs for every method (energycrf.denoise.heldout_pair), sigma in
+One run, same noisy inputs for every method (energycrf.apps.denoise.heldout_pair), sigma in
 {15, 25, 50} on the 0-255 scale. Methods:
 
 - ``Staged FoE``: the shipped energycrf/pretrained/denoise-sigma{S}/staged/, one gradient
@@ -44,7 +44,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.restoration import denoise_nl_means, denoise_tv_chambolle, denoise_wavelet
 
-from energycrf.denoise import SIGMAS, TEST_IMAGES, denoise, heldout_pair, load_denoiser, skimage_gray
+from energycrf.apps.denoise import SIGMAS, TEST_IMAGES, denoise, heldout_pair, load_denoiser, skimage_gray
 from machine_info import cpu_name  # noqa: E402  (benchmarks/ is the script's folder)
 
 

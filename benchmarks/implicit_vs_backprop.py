@@ -35,7 +35,7 @@ import torch
 
 import energycrf as ec
 from energycrf.energies.potentials import Charbonnier
-from energycrf.solvers.unrolled import Unrolled
+from energycrf.learned.unrolled import Unrolled
 from machine_info import cpu_name  # noqa: E402  (benchmarks/ is the script's folder)
 
 

@@ -30,7 +30,7 @@ import energycrf as ec
 import energycrf.solvers.lbfgs as lbfgs_module
 from energycrf.energies.operators import correlate, correlate_adjoint
 from energycrf.solvers import quadratic as Q
-from energycrf.solvers.cli import default_energy, noisy_photograph
+from energycrf.apps.compare_solvers import default_energy, noisy_photograph
 from solvers_benchmark import latent_batch, machine  # noqa: E402  (benchmarks/ is the script's folder)
 
 

@@ -25,7 +25,7 @@ import torch
 import energycrf as ec
 from energycrf.energies.operators import window_spectrum
 from energycrf.solvers import quadratic as Q
-from energycrf.solvers.cli import default_energy
+from energycrf.apps.compare_solvers import default_energy
 from machine_info import median_ms, under  # noqa: E402  (benchmarks/ is the script's folder)
 from solvers_benchmark import fastest_solve, latent_batch, machine  # noqa: E402
 

@@ -34,7 +34,7 @@ import torch
 from energycrf.solvers import base as B
 from energycrf.solvers import lbfgs as L
 from energycrf.solvers import quadratic as Q
-from energycrf.solvers.cli import default_energy, noisy_photograph
+from energycrf.apps.compare_solvers import default_energy, noisy_photograph
 from solvers_benchmark import fastest_solve, latent_batch, machine, run_torch_lbfgs  # noqa: E402  (benchmarks/ is the script's folder)
 
 PARTS = [  # (owner, attribute, label): each part's own time, its nested parts' taken out

@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from energycrf.ldm import classifier as C
+    from energycrf.apps.ldm import classifier as C
 
     x, y = C.real_images("train")
     xt, yt = C.real_images("test")

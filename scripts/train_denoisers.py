@@ -2,20 +2,20 @@
 """Reproduce the shipped grayscale denoisers (energycrf/pretrained/denoise-sigma{S}/{staged,foe,latentcrf}/).
 
 For each sigma (0-255 scale) and model, the stage-1 trainer learns from random patches of
-the scikit-image training photographs (energycrf.denoise.TRAIN_IMAGES) corrupted by
+the scikit-image training photographs (energycrf.apps.denoise.TRAIN_IMAGES) corrupted by
 additive Gaussian noise of that sigma, with the denoising loss L_NT (mean squared form),
 AdamW and warm-up + cosine decay. Models:
 
 - ``foe``: a Unary + FieldOfExperts (24 Student-t experts, 5x5, started from the DCT
   basis) energy minimised by 6 mean-field steps, learned through
-  energycrf.solvers.unrolled.Unrolled;
+  energycrf.learned.unrolled.Unrolled;
 - ``staged``: five stages, each one gradient step on its own Unary + FieldOfExperts energy
   (24 filters of 5x5 from the DCT basis, per-filter piecewise-linear influence functions),
-  energycrf.solvers.unrolled.Staged (Chen and Pock's trainable reaction-diffusion);
+  energycrf.learned.unrolled.Staged (Chen and Pock's trainable reaction-diffusion);
 - ``latentcrf``: the LatentCRF layer (channels=1, cond_dim=None; Algorithm 1 with the
   paper's ReLU experts, the mean-field normalisation K^-1 and the MLP compatibility).
 
-Each is then measured (PSNR) on the held-out photographs (energycrf.denoise.TEST_IMAGES)
+Each is then measured (PSNR) on the held-out photographs (energycrf.apps.denoise.TEST_IMAGES)
 and saved with save_pretrained.
 
     python scripts/train_denoisers.py                      # everything (2-20 min per run, 1 CPU thread)
@@ -41,9 +41,9 @@ except ImportError:  # running from a checkout without `pip install -e .`
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from energycrf.denoise import (PRETRAINED_ROOT, TEST_IMAGES, TRAIN_IMAGES, FoEEnergyDenoiser, PixelDenoiser,
+from energycrf.apps.denoise import (PRETRAINED_ROOT, TEST_IMAGES, TRAIN_IMAGES, FoEEnergyDenoiser, PixelDenoiser,
                                StagedFoEDenoiser, heldout_pair, skimage_gray)
-from energycrf.solvers.latent_crf import LatentCRF
+from energycrf.learned.latent_crf import LatentCRF
 from energycrf.training import ImagePatches, TrainConfig, Trainer
 
 CRF_ARCH = dict(channels=1, cond_dim=None, num_iterations=5, num_filters=24, kernel_size=5,

@@ -43,8 +43,8 @@ def main(argv=None) -> int:
     from diffusers import AutoencoderKL
 
     from energycrf.integrations.plan import SplicePlan
-    from energycrf.ldm import crf_training as CT
-    from energycrf.ldm import data, train
+    from energycrf.apps.ldm import crf_training as CT
+    from energycrf.apps.ldm import data, train
     from energycrf.training import latest_checkpoint
 
     stages = {int(s) for s in args.stages.split(",") if s.strip()}

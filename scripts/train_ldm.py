@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    from energycrf.ldm import data, train
+    from energycrf.apps.ldm import data, train
 
     log = (lambda m: None) if args.quiet else (lambda m: print(m, flush=True))
     args.workdir.mkdir(parents=True, exist_ok=True)

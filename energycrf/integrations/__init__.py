@@ -4,7 +4,8 @@
 - :mod:`~energycrf.integrations.sampler`: a plain DDIM loop for any latent model;
 - :mod:`~energycrf.integrations.diffusers`: :func:`generate` for diffusers pipelines
   (needs the ``diffusers`` extra; imported on first use);
-- :mod:`~energycrf.integrations.distill`: distillation data ``(z_s, z_f, prompt_embeds)``.
+- :mod:`~energycrf.integrations.distill`: distillation data ``(z_s, z_f, prompt_embeds)``;
+- :mod:`~energycrf.integrations.bundle`: a pipeline, its CRF and the plan in one directory.
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 from .plan import CLEAN, SplicePlan, SpliceSchedule
+from .bundle import CRF_SUBFOLDER, PLAN_FILE, load_pretrained, save_pretrained  # noqa: F401 (re-exported)
 from .sampler import NoiseSchedule, crf_to_target, ddim_step
 
 try:  # the `diffusers` extra: pip install "energycrf[diffusers]"
@@ -448,55 +449,3 @@ def _generate_two_calls(pipe, crf, plan, sched, kind, condition, user_cb, user_i
         if user_inputs is not None and not isinstance(user_cb, (PipelineCallback, MultiPipelineCallbacks)):
             second["callback_on_step_end_tensor_inputs"] = user_inputs
     return pipe(timesteps=list(sched.post), **second)
-
-
-CRF_SUBFOLDER = "latent_crf"
-PLAN_FILE = "energycrf_plan.json"
-
-
-def save_pretrained(directory, pipe, crf, plan: SplicePlan | None = None):
-    """Write a pipeline, its CRF and the plan into one local directory.
-
-    ``directory/`` holds the pipeline (``pipe.save_pretrained``, safetensors),
-    ``directory/latent_crf/`` the CRF (``crf.save_pretrained``) and
-    ``directory/energycrf_plan.json`` the plan. diffusers ignores the two extras.
-    """
-    import json
-    import os
-    from pathlib import Path
-
-    plan = SplicePlan() if plan is None else plan
-    if not isinstance(plan, SplicePlan):
-        raise TypeError(f"plan must be a SplicePlan or None, got {type(plan).__name__}")
-    if not hasattr(crf, "save_pretrained"):
-        raise TypeError(f"crf must have save_pretrained (ec.LatentCRF does), got {type(crf).__name__}")
-    path = Path(directory)
-    pipe.save_pretrained(str(path))
-    crf.save_pretrained(path / CRF_SUBFOLDER)
-    tmp = path / (PLAN_FILE + ".tmp")
-    tmp.write_text(json.dumps(plan.to_dict(), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path / PLAN_FILE)
-    return path
-
-
-def load_pretrained(directory, pipeline_cls=None, crf_cls=None, **pipeline_kwargs):
-    """Load ``(pipe, crf, plan)`` written by :func:`save_pretrained` from a local directory.
-
-    ``pipeline_cls`` defaults to ``diffusers.DiffusionPipeline`` (the class named in
-    ``model_index.json``), ``crf_cls`` to ``ec.LatentCRF``; nothing is downloaded.
-    """
-    import json
-    from pathlib import Path
-
-    from diffusers import DiffusionPipeline
-
-    path = Path(directory)
-    if not (path / "model_index.json").is_file():
-        raise FileNotFoundError(f"{str(path)!r} holds no model_index.json (not a saved pipeline directory)")
-    if crf_cls is None:
-        from energycrf.learned.latent_crf import LatentCRF as crf_cls
-    pipe = (pipeline_cls or DiffusionPipeline).from_pretrained(str(path), local_files_only=True, **pipeline_kwargs)
-    crf = crf_cls.from_pretrained(path / CRF_SUBFOLDER)
-    plan_file = path / PLAN_FILE
-    plan = SplicePlan.from_dict(json.loads(plan_file.read_text())) if plan_file.is_file() else SplicePlan()
-    return pipe, crf, plan

@@ -15,6 +15,7 @@ from .gradient_descent import GradientDescent
 from .latent_crf import CompatibilityNetwork, LatentCRF
 from .lbfgs import LBFGS, ScipyLBFGS, TorchLBFGS
 from .mean_field import MeanField
+from .options import SolveOptions
 from .quadratic import (ChebyshevPreconditioner, ConjugateGradient, FFTSolver, SpectralPreconditioner,
                         hessian_vector_product)
 from .result import DivergenceError, DivergenceWarning, SolveResult, SolverWarning
@@ -26,6 +27,7 @@ __all__ = [
     "Comparison",
     "ComparisonRow",
     "SolveResult",
+    "SolveOptions",
     "SOLVERS",
     "get_solver",
     "method_names",

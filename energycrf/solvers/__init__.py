@@ -14,6 +14,7 @@ from .coordinate_descent import CoordinateDescent
 from .gradient_descent import GradientDescent
 from .lbfgs import LBFGS, ScipyLBFGS, TorchLBFGS
 from .mean_field import MeanField
+from .options import SolveOptions
 from .quadratic import (ChebyshevPreconditioner, ConjugateGradient, FFTSolver, SpectralPreconditioner,
                         hessian_vector_product)
 from .result import DivergenceError, DivergenceWarning, SolveResult, SolverWarning
@@ -31,6 +32,7 @@ __all__ = [
     "Comparison",
     "ComparisonRow",
     "SolveResult",
+    "SolveOptions",
     "SOLVERS",
     "get_solver",
     "method_names",

@@ -12,6 +12,7 @@ from .coordinate_descent import CoordinateDescent
 from .gradient_descent import GradientDescent
 from .lbfgs import LBFGS, ScipyLBFGS, TorchLBFGS
 from .mean_field import MeanField
+from .options import option_names, with_option_signature
 from .quadratic import ConjugateGradient, FFTSolver
 from .result import SolveResult
 
@@ -70,32 +71,13 @@ def get_solver(method: str | Solver, **options: Any) -> Solver:
     return cls(**options)
 
 
-def solve(
-    E: Any,
-    x: Tensor,
-    c: Tensor | None = None,
-    method: str | Solver = "lbfgs",
-    y0: Tensor | str | None = None,
-    max_iters: int = 500,
-    tol: float | None = None,
-    gtol: float | None = None,
-    *,
-    on_diverge: str = "warn",
-    rise_tol: float = 1.0,
-    blowup: float = 1e6,
-    well_posed: str = "ignore",
-    progress: bool = False,
-    callback: Any = None,
-    **options: Any,
-) -> SolveResult:
+@with_option_signature(method_options=True)
+def solve(E: Any, x: Tensor, c: Tensor | None = None, method: str | Solver = "lbfgs", **options: Any) -> SolveResult:
     """Minimise the energy ``E(y, x, c)`` over ``y`` and return a :class:`SolveResult`.
 
     Args:
         E: an ``ec.Energy`` (a built-in sum or a user term).
         x: observed latent ``[B, C, H, W]``; ``y`` starts at ``x`` unless ``y0`` is given.
-        y0: the start: ``None`` (``x``), a tensor shaped like ``x``, or ``"quadratic"``, the
-            minimiser of the energy's quadratic part (Unary + Pairwise) by its FFT inverse,
-            a denoised start from which L-BFGS needs one iteration fewer on the benchmark.
         c: condition (``None``, ``[B, D]`` or ``[B, L, D]``).
         method: a registry name (see :data:`SOLVERS`) or a :class:`Solver` instance
             (default ``"lbfgs"``, which applies to every energy):
@@ -103,8 +85,12 @@ def solve(
             a time), ``"sequential"``, ``"mean_field"`` (``damping``, ``adaptive``),
             ``"gradient_descent"``, ``"lbfgs"``, ``"torch_lbfgs"``, ``"scipy_lbfgs"``,
             ``"conjugate_gradient"``, ``"fft"``.
-        max_iters, tol, gtol, on_diverge, rise_tol, blowup, well_posed, progress, callback:
-            the driver's options, see :meth:`Solver.solve`.
+        y0, max_iters, tol, gtol, on_diverge, rise_tol, blowup, well_posed, progress, callback:
+            the driver's options (keywords), the fields of
+            :class:`~energycrf.solvers.options.SolveOptions`, with its defaults. ``y0="quadratic"``
+            starts at the minimiser of the energy's quadratic part (Unary + Pairwise) by its FFT
+            inverse: a denoised start, from which L-BFGS needs fewer iterations (``docs/solvers.md``,
+            "The quadratic start").
         **options: the method's own options (e.g. ``damping=0.5``).
 
     Example:
@@ -115,9 +101,7 @@ def solve(
         >>> res.energies.shape[1], res.status[0]
         (2, 'converged')
     """
-    solver = get_solver(method, **options)
-    return solver.solve(
-        E, x, c, y0=y0, max_iters=max_iters, tol=tol, gtol=gtol, on_diverge=on_diverge,
-        rise_tol=rise_tol, blowup=blowup, well_posed=well_posed, progress=progress,
-        callback=callback,
-    )
+    names = set(option_names())
+    driver = {k: v for k, v in options.items() if k in names}
+    own = {k: v for k, v in options.items() if k not in names}
+    return get_solver(method, **own).solve(E, x, c, **driver)

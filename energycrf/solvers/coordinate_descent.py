@@ -18,7 +18,7 @@ lattice, ``t^2`` classes, wrap-aware for circular boundaries).
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -26,12 +26,27 @@ from torch import Tensor
 from ..energies.colouring import axis_colouring, colour_classes
 from .base import Problem, Solver, StepOutput, block_solve
 
-__all__ = ["CoordinateDescent", "axis_colouring", "colour_classes"]
+__all__ = ["CoordinateDescent", "CoordinateDescentState", "axis_colouring", "colour_classes"]
 
 _ALTERNATIVES = (
     "method='mean_field' (all sites at once), 'lbfgs' or 'gradient_descent'; for purely quadratic "
     "energies 'conjugate_gradient' or 'fft' (exact); or order='sequential' on small problems"
 )
+
+
+@dataclass
+class CoordinateDescentState:
+    """Coordinate descent's set-up, made once per solve.
+
+    Attributes:
+        masks: the sets :math:`S` updated in turn, ``[H, W]`` bool each: the colour classes, or
+            one site each in raster order (``order="sequential"``).
+        guard: halve a sample's class step until its energy does not rise (off for a purely
+            quadratic energy under ``safeguard="auto"``, where the blocks are exact).
+    """
+
+    masks: list[Tensor]
+    guard: bool
 
 
 class CoordinateDescent(Solver):
@@ -93,7 +108,7 @@ class CoordinateDescent(Solver):
             raise ValueError(f"interaction_radius: expected a non-negative int or None, got {r!r}")
         problem.radius = r
 
-    def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> Any:
+    def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> CoordinateDescentState:
         _, _, H, W = y.shape
         if self.order == "sequential":
             masks = []
@@ -105,12 +120,12 @@ class CoordinateDescent(Solver):
             periodic = bool(getattr(problem.E, "periodic", False))
             masks = colour_classes(H, W, problem.radius, periodic, device=y.device)
         guard = (not problem.is_quadratic) if self.safeguard == "auto" else bool(self.safeguard)
-        return {"masks": masks, "guard": guard}
+        return CoordinateDescentState(masks=masks, guard=guard)
 
-    def step(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor, state: Any) -> StepOutput:
-        guard = state["guard"]
+    def step(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor, state: CoordinateDescentState) -> StepOutput:
+        guard = state.guard
         eps = torch.finfo(y.dtype).eps
-        for k, mask in enumerate(state["masks"]):
+        for k, mask in enumerate(state.masks):
             if k > 0:
                 g = problem.grad(y)
             A = problem.curvature(y)

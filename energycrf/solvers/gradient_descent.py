@@ -5,22 +5,42 @@
     y^{(t+1)} = y^{(t)} - \\alpha_t g, \\qquad
     E(y - \\alpha_t g) \\le E(y) - c_1 \\alpha_t \\|g\\|^2 ,
 
-where :math:`\\alpha_t` starts at ``grow`` times the last accepted step and is halved
-until the sufficient-decrease condition holds. The first trial step is ``1 / L`` with
-``L`` the largest curvature-block eigenvalue when the blocks are positive, else
-``1 / ||g||``. Slow but monotone and assumption-free: a reference.
+where :math:`\\alpha_t` starts at ``grow`` times the last accepted step and is multiplied by
+``shrink`` until the sufficient-decrease condition holds
+(:func:`~energycrf.solvers.line_search.armijo_backtracking`). The first trial step is
+``1 / L`` with ``L`` the largest curvature-block eigenvalue when the blocks are positive,
+else ``1 / ||g||``. Slow but monotone and assumption-free: a reference.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Problem, Solver, StepOutput, accepted_point, sample_dot
+from .base import Problem, Solver, StepOutput, sample_dot
+from .host import _device_values, _host
+from .line_search import armijo_backtracking
 
-__all__ = ["GradientDescent"]
+__all__ = ["GradientDescent", "GradientDescentState"]
+
+
+@dataclass
+class GradientDescentState:
+    """Gradient descent's memory between steps.
+
+    Attributes:
+        alpha: ``[B]`` the next first trial step :math:`\\alpha` per sample (``grow`` times the
+            last accepted one), a tensor of the problem's dtype and device (it may carry the
+            autograd graph of the curvature it came from, when steps are differentiated).
+        fused: evaluate the gradient with the first trial's energy: the last first trial passed
+            for every sample, so this one likely will too.
+    """
+
+    alpha: Tensor
+    fused: bool = True
 
 
 class GradientDescent(Solver):
@@ -54,7 +74,7 @@ class GradientDescent(Solver):
         self.c1, self.shrink, self.grow = float(c1), float(shrink), float(grow)
         self.max_backtracks, self.step_size = int(max_backtracks), step_size
 
-    def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> Any:
+    def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> GradientDescentState:
         if self.step_size is not None:
             alpha = torch.full_like(e, float(self.step_size))
         else:
@@ -63,36 +83,16 @@ class GradientDescent(Solver):
             L = lam.flatten(1).amax(1)
             gn = g.flatten(1).norm(dim=1).clamp_min(torch.finfo(y.dtype).tiny)
             alpha = torch.where(L > 0, 1.0 / L.clamp_min(torch.finfo(y.dtype).tiny), 1.0 / gn)
-        return {"alpha": alpha, "fused": True}
+        return GradientDescentState(alpha=alpha)
 
-    def step(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor, state: Any) -> StepOutput:
-        alpha = state["alpha"]
-        gg = sample_dot(g, g)
-        # the predicted decrease is below round-off: a failed search then means "converged"
-        roundoff = alpha * gg <= 16 * torch.finfo(y.dtype).eps * e.abs()
-        y_try = y - alpha.view(-1, 1, 1, 1) * g
-        fused = state["fused"]
-        if fused:  # the last first trial passed: this one likely will, and its gradient is ready
-            e_try, g_try = problem.energy_and_grad(y_try)
-        else:  # it backtracked (a grown step often does again): energies first, the gradient once accepted
-            e_try, g_try = problem.energy(y_try), g
-        ok = e_try <= e - self.c1 * alpha * gg
-        first_ok = ok if fused else torch.zeros_like(ok)  # which samples hold their trial's gradient
-        state["fused"] = bool(ok.all())
-        for _ in range(self.max_backtracks):
-            if bool(ok.all()):
-                break
-            alpha = torch.where(ok, alpha, alpha * self.shrink)
-            y_try = torch.where(ok.view(-1, 1, 1, 1), y_try, y - alpha.view(-1, 1, 1, 1) * g)
-            e_try = torch.where(ok, e_try, problem.energy(y_try))
-            ok = e_try <= e - self.c1 * alpha * gg
-        state["alpha"] = torch.where(ok, alpha * self.grow, alpha)
-        y_new, e_new, g_new = accepted_point(problem, y, e, g, y_try, e_try, g_try, first_ok, ok)
-        return StepOutput(
-            y=y_new,
-            energy=e_new,
-            grad=g_new,
-            accepted=ok | roundoff,
-            stalled=~ok & ~roundoff,
-            stall_reason=f"no Armijo step found in {self.max_backtracks} halvings",
-        )
+    def step(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor, state: GradientDescentState) -> StepOutput:
+        # the search runs along d = alpha g with unit first trial: y - a alpha g, a = 1, shrink, ...
+        alpha = state.alpha
+        d = alpha.view(-1, 1, 1, 1) * g
+        e_h, decrease = _host(e, alpha * sample_dot(g, g))  # E(y) and alpha ||g||^2 = -g^T (-d)
+        search = armijo_backtracking(problem, y, e, g, d, energy=e_h, slope=-decrease, sign=-1.0, c1=self.c1,
+                                     max_backtracks=self.max_backtracks, shrink=self.shrink, fused=state.fused)
+        state.fused = bool(search.first_ok.all())  # after a backtracking search, a grown step often backtracks again
+        a = search.step
+        state.alpha = alpha * _device_values(np.where(search.ok, a * self.grow, a), alpha)
+        return search.step_output(f"no Armijo step found in {self.max_backtracks} halvings")

@@ -8,7 +8,8 @@ Hessian :math:`H^0 = \\gamma P`, where ``P`` applies the inverse curvature block
 :math:`(P v)_i = A_i^{-1} v_i` (the mean-field step as preconditioner) and
 :math:`\\gamma = s^\\top q / q^\\top P q`. The step length comes from a backtracking
 Armijo search (:math:`E(y + \\alpha d) \\le E(y) + c_1 \\alpha g^\\top d`) with quadratic
-interpolation; pairs with :math:`s^\\top q \\le 0` (non-convex regions) are skipped.
+interpolation (:func:`~energycrf.solvers.line_search.armijo_backtracking`); pairs with
+:math:`s^\\top q \\le 0` (non-convex regions) are skipped.
 
 ``"torch_lbfgs"`` (:class:`TorchLBFGS`): ``torch.optim.LBFGS`` with the strong-Wolfe line
 search, fed ``E.grad``; the whole batch is one problem.
@@ -21,22 +22,84 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .base import (Problem, Solver, StepOutput, _device_mask, _device_values, _host, _max_abs, accepted_point,
-                   check_divergence_limits, check_start, report_outcome, sample_dot, sample_norm)
-from .quadratic import Preconditioned, check_refine, make_preconditioner, quadratic_start
+from .base import Problem, Solver, StepOutput, sample_dot, sample_norm
+from .driver import History
+from .host import _device_mask, _host
+from .line_search import armijo_backtracking
+from .options import SolveOptions
+from .quadratic import Preconditioned, check_refine, make_preconditioner
 from .result import SolveResult
 
-__all__ = ["LBFGS", "TorchLBFGS", "ScipyLBFGS"]
+__all__ = ["LBFGS", "LBFGSState", "CurvaturePair", "PendingPair", "TorchLBFGS", "ScipyLBFGS"]
 
 
 def _col(v: Tensor) -> Tensor:
     return v.view(-1, 1, 1, 1)
+
+
+class CurvaturePair(NamedTuple):
+    r"""One stored pair of the two-loop recursion, per sample (``[B, ...]`` / ``[B]``).
+
+    Attributes:
+        s: :math:`s_k = y_{k+1} - y_k`.
+        q: :math:`q_k = g_{k+1} - g_k`.
+        rho: :math:`\rho_k = 1 / s_k^\top q_k` (``0`` for the samples whose pair was skipped).
+        Pq: :math:`P q_k = P g_{k+1} - P g_k` (``P`` is linear: no application of its own).
+    """
+
+    s: Tensor
+    q: Tensor
+    rho: Tensor
+    Pq: Tensor
+
+
+class PendingPair(NamedTuple):
+    """The last step's ends, made into a :class:`CurvaturePair` at the next step (a solve's last
+    step needs none).
+
+    Attributes:
+        y, y_new: :math:`y_k` and :math:`y_{k+1}`.
+        g, g_new: :math:`g_k` and :math:`g_{k+1}`.
+        accepted: host bool ``[B]``: the samples whose step was accepted (the others' pair is skipped).
+        Pg: :math:`P g_k`.
+    """
+
+    y: Tensor
+    y_new: Tensor
+    g: Tensor
+    g_new: Tensor
+    accepted: np.ndarray
+    Pg: Tensor
+
+
+@dataclass
+class LBFGSState:
+    r"""L-BFGS's memory between steps.
+
+    Attributes:
+        P: the preconditioner, :math:`H^0 = \gamma P` (``None``: the identity).
+        pairs: the last ``m`` (``history``) :class:`CurvaturePair`, oldest first.
+        gamma: ``[B]`` the scale :math:`\gamma = s^\top q / q^\top P q` of each sample's newest
+            valid pair; ``None`` before the first.
+        pending: the last step's :class:`PendingPair`, or ``None``.
+    """
+
+    P: Callable[[Tensor], Tensor] | None
+    pairs: list[CurvaturePair] = field(default_factory=list)
+    gamma: Tensor | None = None
+    pending: PendingPair | None = None
+
+    def apply_P(self, v: Tensor) -> Tensor:
+        """``P v`` (``v`` itself without a preconditioner)."""
+        return v if self.P is None else self.P(v)
 
 
 class LBFGS(Preconditioned, Solver):
@@ -87,41 +150,35 @@ class LBFGS(Preconditioned, Solver):
         self.history = history
         self.c1, self.max_backtracks, self.refine = float(c1), int(max_backtracks), check_refine(refine)
 
-    def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> Any:
-        P = make_preconditioner(self.precondition, problem, y, refine=self.refine, degree=self.degree)
-        return {"pairs": [], "P": P, "gamma": None, "pending": None}
+    def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> LBFGSState:
+        return LBFGSState(P=make_preconditioner(self.precondition, problem, y, refine=self.refine, degree=self.degree))
 
-    def _P(self, state: Any, v: Tensor) -> Tensor:
-        return v if state["P"] is None else state["P"](v)
-
-    def _take_pending(self, state: Any, Pg: Tensor) -> None:
-        """Store the last step's pair ``s = y_new - y``, ``q = g_new - g`` (made here, not in the
-        step: a solve's last step needs none) with ``P q = P g_new - P g_old``, when
-        ``s^T q > eps |s| |q|``, and update ``gamma``."""
-        pending, state["pending"] = state["pending"], None
+    def _take_pending(self, state: LBFGSState, Pg: Tensor) -> None:
+        """Store the pending pair ``s = y_new - y``, ``q = g_new - g`` with ``P q = P g_new - P g_old``
+        (``Pg``: ``P g_new``), for the samples with ``s^T q > eps |s| |q|``, and update ``gamma``."""
+        pending, state.pending = state.pending, None
         if pending is None:
             return
-        y_old, y_new, g_old, g_new, ok, Pg_old = pending
-        ok = _device_mask(ok, y_new)  # the samples whose step was accepted (host mask)
-        s, qv = y_new - y_old, g_new - g_old
+        ok = _device_mask(pending.accepted, pending.y_new)  # the samples whose step was accepted
+        s, qv = pending.y_new - pending.y, pending.g_new - pending.g
         sq = sample_dot(s, qv)
         valid = ok & (sq > torch.finfo(s.dtype).eps * sample_norm(s) * sample_norm(qv))
         if not bool(valid.any()):
             return
         rho = torch.where(valid, 1.0 / torch.where(valid, sq, torch.ones_like(sq)), torch.zeros_like(sq))
-        Pq = Pg - Pg_old
-        state["pairs"].append((s, qv, rho, Pq))
-        if len(state["pairs"]) > self.history:
-            state["pairs"].pop(0)
+        Pq = Pg - pending.Pg
+        state.pairs.append(CurvaturePair(s, qv, rho, Pq))
+        if len(state.pairs) > self.history:
+            state.pairs.pop(0)
         qPq = sample_dot(qv, Pq)
         gam = torch.where(valid & (qPq > 0), sq / torch.where(qPq > 0, qPq, torch.ones_like(qPq)), torch.ones_like(sq))
-        state["gamma"] = gam if state["gamma"] is None else torch.where(valid, gam, state["gamma"])
+        state.gamma = gam if state.gamma is None else torch.where(valid, gam, state.gamma)
 
-    def _direction(self, state: Any, g: Tensor, Pg: Tensor) -> Tensor:
+    def _direction(self, state: LBFGSState, g: Tensor, Pg: Tensor) -> Tensor:
         """The two-loop recursion's direction ``-H g`` with ``H^0 = gamma P`` (``gamma``: 1 before the first pair)."""
-        pairs = state["pairs"]
+        pairs = state.pairs
         if not pairs:
-            return -Pg if state["gamma"] is None else -_col(state["gamma"]) * Pg
+            return -Pg if state.gamma is None else -_col(state.gamma) * Pg
         q = g
         r = Pg.clone()
         alphas = []
@@ -131,20 +188,19 @@ class LBFGS(Preconditioned, Solver):
                 q = q - _col(a) * qv
             r.sub_(_col(a) * Pq)
             alphas.append(a)
-        if state["gamma"] is not None:
-            r.mul_(_col(state["gamma"]))
+        if state.gamma is not None:
+            r.mul_(_col(state.gamma))
         for (s, qv, rho, _), a in zip(pairs, reversed(alphas)):
             b = rho * sample_dot(qv, r)
             r.add_(_col(a - b) * s)
         return r.neg_()
 
-    def step(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor, state: Any) -> StepOutput:
-        eps = torch.finfo(y.dtype).eps
-        Pg = self._P(state, g)
+    def step(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor, state: LBFGSState) -> StepOutput:
+        Pg = state.apply_P(g)
         self._take_pending(state, Pg)
         # the direction is sign * d: without pairs or scale -P g, whose sign the slope and the
         # trial points take (no pass to negate it)
-        plain = not state["pairs"] and state["gamma"] is None
+        plain = not state.pairs and state.gamma is None
         d, sign = (Pg, -1.0) if plain else (self._direction(state, g, Pg), 1.0)
         # the per-sample scalars of the line search on the host, in float64 (one transfer each)
         e_h, gd = _host(e, sample_dot(g, d))
@@ -154,51 +210,32 @@ class LBFGS(Preconditioned, Solver):
             d0 = -Pg
             d, sign = torch.where(_col(_device_mask(bad, y)), d0, sign * d), 1.0
             gd = np.where(bad, _host(sample_dot(g, d0))[0], gd)
-        alpha = np.ones_like(e_h)
-        if state["gamma"] is None and state["P"] is None:  # first step without any scale
-            alpha = np.minimum(1.0 / np.maximum(_host(g.flatten(1).abs().sum(1))[0], torch.finfo(y.dtype).tiny), 1.0)
-            y_try = torch.addcmul(y, _col(_device_values(sign * alpha, y)), d)
-        else:
-            y_try = torch.add(y, d, alpha=sign)
-        e_try_t, g_try = problem.energy_and_grad(y_try)  # the unit step usually passes: its gradient is ready
-        # with the driver's scalars of the point (its gradient norm and max |y|): one transfer
-        at_try = _host(e_try_t, sample_norm(g_try), _max_abs(y_try))
-        e_try = at_try[0]
-        with np.errstate(invalid="ignore", over="ignore"):
-            ok = e_try <= e_h + self.c1 * alpha * gd
-        first_ok, alpha0 = ok, alpha
-        for _ in range(self.max_backtracks):
-            if ok.all():
-                break
-            # minimiser of the quadratic through E(y), slope gd and E(y + alpha d), kept in [0.1, 0.5] alpha
-            with np.errstate(all="ignore"):
-                denom = 2.0 * (e_try - e_h - gd * alpha)
-                a_q = np.where(denom > 0, -gd * alpha * alpha / np.where(denom > 0, denom, 1.0), 0.5 * alpha)
-            a_q = np.where(np.isfinite(a_q), a_q, 0.1 * alpha)
-            alpha = np.where(ok, alpha, np.clip(a_q, 0.1 * alpha, 0.5 * alpha))
-            ok_t = _device_mask(ok, y)
-            y_try = torch.where(_col(ok_t), y_try, y + _col(_device_values(sign * alpha, y)) * d)
-            e_try_t = torch.where(ok_t, e_try_t, problem.energy(y_try))
-            (e_try,) = _host(e_try_t)
-            with np.errstate(invalid="ignore", over="ignore"):
-                ok = e_try <= e_h + self.c1 * alpha * gd
-        if first_ok.all():  # the usual case: the unit step, all accepted, its scalars already here
-            state["pending"] = (y, y_try, g, g_try, ok, Pg)
-            return StepOutput(y=y_try, energy=e_try_t, grad=g_try, host=at_try)
-        y_new, e_new, g_new = accepted_point(problem, y, e, g, y_try, e_try_t, g_try,
-                                             _device_mask(first_ok, y), _device_mask(ok, y))
-        if ok.any():
-            state["pending"] = (y, y_new, g, g_new, ok, Pg)
-        with np.errstate(invalid="ignore", over="ignore"):
-            roundoff = (-alpha0 * gd) <= 16 * eps * np.abs(e_h)  # no decrease to find: a stop, not a stall
-        return StepOutput(
-            y=y_new,
-            energy=e_new,
-            grad=g_new,
-            accepted=ok | roundoff,
-            stalled=~ok & ~roundoff,
-            stall_reason=f"the line search found no decrease in {self.max_backtracks} trials",
-        )
+        first = None  # the unit step, unless there is no scale at all
+        if state.gamma is None and state.P is None:  # first step without any scale: at most 1 / |g|_1
+            first = np.minimum(1.0 / np.maximum(_host(g.flatten(1).abs().sum(1))[0], torch.finfo(y.dtype).tiny), 1.0)
+        search = armijo_backtracking(problem, y, e, g, d, energy=e_h, slope=gd, sign=sign, step=first, c1=self.c1,
+                                     max_backtracks=self.max_backtracks)
+        if search.ok.any():
+            state.pending = PendingPair(y, search.y, g, search.grad, search.ok, Pg)
+        return search.step_output(f"the line search found no decrease in {self.max_backtracks} trials")
+
+
+@dataclass
+class TorchLBFGSState:
+    """``torch.optim.LBFGS``'s set-up, kept across steps (the optimiser keeps its own memory).
+
+    Attributes:
+        p: the optimised parameter, a leaf copy of ``y``.
+        opt: the optimiser over ``[p]``.
+        closure: sets ``p.grad = grad E(p)`` and returns ``E(p).sum()``.
+        cache: the closure's last point ``y``, its energies ``e`` and gradient ``g`` (so a step whose
+            point the closure evaluated last needs no new evaluation).
+    """
+
+    p: Tensor
+    opt: torch.optim.LBFGS
+    closure: Callable[[], Tensor]
+    cache: dict[str, Tensor]
 
 
 class TorchLBFGS(Solver):
@@ -209,8 +246,8 @@ class TorchLBFGS(Solver):
     ``y.grad = E.grad(y)``. Its own stopping tests are switched off; the driver stops.
 
     Making the solver makes a throwaway ``torch.optim.LBFGS``: the first optimiser a process
-    makes imports ``torch._dynamo`` (about 0.9 s), a one-time cost that would otherwise land in
-    the first solve's times.
+    makes imports ``torch._dynamo``, a one-time cost (see ``docs/solvers.md``, "Compare
+    solvers") that would otherwise land in the first solve's times.
 
     Args:
         history: ``history_size``.
@@ -226,7 +263,7 @@ class TorchLBFGS(Solver):
         self.history, self.line_search, self.lr = int(history), line_search, float(lr)
         torch.optim.LBFGS([torch.zeros(1, requires_grad=True)])  # the one-time import, outside the solve
 
-    def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> Any:
+    def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> TorchLBFGSState:
         p = y.detach().clone().requires_grad_(True)
         opt = torch.optim.LBFGS(
             # max_eval bounds the line search too (max_ls = max_eval - 1): give it torch's usual 25
@@ -242,11 +279,11 @@ class TorchLBFGS(Solver):
                 cache.update(y=p.detach().clone(), e=e_b, g=p.grad.clone())
             return e_b.sum()
 
-        return {"p": p, "opt": opt, "closure": closure, "cache": cache}
+        return TorchLBFGSState(p=p, opt=opt, closure=closure, cache=cache)
 
-    def step(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor, state: Any) -> StepOutput:
-        p, cache = state["p"], state["cache"]
-        state["opt"].step(state["closure"])
+    def step(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor, state: TorchLBFGSState) -> StepOutput:
+        p, cache = state.p, state.cache
+        state.opt.step(state.closure)
         y_new = p.detach().clone()
         if "y" in cache and torch.equal(cache["y"], y_new):
             e_new, g_new = cache["e"], cache["g"]
@@ -265,8 +302,11 @@ class ScipyLBFGS(Solver):
 
     The batch is one flat vector; the energy is ``E(y).sum()`` and the gradient
     ``E.grad(y)`` (both computed by torch on a float64 copy of the energy). scipy runs its
-    own loop; the history is recorded from its per-iteration callback, so every row of
-    :attr:`SolveResult.energies` is an accepted L-BFGS-B iterate.
+    own loop (:meth:`_minimise`); the set-up, the start, the history, the result and the report
+    are the driver's, so it takes the same options. The history is recorded from scipy's
+    per-iteration callback, so every row of :attr:`SolveResult.energies` is an accepted L-BFGS-B
+    iterate. The whole batch has one outcome: ``tol`` is scipy's ``ftol``, ``gtol`` is relative to
+    the start's largest gradient entry, ``rise_tol`` and ``progress`` do not apply.
 
     Args:
         history: ``maxcor``.
@@ -278,28 +318,15 @@ class ScipyLBFGS(Solver):
     def __init__(self, history: int = 10):
         self.history = int(history)
 
-    def solve(self, E, x, c=None, *, y0=None, max_iters=500, tol=None, gtol=None,
-              on_diverge="warn", rise_tol=1.0, blowup=1e6, well_posed="ignore", progress=False,
-              callback=None) -> SolveResult:
+    def _minimise(self, problem: Problem, y0: Tensor, start: str | None, opts: SolveOptions) -> SolveResult:
+        """scipy's loop on a float64 copy of the problem, recorded and judged for the whole batch."""
         from scipy.optimize import minimize
 
-        Problem(E, x, c)  # validates the arguments
-        if on_diverge not in ("warn", "raise", "ignore"):
-            raise ValueError(f"on_diverge: expected 'warn', 'raise' or 'ignore', got {on_diverge!r}")
-        check_divergence_limits(rise_tol, blowup)
-        start_name = check_start(y0, x)
-        if start_name is not None:
-            y0 = None
-        if well_posed != "ignore" and hasattr(E, "check_well_posed"):
-            E.check_well_posed(c, on_fail=well_posed)
-        eps = torch.finfo(x.dtype).eps
-        tol = max(1e-9, 10 * eps) if tol is None else float(tol)
-        gtol_rel = (1e-5 if x.dtype == torch.float32 else 1e-8) if gtol is None else float(gtol)
-
-        E64 = copy.deepcopy(E).to(torch.float64)
+        x, c = problem.x, problem.c
+        tol, gtol = opts.tolerances(x.dtype)
         x64 = x.detach().to(torch.float64)
         c64 = c.detach().to(torch.float64) if (c is not None and c.is_floating_point()) else c
-        prob = Problem(E64, x64, c64)
+        prob = Problem(copy.deepcopy(problem.E).to(torch.float64), x64, c64)
         shape = x.shape
         cache: dict[str, Any] = {}
 
@@ -311,61 +338,48 @@ class ScipyLBFGS(Solver):
             return float(e_b.sum()), g.detach().cpu().numpy().ravel().astype(np.float64)
 
         t0 = time.perf_counter()
-        if start_name == "quadratic":
-            start = quadratic_start(prob)
-        else:
-            start = (x64 if y0 is None else y0.detach().to(torch.float64)).clone()
-        f0, g0 = fun(start.cpu().numpy().ravel())
-        e_hist, g_hist = [cache["e"].clone()], [cache["gn"].clone()]
-        t_hist = [time.perf_counter() - t0 if start_name is not None else 0.0]
-        g0_inf = float(np.abs(g0).max())
-
+        y_start = self._start_point(prob, y0.detach().to(torch.float64), start)
+        _, g0 = fun(y_start.cpu().numpy().ravel())
+        history = History()
+        history.append(*_host(cache["e"], cache["gn"]), time.perf_counter() - t0 if start is not None else 0.0)
         t_cb = [0.0]
 
         def scipy_callback(intermediate_result):
             v = intermediate_result.x
             if not np.array_equal(v, cache["v"]):
                 fun(v)
-            e_hist.append(cache["e"].clone())
-            g_hist.append(cache["gn"].clone())
-            t_hist.append(time.perf_counter() - t0 - t_cb[0])
-            if callback is not None:
+            history.append(*_host(cache["e"], cache["gn"]), time.perf_counter() - t0 - t_cb[0])
+            if opts.callback is not None:
                 t1 = time.perf_counter()
                 y_it = torch.from_numpy(v.copy()).view(shape).to(device=x.device, dtype=x.dtype)
-                callback(len(e_hist) - 1, y_it, cache["e"].to(x.dtype))
+                opts.callback(len(history.energies) - 1, y_it, cache["e"].to(x.dtype))
                 t_cb[0] += time.perf_counter() - t1
 
         res = minimize(
-            fun, start.cpu().numpy().ravel(), jac=True, method="L-BFGS-B", callback=scipy_callback,
-            options={"maxcor": self.history, "maxiter": max_iters, "maxfun": 20 * max(max_iters, 1),
-                     "ftol": tol, "gtol": gtol_rel * g0_inf},
+            fun, y_start.cpu().numpy().ravel(), jac=True, method="L-BFGS-B", callback=scipy_callback,
+            options={"maxcor": self.history, "maxiter": opts.max_iters, "maxfun": 20 * max(opts.max_iters, 1),
+                     "ftol": tol, "gtol": gtol * float(np.abs(g0).max())},
         )
         wall = time.perf_counter() - t0 - t_cb[0]
         y = torch.from_numpy(res.x).view(shape).to(device=x.device, dtype=x.dtype)
+        st, why = self._outcome(res, x, y_start, opts)
+        B, n_it = shape[0], len(history.energies) - 1
+        return history.result(y, x.dtype, status=[st] * B, reason=[why] * B, iterations=np.full(B, n_it),
+                              method=self.name, wall_time=wall, evaluations=prob.counts)
+
+    @staticmethod
+    def _outcome(res: Any, x: Tensor, y_start: Tensor, opts: SolveOptions) -> tuple[str, str]:
+        """The batch's status and reason from scipy's result: diverged (non-finite, or past the
+        blow-up limit ``blowup (1 + max|x| + max|y0|)`` over the batch), converged, out of
+        iterations, or stalled (its line search failed)."""
         finite = bool(np.isfinite(res.x).all()) and bool(np.isfinite(res.fun))
-        runaway = float(np.abs(res.x).max()) > blowup * (1 + float(x.abs().max()) + float(start.abs().max()))
-        B = shape[0]
-        if not finite or runaway:
-            st, why = "diverged", ("a value became non-finite" if not finite else "the iterate ran away: the energy looks unbounded below")
-        elif res.success:
-            st, why = "converged", f"scipy: {res.message}"
-        elif res.nit >= max_iters or "LIMIT" in str(res.message).upper():
-            st, why = "max_iters", f"scipy: {res.message}"
-        else:  # e.g. ABNORMAL: its line search failed
-            st, why = "stalled", f"scipy: {res.message or 'the line search failed'}"
-        n_it = len(e_hist) - 1
-        out = SolveResult(
-            y=y,
-            energies=torch.stack(e_hist).to(x.dtype),
-            grad_norms=torch.stack(g_hist).to(x.dtype),
-            times=torch.tensor(t_hist, dtype=torch.float64),
-            iterations=torch.full((B,), n_it, dtype=torch.long),
-            converged=torch.full((B,), st == "converged", dtype=torch.bool),
-            status=[st] * B,
-            reason=[why] * B,
-            method=self.name,
-            wall_time=wall,
-            evaluations=dict(prob.counts),
-        )
-        report_outcome(out, on_diverge)
-        return out
+        limit = opts.blowup * (1 + float(x.abs().max()) + float(y_start.abs().max()))
+        if not finite:
+            return "diverged", "a value became non-finite"
+        if float(np.abs(res.x).max()) > limit:
+            return "diverged", "the iterate ran away: the energy looks unbounded below"
+        if res.success:
+            return "converged", f"scipy: {res.message}"
+        if res.nit >= opts.max_iters or "LIMIT" in str(res.message).upper():
+            return "max_iters", f"scipy: {res.message}"
+        return "stalled", f"scipy: {res.message or 'the line search failed'}"  # e.g. ABNORMAL

@@ -18,14 +18,25 @@ accepted step multiplies it by ``grow`` (capped at the initial ``damping``).
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from .base import Problem, Solver, StepOutput, block_solve
 
-__all__ = ["MeanField"]
+__all__ = ["MeanField", "MeanFieldState"]
+
+
+@dataclass
+class MeanFieldState:
+    """Mean-field's memory between steps.
+
+    Attributes:
+        lam: ``[B]`` the damping :math:`\\lambda` per sample (fixed, or adapted when ``adaptive``).
+    """
+
+    lam: Tensor
 
 
 class MeanField(Solver):
@@ -58,23 +69,23 @@ class MeanField(Solver):
         self.damping, self.adaptive = float(damping), bool(adaptive)
         self.backoff, self.grow, self.min_damping = float(backoff), float(grow), float(min_damping)
 
-    def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> Any:
-        return {"lam": torch.full_like(e, self.damping)}
+    def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> MeanFieldState:
+        return MeanFieldState(lam=torch.full_like(e, self.damping))
 
-    def step(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor, state: Any) -> StepOutput:
-        lam = state["lam"]
+    def step(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor, state: MeanFieldState) -> StepOutput:
+        lam = state.lam
         d = block_solve(problem.curvature(y), g)
         y_new = y - lam.view(-1, 1, 1, 1) * d
         e_new, g_new = problem.energy_and_grad(y_new)  # one fused evaluation
         if not self.adaptive:
             return StepOutput(y=y_new, energy=e_new, grad=g_new)
         ok = e_new <= e  # NaN -> rejected
-        state["lam"] = torch.where(ok, torch.clamp(lam * self.grow, max=self.damping), lam * self.backoff)
+        state.lam = torch.where(ok, torch.clamp(lam * self.grow, max=self.damping), lam * self.backoff)
         ok4 = ok.view(-1, 1, 1, 1)
         y_new = torch.where(ok4, y_new, y)
         g_new = torch.where(ok4, g_new, g)
         e_new = torch.where(ok, e_new, e)
-        stalled = state["lam"] < self.min_damping
+        stalled = state.lam < self.min_damping
         return StepOutput(
             y=y_new,
             energy=e_new,

@@ -5,6 +5,8 @@ reference minimum with one fused evaluation per accepted iteration."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from unittest import mock
 
 import numpy as np
@@ -15,8 +17,8 @@ from hypothesis import strategies as st
 
 import energycrf as ec
 from energycrf.solvers.base import Problem
-from energycrf.solvers import lbfgs as lbfgs_module
-from energycrf.solvers.lbfgs import LBFGS
+from energycrf.solvers import host as host_module
+from energycrf.solvers.lbfgs import LBFGS, LBFGSState
 from energycrf.energies.operators import window_spectrum
 from energycrf.solvers.quadratic import (SpectralPreconditioner, _floor, _floored_inverse, _place_taps,
                                         quadratic_part)
@@ -342,7 +344,7 @@ def test_lbfgs_direction_is_the_textbook_two_loop_recursion(precondition):
     y = x.clone()
     e, g = problem.energy_and_grad(y)
     state = solver.init_state(problem, y, e, g)
-    P = (lambda v: v) if state["P"] is None else state["P"]
+    P = (lambda v: v) if state.P is None else state.P
     pairs, checked = [], 0
     for _ in range(6):
         Pg = P(g)
@@ -365,7 +367,15 @@ def test_lbfgs_direction_is_the_textbook_two_loop_recursion(precondition):
         assert all_accepted(out)
         pairs.append((out.y - y, out.grad - g))
         y, e, g = out.y, out.energy, out.grad
-    assert checked == 5 and len(state["pairs"]) == 3  # the window was full for the last ones
+    assert checked == 5 and len(state.pairs) == 3  # the window was full for the last ones
+
+
+@contextlib.contextmanager
+def _counting_transfers():
+    """One mock counting the host transfers of an L-BFGS step: its own and its line search's."""
+    host = mock.Mock(wraps=host_module._host)
+    with mock.patch("energycrf.solvers.lbfgs._host", host), mock.patch("energycrf.solvers.line_search._host", host):
+        yield host
 
 
 class _ScriptedLine:
@@ -391,8 +401,8 @@ class _ScriptedLine:
 
 
 @pytest.mark.parametrize("state", [
-    {"pairs": [], "P": None, "gamma": torch.ones(5, dtype=torch.float64), "pending": None},  # d = -gamma P g formed
-    {"pairs": [], "P": torch.clone, "gamma": None, "pending": None},  # d = -P g, its sign folded into the steps
+    LBFGSState(P=None, gamma=torch.ones(5, dtype=torch.float64)),  # d = -gamma P g formed
+    LBFGSState(P=torch.clone),  # d = -P g, its sign folded into the steps
 ])
 def test_backtracking_interpolates_and_keeps_the_trial_in_a_tenth_to_a_half_of_the_step(state):
     """With ``E(0) = 0`` and slope ``g^T d = -n`` (``n`` sites), a failed trial ``E(a) = v`` gives the
@@ -413,7 +423,7 @@ def test_backtracking_interpolates_and_keeps_the_trial_in_a_tenth_to_a_half_of_t
 
     solver = LBFGS(precondition="none")
     problem = _ScriptedLine(f)
-    out = solver.step(problem, y, e, g, dict(state))
+    out = solver.step(problem, y, e, g, dataclasses.replace(state, pairs=[]))
     torch.testing.assert_close(problem.trials[0], torch.ones(5, dtype=torch.float64))  # the unit step
     expected = torch.tensor([0.25, 0.1, 0.5, 1.0, 0.0625], dtype=torch.float64)
     torch.testing.assert_close(out.y.flatten(1)[:, 0], expected)
@@ -427,8 +437,8 @@ def test_the_first_step_without_preconditioner_or_scale_is_steepest_descent_of_l
     y = torch.zeros(2, 1, 2, 2, dtype=torch.float64)
     g = torch.full_like(y, -1.0)
     problem = _ScriptedLine(lambda alpha: -alpha)
-    state = {"pairs": [], "P": None, "gamma": None, "pending": None}
-    with mock.patch("energycrf.solvers.lbfgs._host", wraps=lbfgs_module._host) as host:
+    state = LBFGSState(P=None)
+    with _counting_transfers() as host:
         out = LBFGS(precondition="none").step(problem, y, torch.zeros(2, dtype=torch.float64), g, state)
     torch.testing.assert_close(out.y, torch.full_like(y, 0.25))  # |g|_1 = 4 per sample
     assert len(problem.trials) == 1 and host.call_count == 3
@@ -443,8 +453,8 @@ def test_a_preconditioned_first_step_transfers_the_slope_once():
     solver = LBFGS(precondition="chebyshev", degree=3)
     e, g = problem.energy_and_grad(x)
     state = solver.init_state(problem, x, e, g)
-    with mock.patch("energycrf.solvers.lbfgs._host", wraps=lbfgs_module._host) as host:
+    with _counting_transfers() as host:
         out = solver.step(problem, x, e, g, state)
     assert host.call_count == 2 and out.accepted is None
-    d = -state["P"](g)
+    d = -state.P(g)
     torch.testing.assert_close(out.y, x + d)  # the unit step along -P g

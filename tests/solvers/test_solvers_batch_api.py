@@ -263,7 +263,7 @@ def test_line_search_returns_the_gradient_at_the_accepted_point_per_sample(metho
     e, g = problem.energy_and_grad(y)
     state = solver.init_state(problem, y, e, g)
     if method == "lbfgs":  # a unit first step: small for sample 0, far past the minimum for sample 1
-        state["gamma"] = torch.ones(2, dtype=F64)
+        state.gamma = torch.ones(2, dtype=F64)
     before = dict(problem.counts)
     out = solver.step(problem, y, e, g, state)
     assert problem.counts["grad"] - before["grad"] == 1  # one gradient, for the late sample only
@@ -293,7 +293,7 @@ def test_gradient_descent_fuses_the_first_trial_only_after_a_passing_one():
     y = x.clone()
     e, g = problem.energy_and_grad(y)
     state = solver.init_state(problem, y, e, g)
-    state["fused"] = False
+    state.fused = False
     before = dict(problem.counts)
     out = solver.step(problem, y, e, g, state)
     assert problem.counts["energy_and_grad"] == before["energy_and_grad"]
@@ -325,7 +325,7 @@ def test_adaptive_mean_field_keeps_the_old_point_and_gradient_of_a_rejected_samp
     assert torch.equal(out.y[1], y[1]) and torch.equal(out.grad[1], g[1]) and float(out.energy[1]) == float(e[1])
     assert not torch.equal(out.y[0], y[0]) and float(out.energy[0]) < float(e[0])
     torch.testing.assert_close(out.grad, E.grad(out.y, x), rtol=1e-12, atol=1e-12)
-    assert state["lam"].tolist() == [1.0, 0.5]
+    assert state.lam.tolist() == [1.0, 0.5]
 
 
 @pytest.mark.parametrize("warmup", [True, False])

@@ -15,10 +15,16 @@ Nested Python containers are flattened: each tensor is stored under a dotted key
 dicts with non-string keys (the optimiser's integer parameter ids) are tagged so that
 they come back with their exact types. Loading never unpickles anything.
 
-Writes are atomic: the directory is assembled under a temporary name next to the
-target and moved into place with ``os.replace``; the ``latest`` pointer file is
-replaced the same way, so a run killed at any moment leaves either the previous or the
-new checkpoint, never a partial one.
+``state.json`` is written last and records, under ``"integrity"``, the sha256 of every
+tensor file and the digest of its own other content; loading checks them (a checkpoint
+written before they existed loads without that check), refuses non-finite module
+weights and reports every damaged file by its path (:class:`~energycrf.io.IntegrityError`).
+
+Writes are atomic: the directory is assembled under a hidden name next to the target,
+every file flushed to the disk, and moved into place with ``os.replace`` (a rename
+swap over an existing one, :mod:`energycrf.io`); the ``latest`` pointer file is replaced
+the same way, so a run killed at any moment leaves either the previous or the new
+checkpoint, never a partial one.
 """
 
 from __future__ import annotations
@@ -28,13 +34,28 @@ import os
 import random
 import re
 import shutil
-import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from ..io import (
+    IntegrityError,
+    IntegrityWarning,
+    atomic_write_text,
+    check_finite,
+    finish_file,
+    json_digest,
+    read_json,
+    read_safetensors,
+    recovered_directory,
+    replace_directory,
+    settle_directory,
+    stage_directory,
+)
 
 __all__ = [
     "flatten_state",
@@ -42,12 +63,19 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "latest_checkpoint",
+    "checkpoint_candidates",
     "capture_rng_state",
     "restore_rng_state",
     "atomic_write_text",
+    "IntegrityError",
+    "IntegrityWarning",
 ]
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+_STEP_SIBLING = re.compile(r"^\.(step-(\d+))\.(tmp|old)-[0-9a-f]{8}$")
+_MODULE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+FORMAT = "energycrf-checkpoint-v1"
+STATE_JSON = "state.json"
 
 
 # --------------------------------------------------------------------------- flattening
@@ -153,20 +181,16 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- files
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _module_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     # clone breaks storage sharing, which safetensors refuses to write
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def _check_module_names(names: Any, where: str) -> None:
+    for name in names:
+        if not isinstance(name, str) or not _MODULE_NAME.match(name) or name == "state":
+            raise ValueError(f"{where}: module name {name!r} must be a plain file name (letters, digits, '_', "
+                             "'-', '.'; not starting with '.') other than 'state'")
 
 
 def save_checkpoint(
@@ -176,68 +200,138 @@ def save_checkpoint(
 ) -> Path:
     """Write ``modules`` (``name.safetensors`` each) and ``state`` atomically to ``directory``.
 
-    ``state`` is flattened with :func:`flatten_state`. An existing ``directory`` is
-    replaced only after the new one is complete.
+    ``state`` is flattened with :func:`flatten_state`. The files are assembled in a
+    hidden sibling directory, ``state.json`` last with the sha256 of every tensor file
+    and the digest of its own content, and swapped into place (:mod:`energycrf.io`): an
+    existing ``directory`` is replaced only after the new one is complete. Module
+    weights with a NaN or an inf are refused by name and nothing is written.
     """
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.mkdir()
+    _check_module_names(modules, "modules")
+    weights = {}
+    for name, module in modules.items():
+        sd = _module_state(module) if isinstance(module, torch.nn.Module) else {
+            k: v.detach().to("cpu").contiguous().clone() for k, v in module.items()
+        }
+        check_finite(sd, f"save_checkpoint: module {name!r}")
+        weights[name] = sd
+    tensors, meta = flatten_state(state)
+    settle_directory(directory, STATE_JSON)
+    tmp = stage_directory(directory)
     try:
-        for name, module in modules.items():
-            sd = _module_state(module) if isinstance(module, torch.nn.Module) else {
-                k: v.detach().to("cpu").contiguous().clone() for k, v in module.items()
-            }
+        sha = {}
+        for name, sd in weights.items():
             save_file(sd, str(tmp / f"{name}.safetensors"))
-        tensors, meta = flatten_state(state)
+            sha[f"{name}.safetensors"] = finish_file(tmp / f"{name}.safetensors")
         save_file(tensors, str(tmp / "state.safetensors"))
-        with open(tmp / "state.json", "w", encoding="utf-8") as fh:
-            json.dump({"format": "energycrf-checkpoint-v1", "modules": sorted(modules), "state": meta},
-                      fh, indent=1)
+        sha["state.safetensors"] = finish_file(tmp / "state.safetensors")
+        doc = {"format": FORMAT, "modules": sorted(modules), "state": meta}
+        doc["integrity"] = {"sha256": sha, "json": json_digest(doc)}
+        with open(tmp / STATE_JSON, "w", encoding="utf-8") as fh:  # the marker of a complete checkpoint: last
+            json.dump(doc, fh, indent=1)
             fh.flush()
             os.fsync(fh.fileno())
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old-{uuid.uuid4().hex[:8]}")
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
+        replace_directory(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
 
 
+def _manifest(directory: Path) -> tuple[Path, dict[str, Any], dict[str, str]]:
+    """Read and check ``state.json``: ``(path, document, sha256 per file)`` (empty for old checkpoints)."""
+    path = directory / STATE_JSON
+    doc = read_json(path)
+    if not isinstance(doc, dict):
+        raise IntegrityError(f"{str(path)!r} must hold a JSON object, got {type(doc).__name__}")
+    if doc.get("format") != FORMAT:
+        raise IntegrityError(f"directory: {str(directory)!r} is not an energycrf checkpoint "
+                             f"(format {doc.get('format')!r})")
+    modules = doc.get("modules")
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise IntegrityError(f"{str(path)!r}: field 'modules' must be a list of names, got {modules!r:.80}")
+    try:
+        _check_module_names(modules, repr(str(path)))
+    except ValueError as e:
+        raise IntegrityError(f"{e} (field 'modules')") from None
+    if not isinstance(doc.get("state"), dict):
+        raise IntegrityError(f"{str(path)!r}: field 'state' must be a JSON object, got {doc.get('state')!r:.80}")
+    if "integrity" not in doc:  # written before checksums existed
+        return path, doc, {}
+    integrity = doc.pop("integrity")
+    files = {f"{m}.safetensors" for m in modules} | {"state.safetensors"}
+    sha = integrity.get("sha256") if isinstance(integrity, dict) else None
+    if not (isinstance(sha, dict) and set(sha) == files and all(isinstance(v, str) for v in sha.values())
+            and isinstance(integrity.get("json"), str)):
+        raise IntegrityError(f"{str(path)!r}: field 'integrity' is malformed (expected the sha256 of "
+                             f"{sorted(files)} and the digest of the rest)")
+    if json_digest(doc) != integrity["json"]:
+        raise IntegrityError(f"{str(path)!r} is damaged: its content differs from the digest recorded when "
+                             "it was written")
+    return path, doc, sha
+
+
 def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    """Read a checkpoint written by :func:`save_checkpoint`: ``(module_state_dicts, state)``."""
+    """Read a checkpoint written by :func:`save_checkpoint`: ``(module_state_dicts, state)``.
+
+    Every file is checked against the checksums in ``state.json`` (a checkpoint written
+    before they existed loads without that check) and must parse; module weights must
+    be finite. Failures raise :class:`IntegrityError` naming the file (and the field
+    or tensor). When ``directory`` is missing because a save was killed between its
+    two renames, the complete copy beside it is read, with an :class:`IntegrityWarning`.
+    """
     directory = Path(directory)
-    meta_path = directory / "state.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"directory: no checkpoint at {str(directory)!r} (state.json missing)")
-    with open(meta_path, encoding="utf-8") as fh:
-        meta = json.load(fh)
-    if meta.get("format") != "energycrf-checkpoint-v1":
-        raise ValueError(f"directory: {str(directory)!r} is not an energycrf checkpoint "
-                         f"(format {meta.get('format')!r})")
-    tensors = load_file(str(directory / "state.safetensors"))
-    modules = {name: load_file(str(directory / f"{name}.safetensors")) for name in meta["modules"]}
-    return modules, unflatten_state(meta["state"], tensors)
+    if not (directory / STATE_JSON).is_file():
+        found = recovered_directory(directory, STATE_JSON)
+        if found is None:
+            raise FileNotFoundError(f"directory: no checkpoint at {str(directory)!r} (state.json missing)")
+        warnings.warn(f"checkpoint {str(directory)!r} is missing because a save was interrupted between its two "
+                      f"renames; reading the complete copy {str(found)!r}", IntegrityWarning, stacklevel=2)
+        directory = found
+    path, doc, sha = _manifest(directory)
+    tensors = read_safetensors(directory / "state.safetensors", sha256=sha.get("state.safetensors"))
+    modules = {name: read_safetensors(directory / f"{name}.safetensors", sha256=sha.get(f"{name}.safetensors"),
+                                      finite=True)
+               for name in doc["modules"]}
+    try:
+        state = unflatten_state(doc["state"], tensors)
+    except (KeyError, TypeError, ValueError) as e:
+        raise IntegrityError(f"{str(path)!r}: field 'state' does not match state.safetensors ({e!r})") from e
+    return modules, state
+
+
+def checkpoint_candidates(output_dir: str | os.PathLike) -> list[Path]:
+    """The checkpoints of a run, newest first: the one ``output_dir/latest`` names, then the
+    ``step-N`` directories by decreasing ``N`` (including one whose save was interrupted
+    between its two renames, see :func:`load_checkpoint`)."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    steps: dict[Path, int] = {}
+    for p in output_dir.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and (p / STATE_JSON).is_file():
+            steps[p] = int(m.group(1))
+        m = _STEP_SIBLING.match(p.name)
+        if m and recovered_directory(output_dir / m.group(1), STATE_JSON) is not None:
+            steps[output_dir / m.group(1)] = int(m.group(2))
+    found = sorted(steps, key=lambda p: steps[p], reverse=True)
+    pointer = output_dir / "latest"
+    if pointer.is_file():
+        try:
+            name = pointer.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            name = ""
+        cand = output_dir / name
+        named = bool(name) and Path(name).name == name and name not in (".", "..")
+        if named and ((cand / STATE_JSON).is_file() or recovered_directory(cand, STATE_JSON) is not None):
+            if cand in found:
+                found.remove(cand)
+            found.insert(0, cand)
+    return found
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     """The checkpoint named by ``output_dir/latest``, else the highest ``step-N`` directory."""
-    output_dir = Path(output_dir)
-    pointer = output_dir / "latest"
-    if pointer.is_file():
-        cand = output_dir / pointer.read_text(encoding="utf-8").strip()
-        if (cand / "state.json").is_file():
-            return cand
-    best: tuple[int, Path] | None = None
-    if output_dir.is_dir():
-        for p in output_dir.iterdir():
-            m = _STEP_DIR.match(p.name)
-            if m and (p / "state.json").is_file():
-                if best is None or int(m.group(1)) > best[0]:
-                    best = (int(m.group(1)), p)
-    return None if best is None else best[1]
+    found = checkpoint_candidates(output_dir)
+    return found[0] if found else None

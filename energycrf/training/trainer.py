@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import re
 import shutil
 import signal
 import time
@@ -39,21 +40,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import (
-    atomic_write_text,
-    capture_rng_state,
-    latest_checkpoint,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
+from ..io import read_safetensors, remove_directory
+from .checkpoint import STATE_JSON, atomic_write_text, capture_rng_state, load_checkpoint, save_checkpoint
 from .data import NoiseSpec, ResumableDistributedSampler, collate
 from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from .logs import plot_loss_curve, read_log
+from .resume import newest_resumable, read_trainer_checkpoint, restore
 from .schedule import warmup_cosine_scheduler
 
 __all__ = ["TrainConfig", "Trainer", "plot_loss_curve", "read_log"]
 
 _STAGE_LR = {1: 1e-3, 2: 1e-5}
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+# what a killed save leaves behind: hidden sibling directories and temporary files
+_LEFTOVER = re.compile(r"^\.(step-\d+\.(tmp|old|trash)-[0-9a-f]{8}|(latest|log\.jsonl|config\.json)\.tmp-[0-9a-f]{8}"
+                       r"|loss_curve\.tmp\.png)$")
 
 
 @dataclass
@@ -360,64 +361,62 @@ class Trainer:
         return st
 
     def save_checkpoint(self) -> Path | None:
-        """Write ``output_dir/step-N`` (rank 0) and point ``output_dir/latest`` at it."""
+        """Write ``output_dir/step-N`` (rank 0) and point ``output_dir/latest`` at it.
+
+        The log goes first (a checkpoint never runs ahead of it: resuming keeps the
+        records up to its step), then the checkpoint, the pointer, the pruning of old
+        checkpoints and the picture; a kill between any two leaves a resumable run.
+        """
         path = None
         if self.dist.is_main:
             modules: dict[str, nn.Module] = {"model": self.model}
             if self.discriminator is not None:
                 modules["discriminator"] = self.discriminator
             name = f"step-{self.step:07d}"
+            self._write_log()
             path = save_checkpoint(self.output_dir / name, modules, self.state())
             atomic_write_text(self.output_dir / "latest", name + "\n")
             self._prune_checkpoints(keep=name)
-            self._write_log()
             plot_loss_curve(self.output_dir / "log.jsonl", self.output_dir / "loss_curve.png")
         barrier()
         return path
 
     def _prune_checkpoints(self, keep: str) -> None:
+        """Keep the newest ``keep_checkpoints`` (and ``keep``); sweep what killed saves left."""
         k = self.config.keep_checkpoints
-        if k <= 0:
-            return
-        steps = sorted(p for p in self.output_dir.glob("step-*") if p.is_dir())
-        for p in steps[:-k]:
-            if p.name != keep:
-                shutil.rmtree(p, ignore_errors=True)
+        if k > 0:
+            steps = sorted((int(m.group(1)), p) for p in self.output_dir.iterdir()
+                           if (m := _STEP_DIR.match(p.name)) and p.is_dir())
+            for _, p in steps[:-k]:
+                if p.name != keep:
+                    remove_directory(p)  # out of sight in one rename: never half-deleted under its name
+        for p in self.output_dir.iterdir():
+            if _LEFTOVER.match(p.name):
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
 
     def load_checkpoint(self, path: str | Path) -> None:
-        """Restore weights, optimiser, scheduler, scaler, RNG and data position from ``path``."""
-        modules, st = load_checkpoint(path)
-        self.model.load_state_dict(modules["model"], strict=True)
-        if self.discriminator is not None and "discriminator" in modules:
-            self.discriminator.load_state_dict(modules["discriminator"], strict=True)
-        gb = self.config.batch_size * self.dist.world_size
-        if st["data"]["global_batch"] != gb:
-            raise ValueError(f"path: checkpoint was written with global batch {st['data']['global_batch']}, "
-                             f"this run has {gb} (batch_size x world_size); resuming would change the data order")
-        self.optimizer.load_state_dict(st["optimizer"])
-        self.scheduler.load_state_dict(st["scheduler"])
-        self.scaler.load_state_dict(st["scaler"])
-        if self.config.adversarial and "disc_optimizer" in st:
-            self.disc_optimizer.load_state_dict(st["disc_optimizer"])
-            self.disc_scheduler.load_state_dict(st["disc_scheduler"])
-            self.disc_scaler.load_state_dict(st["disc_scaler"])
-        restore_rng_state(st["rng"])
-        self.step = int(st["step"])
-        self.history = [r for r in read_log(self.output_dir / "log.jsonl") if r["step"] <= self.step]
+        """Restore weights, optimiser, scheduler, scaler, RNG and data position from ``path``.
+
+        All or nothing (:mod:`energycrf.training.resume`): the files are verified and
+        every field and compatibility check passes before any state is replaced.
+        """
+        modules, st = read_trainer_checkpoint(path)
+        restore(self, path, modules, st)
 
     def init_from(self, path: str | Path, strict: bool = True) -> None:
         """Load only the model weights of a checkpoint (stage 2 starts from stage 1)."""
         path = Path(path)
-        if (path / "state.json").is_file():
+        if (path / STATE_JSON).is_file():
             modules, _ = load_checkpoint(path)
             sd = modules["model"]
         else:
-            from safetensors.torch import load_file
-
             files = [path] if path.is_file() else sorted(path.glob("*.safetensors"))
             if not files:
                 raise ValueError(f"path: no checkpoint or .safetensors weights at {str(path)!r}")
-            sd = load_file(str(files[0]))
+            sd = read_safetensors(files[0])
         self.model.load_state_dict(sd, strict=strict)
 
     # ------------------------------------------------------------------ logging
@@ -429,7 +428,8 @@ class Trainer:
     def fit(self, stop_after: int | None = None, resume: bool = True) -> dict[str, Any]:
         """Train until ``config.max_steps`` (or ``stop_after`` more steps) and checkpoint.
 
-        ``resume=True`` continues from ``output_dir/latest`` when it exists. SIGINT /
+        ``resume=True`` continues from ``output_dir/latest`` when it exists (from the newest
+        checkpoint that reads whole when it is damaged, with a warning). SIGINT /
         SIGTERM finish the current step, write a checkpoint and return.
         Returns ``{"step", "loss", "checkpoint"}``.
         """
@@ -437,10 +437,10 @@ class Trainer:
         if stop_after is not None and (not isinstance(stop_after, int) or stop_after < 0):
             raise ValueError(f"stop_after: expected an int >= 0 or None, got {stop_after!r}")
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            ckpt = latest_checkpoint(self.output_dir)
-            if ckpt is not None:
-                self.load_checkpoint(ckpt)
+        if resume:  # the newest checkpoint that reads whole; damaged newer ones are skipped with a warning
+            found = newest_resumable(self.output_dir)
+            if found is not None:
+                restore(self, *found)
         if self.dist.is_main:
             atomic_write_text(self.output_dir / "config.json", json.dumps(cfg.to_dict(), indent=1))
         end = cfg.max_steps if stop_after is None else min(cfg.max_steps, self.step + stop_after)
@@ -494,56 +494,3 @@ class Trainer:
     def _restore_signal_handlers(old) -> None:
         for sig, h in old.items():
             signal.signal(sig, h)
-
-
-# ---------------------------------------------------------------------- log + picture
-def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``log.jsonl`` (empty when it does not exist)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def plot_loss_curve(log_path: str | Path, png_path: str | Path) -> Path | None:
-    """Plot every ``loss*`` column of ``log.jsonl`` against the step (log scale) to a PNG."""
-    recs = read_log(log_path)
-    if not recs:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = [k for k in recs[-1] if k.startswith("loss")]
-    if "loss_adv" not in keys:  # loss == loss_main without the adversarial term
-        keys = [k for k in keys if k != "loss_main"]
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
-    steps = [r["step"] for r in recs]
-    window = max(1, len(recs) // 25)
-    for i, k in enumerate(keys):
-        vals = [r.get(k, math.nan) for r in recs]
-        color = f"C{i}"
-        ax.plot(steps, vals, color=color, lw=0.8, alpha=0.35)
-        if window > 1:  # running mean over `window` records
-            smooth = [sum(vals[max(0, j - window + 1): j + 1]) / len(vals[max(0, j - window + 1): j + 1])
-                      for j in range(len(vals))]
-            ax.plot(steps, smooth, color=color, lw=1.6, label=f"{k} (running mean of {window})")
-        else:
-            ax.plot([], [], color=color, label=k)
-    if all(v > 0 for k in keys for v in (r.get(k, 1.0) for r in recs)):
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    png_path = Path(png_path)
-    tmp = png_path.with_name(f".{png_path.stem}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    import os
-
-    os.replace(tmp, png_path)
-    return png_path

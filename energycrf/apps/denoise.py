@@ -178,29 +178,19 @@ class _ConfiguredModel(nn.Module):
         return self.layer(x)
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        from safetensors.torch import save_file
+        from ..io import write_pretrained
 
-        from ..training.checkpoint import atomic_write_text
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / ".model.safetensors.tmp"
-        save_file({k: v.detach().contiguous().clone() for k, v in self.state_dict().items()}, str(tmp))
-        os.replace(tmp, directory / "model.safetensors")
-        atomic_write_text(directory / "config.json",
-                          json.dumps({"_class_name": type(self).__name__, **self.config}, indent=2) + "\n")
-        return directory
+        return write_pretrained(directory, {"_class_name": type(self).__name__, **self.config}, self.state_dict())
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike):
-        from safetensors.torch import load_file
+        from ..io import read_pretrained
 
-        directory = Path(directory)
-        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        config, state = read_pretrained(directory)
         if config.pop("_class_name", cls.__name__) != cls.__name__:
             raise ValueError(f"directory: {str(directory)!r} does not hold a {cls.__name__}")
         model = cls(**config)
-        model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)
+        model.load_state_dict(state, strict=True)
         return model
 
 

@@ -28,9 +28,7 @@ curvature). :meth:`LatentCRF.from_energy` builds that layer from an energy.
 
 from __future__ import annotations
 
-import json
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -429,25 +427,10 @@ class LatentCRF(nn.Module):
         pickle. Each file is written to a temporary name in the directory and moved into
         place with ``os.replace``, so a reader never sees a partial file.
         """
-        from safetensors.torch import save_file
+        from ..io import write_pretrained
 
         config = {"_class_name": type(self).__name__, "_energycrf_version": __version__, **self.config}
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()}
-        tag = uuid.uuid4().hex
-        tmp_weights = path / f".{WEIGHTS_NAME}.{tag}.tmp"
-        tmp_config = path / f".{CONFIG_NAME}.{tag}.tmp"
-        try:
-            save_file(state, str(tmp_weights), metadata={"format": "pt"})
-            tmp_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            os.replace(tmp_weights, path / WEIGHTS_NAME)
-            os.replace(tmp_config, path / CONFIG_NAME)
-        finally:
-            for tmp in (tmp_weights, tmp_config):
-                if tmp.exists():
-                    tmp.unlink()
-        return path
+        return write_pretrained(directory, config, self.state_dict())
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu",
@@ -458,25 +441,10 @@ class LatentCRF(nn.Module):
         nothing is downloaded). ``overrides`` replace config entries that do not change
         the weights' shapes (``num_iterations``, ``return_all``).
         """
-        from safetensors.torch import load_file
+        from ..io import read_pretrained
 
-        path = Path(directory)
-        if not path.is_dir():
-            raise FileNotFoundError(
-                f"from_pretrained: {str(directory)!r} is not a directory; it loads a local directory written by "
-                "save_pretrained (config.json + model.safetensors) and never downloads"
-            )
-        config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
-        if not config_file.is_file():
-            raise FileNotFoundError(f"from_pretrained: {str(config_file)!r} is missing")
-        if not weights_file.is_file():
-            raise FileNotFoundError(
-                f"from_pretrained: {str(weights_file)!r} is missing (only safetensors weights are loaded, never "
-                "pickle files such as pytorch_model.bin)"
-            )
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-        if not isinstance(config, dict):
-            raise ValueError(f"{str(config_file)!r} must hold a JSON object, got {type(config).__name__}")
+        config, state = read_pretrained(directory, map_location=map_location)
+        config_file = Path(directory) / CONFIG_NAME
         name = config.pop("_class_name", cls.__name__)
         if name != cls.__name__:
             raise ValueError(f"{str(config_file)!r} describes a {name}, not a {cls.__name__}")
@@ -487,6 +455,5 @@ class LatentCRF(nn.Module):
             raise TypeError(f"from_pretrained can override {sorted(allowed)} only, got {sorted(bad)}")
         config.update(overrides)
         model = cls(**config)
-        state = load_file(str(weights_file), device=str(map_location))
         model.load_state_dict(state, strict=True)
         return model.to(map_location)

@@ -12,7 +12,8 @@ from .coordinate_descent import CoordinateDescent
 from .gradient_descent import GradientDescent
 from .lbfgs import LBFGS, ScipyLBFGS, TorchLBFGS
 from .mean_field import MeanField
-from .quadratic import ConjugateGradient, FFTSolver
+from .conjugate_gradient import ConjugateGradient
+from .fft import FFTSolver
 from .result import SolveResult
 
 __all__ = ["SOLVERS", "get_solver", "register_solver", "solve", "method_names"]

@@ -29,7 +29,9 @@ from torch import Tensor
 
 from .base import (Problem, Solver, StepOutput, _device_mask, _device_values, _host, _max_abs, accepted_point,
                    check_divergence_limits, check_start, report_outcome, sample_dot, sample_norm)
-from .quadratic import Preconditioned, check_refine, make_preconditioner, quadratic_start
+from .preconditioners.options import Preconditioned, make_preconditioner
+from .preconditioners.spectral import check_refine
+from .start import quadratic_start
 from .result import SolveResult
 
 __all__ = ["LBFGS", "TorchLBFGS", "ScipyLBFGS"]

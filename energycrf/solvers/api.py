@@ -12,7 +12,7 @@ from .coordinate_descent import CoordinateDescent
 from .gradient_descent import GradientDescent
 from .lbfgs import LBFGS, ScipyLBFGS, TorchLBFGS
 from .mean_field import MeanField
-from .conjugate_gradient import ConjugateGradient
+from .cg import ConjugateGradient
 from .fft import FFTSolver
 from .result import SolveResult
 

@@ -2,7 +2,7 @@
 
 Importing it warns (``DeprecationWarning``) and gives the same objects from their modules:
 
-- :mod:`energycrf.solvers.conjugate_gradient`: :class:`ConjugateGradient`;
+- :mod:`energycrf.solvers.cg`: :class:`ConjugateGradient`;
 - :mod:`energycrf.solvers.fft`: :class:`FFTSolver`;
 - :mod:`energycrf.solvers.quadratic_part`: ``quadratic_part``, ``hessian_vector_product``,
   ``impulse_spectrum``;
@@ -19,7 +19,7 @@ import warnings
 
 from ..energies.operators import window_spectrum  # noqa: F401
 from .base import Solver, StepOutput, sample_dot, sample_norm  # noqa: F401
-from .conjugate_gradient import ConjugateGradient
+from .cg import ConjugateGradient
 from .fft import FFTSolver
 from .hessian import HessianOperator  # noqa: F401
 from .preconditioners.blocks import BlockPreconditioner  # noqa: F401
@@ -63,7 +63,7 @@ __all__ = [
 warnings.warn(
     "energycrf.solvers.quadratic is deprecated: import from energycrf.solvers (ConjugateGradient, FFTSolver, "
     "ChebyshevPreconditioner, SpectralPreconditioner, hessian_vector_product) or from its parts, "
-    "energycrf.solvers.conjugate_gradient, .fft, .quadratic_part, .preconditioners and .start",
+    "energycrf.solvers.cg, .fft, .quadratic_part, .preconditioners and .start",
     DeprecationWarning,
     stacklevel=2,
 )

@@ -9,6 +9,7 @@ is what the quadratic start minimises and what the FFT and Chebyshev preconditio
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -58,25 +59,39 @@ def hessian_vector_product(problem: Problem, y: Tensor, g: Tensor, v: Tensor) ->
     return (problem.grad(y + s4 * v) - g) / s4
 
 
+#: The sum of an energy's quadratic terms by energy, kept for later solves (weakly: it goes with
+#: the energy, and nothing of it is stored on the energy, so a copy or a saved model carries none).
+_KEPT_PARTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def quadratic_part(E: Any, keep: bool = True) -> Any | None:
     """The quadratic terms of ``E`` as one energy (``E`` itself when it is quadratic), or ``None``.
 
-    A sum of several is a new module, kept on ``E`` (unless ``keep=False``) for as long as these
+    A sum of several is a new module, kept for ``E`` (unless ``keep=False``) for as long as these
     are its quadratic terms, so that later solves do not build it again: it holds the terms
-    themselves (no copy of a value), so it stays valid when their parameters change, and a deep
-    copy of ``E`` copies it along with them."""
+    themselves (no copy of a value), so it stays valid when their parameters change."""
     if bool(getattr(E, "is_quadratic", False)):
         return E
     terms = [t for t in getattr(E, "terms", []) if bool(getattr(t, "is_quadratic", False))]
     if len(terms) <= 1:
         return terms[0] if terms else None
-    kept = getattr(E, "__dict__", {}).get("_quadratic_part")
+    kept = _kept_part(E)
     if kept is not None and len(kept.terms) == len(terms) and all(a is b for a, b in zip(kept.terms, terms)):
         return kept
     part = SumEnergy(terms)
-    if keep and hasattr(E, "__dict__"):
-        E.__dict__["_quadratic_part"] = part  # a plain attribute: not a submodule, not in the state dict
+    if keep:
+        try:
+            _KEPT_PARTS[E] = part
+        except TypeError:  # an energy that cannot be weakly referenced: made again next time
+            pass
     return part
+
+
+def _kept_part(E: Any) -> Any | None:
+    try:
+        return _KEPT_PARTS.get(E)
+    except TypeError:
+        return None
 
 
 def problem_quadratic_part(problem: Problem) -> Any | None:

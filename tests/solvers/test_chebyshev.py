@@ -20,7 +20,7 @@ import energycrf as ec
 from energycrf.solvers.base import Problem
 from energycrf.solvers.hessian import HessianOperator
 from energycrf.solvers.preconditioners import chebyshev as cheb
-from energycrf.solvers.quadratic_part import quadratic_part
+from energycrf.solvers.quadratic_part import _KEPT_PARTS, quadratic_part
 from energycrf.solvers.start import gradient_at_data, quadratic_start
 from energycrf.solvers.cli import default_energy, noisy_photograph
 
@@ -347,14 +347,14 @@ def test_a_sum_of_prepared_operators_keeps_its_parts():
 
 
 def test_the_quadratic_part_of_a_sum_is_made_once_and_follows_its_terms():
-    """The sum of the quadratic terms is kept on the energy: the same module while they are its
+    """The sum of the quadratic terms is kept for the energy: the same module while they are its
     terms (their parameter changes show through it), a copy's own after ``deepcopy``, a new one
     when a term is replaced; never a submodule or state of the energy."""
     E = K.Unary(weight=0.7) + K.Pairwise(channels=2) + K.FieldOfExperts(channels=2)
     x = torch.randn(1, 2, 6, 6, generator=torch.Generator().manual_seed(6))
     keys, modules = list(E.state_dict()), len(list(E.modules()))
     cheb.check_chebyshev(Problem(E, torch.zeros(1, 2, 6, 6)))  # validation keeps nothing for the solve
-    assert "_quadratic_part" not in E.__dict__ and quadratic_part(E, keep=False) is not quadratic_part(E, keep=False)
+    assert _KEPT_PARTS.get(E) is None and quadratic_part(E, keep=False) is not quadratic_part(E, keep=False)
     part = quadratic_part(E)
     assert quadratic_part(E) is part and list(part.terms) == list(E.terms)[:2]
     assert list(E.state_dict()) == keys and len(list(E.modules())) == modules

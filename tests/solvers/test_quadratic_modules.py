@@ -4,8 +4,10 @@ keeps its public names; the problem's public store keeps each prepared operator 
 
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
+import weakref
 
 import pytest
 import torch
@@ -83,3 +85,20 @@ def test_the_problem_keeps_each_prepared_operator_once():
     no_quadratic = Problem(ec.energies.FieldOfExperts(channels=2), torch.zeros(1, 2, 6, 6))
     assert spectral.spectral_preconditioner(no_quadratic, no_quadratic.x) is None
     assert no_quadratic.prepared == {"quadratic_part": None, "spectral": None}
+
+
+def test_a_solve_stores_nothing_on_the_energy():
+    """The solvers' caches (the quadratic part's sum, prepared operators, shifted diagonals) live in
+    the problem and in the solvers' weak table, not on the energy or its terms; the table does
+    not keep the energy alive."""
+    E = ec.energies.Unary() + ec.energies.Pairwise(channels=2) + ec.energies.FieldOfExperts(channels=2)
+    x = torch.randn(1, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    before = {id(m): set(vars(m)) for m in E.modules()}
+    for precondition in ("chebyshev", "fft"):
+        ec.solve(E, x, method="lbfgs", precondition=precondition, y0="quadratic", max_iters=2)
+    assert {id(m): set(vars(m)) for m in E.modules()} == before
+    assert quadratic_part.quadratic_part(E) is quadratic_part.quadratic_part(E)
+    ref = weakref.ref(E)
+    del E
+    gc.collect()
+    assert ref() is None

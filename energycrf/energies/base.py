@@ -9,7 +9,8 @@ terms import from the modules that define these.
 from __future__ import annotations
 
 from .composite import ScaledEnergy, SumEnergy
-from .energy import Energy, EnergyWarning, IllPosedEnergyError, _sample_dot
+from .energy import Energy, EnergyWarning, IllPosedEnergyError
+from .energy import _sample_dot  # noqa: F401  (re-exported: solvers.base imports it from here)
 
 __all__ = [
     "Energy",

@@ -381,4 +381,3 @@ class Energy(nn.Module):
         return Energy._composites["scaled"](self, float(scale))
 
     __rmul__ = __mul__
-

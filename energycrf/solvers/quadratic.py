@@ -36,7 +36,8 @@ from .preconditioners.spectral import (SpectralPreconditioner, _circulant_taps, 
 from .problem import Problem  # noqa: F401
 from .quadratic_part import _NOT_QUADRATIC  # noqa: F401
 from .quadratic_part import apply_spectrum as _apply_spectrum  # noqa: F401
-from .quadratic_part import hessian_vector_product, impulse_spectrum, problem_quadratic_part, quadratic_part  # noqa: F401
+from .quadratic_part import (hessian_vector_product, impulse_spectrum, problem_quadratic_part,  # noqa: F401
+                             quadratic_part)
 from .quadratic_part import impulse_taps as _impulse_taps  # noqa: F401
 from .quadratic_part import require_quadratic as _require_quadratic  # noqa: F401
 from .result import SolverWarning  # noqa: F401

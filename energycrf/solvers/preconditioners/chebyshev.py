@@ -260,8 +260,6 @@ def check_degree(degree: Any, name: str = "degree") -> int | None:
     return degree
 
 
-
-
 def chebyshev_accuracy(sigma: float, degree: int) -> float:
     """``1 / T_m(sigma)`` for ``sigma > 1``, as ``2 e / (1 + e^2)`` with ``e = exp(-m acosh sigma)``
     (no overflow for large degrees)."""

@@ -59,8 +59,9 @@ def make_preconditioner(kind: str | bool, problem: Problem, y: Tensor, refine: i
     ``"fft"`` falls back to ``"blocks"`` when the energy has no quadratic term or its quadratic
     part is singular (its inverse would blow up the directions only the other terms hold); ``refine``
     Richardson steps on the exact quadratic part correct its boundary
-    (:class:`~energycrf.solvers.preconditioners.spectral.SpectralPreconditioner`). ``"chebyshev"`` (:class:`~energycrf.solvers.preconditioners.chebyshev.ChebyshevPreconditioner` of
-    ``degree``) raises a ``ValueError`` where it has no spectral bounds (the solvers check first).
+    (:class:`~energycrf.solvers.preconditioners.spectral.SpectralPreconditioner`).
+    ``"chebyshev"`` (:class:`~energycrf.solvers.preconditioners.chebyshev.ChebyshevPreconditioner`
+    of ``degree``) raises a ``ValueError`` where it has no spectral bounds (the solvers check first).
     """
     kind = {True: "blocks", False: "none"}.get(kind, kind)
     if kind not in PRECONDITIONERS:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 import energycrf as ec
 from energycrf.energies import operators
-from energycrf.energies.base import _add
+from energycrf.energies.composite import _add
 from energycrf.apps.compare_solvers import default_energy, noisy_photograph
 from machine_info import median_ms, under  # noqa: E402  (benchmarks/ is the script's folder)
 from solvers_benchmark import fastest_solve, latent_batch, machine  # noqa: E402

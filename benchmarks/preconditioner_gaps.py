@@ -29,7 +29,8 @@ import torch
 import energycrf as ec
 import energycrf.solvers.lbfgs as lbfgs_module
 from energycrf.energies.operators import correlate, correlate_adjoint
-from energycrf.solvers import quadratic as Q
+from energycrf.solvers.preconditioners import spectral as S
+from energycrf.solvers.quadratic_part import quadratic_part
 from energycrf.apps.compare_solvers import default_energy, noisy_photograph
 from solvers_benchmark import latent_batch, machine  # noqa: E402  (benchmarks/ is the script's folder)
 
@@ -40,7 +41,7 @@ def _foe_mean_hvp(foe, weights, v):
     return correlate_adjoint(weights.view(1, -1, 1, 1) * correlate(v, j, foe.boundary), j, foe.boundary)
 
 
-class MeanCurvaturePreconditioner(Q.SpectralPreconditioner):
+class MeanCurvaturePreconditioner(S.SpectralPreconditioner):
     """Experimental: the circulant of the quadratic part plus the FoE's mean curvature."""
 
     def __init__(self, E_quadratic, foe, x, c, y, refine):
@@ -53,9 +54,9 @@ class MeanCurvaturePreconditioner(Q.SpectralPreconditioner):
         impulses = torch.zeros(C, C, s, s, dtype=y.dtype)
         impulses[torch.arange(C), torch.arange(C), R, R] = 1.0
         foe_taps = _foe_mean_hvp(foe, self.w, impulses).permute(1, 0, 2, 3)[None]  # [1, out, in, s, s]
-        q_taps, _, crop = Q._circulant_taps(E_quadratic, x, c, y)
-        q_taps = Q._place_taps(q_taps, H, W) if crop else q_taps
-        K = torch.fft.rfft2(q_taps + Q._place_taps(foe_taps, H, W)).permute(0, 3, 4, 1, 2)
+        q_taps, _, crop = S._circulant_taps(E_quadratic, x, c, y)
+        q_taps = S._place_taps(q_taps, H, W) if crop else q_taps
+        K = torch.fft.rfft2(q_taps + S._place_taps(foe_taps, H, W)).permute(0, 3, 4, 1, 2)
         self.Kinv = torch.linalg.inv(0.5 * (K + K.conj().transpose(-1, -2)))
         self.diagonal = False
         self.foe, self.refine = foe, refine
@@ -64,7 +65,7 @@ class MeanCurvaturePreconditioner(Q.SpectralPreconditioner):
         z = self.apply_circulant(v)
         for _ in range(self.refine):
             with torch.no_grad():
-                Az = self._E._hessian_vector_product(self._y, self._x, self._c, z) + _foe_mean_hvp(self.foe, self.w, z)
+                Az = self.quadratic_part._hessian_vector_product(self._y, self._x, self._c, z) + _foe_mean_hvp(self.foe, self.w, z)
             z = z + self.apply_circulant(v - Az)
         return z
 
@@ -116,7 +117,7 @@ def main(argv=None) -> list[tuple[str, str, list[float]]]:
             for k in (1, 4):
                 def make(kind, problem, y, refine=0, degree=None, _k=k):  # make_preconditioner's signature
                     foe = next(t for t in problem.E.terms if not t.is_quadratic)
-                    return MeanCurvaturePreconditioner(Q.quadratic_part(problem.E), foe, problem.x, problem.c, y, _k)
+                    return MeanCurvaturePreconditioner(quadratic_part(problem.E), foe, problem.x, problem.c, y, _k)
 
                 lbfgs_module.make_preconditioner = make
                 row(name, f"FFT + FoE mean curvature, {k} exact Richardson steps", gaps(E, x, best))

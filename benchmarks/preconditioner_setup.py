@@ -24,18 +24,19 @@ import torch
 
 import energycrf as ec
 from energycrf.energies.operators import window_spectrum
-from energycrf.solvers import quadratic as Q
+from energycrf.solvers.preconditioners import spectral as S
+from energycrf.solvers.quadratic_part import quadratic_part
 from energycrf.apps.compare_solvers import default_energy
 from machine_info import median_ms, under  # noqa: E402  (benchmarks/ is the script's folder)
 from solvers_benchmark import fastest_solve, latent_batch, machine  # noqa: E402
 
 
-plain_inverse = Q._eigh_floored_inverse  # the eigendecomposition of every block, the library's fallback
+plain_inverse = S._eigh_floored_inverse  # the eigendecomposition of every block, the library's fallback
 
 
 def plain_setup():
     """The preconditioner built with the eigendecomposition of every block (a context manager)."""
-    return mock.patch.object(Q, "_floored_inverse", plain_inverse)
+    return mock.patch.object(S, "_floored_inverse", plain_inverse)
 
 
 def mixing_energy(channels: int = 4, seed: int = 0):
@@ -55,10 +56,10 @@ def main(argv=None):
     latent = latent_batch().float()
     print("| step | shape | energycrf ms | plain ms | energycrf faster by |")
     print("|---|---|---:|---:|---:|")
-    taps = Q._circulant_taps(Q.quadratic_part(mixing_energy().float()), latent, None, latent)[0]
+    taps = S._circulant_taps(quadratic_part(mixing_energy().float()), latent, None, latent)[0]
     K = window_spectrum(taps, 64, 64).permute(0, 3, 4, 1, 2)  # as the set-up does
     K = 0.5 * (K + K.conj().transpose(-1, -2))
-    ours, plain = median_ms([lambda: Q._floored_inverse(K), lambda: plain_inverse(K)], args.rounds)
+    ours, plain = median_ms([lambda: S._floored_inverse(K), lambda: plain_inverse(K)], args.rounds)
     print(f"| C x C inverse (Cholesky-tested vs eigh) | {list(K.shape)} | {ours:.3f} | {plain:.3f} "
           f"| {plain / ours:.1f}x |")
 

@@ -33,17 +33,18 @@ import torch
 
 from energycrf.solvers import base as B
 from energycrf.solvers import lbfgs as L
-from energycrf.solvers import quadratic as Q
+from energycrf.solvers import start as St
+from energycrf.solvers.preconditioners import chebyshev as Ch
 from energycrf.apps.compare_solvers import default_energy, noisy_photograph
 from solvers_benchmark import fastest_solve, latent_batch, machine, run_torch_lbfgs  # noqa: E402  (benchmarks/ is the script's folder)
 
 PARTS = [  # (owner, attribute, label): each part's own time, its nested parts' taken out
     (B.Problem, "energy_and_grad", "fused evaluations (E and grad E), start and step"),
-    (Q.ChebyshevPreconditioner, "__call__", "Chebyshev applications (2: start and step, m - 1 products each, Horner)"),
-    (Q, "chebyshev_bounds", "spectral bounds (convexity margin, curvature bound)"),
-    (Q.ChebyshevPreconditioner, "__init__", "Chebyshev set-up (coefficients, prepared Hessian operator)"),
-    (Q.ChebyshevPreconditioner, "with_degree", "Chebyshev set-up (coefficients, prepared Hessian operator)"),
-    (Q, "quadratic_start", "quadratic start, the rest (gradient of the quadratic terms)"),
+    (Ch.ChebyshevPreconditioner, "__call__", "Chebyshev applications (2: start and step, m - 1 products each, Horner)"),
+    (Ch, "chebyshev_bounds", "spectral bounds (convexity margin, curvature bound)"),
+    (Ch.ChebyshevPreconditioner, "__init__", "Chebyshev set-up (coefficients, prepared Hessian operator)"),
+    (Ch.ChebyshevPreconditioner, "with_degree", "Chebyshev set-up (coefficients, prepared Hessian operator)"),
+    (St, "quadratic_start", "quadratic start, the rest (gradient of the quadratic terms)"),
     (L.LBFGS, "step", "L-BFGS step, the rest (direction, line search, pair)"),
 ]
 DRIVER = "driver (the solve minus the parts above)"

@@ -54,7 +54,7 @@ import torch
 import energycrf as ec
 from energycrf.solvers.base import Problem
 from energycrf.apps.compare_solvers import default_energy, noisy_photograph
-from energycrf.solvers.quadratic import quadratic_start
+from energycrf.solvers.start import quadratic_start
 from machine_info import MEMORY_ENV, cpu_name, peak_extra_mib  # benchmarks/ is the script's folder
 
 TARGET = 1e-6

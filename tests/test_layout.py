@@ -116,7 +116,7 @@ def test_the_graph_reads_imports_at_any_depth():
     # sanity: lazy imports inside functions and relative imports are in the graph
     assert "energycrf.learned.losses" in GRAPH["energycrf.training.trainer"]          # inside a method
     assert "energycrf.solvers.api" in GRAPH["energycrf.learned.unrolled"]             # relative, ..solvers.api
-    assert "energycrf.energies.base" in GRAPH["energycrf.energies.pairwise"]          # relative, .base
+    assert "energycrf.energies.energy" in GRAPH["energycrf.energies.pairwise"]        # relative, .energy
     assert "energycrf.apps.photographs" in GRAPH["energycrf.apps.compare_solvers"]    # inside run()
     assert {"energycrf.learned", "energycrf.apps", "energycrf.apps.ldm.pretrained"} <= set(GRAPH)
 

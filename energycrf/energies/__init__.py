@@ -8,6 +8,8 @@ from .base import Energy, EnergyWarning, IllPosedEnergyError, ScaledEnergy, SumE
 from .colouring import axis_colouring, colour_classes
 from .compatibility import Compatibility, IdentityCompatibility, MatrixCompatibility, TextCompatibility
 from .field_of_experts import FieldOfExperts
+from .fused import ConvolutionRequest
+from .hessian import HessianStructure
 from .kernels import DenseKernel, LocalKernel, LongRangeKernel, SpatialKernel
 from .pairwise import Pairwise
 from .potentials import Charbonnier, Huber, PiecewiseLinear, Potential, ReLUExpert, StudentT
@@ -19,6 +21,8 @@ __all__ = [
     "ScaledEnergy",
     "EnergyWarning",
     "IllPosedEnergyError",
+    "ConvolutionRequest",
+    "HessianStructure",
     "axis_colouring",
     "colour_classes",
     "Unary",

@@ -28,7 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from ._validation import check_choice, check_int, check_positive
-from .base import Energy, _sample_dot
+from .energy import Energy, _sample_dot
+from .fused import ConvolutionRequest
 from .operators import BOUNDARIES, correlate, correlate_adjoint
 from .potentials import Potential, ReLUExpert
 
@@ -151,27 +152,36 @@ class FieldOfExperts(Energy):
     def _energy_of_responses(self, u: Tensor) -> Tensor:
         """:math:`E_f` from fresh responses ``u`` (changed in place)."""
         if self._relu_squared():
-            # relu in place on the fresh responses and one inner product: no three temporaries of
-            # the responses' size (on a 512 x 512 photograph they took longer than the convolution)
+            # relu in place on the fresh responses and one inner product: no temporaries of the
+            # responses' size (on a large image those passes would cost more than the convolution)
             r = torch.relu_(u)
             return -0.5 * _sample_dot(r, r)
         return self.potential.rho(u).sum((1, 2, 3))
 
-    def _shared_energy(self, y, x, c, responses, filters):
-        """:math:`E_f` from the responses a sum computed with other filters in one convolution."""
-        return self._energy_of_responses(responses)
+    def _convolution_request(self, y):
+        """A host's request (:mod:`~energycrf.energies.fused`): the filter bank :math:`J`, whose
+        responses this term computes anyway. Subclasses (which may evaluate differently)
+        compute their own."""
+        if type(self) is not FieldOfExperts:
+            return None
+        return ConvolutionRequest(self.kernel_size, self.boundary, lambda: self._filters_like(y), host=True)
+
+    def _shared_energy(self, y, x, c, convolved, bank):
+        """:math:`E_f` from the responses ``convolved`` a sum computed with other filters in one
+        convolution (``bank``: the filters :math:`J` it used)."""
+        return self._energy_of_responses(convolved)
 
     _owns_grad = True
 
     def _grad(self, y, x, c):
         return self._energy_and_grad(y, x, c, with_energy=False)[1]
 
-    def _energy_and_grad(self, y, x, c, with_energy=True, responses=None, filters=None):
+    def _energy_and_grad(self, y, x, c, with_energy=True, convolved=None, bank=None):
         """The responses ``u`` are computed once and serve the energy and the gradient
-        (``responses``: ``u``, when a sum computed it with other filters in one convolution;
-        the responses are changed in place; ``filters``: the bank ``J`` it used)."""
-        j = self._filters_like(y) if filters is None else filters
-        u = correlate(y, j, self.boundary) if responses is None else responses
+        (``convolved``: ``u``, when a sum computed it with other filters in one convolution;
+        the responses are changed in place; ``bank``: the filters ``J`` it used)."""
+        j = self._filters_like(y) if bank is None else bank
+        u = correlate(y, j, self.boundary) if convolved is None else convolved
         if self._relu_squared():
             # rho = -relu^2 / 2, rho' = -relu: the sign goes on the (small) filter bank;
             # relu in place on the fresh responses (conv2d does not save its output)

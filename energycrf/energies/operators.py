@@ -29,10 +29,10 @@ def conv2d(u: Tensor, weight: Tensor, padding: int = 0, stride: int = 1, groups:
     """``F.conv2d`` (zero padding), computed in bands of output rows for float64 on the CPU.
 
     float64 convolutions on the CPU unfold the whole input (``im2col``, ``Cin s^2 H W`` values
-    per sample) before one matrix product; on a 512 x 512 image with 8 channels and 5 x 5
-    taps that is 400 MiB, and the product runs from memory: 25x slower than float32. Bands of
-    output rows whose unfolded input fits in :data:`BAND_ELEMENTS` give the same sums (each
-    output row sees the same input rows and taps) 5 to 13x faster. A depthwise convolution
+    per sample) before one matrix product, which on a large image no longer fits in the caches
+    and runs from memory. Bands of output rows whose unfolded input fits in
+    :data:`BAND_ELEMENTS` give the same sums (each output row sees the same input rows and
+    taps) from the caches (figures: docs/benchmarks.md). A depthwise convolution
     (one filter per channel, stride 1: the pairwise message) runs as
     :func:`depthwise_by_shifts`. Other dtypes and devices call ``F.conv2d`` directly (as does
     anything ``F.conv2d`` would refuse, so that its error is the one raised).
@@ -67,24 +67,24 @@ def correlate(y: Tensor, weight: Tensor, boundary: str, groups: int = 1) -> Tens
 #: Channels a CPU convolution computes together (oneDNN's vector block): fewer are padded to it.
 CHANNEL_BLOCK = 16
 #: Multiply-adds (``B C H W s^2``) from which :func:`correlate_shared` cuts images into bands on
-#: the CPU: below it the bands' fixed cost (padding, copies, about 50 µs) outweighs the gain
-#: (a 3 x 3 window on one 128 x 128 image: 0.44x; 256 x 256: 1.8x).
+#: the CPU: below it the bands' fixed cost (padding, copies) outweighs the gain (measured on
+#: 128 x 128 and 256 x 256 images: docs/benchmarks.md).
 BAND_WORK = 2**18
 
 
 def correlate_shared(y: Tensor, window: Tensor, boundary: str) -> Tensor:
     """``correlate`` of every channel of every sample of ``y [B, C, H, W]`` with one ``s x s``
-    window (``s`` odd): the ``n = B C`` images as the channels of one depthwise convolution
-    (a ``[4, 4, 64, 64]`` latent, 5 x 5: 1.9x faster than ``B`` samples of 4 channels;
-    ``benchmarks/energy_evaluation.py``). Returns a contiguous tensor.
+    window (``s`` odd): the ``n = B C`` images as the channels of one depthwise convolution,
+    which fills the CPU's channel blocks better than ``B`` samples of ``C`` channels. Returns a
+    contiguous tensor.
 
     CPU convolutions compute :data:`CHANNEL_BLOCK` channels together and pad fewer up to it:
     a single photograph wastes 15/16 of the work. On the CPU (other than float64, whose
     :func:`conv2d` is a sum of shifts), when ``n < 16`` and the convolution has at least
     :data:`BAND_WORK` multiply-adds, the images are cut into up to ``16 / n`` bands of rows,
     each with its ``r`` halo rows on both sides (the boundary's own padding at the image's
-    edges), which fill the block: the same products per output site (512 x 512, one channel,
-    5 x 5: 2.8x faster). :class:`SharedCorrelation` makes these choices once for a shape.
+    edges), which fill the block: the same products per output site (the gains by shape:
+    docs/benchmarks.md). :class:`SharedCorrelation` makes these choices once for a shape.
     """
     if y.shape[0] * y.shape[1] == 0:  # an empty batch: grouped convolutions need at least one group
         return torch.zeros_like(y)
@@ -141,8 +141,8 @@ def window_spectrum(small: Tensor, H: int, W: int, real: bool = False) -> Tensor
     two products with ``H x s`` and ``s x (W//2+1)`` Fourier factors (``s = 2R + 1``) instead
     of an image of zeros with ``s^2`` taps on it and a full-size FFT. Its real part is
     :math:`C_H t C_W - S_H t S_W` with the cosine and sine factors, one product
-    :math:`[C_H, S_H] \\, [t C_W; -t S_W]` whose result is the only image-sized buffer (a
-    ``512 x 512`` image: 0.12 ms, against 0.43 ms for the real part of the FFT of the placed taps).
+    :math:`[C_H, S_H] \\, [t C_W; -t S_W]` whose result is the only image-sized buffer (cheaper
+    than the real part of the FFT of the placed taps: docs/benchmarks.md).
     Float64 numpy taps (a host-side bound) give the real part as a numpy array.
     """
     if isinstance(small, np.ndarray):  # float64 taps on the host: the same product in numpy
@@ -234,7 +234,7 @@ def correlate_by_phases(u: Tensor, weight: Tensor) -> Tensor:
     phased = conv2d(u, phases, padding=s // 2, stride=2)  # channel 4 c + 2 a + b: phase (a, b) of c
     *lead, c4, h2, w2 = phased.shape
     # out[c, 2 i + a, 2 j + b] = phased[4 c + 2 a + b, i, j]: F.pixel_shuffle's layout, as one
-    # strided copy (2 to 2.7x faster than its CPU kernel)
+    # strided copy (pixel_shuffle's CPU kernel is slower on these shapes)
     out = phased.reshape(*lead, c4 // 4, 2, 2, h2, w2).movedim((-2, -1), (-4, -2)).reshape(*lead, c4 // 4, 2 * h2, 2 * w2)
     return out[..., :height, :width].contiguous() if (odd_h or odd_w) else out
 
@@ -244,9 +244,9 @@ def depthwise_by_shifts(u: Tensor, weight: Tensor, padding: int = 0) -> Tensor:
     shifted inputs, :math:`\\sum_{a, b} w_{c, a, b} \\, u_{c, h + a, w + b}`: one pass over the
     image per tap.
 
-    float64 on the CPU has no vectorised depthwise kernel: on a 512 x 512 image a 5 x 5 window
-    takes about 26 ms through ``F.conv2d`` (banded or not), against 2 to 3 ms as 25 shifted
-    multiply-adds (``benchmarks/energy_evaluation.py``). Every tap is applied, zeros included:
+    float64 on the CPU has no vectorised depthwise kernel, and ``F.conv2d`` (banded or not) is
+    several times slower than ``s^2`` shifted multiply-adds, each a vectorised pass (figures:
+    docs/benchmarks.md). Every tap is applied, zeros included:
     no data-dependent branch, so ``torch.func`` transforms see one graph.
     """
     kh, kw = weight.shape[-2:]

@@ -23,14 +23,16 @@ import torch
 from torch import Tensor
 
 from ._validation import check_int
-from .base import Energy, HessianOperator, _sample_dot
+from .energy import Energy, _sample_dot
+from .fused import ConvolutionRequest
+from .hessian import HessianStructure
 from .compatibility import (
     Compatibility,
     IdentityCompatibility,
     MatrixCompatibility,
     TextCompatibility,
 )
-from .kernels import SpatialKernel, default_kernel
+from .kernels import LocalKernel, SpatialKernel, default_kernel
 
 __all__ = ["Pairwise"]
 
@@ -154,9 +156,25 @@ class Pairwise(Energy):
     def energy(self, y, x, c=None):
         return self._shared_energy(y, x, c)
 
-    def _shared_energy(self, y, x, c, message=None):
-        """:math:`E_p`; ``message``: :math:`-2 W^s y`, when a sum computed it with other filters."""
-        m, residual = self._residual(y, c, 2.0, message)  # 2 (d y - W^s y): the scale is exact
+    def _convolution_request(self, y):
+        r"""A guest's request (:mod:`~energycrf.energies.fused`): the message :math:`-2 W^s y` of a
+        :class:`~energycrf.energies.kernels.LocalKernel` as ``C`` outputs of a filter bank, its window
+        on the diagonal of a ``C x C`` block per tap. Other kernels, and subclasses (which may
+        evaluate differently), compute their own."""
+        if type(self) is not Pairwise or type(self.kernel) is not LocalKernel:
+            return None
+        kernel = self.kernel
+
+        def bank():
+            window = kernel.weights().to(dtype=y.dtype, device=y.device)
+            eye = torch.eye(y.shape[1], dtype=y.dtype, device=y.device)
+            return eye[:, :, None, None] * (-2.0 * window)  # [C, C, s, s]
+
+        return ConvolutionRequest(2 * kernel.radius + 1, kernel.boundary, bank)
+
+    def _shared_energy(self, y, x, c, convolved=None, bank=None):
+        """:math:`E_p`; ``convolved``: :math:`-2 W^s y`, when a sum computed it with other filters."""
+        m, residual = self._residual(y, c, 2.0, convolved)  # 2 (d y - W^s y): the scale is exact
         if m is None:
             return 0.5 * _sample_dot(y, residual)
         return 0.5 * torch.einsum("bchw,bcd,bdhw->b", y, m, residual)
@@ -164,9 +182,9 @@ class Pairwise(Energy):
     def _grad(self, y, x, c):
         return self._energy_and_grad(y, x, c, with_energy=False)[1]
 
-    def _energy_and_grad(self, y, x, c, with_energy=True, message=None):
-        """``message``: :math:`-2 W^s y`, when a sum computed it with other filters (one convolution)."""
-        m, residual = self._residual(y, c, 2.0, message)
+    def _energy_and_grad(self, y, x, c, with_energy=True, convolved=None, bank=None):
+        """``convolved``: :math:`-2 W^s y`, when a sum computed it with other filters (one convolution)."""
+        m, residual = self._residual(y, c, 2.0, convolved)
         g = residual if m is None else torch.einsum("bcd,bdhw->bchw", m, residual)
         return (0.5 * _sample_dot(y, g) if with_energy else None), g
 
@@ -175,13 +193,13 @@ class Pairwise(Energy):
     def _hessian_vector_product(self, y, x, c, v):
         return self._grad(v, x, c)  # the gradient 2M(d v - W^s v) is linear in v and free of x
 
-    def _hessian_operator(self, x, c):
+    def _hessian_structure(self, x, c):
         if not isinstance(self.compatibility, IdentityCompatibility):  # M mixes channels
-            return super()._hessian_operator(x, c)
+            return super()._hessian_structure(x, c)
         # 2 (d v - W^s v): the degree computed once, the message scaled by -2 in the window
         d = self.degree(*x.shape[-2:], x.dtype, x.device)
         message = self.kernel.message_operator(x.shape, x.dtype, x.device)
-        return HessianOperator(2 * d, lambda v, s: message(v, -2.0 * s))
+        return HessianStructure(2 * d, lambda v, s: message(v, -2.0 * s))
 
     def _curvature(self, y, x, c):
         b, _, h, w = y.shape

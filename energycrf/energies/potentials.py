@@ -312,5 +312,5 @@ class PiecewiseLinear(Potential):
 
 
 def _lookup(table: Tensor, index: Tensor) -> Tensor:
-    """``table.flatten()[index]`` by ``index_select`` (several times faster than advanced indexing on CPU)."""
+    """``table.flatten()[index]`` by ``index_select`` (advanced indexing is slower on the CPU)."""
     return table.reshape(-1).index_select(0, index.reshape(-1)).view(index.shape)

@@ -6,7 +6,8 @@ import torch
 from torch import Tensor, nn
 
 from ._validation import check_positive
-from .base import Energy, HessianOperator, _sample_dot
+from .energy import Energy, _sample_dot
+from .hessian import HessianStructure
 
 __all__ = ["Unary"]
 
@@ -73,8 +74,8 @@ class Unary(Energy):
     def _hessian_vector_product(self, y, x, c, v):
         return v * (2 * self._broadcast(v))
 
-    def _hessian_operator(self, x, c):
-        return HessianOperator(2 * self._broadcast(x), None)
+    def _hessian_structure(self, x, c):
+        return HessianStructure(2 * self._broadcast(x), None)
 
     def _curvature(self, y, x, c):
         b, channels, h, w = y.shape

@@ -2,21 +2,23 @@
 
 ``ec.solve(E, x, c, method=...)`` runs one method; ``ec.compare_solvers`` runs several and
 tabulates and plots them. One file per method's step (``coordinate_descent``,
-``mean_field``, ``gradient_descent``, ``lbfgs``, ``quadratic``), one driver loop
+``mean_field``, ``gradient_descent``, ``lbfgs``, ``cg``, ``fft``), one driver loop
 (:class:`~energycrf.solvers.base.Solver`), and the per-site majoriser step that
 coordinate descent and mean-field share (:func:`~energycrf.solvers.base.block_solve`).
 """
 
 from .api import SOLVERS, SequentialCoordinateDescent, get_solver, method_names, register_solver, solve
 from .base import Problem, Solver, StepOutput, block_solve
+from .cg import ConjugateGradient
 from .compare import Comparison, ComparisonRow, compare_solvers
 from .coordinate_descent import CoordinateDescent
+from .fft import FFTSolver
 from .gradient_descent import GradientDescent
 from .lbfgs import LBFGS, ScipyLBFGS, TorchLBFGS
 from .mean_field import MeanField
 from .options import SolveOptions
-from .quadratic import (ChebyshevPreconditioner, ConjugateGradient, FFTSolver, SpectralPreconditioner,
-                        hessian_vector_product)
+from .preconditioners import ChebyshevPreconditioner, SpectralPreconditioner
+from .quadratic_part import hessian_vector_product
 from .result import DivergenceError, DivergenceWarning, SolveResult, SolverWarning
 
 # The learned layer moved to energycrf.learned; its old names here warn for one release.

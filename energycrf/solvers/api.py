@@ -13,7 +13,8 @@ from .gradient_descent import GradientDescent
 from .lbfgs import LBFGS, ScipyLBFGS, TorchLBFGS
 from .mean_field import MeanField
 from .options import option_names, with_option_signature
-from .quadratic import ConjugateGradient, FFTSolver
+from .cg import ConjugateGradient
+from .fft import FFTSolver
 from .result import SolveResult
 
 __all__ = ["SOLVERS", "get_solver", "register_solver", "solve", "method_names"]

@@ -31,6 +31,7 @@ from .driver import History, Ledger, report_outcome, start_scalars
 from .host import _bcast, _device_mask, _device_values, _host, _host_mask, _max_abs  # noqa: F401 (their old home)
 from .options import SolveOptions, with_option_signature
 from .options import check_start  # noqa: F401 (its old home)
+from .problem import Problem
 from .result import SolveResult
 
 __all__ = ["Problem", "StepOutput", "Solver", "block_solve", "sample_norm", "sample_dot"]
@@ -95,89 +96,6 @@ def block_solve(A: Tensor, g: Tensor) -> Tensor:
     return d.squeeze(-1).permute(0, 3, 1, 2).contiguous()
 
 
-# ----------------------------------------------------------------------------------------
-# the problem a solver sees
-
-
-class Problem:
-    """An energy with its data bound: ``energy(y)``, ``grad(y)``, ``curvature(y)``.
-
-    Counts evaluations (reported in :attr:`SolveResult.evaluations`) and runs them
-    without building an autograd graph through the energy's parameters.
-    """
-
-    def __init__(self, E: Any, x: Tensor, c: Tensor | None = None):
-        if not callable(E) or not hasattr(E, "grad"):
-            raise TypeError(
-                f"E: expected an energycrf Energy (callable with a .grad method), got {type(E).__name__}"
-            )
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x: expected a torch.Tensor [B, C, H, W], got {type(x).__name__}")
-        if x.dim() != 4:
-            raise ValueError(f"x: expected a [B, C, H, W] tensor (rank 4), got shape {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise TypeError(f"x: expected a floating-point tensor, got dtype {x.dtype}")
-        if c is not None and not isinstance(c, Tensor):
-            raise TypeError(f"c: expected None or a torch.Tensor, got {type(c).__name__}")
-        self.E, self.x, self.c = E, x, c
-        self.counts = {"energy": 0, "grad": 0, "curvature": 0}
-        self.radius: int | None = None  # set by solvers that colour sites
-        self._curv_cache: Tensor | None = None
-        self._curv_quadratic: Tensor | None = None
-        self._spectral: Any = None  # the quadratic part's FFT operator, built once (solvers.quadratic)
-        self._chebyshev: dict = {}  # its Chebyshev operators by degree, likewise
-        self._quadratic: Any = ()  # the quadratic part of E (solvers.quadratic.problem_quadratic_part)
-
-    @property
-    def is_quadratic(self) -> bool:
-        return bool(getattr(self.E, "is_quadratic", False))
-
-    def energy(self, y: Tensor) -> Tensor:
-        self.counts["energy"] += 1
-        with torch.no_grad():
-            return self.E(y, self.x, self.c).detach()
-
-    def grad(self, y: Tensor) -> Tensor:
-        self.counts["grad"] += 1
-        with torch.no_grad():
-            return self.E.grad(y, self.x, self.c).detach()
-
-    def energy_and_grad(self, y: Tensor) -> tuple[Tensor, Tensor]:
-        """``(energy(y), grad(y))`` from one fused evaluation (``E.energy_and_grad``, when the
-        energy has it), counted as ``"energy_and_grad"``."""
-        fused = getattr(self.E, "energy_and_grad", None)
-        cls = type(self)
-        if fused is None or cls.energy is not Problem.energy or cls.grad is not Problem.grad:
-            # a subclass that evaluates differently (e.g. keeping the autograd graph) keeps its way
-            return self.energy(y), self.grad(y)
-        self.counts["energy_and_grad"] = self.counts.get("energy_and_grad", 0) + 1
-        with torch.no_grad():
-            e, g = fused(y, self.x, self.c)
-        return e.detach(), g.detach()
-
-    def curvature(self, y: Tensor) -> Tensor:
-        """``[B, H, W, C, C]`` blocks ``A_i``.
-
-        The blocks of quadratic terms do not depend on ``y``: they are computed once (the
-        whole energy's when it is quadratic, else those of the quadratic terms of a sum,
-        to which the other terms' blocks at ``y`` are added).
-        """
-        if self._curv_cache is not None:
-            return self._curv_cache
-        self.counts["curvature"] += 1
-        E, x, c = self.E, self.x, self.c
-        terms = list(getattr(E, "terms", []))
-        with torch.no_grad():
-            if self.is_quadratic:
-                self._curv_cache = E.curvature(y, x, c).detach()
-                return self._curv_cache
-            if not any(bool(getattr(t, "is_quadratic", False)) for t in terms):
-                return E.curvature(y, x, c).detach()
-            if self._curv_quadratic is None:
-                self._curv_quadratic = sum(t.curvature(y, x, c) for t in terms if t.is_quadratic).detach()
-            return self._curv_quadratic + sum(t.curvature(y, x, c) for t in terms if not t.is_quadratic).detach()
-
-
 @dataclass
 class StepOutput:
     """What one step returns.
@@ -229,7 +147,7 @@ class Solver:
         return None
 
     def start_operator(self, problem: Problem) -> Any:
-        """The operator of ``y0="quadratic"`` (:func:`~energycrf.solvers.quadratic.quadratic_start`):
+        """The operator of ``y0="quadratic"`` (:func:`~energycrf.solvers.start.quadratic_start`):
         ``None``, the FFT operator, unless the method has one of its own."""
         return None
 
@@ -269,7 +187,7 @@ class Solver:
         """The first iterate, a tensor of the solver's own: a copy of ``y0``, or the named start
         computed (``"quadratic"``: the quadratic part's minimiser by :meth:`start_operator`)."""
         if start == "quadratic":
-            from .quadratic import quadratic_start
+            from .start import quadratic_start
 
             return quadratic_start(problem, self.start_operator(problem))
         return y0.detach().clone()

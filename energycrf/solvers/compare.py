@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .api import get_solver, method_names
 from .base import Problem, check_start
-from .quadratic import quadratic_start_operator
+from .start import quadratic_start_operator
 from .result import SolveResult
 
 __all__ = ["compare_solvers", "parse_method", "Comparison", "ComparisonRow", "DEFAULT_METHODS"]

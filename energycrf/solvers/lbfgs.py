@@ -35,7 +35,8 @@ from .driver import History
 from .host import _device_mask, _host
 from .line_search import armijo_backtracking
 from .options import SolveOptions
-from .quadratic import Preconditioned, check_refine, make_preconditioner
+from .preconditioners.options import Preconditioned, make_preconditioner
+from .preconditioners.spectral import check_refine
 from .result import SolveResult
 
 __all__ = ["LBFGS", "LBFGSState", "CurvaturePair", "PendingPair", "TorchLBFGS", "ScipyLBFGS"]
@@ -118,7 +119,7 @@ class LBFGS(Preconditioned, Solver):
             approximation of the energy's quadratic part (Unary + Pairwise), which removes
             the pairwise term's ill-conditioning (``"blocks"`` when there is none or it is
             singular); ``"chebyshev"`` a Chebyshev polynomial in the quadratic part's Hessian
-            (:class:`~energycrf.solvers.quadratic.ChebyshevPreconditioner`: ``degree - 1``
+            (:class:`~energycrf.solvers.preconditioners.chebyshev.ChebyshevPreconditioner`: ``degree - 1``
             products with it, no FFT; with ``y0="quadratic"`` the start uses it too; a
             ``ValueError`` when the quadratic part has no spectral bounds); ``"none"``
             (``False``) the identity.
@@ -126,12 +127,12 @@ class LBFGS(Preconditioned, Solver):
             that correct the circulant inverse at the image boundary (one gradient of the
             quadratic terms and one FFT pair each; ``0``: the plain circulant inverse). An odd
             count is lowered by one for a quadratic part that is not translation invariant,
-            where it could make ``H^0`` indefinite (:class:`~energycrf.solvers.quadratic.SpectralPreconditioner`).
+            where it could make ``H^0`` indefinite (:class:`~energycrf.solvers.preconditioners.spectral.SpectralPreconditioner`).
         degree: with ``precondition="chebyshev"``, the Chebyshev degree ``m`` (``None``: the
-            smallest with accuracy :data:`~energycrf.solvers.quadratic.CHEBYSHEV_ACCURACY`).
+            smallest with accuracy :data:`~energycrf.solvers.preconditioners.chebyshev.CHEBYSHEV_ACCURACY`).
         start_degree: with ``precondition="chebyshev"`` and ``y0="quadratic"``, the start's degree
             (``None``: the smallest with accuracy
-            :data:`~energycrf.solvers.quadratic.CHEBYSHEV_START_ACCURACY`; the first step corrects it).
+            :data:`~energycrf.solvers.preconditioners.chebyshev.CHEBYSHEV_START_ACCURACY`; the first step corrects it).
         c1: Armijo constant.
         max_backtracks: trials per line search before the sample is reported stalled.
     """

@@ -55,7 +55,7 @@ class SolveOptions:
         y0: the start: ``None`` (``x``), a tensor shaped like ``x`` (its dtype and device), or
             ``"quadratic"``: the minimiser of the energy's quadratic part (Unary + Pairwise),
             from its FFT inverse, or from the Chebyshev polynomial of a method with
-            ``precondition="chebyshev"`` (:func:`energycrf.solvers.quadratic.quadratic_start`;
+            ``precondition="chebyshev"`` (:func:`energycrf.solvers.start.quadratic_start`;
             counted in the wall time; ``energies[0]`` is the energy there).
         max_iters: iterations of the method (a sweep over all colour classes for coordinate
             descent, one line search for L-BFGS, ...); a non-negative int.

@@ -98,18 +98,18 @@ def test_preconditioner_setup_benchmark_compares_equal_operators(capsys, load_sc
     import torch
 
     mod = load_script("benchmarks/preconditioner_setup.py")
-    from energycrf.solvers import quadratic as Q
+    from energycrf.solvers.preconditioners import spectral as S
     from energycrf.solvers.base import Problem
 
     x = torch.randn(2, 4, 12, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     E = mod.mixing_energy().double()
     v = torch.randn_like(x)
-    ours = Q.spectral_preconditioner(Problem(E, x), x).with_refine(1)
-    original = Q._floored_inverse
+    ours = S.spectral_preconditioner(Problem(E, x), x).with_refine(1)
+    original = S._floored_inverse
     with mock.patch.object(mod, "plain_inverse", wraps=mod.plain_inverse) as plain_inverse, mod.plain_setup():
-        plain = Q.spectral_preconditioner(Problem(E, x), x).with_refine(1)
+        plain = S.spectral_preconditioner(Problem(E, x), x).with_refine(1)
     assert plain_inverse.call_count == 1  # the plain set-up really went through the eigendecomposition
-    assert Q._floored_inverse is original  # restored
+    assert S._floored_inverse is original  # restored
     assert not ours.diagonal and ours.positive_definite and plain.positive_definite
     torch.testing.assert_close(ours(v), plain(v), rtol=1e-10, atol=1e-12)
     mod.main(["--rounds", "1"])

@@ -17,8 +17,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import energycrf as ec
-from energycrf.solvers import quadratic as Q
 from energycrf.solvers.base import Problem
+from energycrf.solvers.hessian import HessianOperator
+from energycrf.solvers.preconditioners import chebyshev as cheb
+from energycrf.solvers.quadratic_part import _KEPT_PARTS, quadratic_part
+from energycrf.solvers.start import gradient_at_data, quadratic_start
 from energycrf.apps.compare_solvers import default_energy, noisy_photograph
 
 from solver_problems import (BoxSmooth, SiteWeightedUnary, convex_energy, dense_operator, exact_quadratic_minimiser,
@@ -160,7 +163,7 @@ def _chebyshev_reference(Hm, lower, upper, m, v):
 @given(params=energies, extra_h=st.integers(0, 3), extra_w=st.integers(0, 3), degree=st.integers(1, 9))
 def test_chebyshev_operator_is_the_chebyshev_polynomial_of_the_hessian(params, extra_h, extra_w, degree):
     E, x, c = _case(params, extra_h, extra_w, batch=1)
-    P = Q.ChebyshevPreconditioner(E, x, c, x, degree)
+    P = cheb.ChebyshevPreconditioner(E, x, c, x, degree)
     assert (P.lower, P.upper) == pytest.approx((E.convexity_margin(c), E.curvature_bound(*x.shape[-2:], c)))
     Hm = explicit_hessian(E, x, x, c).detach()
     v = torch.randn(x.shape, generator=torch.Generator().manual_seed(params["seed"]), dtype=F64)
@@ -178,24 +181,24 @@ def test_chebyshev_operator_is_the_chebyshev_polynomial_of_the_hessian(params, e
     assert float(residual) <= accuracy * (1 + 1e-8) + 1e-12
 
 
-@given(params=energies, degree=st.integers(1, Q.HORNER_DEGREE), seed=st.integers(0, 100))
+@given(params=energies, degree=st.integers(1, cheb.HORNER_DEGREE), seed=st.integers(0, 100))
 def test_horner_rule_equals_the_recurrence(params, degree, seed):
     """Degrees up to ``HORNER_DEGREE`` apply the monomial form: the same operator as the semi-iteration
     (float64, tight), and in float32 within a small multiple of round-off (its terms cancel by at
     most ~6x at these degrees)."""
     E, x, c = _case(params, 2, 1)
-    P = Q.ChebyshevPreconditioner(E, x, c, x, degree)
+    P = cheb.ChebyshevPreconditioner(E, x, c, x, degree)
     v = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
     assert P.monomial is not None and len(P.monomial) == P.degree
     with torch.no_grad():
         recurrence = P._recurrence(v, graph=False)
     scale = float(recurrence.abs().max())
     torch.testing.assert_close(P(v), recurrence, rtol=1e-10, atol=1e-12 * scale)
-    P32 = Q.ChebyshevPreconditioner(copy.deepcopy(E).float(), x.float(), None if c is None else c.float(), x.float(), degree)
+    P32 = cheb.ChebyshevPreconditioner(copy.deepcopy(E).float(), x.float(), None if c is None else c.float(), x.float(), degree)
     err = float((P32(v.float()).double() - recurrence).abs().max())
     assert err <= 64 * torch.finfo(torch.float32).eps * scale
-    if degree < Q.HORNER_DEGREE:  # above it the recurrence applies the operator
-        assert Q.ChebyshevPreconditioner(E, x, c, x, Q.HORNER_DEGREE + 1).monomial is None
+    if degree < cheb.HORNER_DEGREE:  # above it the recurrence applies the operator
+        assert cheb.ChebyshevPreconditioner(E, x, c, x, cheb.HORNER_DEGREE + 1).monomial is None
 
 
 @pytest.mark.filterwarnings("ignore::energycrf.solvers.result.SolverWarning")  # degrees above 32: tested below
@@ -203,17 +206,17 @@ def test_horner_rule_equals_the_recurrence(params, degree, seed):
 def test_automatic_degree_is_the_smallest_that_meets_the_accuracy(weight, strength, side):
     E = (K.Unary(weight=weight) + K.Pairwise(channels=1, kernel=K.LocalKernel(radius=2, strength=strength))).double()
     x = torch.zeros(1, 1, side, side, dtype=F64)
-    P = Q.ChebyshevPreconditioner(E, x, None, x)
-    assert P.accuracy <= Q.CHEBYSHEV_ACCURACY
+    P = cheb.ChebyshevPreconditioner(E, x, None, x)
+    assert P.accuracy <= cheb.CHEBYSHEV_ACCURACY
     if P.degree > 1:
-        assert Q.ChebyshevPreconditioner(E, x, None, x, P.degree - 1).accuracy > Q.CHEBYSHEV_ACCURACY
+        assert cheb.ChebyshevPreconditioner(E, x, None, x, P.degree - 1).accuracy > cheb.CHEBYSHEV_ACCURACY
     assert len(P.coefficients) == P.degree - 1  # m - 1 products per application
 
 
 def test_a_diagonal_hessian_is_inverted_in_one_step():
     E = K.Unary(weight=0.7).double()
     x = torch.randn(2, 3, 5, 4, dtype=F64)
-    P = Q.ChebyshevPreconditioner(E, x, None, x, 5)
+    P = cheb.ChebyshevPreconditioner(E, x, None, x, 5)
     assert P.degree == 1 and P.accuracy == 0.0 and not P.coefficients  # the degree applied
     torch.testing.assert_close(P(x), x / 1.4)
 
@@ -233,7 +236,7 @@ def test_prepared_hessian_operator_equals_the_hessian(make):
     x = torch.randn(2, 2, 6, 5, generator=g, dtype=F64)
     v = torch.randn(x.shape, generator=g, dtype=F64)
     v_before = v.clone()
-    operator = E._hessian_operator(x, None)
+    operator = HessianOperator.of_energy(E, x, None)
     got = operator(v)
     assert torch.equal(v, v_before)
     torch.testing.assert_close(got, E._hessian_vector_product(x, x, None, v), rtol=1e-12, atol=1e-12)
@@ -253,7 +256,7 @@ def test_a_kept_shifted_diagonal_does_not_cut_the_graph():
     E = (K.Unary(weight=0.6, learnable=True) + K.Pairwise(channels=2)).double()
     x = torch.randn(1, 2, 5, 4, generator=torch.Generator().manual_seed(8), dtype=F64)
     v = torch.randn(x.shape, generator=torch.Generator().manual_seed(9), dtype=F64)
-    operator = E._hessian_operator(x, None)  # its diagonal 2 w + 2 d records w
+    operator = HessianOperator.of_energy(E, x, None)  # its diagonal 2 w + 2 d records w
     with torch.no_grad():
         operator(v, 0.5, 0.2)
     (w_grad,) = torch.autograd.grad(operator(v, 0.5, 0.2).sum(), E.terms[0].log_weight)
@@ -293,17 +296,17 @@ def test_gradient_at_data_is_one_product_of_the_prepared_operator(params, extra_
     E, x, c = _case(params, extra_h, extra_w)
     E = scale * E if scale != 1.0 else E
     ref = torch.func.grad(lambda y: E.energy(y, x, c).sum())(x).detach()
-    operator = E._hessian_operator(x, c)
+    operator = HessianOperator.of_energy(E, x, c)
     with mock.patch.object(type(E), "grad", side_effect=AssertionError("E.grad called")):
-        got = Q.gradient_at_data(E, operator, x, c)
+        got = gradient_at_data(E, operator, x, c)
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10 * (1 + float(ref.abs().max())))
 
 
 class OwnOperatorSum(ec.energies.SumEnergy):
-    """A sum whose prepared operator is its bare product: no per-term parts to pick from."""
+    """A sum whose Hessian structure is its bare product: no per-term parts to pick from."""
 
-    def _hessian_operator(self, x, c):
-        return ec.energies.base.HessianOperator.of_product(lambda v: self._hessian_vector_product(x, x, c, v))
+    def _hessian_structure(self, x, c):
+        return K.HessianStructure.of_product(lambda v: self._hessian_vector_product(x, x, c, v))
 
 
 @pytest.mark.parametrize("make, product", [
@@ -323,46 +326,47 @@ def test_gradient_at_data_falls_back_to_the_gradient(make, product):
     x = torch.randn(2, 2, 5, 6, generator=g, dtype=F64)
     ref = torch.func.grad(lambda y: E.energy(y, x).sum())(x)
     with mock.patch.object(type(E), "grad", wraps=E.grad) as grad:
-        got = Q.gradient_at_data(E, E._hessian_operator(x, None), x, None)
+        got = gradient_at_data(E, HessianOperator.of_energy(E, x, None), x, None)
     assert grad.called != product
     torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
 
 
 def test_a_sum_of_prepared_operators_keeps_its_parts():
-    """``HessianOperator.sum`` applies the sum, and keeps the operators it was made of."""
+    """``HessianStructure.sum`` applies the sum (through the solvers' operator), and keeps the
+    structures it was made of."""
     E = (K.Unary(weight=[0.5, 2.0]) + K.Pairwise(channels=2) + AnchoredBoxSmooth(0.5)).double()
     x = torch.randn(2, 2, 5, 6, generator=torch.Generator().manual_seed(4), dtype=F64)
     v = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=F64)
-    ops = [t._hessian_operator(x, None) for t in E.terms]
-    total = ec.energies.base.HessianOperator.sum(ops)
-    assert total.parts == ops and ops[0].parts is None
+    ops = [t._hessian_structure(x, None) for t in E.terms]
+    total = HessianOperator(K.HessianStructure.sum(ops))
+    assert total.parts == tuple(ops) and ops[0].parts is None
     torch.testing.assert_close(total(v, 0.3, 0.2), 0.3 * E._hessian_vector_product(x, x, None, v) + 0.2 * v,
                                rtol=1e-12, atol=1e-12)
-    one = ec.energies.base.HessianOperator.sum(ops[1:2])  # a single rest: the same product
+    one = HessianOperator(K.HessianStructure.sum(ops[1:2]))  # a single rest: the same product
     torch.testing.assert_close(one(v), E.terms[1]._hessian_vector_product(x, x, None, v), rtol=1e-12, atol=1e-12)
 
 
 def test_the_quadratic_part_of_a_sum_is_made_once_and_follows_its_terms():
-    """The sum of the quadratic terms is kept on the energy: the same module while they are its
+    """The sum of the quadratic terms is kept for the energy: the same module while they are its
     terms (their parameter changes show through it), a copy's own after ``deepcopy``, a new one
     when a term is replaced; never a submodule or state of the energy."""
     E = K.Unary(weight=0.7) + K.Pairwise(channels=2) + K.FieldOfExperts(channels=2)
     x = torch.randn(1, 2, 6, 6, generator=torch.Generator().manual_seed(6))
     keys, modules = list(E.state_dict()), len(list(E.modules()))
-    Q.check_chebyshev(Problem(E, torch.zeros(1, 2, 6, 6)))  # validation keeps nothing for the solve
-    assert "_quadratic_part" not in E.__dict__ and Q.quadratic_part(E, keep=False) is not Q.quadratic_part(E, keep=False)
-    part = Q.quadratic_part(E)
-    assert Q.quadratic_part(E) is part and list(part.terms) == list(E.terms)[:2]
+    cheb.check_chebyshev(Problem(E, torch.zeros(1, 2, 6, 6)))  # validation keeps nothing for the solve
+    assert _KEPT_PARTS.get(E) is None and quadratic_part(E, keep=False) is not quadratic_part(E, keep=False)
+    part = quadratic_part(E)
+    assert quadratic_part(E) is part and list(part.terms) == list(E.terms)[:2]
     assert list(E.state_dict()) == keys and len(list(E.modules())) == modules
     before = part(x + 1, x)
     with torch.no_grad():
         E.terms[0].fixed_weight.mul_(2.0)
     torch.testing.assert_close(part(x + 1, x) - before, E.terms[0](x + 1, x) / 2)
     twin = copy.deepcopy(E)
-    twin_part = Q.quadratic_part(twin)
+    twin_part = quadratic_part(twin)
     assert twin_part is not part and all(a is b for a, b in zip(twin_part.terms, list(twin.terms)[:2]))
     E.terms[1] = K.Pairwise(channels=2, kernel=K.LocalKernel(radius=1))
-    assert Q.quadratic_part(E) is not part and Q.quadratic_part(E).terms[1] is E.terms[1]
+    assert quadratic_part(E) is not part and quadratic_part(E).terms[1] is E.terms[1]
 
 
 @given(params=energies, extra=st.integers(0, 4), degree=st.integers(1, 5))
@@ -371,8 +375,8 @@ def test_quadratic_start_error_shrinks_by_the_accuracy_in_the_energy_norm(params
     most ``accuracy`` times the error of ``x``."""
     E, x, c = _case(params, extra, extra)
     problem = Problem(E, x, c)
-    P = Q.chebyshev_preconditioner(problem, x, degree)
-    y0 = Q.quadratic_start(problem, P)
+    P = cheb.chebyshev_preconditioner(problem, x, degree)
+    y0 = quadratic_start(problem, P)
     y_star = exact_quadratic_minimiser(E, x, c).detach()
     for b in range(x.shape[0]):
         Hm = explicit_hessian(E, x[b:b + 1], x[b:b + 1], None if c is None else c[b:b + 1]).detach()
@@ -400,18 +404,18 @@ def test_lbfgs_quadratic_start_uses_the_chebyshev_operator_and_no_fft(start_degr
     E = convex_energy(channels=2)
     x = torch.randn(2, 2, 9, 8, generator=torch.Generator().manual_seed(6), dtype=F64)
     problem = Problem(E, x)
-    P_start = Q.chebyshev_preconditioner(problem, x, start_degree, Q.CHEBYSHEV_START_ACCURACY)
-    start = Q.quadratic_start(problem, P_start)
+    P_start = cheb.chebyshev_preconditioner(problem, x, start_degree, cheb.CHEBYSHEV_START_ACCURACY)
+    start = quadratic_start(problem, P_start)
     with mock.patch.object(torch.fft, "rfft2", wraps=torch.fft.rfft2) as rfft2:
         res = ec.solve(E, x, method="lbfgs", precondition="chebyshev", degree=3, start_degree=start_degree,
                        y0="quadratic", max_iters=2)
     assert rfft2.call_count == 0
     torch.testing.assert_close(res.energies[0], E(start, x))
-    P = Q.chebyshev_preconditioner(problem, x, 3)  # the steps' operator: the start's Hessian and bounds
-    assert P._hessian is P_start._hessian and (P.lower, P.upper) == (P_start.lower, P_start.upper)
+    P = cheb.chebyshev_preconditioner(problem, x, 3)  # the steps' operator: the start's Hessian and bounds
+    assert P.hessian is P_start.hessian and (P.lower, P.upper) == (P_start.lower, P_start.upper)
     if start_degree is None:  # automatic: the smallest degree with the start's (looser) accuracy
-        assert P_start.accuracy <= Q.CHEBYSHEV_START_ACCURACY
-        assert P_start.degree == 1 or P.with_degree(P_start.degree - 1).accuracy > Q.CHEBYSHEV_START_ACCURACY
+        assert P_start.accuracy <= cheb.CHEBYSHEV_START_ACCURACY
+        assert P_start.degree == 1 or P.with_degree(P_start.degree - 1).accuracy > cheb.CHEBYSHEV_START_ACCURACY
     else:
         assert P_start.degree == start_degree
 
@@ -497,7 +501,7 @@ def test_autograd_through_the_operator_is_the_operator(params, degree, seed):
     """``P`` is linear and symmetric, so the gradient of ``<w, P v>`` in ``v`` is ``P w``: autograd
     through the out-of-place path (taken when ``v`` requires a gradient) must give it."""
     E, x, c = _case(params, 1, 2, batch=1)
-    P = Q.ChebyshevPreconditioner(E, x, c, x, degree)
+    P = cheb.ChebyshevPreconditioner(E, x, c, x, degree)
     g = torch.Generator().manual_seed(seed)
     v = torch.randn(x.shape, generator=g, dtype=F64).requires_grad_(True)
     w = torch.randn(x.shape, generator=g, dtype=F64)
@@ -550,14 +554,14 @@ def test_invalid_or_hopeless_spectral_intervals_are_refused(margin, bound, why):
 def test_large_degrees_do_not_overflow_and_ill_conditioned_automatic_degrees_warn():
     x = torch.zeros(1, 1, 16, 16, dtype=F64)
     E = (K.Unary(weight=1.0) + K.Pairwise(channels=1)).double()
-    P = Q.ChebyshevPreconditioner(E, x, None, x, 1000)
+    P = cheb.ChebyshevPreconditioner(E, x, None, x, 1000)
     assert P.degree == 1000 and 0.0 <= P.accuracy < 1e-300
     weak = (K.Unary(weight=1e-3) + K.Pairwise(channels=1)).double()
     for _ in range(2):  # every time (the polynomial's numbers are memoised, the warning is not)
         with pytest.warns(ec.solvers.SolverWarning, match="needs degree .* precondition='fft' is likely cheaper"):
-            P = Q.ChebyshevPreconditioner(weak, x, None, x)
-    assert P.degree > Q.CHEBYSHEV_WARN_DEGREE and P.accuracy <= Q.CHEBYSHEV_ACCURACY
-    assert Q.chebyshev_accuracy(2.0, 3) == pytest.approx(1 / 26)  # T_3(2) = 4 * 8 - 3 * 2
+            P = cheb.ChebyshevPreconditioner(weak, x, None, x)
+    assert P.degree > cheb.CHEBYSHEV_WARN_DEGREE and P.accuracy <= cheb.CHEBYSHEV_ACCURACY
+    assert cheb.chebyshev_accuracy(2.0, 3) == pytest.approx(1 / 26)  # T_3(2) = 4 * 8 - 3 * 2
 
 
 def test_degree_needs_chebyshev_and_precondition_none_means_none():
@@ -588,6 +592,6 @@ def test_a_duck_typed_quadratic_part_is_applied_through_its_product():
         def curvature_bound(self, height, width, c=None):
             return E.curvature_bound(height, width, c)
 
-    for degree in (3, Q.HORNER_DEGREE + 2):
-        torch.testing.assert_close(Q.ChebyshevPreconditioner(Duck(), x, None, x, degree)(v),
-                                   Q.ChebyshevPreconditioner(E, x, None, x, degree)(v), rtol=1e-12, atol=1e-12)
+    for degree in (3, cheb.HORNER_DEGREE + 2):
+        torch.testing.assert_close(cheb.ChebyshevPreconditioner(Duck(), x, None, x, degree)(v),
+                                   cheb.ChebyshevPreconditioner(E, x, None, x, degree)(v), rtol=1e-12, atol=1e-12)

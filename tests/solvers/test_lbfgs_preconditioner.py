@@ -20,8 +20,8 @@ from energycrf.solvers.base import Problem
 from energycrf.solvers import host as host_module
 from energycrf.solvers.lbfgs import LBFGS, LBFGSState
 from energycrf.energies.operators import window_spectrum
-from energycrf.solvers.quadratic import (SpectralPreconditioner, _floor, _floored_inverse, _place_taps,
-                                        quadratic_part)
+from energycrf.solvers.preconditioners.spectral import SpectralPreconditioner, _floor, _floored_inverse, _place_taps
+from energycrf.solvers.quadratic_part import quadratic_part
 from solver_problems import (SiteWeightedUnary, dense_operator, exact_quadratic_minimiser, explicit_hessian,
                              spectral_case)
 

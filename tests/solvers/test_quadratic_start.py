@@ -15,8 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import energycrf as ec
-from energycrf.solvers import quadratic as Q
 from energycrf.solvers.base import Problem
+from energycrf.solvers.preconditioners.spectral import SpectralPreconditioner
+from energycrf.solvers.start import quadratic_start
 from energycrf.apps.compare_solvers import default_energy, noisy_photograph
 
 from solver_problems import dense_operator, explicit_hessian, foe, quadratic_energy, spectral_case
@@ -40,7 +41,7 @@ def _problem(kind, height, width, seed):
 def test_quadratic_start_is_one_refined_fft_step_and_exact_when_circular(kind, height, width, seed):
     E, x, c = _problem(kind, height, width, seed)
     x_given = x.clone()
-    y0 = Q.quadratic_start(Problem(E, x, c))
+    y0 = quadratic_start(Problem(E, x, c))
     assert torch.equal(x, x_given) and y0.data_ptr() != x.data_ptr()  # in-place work on its own buffers only
     eye = torch.eye(x[0].numel(), dtype=F64)
     for b in range(x.shape[0]):
@@ -53,7 +54,7 @@ def test_quadratic_start_is_one_refined_fft_step_and_exact_when_circular(kind, h
             torch.testing.assert_close(y0[b].reshape(-1), exact, rtol=1e-9, atol=1e-10)
             continue
         # zero boundary: P = (2 I - P0 H) P0 (one Richardson step), built from the dense circulant inverse
-        P = Q.SpectralPreconditioner(E, xb, cb, xb)
+        P = SpectralPreconditioner(E, xb, cb, xb)
         spectrum = lambda: P.kinv if P.diagonal else P.Kinv  # noqa: E731
         v, spectrum_given = torch.randn_like(xb), spectrum().clone()
         v_given = v.clone()
@@ -71,7 +72,7 @@ def test_quadratic_start_ignores_the_other_terms():
     E_q = quadratic_energy(channels=2, seed=3)
     E = E_q + foe(channels=2, potential="student_t", seed=4).double()
     x = torch.randn(2, 2, 9, 8, generator=torch.Generator().manual_seed(5), dtype=F64)
-    torch.testing.assert_close(Q.quadratic_start(Problem(E, x)), Q.quadratic_start(Problem(E_q, x)),
+    torch.testing.assert_close(quadratic_start(Problem(E, x)), quadratic_start(Problem(E_q, x)),
                                rtol=0, atol=0)
 
 
@@ -82,7 +83,7 @@ METHODS = ["lbfgs", "mean_field", "gradient_descent", "coordinate_descent", "tor
 def test_every_solver_starts_there_and_reaches_the_same_minimum(method):
     E = quadratic_energy(channels=2, seed=1) + foe(channels=2, potential="charbonnier", seed=2).double()
     x = torch.randn(2, 2, 8, 7, generator=torch.Generator().manual_seed(6), dtype=F64)
-    start = Q.quadratic_start(Problem(E, x))
+    start = quadratic_start(Problem(E, x))
     ref = ec.solve(E, x, method="lbfgs", max_iters=300, tol=1e-14, gtol=1e-12)
     # torch.optim.LBFGS's line search may stop at round-off before tol: "stalled" at the minimum
     res = ec.solve(E, x, method=method, y0="quadratic", max_iters=400, tol=1e-14, gtol=1e-10, on_diverge="ignore")
@@ -96,8 +97,8 @@ def test_every_solver_starts_there_and_reaches_the_same_minimum(method):
 def test_lbfgs_builds_one_spectrum_for_the_start_and_the_preconditioner():
     E = default_energy(1, seed=0).double()
     x = noisy_photograph("camera", 32, 25.0, 0)[0].double()
-    with mock.patch.object(Q.SpectralPreconditioner, "__init__", autospec=True,
-                           side_effect=Q.SpectralPreconditioner.__init__) as built:
+    with mock.patch.object(SpectralPreconditioner, "__init__", autospec=True,
+                           side_effect=SpectralPreconditioner.__init__) as built:
         ec.solve(E, x, method="lbfgs", precondition="fft", y0="quadratic", max_iters=3)
     assert built.call_count == 1
 

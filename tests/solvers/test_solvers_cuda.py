@@ -40,7 +40,7 @@ def test_cuda_compare_solvers_draws_its_figure(tmp_path):
 
 def test_cuda_quadratic_start_matches_cpu():
     from energycrf.solvers.base import Problem
-    from energycrf.solvers.quadratic import quadratic_start
+    from energycrf.solvers.start import quadratic_start
 
     E = convex_energy(2)
     x = torch.randn(2, 2, 12, 10, generator=torch.Generator().manual_seed(2), dtype=F64)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..energies.composite import SumEnergy
+from .linalg import sample_norm
 from .problem import Problem
 
 __all__ = [
@@ -41,20 +42,14 @@ def require_quadratic(problem: Problem, name: str) -> None:
         raise ValueError(_NOT_QUADRATIC.format(name=name, kind=type(problem.E).__name__))
 
 
-def _sample_norm(a: Tensor) -> Tensor:
-    """Per-sample Euclidean norm of a ``[B, ...]`` tensor -> ``[B]`` (as ``solvers.base.sample_norm``,
-    which this module does not import: the driver there imports the quadratic start, which uses this)."""
-    return torch.linalg.vector_norm(a, dim=tuple(range(1, a.dim())))
-
-
 def hessian_vector_product(problem: Problem, y: Tensor, g: Tensor, v: Tensor) -> Tensor:
     """``H v`` of a quadratic energy from two gradients: ``(grad(y + s v) - grad(y)) / s``.
 
     ``s`` (per sample) makes ``s v`` as large as ``y`` so the difference is not lost to
     round-off; exact up to rounding because ``grad`` is affine.
     """
-    vn = _sample_norm(v).clamp_min(torch.finfo(v.dtype).tiny)
-    s = (1.0 + _sample_norm(y)) / vn
+    vn = sample_norm(v).clamp_min(torch.finfo(v.dtype).tiny)
+    s = (1.0 + sample_norm(y)) / vn
     s4 = s.view(-1, 1, 1, 1)
     return (problem.grad(y + s4 * v) - g) / s4
 

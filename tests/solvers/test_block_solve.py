@@ -1,6 +1,7 @@
 import torch
 
-from energycrf.solvers.base import _positive_definite_blocks, block_solve
+from energycrf.solvers.linalg import block_solve
+from energycrf.solvers.linalg import positive_definite_blocks as _positive_definite_blocks
 
 
 def _general_path(A, g):

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from .api import get_solver, method_names
-from .base import Problem, check_start
+from .options import check_start
+from .problem import Problem
 from .start import quadratic_start_operator
 from .result import SolveResult
 

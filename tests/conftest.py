@@ -1,4 +1,4 @@
-"""Shared pytest configuration: hypothesis profiles and the ``gpu`` marker.
+"""Shared pytest configuration: hypothesis profiles, the package's pytest plugin, Markdown helpers.
 
 Profiles (select with ``HYPOTHESIS_PROFILE=<name>``):
 
@@ -67,13 +67,13 @@ def pytest_report_header(config):
     )
 
 
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip_gpu)
+def pytest_configure(config):
+    # the `gpu` marker and its skip come from the package's plugin, as in a user's project: loaded
+    # by the installed `pytest11` entry point or `-p energycrf.testing.pytest_plugin`, else here
+    from energycrf.testing import pytest_plugin
+
+    if not config.pluginmanager.is_registered(pytest_plugin):
+        config.pluginmanager.register(pytest_plugin, "energycrf")
 
 
 # --- executing the code in Markdown files (README, docs) ---------------------------------

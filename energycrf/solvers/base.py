@@ -368,7 +368,7 @@ class Solver:
         eps = torch.finfo(x.dtype).eps
         tol = max(1e-9, 10 * eps) if tol is None else float(tol)
         gtol = (1e-5 if x.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-8) if gtol is None else float(gtol)
-        if tol < 0 or gtol < 0:
+        if not (tol >= 0 and gtol >= 0):  # NaN fails too
             raise ValueError(f"tol, gtol: expected non-negative numbers, got tol={tol}, gtol={gtol}")
         check_divergence_limits(rise_tol, blowup)
         if well_posed not in ("warn", "raise", "ignore"):

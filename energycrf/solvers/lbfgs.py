@@ -287,6 +287,8 @@ class ScipyLBFGS(Solver):
         if on_diverge not in ("warn", "raise", "ignore"):
             raise ValueError(f"on_diverge: expected 'warn', 'raise' or 'ignore', got {on_diverge!r}")
         check_divergence_limits(rise_tol, blowup)
+        if not isinstance(max_iters, int) or isinstance(max_iters, bool) or max_iters < 0:
+            raise ValueError(f"max_iters: expected a non-negative int, got {max_iters!r}")
         start_name = check_start(y0, x)
         if start_name is not None:
             y0 = None
@@ -295,6 +297,8 @@ class ScipyLBFGS(Solver):
         eps = torch.finfo(x.dtype).eps
         tol = max(1e-9, 10 * eps) if tol is None else float(tol)
         gtol_rel = (1e-5 if x.dtype == torch.float32 else 1e-8) if gtol is None else float(gtol)
+        if not (tol >= 0 and gtol_rel >= 0):  # NaN fails too
+            raise ValueError(f"tol, gtol: expected non-negative numbers, got tol={tol}, gtol={gtol_rel}")
 
         E64 = copy.deepcopy(E).to(torch.float64)
         x64 = x.detach().to(torch.float64)

@@ -18,6 +18,7 @@ import energycrf as ec
 from energycrf.solvers import quadratic as Q
 from energycrf.solvers.base import Problem
 from energycrf.solvers.cli import default_energy, noisy_photograph
+from energycrf.testing import solver_traits
 
 from solver_problems import dense_operator, explicit_hessian, foe, quadratic_energy, spectral_case
 
@@ -75,7 +76,8 @@ def test_quadratic_start_ignores_the_other_terms():
                                rtol=0, atol=0)
 
 
-METHODS = ["lbfgs", "mean_field", "gradient_descent", "coordinate_descent", "torch_lbfgs", "scipy_lbfgs"]
+# every registered method that minimises non-quadratic energies (as the solver itself says)
+METHODS = [m for m in ec.solvers.method_names() if not solver_traits(m).quadratic_only]
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -122,13 +122,21 @@ def repo_root() -> Path:
 
 @pytest.fixture
 def run_markdown(tmp_path, monkeypatch):
-    """``run_markdown(path)`` executes the python blocks of a Markdown file in ``tmp_path``."""
+    """``run_markdown(path)`` executes the python blocks of a Markdown file in ``tmp_path``.
+
+    A page's example may register a solver (``@register_solver``); the registry is restored
+    afterwards, so the tests that follow see the built-in methods only."""
+    from energycrf.solvers import SOLVERS
+
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    registered = dict(SOLVERS)
 
     def _run(path: Path) -> dict:
         return run_markdown_python(path, tmp_path)
 
-    return _run
+    yield _run
+    SOLVERS.clear()
+    SOLVERS.update(registered)
 
 
 @pytest.fixture

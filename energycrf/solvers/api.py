@@ -97,12 +97,10 @@ def solve(
             minimiser of the energy's quadratic part (Unary + Pairwise) by its FFT inverse,
             a denoised start from which L-BFGS needs one iteration fewer on the benchmark.
         c: condition (``None``, ``[B, D]`` or ``[B, L, D]``).
-        method: a registry name (see :data:`SOLVERS`) or a :class:`Solver` instance
-            (default ``"lbfgs"``, which applies to every energy):
-            ``"coordinate_descent"`` (colour classes; ``order="sequential"`` for one site at
-            a time), ``"sequential"``, ``"mean_field"`` (``damping``, ``adaptive``),
-            ``"gradient_descent"``, ``"lbfgs"``, ``"torch_lbfgs"``, ``"scipy_lbfgs"``,
-            ``"conjugate_gradient"``, ``"fft"``.
+        method: a registry name (:func:`method_names` lists them, a method added with
+            :func:`register_solver` included; ``docs/solvers.md`` describes the built-in
+            ones) or a :class:`Solver` instance (default ``"lbfgs"``, which applies to every
+            energy).
         max_iters, tol, gtol, on_diverge, rise_tol, blowup, well_posed, progress, callback:
             the driver's options, see :meth:`Solver.solve`.
         **options: the method's own options (e.g. ``damping=0.5``).

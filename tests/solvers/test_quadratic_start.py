@@ -18,7 +18,6 @@ import energycrf as ec
 from energycrf.solvers import quadratic as Q
 from energycrf.solvers.base import Problem
 from energycrf.solvers.cli import default_energy, noisy_photograph
-from energycrf.testing import solver_traits
 
 from solver_problems import dense_operator, explicit_hessian, foe, quadratic_energy, spectral_case
 
@@ -77,7 +76,7 @@ def test_quadratic_start_ignores_the_other_terms():
 
 
 # every registered method that minimises non-quadratic energies (as the solver itself says)
-METHODS = [m for m in ec.solvers.method_names() if not solver_traits(m).quadratic_only]
+METHODS = [m for m in ec.solvers.method_names() if not ec.testing.solver_traits(m).quadratic_only]
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -21,7 +21,6 @@ from solver_problems import (
 
 import energycrf as ec
 from energycrf.energies import colour_classes
-from energycrf.testing import solver_traits
 
 
 def _site_index(mask: torch.Tensor, C: int) -> torch.Tensor:
@@ -146,7 +145,7 @@ def test_one_mean_field_step_is_the_papers_eq_9():
 # every registered method; those that minimise non-quadratic energies too, as each solver says (it
 # refuses a convex non-quadratic energy, or not: energycrf.testing.solver_traits)
 ALL_METHODS = ec.solvers.method_names()
-GENERAL_METHODS = [m for m in ALL_METHODS if not solver_traits(m).quadratic_only]
+GENERAL_METHODS = [m for m in ALL_METHODS if not ec.testing.solver_traits(m).quadratic_only]
 
 
 @pytest.mark.parametrize("method", ALL_METHODS)

@@ -20,7 +20,8 @@ from .base import Problem, check_start
 from .quadratic import quadratic_start_operator
 from .result import SolveResult
 
-__all__ = ["compare_solvers", "parse_method", "Comparison", "ComparisonRow", "DEFAULT_METHODS", "default_methods"]
+__all__ = ["compare_solvers", "parse_method", "Comparison", "ComparisonRow", "DEFAULT_METHODS",
+           "default_methods"]
 
 
 def default_methods() -> tuple[str, ...]:
@@ -37,7 +38,6 @@ def __getattr__(name: str):
     if name == "DEFAULT_METHODS":  # read from the registry when asked, so it includes a user's methods
         return default_methods()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 
 @dataclass
@@ -186,8 +186,9 @@ def compare_solvers(
     table; a ``ValueError`` is raised only when none applies.
 
     Args:
-        methods: registry names (default: :func:`default_methods`, every registered method but variants), each optionally with
-            options, ``"name:key=value:..."`` (:func:`parse_method`): ``["lbfgs:precondition=fft",
+        methods: registry names (default: :func:`default_methods`, every registered method but
+            variants), each optionally with options, ``"name:key=value:..."``
+            (:func:`parse_method`): ``["lbfgs:precondition=fft",
             "lbfgs:precondition=chebyshev"]`` compares two preconditioners. Such a label is the
             row's name; its options override those given for the name in ``options``.
         y0: the common start: ``None`` (``x``), a tensor, or ``"quadratic"`` (the minimiser

@@ -331,7 +331,8 @@ def check_solver_options(method: Any, options: dict | None = None, *,
     E, x = quadratic_problem(batch=1, height=4, width=4)
     for bad in INVALID_DRIVER_OPTIONS:
         (name, value), = bad.items()
-        _refused_naming(lambda: _solve(target, E, x, **bad), name, (ValueError,), f"{target.label} with {name}={value!r}")
+        _refused_naming(lambda: _solve(target, E, x, **bad), name, (ValueError,),
+                        f"{target.label} with {name}={value!r}")
     for name, values in (invalid_options or {}).items():
         if not target.constructible:
             raise TypeError("invalid_options: only with a registry name or a Solver class")

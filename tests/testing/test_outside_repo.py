@@ -110,7 +110,6 @@ def _user_env(*paths: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ci_vars and k != "HYPOTHESIS_PROFILE"}
     env["PYTHONPATH"] = os.pathsep.join([*(str(p) for p in paths), str(REPO), env.get("PYTHONPATH", "")]).rstrip(
         os.pathsep)
-    env["ENERGYCRF_TEST_THREADS"] = "1"
     env["OMP_NUM_THREADS"] = "1"
     return env
 

@@ -1,4 +1,4 @@
-"""Shared pytest configuration: hypothesis profiles and the ``gpu`` marker.
+"""Shared pytest configuration: hypothesis profiles, the package's pytest plugin, Markdown helpers.
 
 Profiles (select with ``HYPOTHESIS_PROFILE=<name>``):
 
@@ -67,13 +67,13 @@ def pytest_report_header(config):
     )
 
 
-def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip_gpu = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
-    for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip_gpu)
+def pytest_configure(config):
+    # the `gpu` marker and its skip come from the package's plugin, as in a user's project: loaded
+    # by the installed `pytest11` entry point or `-p energycrf.testing.pytest_plugin`, else here
+    from energycrf.testing import pytest_plugin
+
+    if not config.pluginmanager.is_registered(pytest_plugin):
+        config.pluginmanager.register(pytest_plugin, "energycrf")
 
 
 # --- executing the code in Markdown files (README, docs) ---------------------------------
@@ -122,13 +122,21 @@ def repo_root() -> Path:
 
 @pytest.fixture
 def run_markdown(tmp_path, monkeypatch):
-    """``run_markdown(path)`` executes the python blocks of a Markdown file in ``tmp_path``."""
+    """``run_markdown(path)`` executes the python blocks of a Markdown file in ``tmp_path``.
+
+    A page's example may register a solver (``@register_solver``); the registry is restored
+    afterwards, so the tests that follow see the built-in methods only."""
+    from energycrf.solvers import SOLVERS
+
     monkeypatch.setenv("MPLBACKEND", "Agg")
+    registered = dict(SOLVERS)
 
     def _run(path: Path) -> dict:
         return run_markdown_python(path, tmp_path)
 
-    return _run
+    yield _run
+    SOLVERS.clear()
+    SOLVERS.update(registered)
 
 
 @pytest.fixture

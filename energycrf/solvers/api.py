@@ -80,12 +80,10 @@ def solve(E: Any, x: Tensor, c: Tensor | None = None, method: str | Solver = "lb
         E: an ``ec.Energy`` (a built-in sum or a user term).
         x: observed latent ``[B, C, H, W]``; ``y`` starts at ``x`` unless ``y0`` is given.
         c: condition (``None``, ``[B, D]`` or ``[B, L, D]``).
-        method: a registry name (see :data:`SOLVERS`) or a :class:`Solver` instance
-            (default ``"lbfgs"``, which applies to every energy):
-            ``"coordinate_descent"`` (colour classes; ``order="sequential"`` for one site at
-            a time), ``"sequential"``, ``"mean_field"`` (``damping``, ``adaptive``),
-            ``"gradient_descent"``, ``"lbfgs"``, ``"torch_lbfgs"``, ``"scipy_lbfgs"``,
-            ``"conjugate_gradient"``, ``"fft"``.
+        method: a registry name (:func:`method_names` lists them, a method added with
+            :func:`register_solver` included; ``docs/solvers.md`` describes the built-in
+            ones) or a :class:`Solver` instance (default ``"lbfgs"``, which applies to every
+            energy).
         y0, max_iters, tol, gtol, on_diverge, rise_tol, blowup, well_posed, progress, callback:
             the driver's options (keywords), the fields of
             :class:`~energycrf.solvers.options.SolveOptions`, with its defaults. ``y0="quadratic"``

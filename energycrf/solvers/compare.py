@@ -15,18 +15,30 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .api import get_solver, method_names
+from .api import SOLVERS, get_solver, method_names
 from .options import check_start
 from .problem import Problem
 from .start import quadratic_start_operator
 from .result import SolveResult
 
-__all__ = ["compare_solvers", "parse_method", "Comparison", "ComparisonRow", "DEFAULT_METHODS"]
+__all__ = ["compare_solvers", "parse_method", "Comparison", "ComparisonRow", "DEFAULT_METHODS",
+           "default_methods"]
 
-DEFAULT_METHODS = (
-    "coordinate_descent", "mean_field", "gradient_descent", "lbfgs", "torch_lbfgs", "scipy_lbfgs",
-    "conjugate_gradient", "fft",
-)
+
+def default_methods() -> tuple[str, ...]:
+    """The methods :func:`compare_solvers` runs when none are named: every registered method
+    (:data:`~energycrf.solvers.SOLVERS`, in registry order, a user's included), except variants,
+    classes that subclass another registered method's class (``sequential`` is
+    ``coordinate_descent`` one site at a time): they run when named."""
+    classes = list(SOLVERS.values())
+    return tuple(name for name, cls in SOLVERS.items()
+                 if not any(other is not cls and issubclass(cls, other) for other in classes))
+
+
+def __getattr__(name: str):
+    if name == "DEFAULT_METHODS":  # read from the registry when asked, so it includes a user's methods
+        return default_methods()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -175,8 +187,9 @@ def compare_solvers(
     table; a ``ValueError`` is raised only when none applies.
 
     Args:
-        methods: registry names (default: all of :data:`DEFAULT_METHODS`), each optionally with
-            options, ``"name:key=value:..."`` (:func:`parse_method`): ``["lbfgs:precondition=fft",
+        methods: registry names (default: :func:`default_methods`, every registered method but
+            variants), each optionally with options, ``"name:key=value:..."``
+            (:func:`parse_method`): ``["lbfgs:precondition=fft",
             "lbfgs:precondition=chebyshev"]`` compares two preconditioners. Such a label is the
             row's name; its options override those given for the name in ``options``.
         y0: the common start: ``None`` (``x``), a tensor, or ``"quadratic"`` (the minimiser
@@ -203,7 +216,7 @@ def compare_solvers(
         >>> [r.method for r in table.rows]
         ['coordinate_descent', 'conjugate_gradient']
     """
-    methods = list(DEFAULT_METHODS if methods is None else methods)
+    methods = list(default_methods() if methods is None else methods)
     specs = {m: parse_method(m) for m in methods}
     unknown = [m for m, (name, _) in specs.items() if name not in method_names()]
     if unknown:

@@ -13,6 +13,10 @@ or a pytest base class with hypothesis-drawn cases (needs the ``test`` extra)::
         def make_energy(self, case):
             return MyTerm(channels=case.channels)
 
+The solver counterpart: ``check_solver("my_method")`` and the pytest base class
+``SolverConformance`` (set ``method = "my_method"``) check a registered solver on problems
+with known answers (:mod:`energycrf.testing.solver_checks`).
+
 See ``docs/conformance.md``. :mod:`energycrf.testing.registry` lists every built-in term
 factory; :mod:`energycrf.testing.strategies` has the hypothesis strategies.
 """
@@ -45,6 +49,17 @@ from .conformance import (
     randomize_parameters,
     site_distance,
 )
+from .solver_checks import (
+    SOLVER_CHECKS,
+    SolverTraits,
+    check_solver,
+    check_solver_batch,
+    check_solver_divergence,
+    check_solver_exact,
+    check_solver_monotone,
+    check_solver_options,
+    solver_traits,
+)
 
 __all__ = [
     "CHECKS",
@@ -74,6 +89,16 @@ __all__ = [
     "non_interacting_sites",
     "randomize_parameters",
     "site_distance",
+    "SOLVER_CHECKS",
+    "SolverConformance",
+    "SolverTraits",
+    "check_solver",
+    "check_solver_batch",
+    "check_solver_divergence",
+    "check_solver_exact",
+    "check_solver_monotone",
+    "check_solver_options",
+    "solver_traits",
 ]
 
 
@@ -83,7 +108,11 @@ def __getattr__(name):
         from .suite import EnergyConformance
 
         return EnergyConformance
-    if name in ("strategies", "registry", "suite"):
+    if name == "SolverConformance":
+        from .solver_suite import SolverConformance
+
+        return SolverConformance
+    if name in ("strategies", "registry", "suite", "solver_suite"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

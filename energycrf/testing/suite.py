@@ -9,8 +9,10 @@ write ``make_energy(self, case)``, and pytest collects one test per check::
             return MyTerm(channels=case.channels)
 
 Each subclass gets its own test functions (so hypothesis keeps one database entry and
-one executor per class). The number of examples comes from the active hypothesis
-settings profile.
+one executor per class). The checks carry their own hypothesis settings (no deadline, a
+bounded number of examples that follows a loaded profile: :func:`suite_settings`), and the
+``gpu`` marker of the device test is registered by the package's pytest plugin
+(:mod:`energycrf.testing.pytest_plugin`), so the suite runs in any project as it runs here.
 """
 
 from __future__ import annotations
@@ -26,10 +28,34 @@ from . import conformance
 from .cases import DEFAULT_CASES, Case
 from .strategies import cases
 
-__all__ = ["EnergyConformance"]
+__all__ = ["EnergyConformance", "SUITE_MAX_EXAMPLES", "suite_settings"]
 
 
-def _make_test(check: str, example_fraction: float = 1.0):
+#: Examples per check when no hypothesis profile chose a number: hypothesis's own default (100
+#: per test) is meant for cheap tests, and each example here builds dense Hessians.
+SUITE_MAX_EXAMPLES = 10
+
+
+def suite_settings(example_fraction: float = 1.0, max_examples: int | None = None) -> settings:
+    """The hypothesis settings of one check, on top of the active profile.
+
+    The suite runs in any project, whatever its hypothesis configuration: there is no
+    deadline (a float64 Hessian of a drawn case takes longer than hypothesis's default
+    200 ms), and the health checks that a slow example or one test function run by several
+    classes would trip are off. The number of examples is ``max_examples`` when given; else
+    the loaded profile's ``max_examples`` (when a profile changed it from hypothesis's
+    default) or :data:`SUITE_MAX_EXAMPLES`, times ``example_fraction``, at least 2.
+    """
+    base = settings.default
+    if max_examples is None:
+        chosen = base.max_examples != settings.get_profile("default").max_examples
+        max_examples = max(2, round((base.max_examples if chosen else SUITE_MAX_EXAMPLES) * example_fraction))
+    suppressed = set(base.suppress_health_check) | {HealthCheck.too_slow, HealthCheck.differing_executors}
+    return settings(base, deadline=None, max_examples=max_examples,
+                    suppress_health_check=sorted(suppressed, key=lambda h: h.value))
+
+
+def _make_test(check: str, example_fraction: float = 1.0, max_examples: int | None = None):
     @given(data=st.data())
     def test(self, data):
         case = data.draw(self.case_strategy(check), label="case")
@@ -37,13 +63,7 @@ def _make_test(check: str, example_fraction: float = 1.0):
 
     test.__name__ = f"test_{check}"
     test.__doc__ = conformance.CHECKS[check].__doc__
-    # the profile decides the number of examples; only silence the checks that a slow
-    # float64 Hessian would trip
-    base = settings.default
-    suppressed = set(base.suppress_health_check) | {HealthCheck.too_slow, HealthCheck.differing_executors}
-    examples = max(2, round(base.max_examples * example_fraction))
-    return settings(base, max_examples=examples,
-                    suppress_health_check=sorted(suppressed, key=lambda h: h.value))(test)
+    return suite_settings(example_fraction, max_examples)(test)
 
 
 class EnergyConformance:
@@ -62,8 +82,10 @@ class EnergyConformance:
             majoriser check, which assume a continuous energy.
         skip_checks: names of checks (see ``energycrf.testing.CHECKS``) not to run.
         check_options: extra keyword arguments per check name.
-        example_fraction: the share of the profile's ``max_examples`` each check runs
-            (at least 2); lower it for classes that sweep many configurations.
+        example_fraction: the share of the examples each check runs (at least 2); lower
+            it for classes that sweep many configurations.
+        max_examples: a fixed number of examples per check (``None``: from the loaded
+            hypothesis profile, see :func:`suite_settings`).
     """
 
     channels: ClassVar[int | None] = None
@@ -78,11 +100,12 @@ class EnergyConformance:
     skip_checks: ClassVar[tuple] = ()
     check_options: ClassVar[dict] = {}
     example_fraction: ClassVar[float] = 1.0
+    max_examples: ClassVar[int | None] = None
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         for check in conformance.CHECKS:
-            setattr(cls, f"test_{check}", _make_test(check, cls.example_fraction))
+            setattr(cls, f"test_{check}", _make_test(check, cls.example_fraction, cls.max_examples))
 
     # ------------------------------------------------------------------ hooks
     def make_energy(self, case: Case) -> torch.nn.Module:

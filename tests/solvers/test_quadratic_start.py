@@ -76,7 +76,8 @@ def test_quadratic_start_ignores_the_other_terms():
                                rtol=0, atol=0)
 
 
-METHODS = ["lbfgs", "mean_field", "gradient_descent", "coordinate_descent", "torch_lbfgs", "scipy_lbfgs"]
+# every registered method that minimises non-quadratic energies (as the solver itself says)
+METHODS = [m for m in ec.solvers.method_names() if not ec.testing.solver_traits(m).quadratic_only]
 
 
 @pytest.mark.parametrize("method", METHODS)

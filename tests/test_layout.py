@@ -45,8 +45,28 @@ def _resolve_relative(module: str, is_package: bool, level: int, target: str | N
     return ".".join([*base, *([target] if target else [])])
 
 
+def _is_type_checking(node: ast.AST) -> bool:
+    """``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``): imports for annotations only."""
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and (
+        (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+
+
+def _runtime_nodes(tree: ast.AST) -> Iterable[ast.AST]:
+    """Every node of ``tree`` except the bodies of ``if TYPE_CHECKING:`` blocks."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        if _is_type_checking(node):
+            stack.extend(node.orelse)
+            continue
+        stack.extend(ast.iter_child_nodes(node))
+
+
 def _imported_names(tree: ast.AST, module: str, is_package: bool, known: set[str]) -> Iterable[str]:
-    for node in ast.walk(tree):
+    for node in _runtime_nodes(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield alias.name
@@ -74,7 +94,8 @@ def _is_import_module(func: ast.expr) -> bool:
 def import_graph(package: str = PACKAGE, root: Path = REPO_ROOT) -> dict[str, set[str]]:
     """``{module: set of modules of package it imports}`` over every module of ``package``.
 
-    Counts imports at any depth (inside functions and ``if`` blocks too), resolves relative
+    Counts imports at any depth (inside functions and ``if`` blocks too; not those under
+    ``if TYPE_CHECKING:``, which are for annotations only), resolves relative
     imports, and reads ``importlib.import_module("literal")``. ``from pkg import name``
     counts as importing ``pkg.name`` when that is a module (or an old alias of one), else as
     importing ``pkg``. Names that are not modules of the package stay as written (an old
@@ -156,3 +177,108 @@ def test_the_checks_catch_an_offender(tmp_path):
     graph = import_graph(root=tmp_path)
     assert graph["energycrf.solvers.bad"] == {"energycrf.apps.denoise", "energycrf.demo", "energycrf.ldm.train"}
     assert all(_targets_apps(name) for name in graph["energycrf.solvers.bad"])
+
+
+# --- layers and cycles ---------------------------------------------------------------------
+
+#: Each layer of the library and the layers it may import (besides itself, the package root and
+#: the root's helpers ``energycrf._compat`` and ``energycrf.io``). docs/layout.md shows the same table.
+LAYERS: dict[str, set[str]] = {
+    "energycrf.energies": set(),
+    "energycrf.solvers": {"energycrf.energies"},
+    "energycrf.testing": {"energycrf.energies", "energycrf.solvers"},
+    "energycrf.learned": {"energycrf.energies", "energycrf.solvers"},
+    "energycrf.training": {"energycrf.energies", "energycrf.solvers", "energycrf.learned"},
+    "energycrf.integrations": {"energycrf.energies", "energycrf.solvers", "energycrf.learned",
+                               "energycrf.training"},
+}
+ROOT_HELPERS = {"energycrf", "energycrf._compat", "energycrf.io"}
+
+
+def _layer(module: str) -> str | None:
+    return next((layer for layer in LAYERS if _within(module, layer)), None)
+
+
+def layer_violations(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """``{module: the imports of a layer it may not import}`` over the library's layers."""
+    found = {}
+    for module, imported in graph.items():
+        layer = _layer(module)
+        if layer is None:
+            continue
+        allowed = LAYERS[layer] | {layer}
+        bad = sorted(n for n in imported if n not in ROOT_HELPERS and _layer(n) not in allowed)
+        if bad:
+            found[module] = bad
+    return found
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in graph:
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_every_library_module_belongs_to_a_layer():
+    homeless = sorted(m for m in GRAPH if _layer(m) is None and not _within(m, APPS)
+                      and m not in ROOT_HELPERS | APP_IMPORTERS)
+    assert not homeless, f"modules outside the layers of docs/layout.md: {homeless}"
+
+
+def test_each_layer_imports_only_the_layers_below():
+    violations = layer_violations(GRAPH)
+    assert not violations, f"imports against the layer order: {violations}"
+
+
+def test_no_import_cycle():
+    assert not import_cycles(GRAPH), f"import cycles: {import_cycles(GRAPH)}"
+
+
+def test_the_layer_and_cycle_checks_catch_offenders(tmp_path):
+    """A lazy solver import in an energy (the review's energies.base -> fused circle, through a
+    function) and a type-only import (not a runtime dependency) in a tree of their own."""
+    pkg = tmp_path / PACKAGE
+    for sub in ("energies", "solvers"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "energies" / "base.py").write_text("def f():\n    from .fused import g\n")
+    (pkg / "energies" / "fused.py").write_text("from .base import f\n")
+    (pkg / "energies" / "term.py").write_text("def h():\n    from ..solvers import step\n")
+    (pkg / "solvers" / "step.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from ..energies.term import h\n")
+    graph = import_graph(root=tmp_path)
+    assert import_cycles(graph) == [["energycrf.energies.base", "energycrf.energies.fused"]]
+    assert layer_violations(graph) == {"energycrf.energies.term": ["energycrf.solvers.step"]}
+    assert graph["energycrf.solvers.step"] == set()  # the type-only import is not counted

@@ -78,6 +78,9 @@ class Solver:
     name: ClassVar[str] = "solver"
     #: True when every step can only lower the energy (coordinate descent, line searches).
     monotone: ClassVar[bool] = False
+    #: True when the method minimises quadratic energies only and refuses others in :meth:`check`;
+    #: ``None``: not declared (``energycrf.testing.solver_traits`` then finds out by a probe).
+    quadratic_only: ClassVar[bool | None] = None
 
     def check(self, problem: Problem, y0: Tensor) -> None:
         """Raise ``ValueError`` when the method cannot handle this energy (before any work)."""

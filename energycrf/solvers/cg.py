@@ -47,6 +47,7 @@ class ConjugateGradient(Preconditioned, Solver):
 
     name = "conjugate_gradient"
     monotone = True
+    quadratic_only = True  # refuses a non-quadratic energy in check(), before any work
 
     def __init__(self, precondition: str | bool = "blocks", degree: int | None = None,
                  start_degree: int | None = None):

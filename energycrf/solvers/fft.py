@@ -38,8 +38,12 @@ class FFTSolver(Solver):
 
     name = "fft"
     monotone = True
+    quadratic_only = True  # refuses a non-quadratic energy in check(), before any work
 
     def __init__(self, check_tol: float | None = None):
+        if check_tol is not None and (isinstance(check_tol, bool) or not isinstance(check_tol, (int, float))
+                                      or not 0 < check_tol < float("inf")):
+            raise ValueError(f"check_tol: expected None or a positive finite number, got {check_tol!r}")
         self.check_tol = check_tol
 
     def check(self, problem: Problem, y0: Tensor) -> None:

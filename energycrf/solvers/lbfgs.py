@@ -21,6 +21,7 @@ float64, fed the analytic gradient; the whole batch is one problem.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -103,6 +104,12 @@ class LBFGSState:
         return v if self.P is None else self.P(v)
 
 
+def _check_history(history: Any) -> None:
+    """The number of curvature pairs kept (every L-BFGS variant's ``history``)."""
+    if isinstance(history, bool) or not isinstance(history, int) or history < 1:
+        raise ValueError(f"history: expected an int >= 1, got {history!r}")
+
+
 class LBFGS(Preconditioned, Solver):
     """Batched, block-preconditioned L-BFGS with a backtracking Armijo search.
 
@@ -143,8 +150,7 @@ class LBFGS(Preconditioned, Solver):
     def __init__(self, history: int = 10, precondition: str | bool = "blocks", c1: float = 1e-4,
                  max_backtracks: int = 30, refine: int = 1, degree: int | None = None,
                  start_degree: int | None = None):
-        if not isinstance(history, int) or history < 1:
-            raise ValueError(f"history: expected an int >= 1, got {history!r}")
+        _check_history(history)
         if not 0.0 < c1 < 0.5:
             raise ValueError(f"c1: expected a number in (0, 0.5), got {c1!r}")
         self._set_preconditioner(precondition, degree, start_degree)
@@ -261,7 +267,10 @@ class TorchLBFGS(Solver):
     def __init__(self, history: int = 10, line_search: str | None = "strong_wolfe", lr: float = 1.0):
         if line_search not in ("strong_wolfe", None):
             raise ValueError(f"line_search: expected 'strong_wolfe' or None, got {line_search!r}")
-        self.history, self.line_search, self.lr = int(history), line_search, float(lr)
+        _check_history(history)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (0 < lr < math.inf):
+            raise ValueError(f"lr: expected a positive finite number, got {lr!r}")
+        self.history, self.line_search, self.lr = history, line_search, float(lr)
         torch.optim.LBFGS([torch.zeros(1, requires_grad=True)])  # the one-time import, outside the solve
 
     def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> TorchLBFGSState:
@@ -276,7 +285,7 @@ class TorchLBFGS(Solver):
         def closure() -> Tensor:
             with torch.no_grad():
                 e_b = problem.energy(p.detach())
-                p.grad = problem.grad(p.detach())
+                p.grad = problem.grad(p.detach()).contiguous()  # torch's LBFGS views it flat
                 cache.update(y=p.detach().clone(), e=e_b, g=p.grad.clone())
             return e_b.sum()
 
@@ -317,7 +326,8 @@ class ScipyLBFGS(Solver):
     monotone = True
 
     def __init__(self, history: int = 10):
-        self.history = int(history)
+        _check_history(history)
+        self.history = history
 
     def _minimise(self, problem: Problem, y0: Tensor, start: str | None, opts: SolveOptions) -> SolveResult:
         """scipy's loop on a float64 copy of the problem, recorded and judged for the whole batch."""

@@ -24,8 +24,10 @@ INVALID_OPTIONS = {
     "sequential": {"safeguard": ("sometimes",)},
     "mean_field": {"damping": (0.0, 1.5, math.nan), "backoff": (1.0,), "grow": (0.5,)},
     "gradient_descent": {"c1": (0.0, 1.0), "shrink": (1.0,), "step_size": (0.0,)},
-    "lbfgs": {"history": (0,), "c1": (0.5,), "precondition": ("magic",)},
-    "torch_lbfgs": {"line_search": ("exact",)},
+    "lbfgs": {"history": (0, 2.5, True), "c1": (0.5,), "precondition": ("magic",)},
+    "torch_lbfgs": {"line_search": ("exact",), "history": (0, 2.5), "lr": (0.0, -1.0, math.nan, math.inf)},
+    "scipy_lbfgs": {"history": (0, 2.5, True)},
+    "fft": {"check_tol": (0.0, -1.0, math.nan, True)},
     "conjugate_gradient": {"precondition": ("magic",), "degree": (0,)},
 }
 
@@ -222,3 +224,27 @@ def test_the_docs_table_names_every_built_in_method():
     listed = re.findall(r"^\| `([a-z_]+)` \|", section, flags=re.M)
     builtin = [m for m in method_names() if SOLVERS[m].__module__.startswith("energycrf.")]
     assert sorted(listed) == sorted(builtin)
+
+
+def test_torch_lbfgs_takes_a_non_contiguous_gradient():
+    """torch.optim.LBFGS views the gradient flat: a user term whose gradient is a non-contiguous
+    tensor (here stored transposed) still solves."""
+
+    class Transposed(ec.Energy):
+        def energy(self, y, x, c=None):
+            return ((y - x) ** 2).sum((1, 2, 3))
+
+        def _grad(self, y, x, c):
+            return (2 * (y - x)).transpose(-1, -2).contiguous().transpose(-1, -2)
+
+    x = torch.randn(2, 1, 5, 4, dtype=torch.float64)
+    E = Transposed()
+    assert not E.grad(x + 1, x).is_contiguous()
+    res = ec.solve(E, x, method="torch_lbfgs", y0=x + 1, max_iters=50)
+    assert torch.allclose(res.y, x, atol=1e-6)
+
+
+@pytest.mark.parametrize("method, declared", [("conjugate_gradient", True), ("fft", True), ("lbfgs", None)])
+def test_quadratic_only_is_declared_where_the_method_refuses_other_energies(method, declared):
+    assert SOLVERS[method].quadratic_only is declared
+    assert solver_traits(method).quadratic_only is bool(declared)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import warnings
+from importlib.metadata import entry_points
 from typing import Any
 
 from torch import Tensor
@@ -15,9 +17,9 @@ from .mean_field import MeanField
 from .options import option_names, with_option_signature
 from .cg import ConjugateGradient
 from .fft import FFTSolver
-from .result import SolveResult
+from .result import SolveResult, SolverWarning
 
-__all__ = ["SOLVERS", "get_solver", "register_solver", "solve", "method_names"]
+__all__ = ["SOLVERS", "get_solver", "register_solver", "solve", "method_names", "load_entry_points"]
 
 
 class SequentialCoordinateDescent(CoordinateDescent):
@@ -43,7 +45,36 @@ SOLVERS: dict[str, type[Solver]] = {
 }
 
 
+#: The entry-point group through which an installed package offers its solvers: in its
+#: ``pyproject.toml``, ``[project.entry-points."energycrf.solvers"] my_method = "my_pkg.solver:MySolver"``.
+ENTRY_POINT_GROUP = "energycrf.solvers"
+_loaded_entry_points = False
+
+
+def load_entry_points() -> None:
+    """Register the solvers that installed packages offer in :data:`ENTRY_POINT_GROUP` (once; a
+    name already registered is kept). Then the command line (a process that never imported the
+    package's module) finds them by name too. An entry point that fails to load is skipped with a
+    :class:`SolverWarning` naming it."""
+    global _loaded_entry_points
+    if _loaded_entry_points:
+        return
+    _loaded_entry_points = True
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        if point.name in SOLVERS:
+            continue
+        try:
+            cls = point.load()
+            register_solver(cls, point.name)
+        except Exception as err:  # a broken plugin must not break ec.solve for every method
+            warnings.warn(f"solver entry point {point.name!r} ({point.value}) could not be loaded: {err}",
+                          SolverWarning, stacklevel=2)
+
+
 def method_names() -> list[str]:
+    """The registered methods' names: the built-ins, :func:`register_solver`'s, and the installed
+    packages' (:func:`load_entry_points`)."""
+    load_entry_points()
     return list(SOLVERS)
 
 
@@ -61,8 +92,11 @@ def get_solver(method: str | Solver, **options: Any) -> Solver:
         if options:
             raise TypeError(f"options {sorted(options)} given with a Solver instance; set them on the instance")
         return method
+    if isinstance(method, str) and method not in SOLVERS:
+        load_entry_points()
     if not isinstance(method, str) or method not in SOLVERS:
-        raise ValueError(f"method: expected one of {method_names()}, got {method!r}")
+        hint = "; pass an instance (Method()) or a name" if isinstance(method, type) and issubclass(method, Solver) else ""
+        raise ValueError(f"method: expected one of {method_names()}{hint}, got {method!r}")
     cls = SOLVERS[method]
     params = inspect.signature(cls.__init__).parameters
     unknown = sorted(k for k in options if k not in params)
@@ -86,11 +120,13 @@ def solve(E: Any, x: Tensor, c: Tensor | None = None, method: str | Solver = "lb
             energy).
         y0, max_iters, tol, gtol, on_diverge, rise_tol, blowup, well_posed, progress, callback:
             the driver's options (keywords), the fields of
-            :class:`~energycrf.solvers.options.SolveOptions`, with its defaults. ``y0="quadratic"``
-            starts at the minimiser of the energy's quadratic part (Unary + Pairwise) by its FFT
-            inverse: a denoised start, from which L-BFGS needs fewer iterations (``docs/solvers.md``,
-            "The quadratic start").
-        **options: the method's own options (e.g. ``damping=0.5``).
+            :class:`~energycrf.solvers.options.SolveOptions`, with its defaults and meanings.
+            ``y0="quadratic"`` starts at the minimiser of the energy's quadratic part (Unary +
+            Pairwise): a denoised start, from which L-BFGS needs fewer iterations
+            (``docs/solvers.md``, "The quadratic start").
+        **options: the method's own options (e.g. ``damping=0.5``): the arguments of its class,
+            ``SOLVERS[method]`` (``help(ec.solvers.SOLVERS["lbfgs"])``); an unknown one is
+            refused with a ``TypeError`` that lists them.
 
     Example:
         >>> import torch, energycrf as ec

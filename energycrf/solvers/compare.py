@@ -30,6 +30,7 @@ def default_methods() -> tuple[str, ...]:
     (:data:`~energycrf.solvers.SOLVERS`, in registry order, a user's included), except variants,
     classes that subclass another registered method's class (``sequential`` is
     ``coordinate_descent`` one site at a time): they run when named."""
+    method_names()  # the installed packages' solvers join the registry first
     classes = list(SOLVERS.values())
     return tuple(name for name, cls in SOLVERS.items()
                  if not any(other is not cls and issubclass(cls, other) for other in classes))

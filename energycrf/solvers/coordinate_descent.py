@@ -79,6 +79,8 @@ class CoordinateDescent(Solver):
             order = "colour"
         if order not in ("colour", "sequential"):
             raise ValueError(f"order: expected 'colour' or 'sequential', got {order!r}")
+        if radius is not None and (isinstance(radius, bool) or not isinstance(radius, int) or radius < 0):
+            raise ValueError(f"radius: expected None or a non-negative int, got {radius!r}")
         if safeguard not in ("auto", True, False):
             raise ValueError(f"safeguard: expected 'auto', True or False, got {safeguard!r}")
         self.order, self.radius, self.safeguard = order, radius, safeguard
@@ -105,7 +107,8 @@ class CoordinateDescent(Solver):
                 f"splits it into non-interacting classes. Use {_ALTERNATIVES}."
             )
         if not isinstance(r, int) or isinstance(r, bool) or r < 0:
-            raise ValueError(f"interaction_radius: expected a non-negative int or None, got {r!r}")
+            raise ValueError(f"{type(problem.E).__name__}.interaction_radius: expected a non-negative int or None, "
+                             f"got {r!r}")
         problem.radius = r
 
     def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> CoordinateDescentState:

@@ -87,7 +87,8 @@ def check_curvature(make_energy: MakeEnergy, case: Case, *, rtol=1e-8, atol=1e-8
             raise AssertionError(f"curvature blocks are not PSD: smallest eigenvalue {float(eig.min()):.3e}")
     if all(f or t.is_quadratic for f, t in zip(fallback, leaves)):
         blocks = hessian_site_blocks(full_hessian(energy, y, x, c))
-        what = "quadratic term" if energy.is_quadratic else "torch.func fallback"
+        what = ("quadratic term" if energy.is_quadratic
+                else "torch.func fallback, which differentiates the terms' _grad: check grad first")
         _close(A, blocks, f"curvature ({what}) differs from the Hessian's diagonal blocks",
                rtol, _atol_for(blocks, atol=atol))
 

@@ -2,7 +2,9 @@
 
 :class:`~energycrf.testing.EnergyConformance` marks its device test ``gpu``. A project that
 runs pytest with ``--strict-markers`` rejects a marker it has not registered; this plugin
-registers it and skips ``gpu`` tests when no CUDA device is present.
+registers it and skips ``gpu`` tests when no CUDA device is present, and it keeps two
+deprecation warnings raised inside torch and hypothesis (:data:`THIRD_PARTY_WARNINGS`) from
+failing a project that turns warnings into errors.
 
 Installed with the package, pytest loads it through the ``pytest11`` entry point
 ``energycrf`` (``-p no:energycrf`` switches it off). From a source tree that is on
@@ -18,9 +20,23 @@ import pytest
 
 GPU_MARKER = "gpu: needs a CUDA device; skipped when none is available"
 
+#: Deprecation warnings raised inside third-party code that the suites run, not in a user's:
+#: torch 2.13 scripts its forward-mode AD decompositions on first use (``torch.func.jvp`` and
+#: ``hessian``, which the checks call), and hypothesis imports libcst (through
+#: mypy_extensions) to print a failing example. Under ``-W error`` or ``filterwarnings = error``
+#: they would fail the checks or abort the session; these filters are added after the
+#: project's own, so they win only for these two messages.
+THIRD_PARTY_WARNINGS = (
+    "ignore:`torch.jit.script` is deprecated:DeprecationWarning",
+    "ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning",
+)
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", GPU_MARKER)
+    for line in THIRD_PARTY_WARNINGS:
+        if line not in config.getini("filterwarnings"):
+            config.addinivalue_line("filterwarnings", line)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

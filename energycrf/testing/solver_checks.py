@@ -94,11 +94,11 @@ class _Target:
 
 
 def _resolve(method: Any, options: dict | None) -> _Target:
-    from energycrf.solvers import SOLVERS, Solver, get_solver
+    from energycrf.solvers import SOLVERS, Solver, get_solver, method_names
 
     options = dict(options or {})
     if isinstance(method, str):
-        if method not in SOLVERS:
+        if method not in method_names():  # installed packages' solvers included
             raise ValueError(f"method: expected a registered solver name {sorted(SOLVERS)}, got {method!r}")
         return _Target(method, SOLVERS[method], lambda **kw: get_solver(method, **{**options, **kw}), True,
                        not options)

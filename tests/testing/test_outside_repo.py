@@ -128,17 +128,21 @@ def _run_pytest(project: Path, *args: str, env: dict[str, str]) -> tuple[subproc
     return proc, outcomes
 
 
-def _user_project(tmp_path: Path, tests: str) -> Path:
+def _user_project(tmp_path: Path, tests: str, ini: str = "[pytest]\n") -> Path:
     project = tmp_path / "user_project"
     project.mkdir()
     assert REPO not in project.parents  # outside the repository
-    (project / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
+    (project / "pytest.ini").write_text(ini, encoding="utf-8")
     (project / "test_my_term.py").write_text(textwrap.dedent(tests), encoding="utf-8")
     return project
 
 
-def test_energy_conformance_passes_and_fails_in_a_users_project(tmp_path):
-    project = _user_project(tmp_path, USER_TESTS)
+@pytest.mark.parametrize("ini", ["[pytest]\n", "[pytest]\nfilterwarnings =\n    error\n"],
+                         ids=["defaults", "warnings-as-errors"])
+def test_energy_conformance_passes_and_fails_in_a_users_project(tmp_path, ini):
+    """Also in a project that turns warnings into errors: the deprecation warnings torch and
+    hypothesis raise inside the checks are not the user's (the plugin filters them)."""
+    project = _user_project(tmp_path, USER_TESTS, ini)
     plugin = [] if _entry_point_installed() else ["-p", PLUGIN]
     proc, outcomes = _run_pytest(project, *plugin, env=_user_env())
     log = proc.stdout[-4000:] + proc.stderr[-2000:]
@@ -204,11 +208,17 @@ def test_pyproject_declares_the_plugin_entry_point():
 
 class _Config:
     def __init__(self):
-        self.lines = []
+        self.ini = {"markers": [], "filterwarnings": []}
+
+    @property
+    def lines(self):
+        return self.ini["markers"]
+
+    def getini(self, name):
+        return list(self.ini[name])
 
     def addinivalue_line(self, name, line):
-        assert name == "markers"
-        self.lines.append(line)
+        self.ini[name].append(line)
 
 
 class _Item:
@@ -233,6 +243,7 @@ def test_running_the_plugin_hooks_twice_is_harmless():
         module.pytest_configure(config)
         module.pytest_collection_modifyitems(config, items)
     assert config.lines == [module.GPU_MARKER] * 2
+    assert config.ini["filterwarnings"] == list(module.THIRD_PARTY_WARNINGS)  # added once
     skips = [m for m in items[0].markers if m.name == "skip"]
     assert len(skips) == (0 if torch.cuda.is_available() else 2)
     assert items[1].markers == []

@@ -80,3 +80,9 @@ def test_trainer_passes_its_timeout_to_the_process_group(monkeypatch, tmp_path):
 def test_cuda_device_without_cuda_is_a_clear_error():
     with pytest.raises(ValueError, match="device.*'cuda:1'.*CUDA is not available"):
         init_distributed(device="cuda:1")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_missing_cuda_device_is_a_clear_error():
+    with pytest.raises(ValueError, match="device.*does not exist"):
+        init_distributed(device=f"cuda:{torch.cuda.device_count()}")

@@ -87,6 +87,32 @@ def _kernel_from_config(spec: dict) -> SpatialKernel:
 
 
 # ---------------------------------------------------------------------------------------
+# input dtypes and values
+
+# the dtypes that hold every value of the key exactly: an input of the key's dtype runs in them
+_HOLDS_EXACTLY = {torch.float16: (torch.float32, torch.float64), torch.bfloat16: (torch.float32, torch.float64),
+                  torch.float32: (torch.float64,)}
+
+
+def _compute_dtype(x: Tensor, layer: torch.dtype | None) -> torch.dtype:
+    """The dtype the layer computes in for input ``x``: its own, when that holds ``x`` exactly."""
+    if layer is None or x.dtype == layer:
+        return x.dtype
+    if layer in _HOLDS_EXACTLY.get(x.dtype, ()):
+        return layer
+    raise TypeError(f"x has dtype {x.dtype}, which the layer's dtype {layer} cannot hold exactly; "
+                    f"cast the layer (crf.to({x.dtype})) or the input (x.to({layer}))")
+
+
+def _check_finite(name: str, t: Tensor) -> None:
+    if not bool(torch.isfinite(t).all()):
+        n = int((~torch.isfinite(t)).sum())
+        raise ValueError(f"{name} holds {n} non-finite value{'s' if n > 1 else ''} (NaN or inf) of {t.numel()}; "
+                         "LatentCRF refuses them: the message passing would spread them to the neighbours and, "
+                         "in training, batch norm to the whole batch and its running statistics")
+
+
+# ---------------------------------------------------------------------------------------
 # the layer
 
 
@@ -311,10 +337,16 @@ class LatentCRF(nn.Module):
         return self.scales["pairwise"] * self.pairwise.compatibility_matrix(c, x.shape[0], x.dtype, x.device)
 
     def _check_inputs(self, x: Any, c: Any) -> tuple[Tensor, Tensor | None]:
+        """``x`` and ``c`` checked (finite, see :meth:`forward`) and cast to the computation's dtype."""
         check_latent("x", x)
         if x.shape[1] != self.channels:
             raise ValueError(f"x must have {self.channels} channels (the layer's channels), got shape {tuple(x.shape)}")
+        layer = next((p.dtype for p in self.parameters() if p.is_floating_point()), None)
+        x = x.to(_compute_dtype(x, layer))
         c = check_condition(c, x.shape[0], x.dtype, x.device)
+        _check_finite("x", x)
+        if c is not None:
+            _check_finite("c", c)
         if c is not None:
             if self.cond_dim is None:
                 raise ValueError(
@@ -351,7 +383,14 @@ class LatentCRF(nn.Module):
 
         Returns:
             ``y^{(T)}`` like ``x``, or all iterates ``[T, B, C, H, W]`` when ``return_all``.
+
+        Dtypes: the layer computes in its parameters' dtype. An input that dtype holds exactly
+        (float16 or bfloat16 on a float32 or float64 layer, float32 on a float64 one) is cast
+        to it, and the output back to the input's dtype; a more precise input (float64 on a
+        float32 layer) raises a ``TypeError``. Non-finite values in ``x`` or ``c`` raise a
+        ``ValueError`` in training and in eval mode, before any statistic is updated.
         """
+        dtype = x.dtype if isinstance(x, Tensor) else None
         x, c = self._check_inputs(x, c)
         steps = self.num_iterations if num_iterations is None else check_int("num_iterations", num_iterations, minimum=1)
         keep_all = self.return_all if return_all is None else bool(return_all)
@@ -392,7 +431,7 @@ class LatentCRF(nn.Module):
             y = self._normalize(m, chol)
             if keep_all:
                 iterates.append(y)
-        return torch.stack(iterates) if keep_all else y
+        return (torch.stack(iterates) if keep_all else y).to(dtype)
 
     def _normalize(self, m: Tensor, chol: Tensor | None) -> Tensor:
         r""":math:`\psi_N`."""

@@ -52,6 +52,7 @@ from ..io import (
     read_json,
     read_safetensors,
     recovered_directory,
+    remove_directory,
     replace_directory,
     settle_directory,
     stage_directory,
@@ -64,6 +65,7 @@ __all__ = [
     "load_checkpoint",
     "latest_checkpoint",
     "checkpoint_candidates",
+    "prune_checkpoints",
     "capture_rng_state",
     "restore_rng_state",
     "atomic_write_text",
@@ -73,6 +75,9 @@ __all__ = [
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _STEP_SIBLING = re.compile(r"^\.(step-(\d+))\.(tmp|old)-[0-9a-f]{8}$")
+# what a killed save leaves behind: hidden sibling directories and temporary files
+_LEFTOVER = re.compile(r"^\.(step-\d+\.(tmp|old|trash)-[0-9a-f]{8}|(latest|log\.jsonl|config\.json)\.tmp-[0-9a-f]{8}"
+                       r"|loss_curve\.tmp\.png)$")
 _MODULE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 FORMAT = "energycrf-checkpoint-v1"
 STATE_JSON = "state.json"
@@ -335,3 +340,21 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     """The checkpoint named by ``output_dir/latest``, else the highest ``step-N`` directory."""
     found = checkpoint_candidates(output_dir)
     return found[0] if found else None
+
+
+def prune_checkpoints(output_dir: str | os.PathLike, keep_checkpoints: int, keep: str) -> None:
+    """Keep the newest ``keep_checkpoints`` ``step-N`` directories (and ``keep``; 0 keeps all);
+    sweep what killed saves left behind."""
+    output_dir = Path(output_dir)
+    if keep_checkpoints > 0:
+        steps = sorted((int(m.group(1)), p) for p in output_dir.iterdir()
+                       if (m := _STEP_DIR.match(p.name)) and p.is_dir())
+        for _, p in steps[:-keep_checkpoints]:
+            if p.name != keep:
+                remove_directory(p)  # out of sight in one rename: never half-deleted under its name
+    for p in output_dir.iterdir():
+        if _LEFTOVER.match(p.name):
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)

@@ -7,13 +7,15 @@ the rendezvous address; :func:`init_distributed` starts the process group from i
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "all_reduce_mean", "barrier"]
+__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "all_reduce_mean", "max_over_ranks", "barrier"]
 
 
 @dataclass(frozen=True)
@@ -32,23 +34,68 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device: str | torch.device | None = None, backend: str | None = None) -> DistInfo:
+def _check_timeout(timeout, name: str = "timeout") -> timedelta | None:
+    if timeout is None or isinstance(timeout, timedelta):
+        seconds = None if timeout is None else timeout.total_seconds()
+    elif isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        seconds = float(timeout)
+    else:
+        raise TypeError(f"{name}: expected a number of seconds, a datetime.timedelta or None, "
+                        f"got {type(timeout).__name__}")
+    if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{name}: expected a positive, finite number of seconds, got {timeout!r}")
+    return None if seconds is None else timedelta(seconds=seconds)
+
+
+def _check_device(device) -> torch.device:
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device: expected a torch.device or a device string such as 'cpu' or 'cuda:0', "
+                         f"got {device!r} ({e})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device: {str(device)!r} asks for CUDA, but CUDA is not available to this torch "
+                             f"({torch.__version__}); pass device='cpu' or None")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device: {str(device)!r} does not exist: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def init_distributed(device: str | torch.device | None = None, backend: str | None = None,
+                     timeout: float | timedelta | None = None) -> DistInfo:
     """Join the ``torchrun`` process group if the environment describes one.
 
     ``device=None`` picks ``cuda:LOCAL_RANK`` when CUDA is available, else CPU.
-    ``backend=None`` picks ``nccl`` for CUDA and ``gloo`` otherwise.
+    ``backend=None`` picks ``nccl`` for CUDA and ``gloo`` otherwise. ``timeout`` (seconds
+    or a ``timedelta``; ``None``: torch's default, 30 minutes for gloo) bounds the
+    rendezvous, which raises ``TimeoutError`` when the other processes do not join within
+    it, and every later collective: keep it above the longest time one rank may wait for
+    the others (rank 0 writing a checkpoint while the others wait in the barrier).
     """
+    limit = _check_timeout(timeout)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", str(rank)))
     if device is None:
         device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(device)
+    device = _check_device(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         be = backend or ("nccl" if device.type == "cuda" else "gloo")
-        dist.init_process_group(backend=be, rank=rank, world_size=world)
+        try:
+            dist.init_process_group(backend=be, rank=rank, world_size=world,
+                                    **({} if limit is None else {"timeout": limit}))
+        except dist.DistError as e:
+            if "timed out" not in str(e).lower():
+                raise
+            where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
+            waited = "torch's default timeout" if limit is None else f"timeout={limit.total_seconds():g} s"
+            raise TimeoutError(f"init_distributed: the process group of WORLD_SIZE={world} did not form at {where} "
+                               f"within {waited} (this process is RANK={rank}): are the other processes started "
+                               f"and is the address right? ({e})") from e
     if dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
@@ -66,6 +113,16 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     out = value.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out / dist.get_world_size()
+
+
+def max_over_ranks(values: list[int], device: torch.device) -> list[int]:
+    """The element-wise maximum of ``values`` over processes, in one all-reduce (``values``
+    itself without a process group): what the ranks agree on before a step."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return list(values)
+    t = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
 
 
 def barrier() -> None:

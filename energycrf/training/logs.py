@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -56,14 +55,15 @@ def plot_loss_curve(log_path: str | Path, png_path: str | Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in recs[-1] if k.startswith("loss")]
+    # every loss column of the run (a batch skipped for non-finite values has a record without losses)
+    keys = list(dict.fromkeys(k for r in recs for k in r if k.startswith("loss")))
     if "loss_adv" not in keys:  # loss == loss_main without the adversarial term
         keys = [k for k in keys if k != "loss_main"]
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
-    steps = [r["step"] for r in recs]
     window = max(1, len(recs) // 25)
     for i, k in enumerate(keys):
-        vals = [r.get(k, math.nan) for r in recs]
+        steps = [r["step"] for r in recs if k in r]
+        vals = [r[k] for r in recs if k in r]
         color = f"C{i}"
         ax.plot(steps, vals, color=color, lw=0.8, alpha=0.35)
         if window > 1:  # running mean over `window` records

@@ -84,6 +84,8 @@ def validate_trainer_state(st: Any, path: Path) -> None:
     step = f.get(st, "step")
     f.require(_is_int(step), "step", "an int >= 0", step)
     f.mapping(st, "config")
+    if "nonfinite_skipped" in st:  # absent from checkpoints written before the non-finite guard
+        f.require(_is_int(st["nonfinite_skipped"]), "nonfinite_skipped", "an int >= 0", st["nonfinite_skipped"])
     f.optimizer(st, "optimizer")
     f.mapping(st, "scheduler")
     f.mapping(st, "scaler")
@@ -208,6 +210,7 @@ def restore(trainer: "Trainer", path: str | Path, modules: dict[str, dict[str, t
         trainer.disc_scaler.load_state_dict(st["disc_scaler"])
     restore_rng_state(st["rng"])
     trainer.step = step
+    trainer.guard.skipped = st.get("nonfinite_skipped", 0)
     trainer.history = [r for r in records if r["step"] <= step]
 
 

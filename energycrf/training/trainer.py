@@ -25,14 +25,9 @@ run stopped after ``k`` steps and resumed ends bit-identical to an uninterrupted
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
-import re
-import shutil
-import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,102 +35,23 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..io import read_safetensors, remove_directory
-from .checkpoint import STATE_JSON, atomic_write_text, capture_rng_state, load_checkpoint, save_checkpoint
+from ..io import read_safetensors
+from .checkpoint import (STATE_JSON, atomic_write_text, capture_rng_state, load_checkpoint, prune_checkpoints,
+                         save_checkpoint)
+from .config import TrainConfig
 from .data import NoiseSpec, ResumableDistributedSampler, collate
-from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed
+from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed, max_over_ranks
+from .guards import NonFiniteGuard, RunningStats, grads_finite, nonfinite_input
 from .logs import plot_loss_curve, read_log
 from .resume import newest_resumable, read_trainer_checkpoint, restore
 from .schedule import warmup_cosine_scheduler
+from .stopping import StopRequest
 
 __all__ = ["TrainConfig", "Trainer", "plot_loss_curve", "read_log"]
-
-_STAGE_LR = {1: 1e-3, 2: 1e-5}
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-# what a killed save leaves behind: hidden sibling directories and temporary files
-_LEFTOVER = re.compile(r"^\.(step-\d+\.(tmp|old|trash)-[0-9a-f]{8}|(latest|log\.jsonl|config\.json)\.tmp-[0-9a-f]{8}"
-                       r"|loss_curve\.tmp\.png)$")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (saved in every checkpoint).
-
-    ``batch_size`` is per process; the global batch is ``batch_size * world_size``.
-    ``lr=None`` takes the paper's rate for the stage (1e-3 or 1e-5). ``noise_mode`` and
-    ``noise_level`` (a number or a ``[low, high]`` range) define stage 1's corruption.
-    ``checkpoint_every=0`` writes a checkpoint only when the run stops. ``loss_margin``
-    leaves a border of that many sites out of the main loss (patches whose zero-padded
-    borders would otherwise weigh on what is learned for the interior).
-    """
-
-    output_dir: str = "runs/energycrf"
-    stage: int = 1
-    max_steps: int = 1000
-    batch_size: int = 16
-    lr: float | None = None
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    warmup_steps: int = 5000
-    min_lr_ratio: float = 0.0
-    grad_clip: float | None = None
-    noise_mode: str = "alpha"
-    noise_level: float | tuple[float, float] = 0.5
-    adversarial: bool = False
-    adv_weight: float = 1.0
-    loss_norm: str = "l2"
-    loss_margin: int = 0
-    disc_lr: float | None = None
-    amp: bool = True
-    amp_dtype: str = "float16"
-    seed: int = 0
-    log_every: int = 10
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 2
-    progress: bool = True
-    condition_key: str = "prompt_embeds"
-
-    def __post_init__(self):
-        if self.stage not in (1, 2):
-            raise ValueError(f"stage: expected 1 or 2, got {self.stage!r}")
-        for name in ("max_steps", "batch_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
-        for name in ("warmup_steps", "log_every", "checkpoint_every", "keep_checkpoints", "loss_margin"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 0:
-                raise ValueError(f"{name}: expected an int >= 0, got {v!r}")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"lr: expected a positive float or None, got {self.lr!r}")
-        if self.loss_norm not in ("l2", "mse"):
-            raise ValueError(f"loss_norm: expected 'l2' (the paper) or 'mse', got {self.loss_norm!r}")
-        if self.amp_dtype not in ("float16", "bfloat16"):
-            raise ValueError(f"amp_dtype: expected 'float16' or 'bfloat16', got {self.amp_dtype!r}")
-        self.betas = tuple(float(b) for b in self.betas)
-        if isinstance(self.noise_level, list):
-            self.noise_level = tuple(self.noise_level)
-        NoiseSpec(self.noise_mode, self.noise_level)  # validates
-
-    @property
-    def base_lr(self) -> float:
-        return float(self.lr) if self.lr is not None else _STAGE_LR[self.stage]
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
-        if isinstance(self.noise_level, tuple):
-            d["noise_level"] = list(self.noise_level)
-        return d
 
 
 def _default_forward(model: nn.Module, x: torch.Tensor, c: torch.Tensor | None) -> torch.Tensor:
     return model(x) if c is None else model(x, c)
-
-
-class _StopRequested(Exception):
-    pass
 
 
 class Trainer:
@@ -185,7 +101,7 @@ class Trainer:
         if config.adversarial and discriminator is None:
             raise ValueError("discriminator: config.adversarial=True needs a discriminator module, got None")
         self.config = config
-        self.dist = dist if dist is not None else init_distributed()
+        self.dist = dist if dist is not None else init_distributed(timeout=config.dist_timeout)
         self.device = self.dist.device
         self.model = model.to(self.device)
         self.discriminator = discriminator.to(self.device) if discriminator is not None else None
@@ -230,7 +146,16 @@ class Trainer:
             rank=self.dist.rank, seed=config.seed)
         self.step = 0
         self.history: list[dict[str, Any]] = []
-        self._stop = False
+        self.guard = NonFiniteGuard(config.on_nonfinite)
+        self._stats = RunningStats(self.model, self.discriminator)  # copied before each forward pass
+        self._disc_stats = RunningStats(self.discriminator)
+        self._saved_step: int | None = None
+        self._saved_path: Path | None = None
+
+    @property
+    def skipped(self) -> int:
+        """Batches skipped for non-finite values (``on_nonfinite="skip"``), over the whole run."""
+        return self.guard.skipped
 
     # ------------------------------------------------------------------ losses
     def _default_loss(self):
@@ -291,11 +216,27 @@ class Trainer:
             return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
         return contextlib.nullcontext()
 
-    def train_step(self, x: torch.Tensor, target: torch.Tensor, c: torch.Tensor | None) -> dict[str, float]:
+    def _reject(self, bad: bool, what: str, detail: str, stats: RunningStats, optimizer, agree: bool = True,
+                kept: str | None = None) -> bool:
+        """Whether a rank found ``what`` non-finite (agreed over ranks unless ``agree=False``); if
+        so, put ``stats`` back, drop ``optimizer``'s gradients, then stop or skip (the guard)."""
+        worst = max_over_ranks([self.dist.rank + 1 if bad else 0], self.device)[0] if agree else int(bad)
+        if not worst:
+            return False
+        stats.restore()
+        optimizer.zero_grad(set_to_none=True)
+        if not bad:
+            what, detail = f"{what} on rank {worst - 1}", f"the {what} is non-finite on rank {worst - 1}"
+        self.guard.handle(what, detail, self.step, self.batches_per_epoch, kept)
+        return True
+
+    def train_step(self, x: torch.Tensor, target: torch.Tensor, c: torch.Tensor | None) -> dict[str, float] | None:
+        """One update on a checked batch; ``None`` when a non-finite loss or gradient skipped it."""
         cfg = self.config
         self.model_ddp.train()
         logs: dict[str, torch.Tensor] = {}
         self.optimizer.zero_grad(set_to_none=True)
+        self._stats.save()
         with self._autocast():
             pred = self.forward_fn(self.model_ddp, x, c)
             m = cfg.loss_margin
@@ -314,9 +255,15 @@ class Trainer:
                 self.discriminator.requires_grad_(True)
                 loss = loss_main + cfg.adv_weight * adv
                 logs["loss_adv"] = adv.detach()
-        if not torch.isfinite(loss.detach()):
-            raise FloatingPointError(f"training diverged: loss is {loss.item()} at step {self.step}")
+        if self._reject(not bool(torch.isfinite(loss.detach())), "loss", f"the loss is {loss.item()}",
+                        self._stats, self.optimizer):
+            return None
         self.scaler.scale(loss).backward()
+        # gradients are all-reduced, the same on every rank; a float16 GradScaler skips inf / NaN steps itself
+        if not self.scaler.is_enabled() and self._reject(not grads_finite(self.model.parameters()), "gradient",
+                                                         "a gradient holds NaN or inf", self._stats,
+                                                         self.optimizer, agree=False):
+            return None
         if cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -329,13 +276,23 @@ class Trainer:
         if cfg.adversarial:
             self.disc_ddp.train()
             self.disc_optimizer.zero_grad(set_to_none=True)
+            self._disc_stats.save()
             with self._autocast():
                 d_loss = self.disc_loss_fn(*self._disc_logits(self.disc_ddp, target, pred.detach()))
-            self.disc_scaler.scale(d_loss).backward()
-            self.disc_scaler.step(self.disc_optimizer)
-            self.disc_scaler.update()
-            self.disc_scheduler.step()
-            logs["loss_disc"] = d_loss.detach()
+            kept = ("the model was updated by this batch; the discriminator's weights, running statistics and "
+                    "optimiser are as before it")
+            if not self._reject(not bool(torch.isfinite(d_loss.detach())), "discriminator loss",
+                                f"the discriminator loss is {d_loss.item()}", self._disc_stats,
+                                self.disc_optimizer, kept=kept):
+                self.disc_scaler.scale(d_loss).backward()
+                if self.disc_scaler.is_enabled() or not self._reject(
+                        not grads_finite(self.discriminator.parameters()), "discriminator gradient",
+                        "a discriminator gradient holds NaN or inf", self._disc_stats, self.disc_optimizer,
+                        agree=False, kept=kept):
+                    self.disc_scaler.step(self.disc_optimizer)
+                    self.disc_scaler.update()
+                    self.disc_scheduler.step()
+                    logs["loss_disc"] = d_loss.detach()
         return {k: float(all_reduce_mean(v.float())) for k, v in logs.items()}
 
     # ------------------------------------------------------------------ checkpoints
@@ -353,6 +310,7 @@ class Trainer:
                      "batches_per_epoch": self.batches_per_epoch,
                      "global_batch": cfg.batch_size * self.dist.world_size,
                      "world_size": self.dist.world_size},
+            "nonfinite_skipped": self.guard.skipped,
         }
         if cfg.adversarial:
             st["disc_optimizer"] = self.disc_optimizer.state_dict()
@@ -376,26 +334,11 @@ class Trainer:
             self._write_log()
             path = save_checkpoint(self.output_dir / name, modules, self.state())
             atomic_write_text(self.output_dir / "latest", name + "\n")
-            self._prune_checkpoints(keep=name)
+            prune_checkpoints(self.output_dir, self.config.keep_checkpoints, keep=name)
             plot_loss_curve(self.output_dir / "log.jsonl", self.output_dir / "loss_curve.png")
         barrier()
+        self._saved_step, self._saved_path = self.step, path
         return path
-
-    def _prune_checkpoints(self, keep: str) -> None:
-        """Keep the newest ``keep_checkpoints`` (and ``keep``); sweep what killed saves left."""
-        k = self.config.keep_checkpoints
-        if k > 0:
-            steps = sorted((int(m.group(1)), p) for p in self.output_dir.iterdir()
-                           if (m := _STEP_DIR.match(p.name)) and p.is_dir())
-            for _, p in steps[:-k]:
-                if p.name != keep:
-                    remove_directory(p)  # out of sight in one rename: never half-deleted under its name
-        for p in self.output_dir.iterdir():
-            if _LEFTOVER.match(p.name):
-                if p.is_dir():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
 
     def load_checkpoint(self, path: str | Path) -> None:
         """Restore weights, optimiser, scheduler, scaler, RNG and data position from ``path``.
@@ -430,7 +373,10 @@ class Trainer:
 
         ``resume=True`` continues from ``output_dir/latest`` when it exists (from the newest
         checkpoint that reads whole when it is damaged, with a warning). SIGINT /
-        SIGTERM finish the current step, write a checkpoint and return.
+        SIGTERM finish the current step, write a checkpoint and return; under ``torchrun``
+        the ranks agree before every step, so all stop after the same one (also when
+        ``torchrun`` itself was killed, :mod:`energycrf.training.stopping`). Batches, losses
+        and gradients with NaN / inf stop or are skipped (``config.on_nonfinite``).
         Returns ``{"step", "loss", "checkpoint"}``.
         """
         cfg = self.config
@@ -444,8 +390,8 @@ class Trainer:
         if self.dist.is_main:
             atomic_write_text(self.output_dir / "config.json", json.dumps(cfg.to_dict(), indent=1))
         end = cfg.max_steps if stop_after is None else min(cfg.max_steps, self.step + stop_after)
+        self._saved_step = None  # a checkpoint written by this call, not an earlier one, may serve as the final one
 
-        handlers = self._install_signal_handlers()
         bar = None
         if cfg.progress and self.dist.is_main:
             from tqdm.auto import tqdm
@@ -454,43 +400,46 @@ class Trainer:
         last: dict[str, float] = {}
         t0 = time.perf_counter()
         try:
-            if self.step < end:
-                for epoch, batch in self._batches():
+            with StopRequest() as stop:
+                for epoch, batch in (self._batches() if self.step < end else ()):
                     x, target, c = self._inputs(epoch, batch)
+                    # the ranks agree before each step: all stop after the same one, all skip (or stop on) a
+                    # batch with NaN / inf on any rank, before the forward pass can touch the statistics
+                    found = nonfinite_input({"x": x, "target": target, cfg.condition_key: c})
+                    stopping, worst = max_over_ranks([int(stop.local()), self.dist.rank + 1 if found else 0],
+                                                     self.device)
+                    if stopping:
+                        break
                     lr = self.optimizer.param_groups[0]["lr"]
-                    last = self.train_step(x, target, c)
+                    skipped = self.guard.skipped
+                    out = None
+                    if worst:
+                        self.guard.handle(*(found or (f"input on rank {worst - 1}",
+                                                      f"an input on rank {worst - 1} holds NaN or inf")),
+                                          self.step, self.batches_per_epoch)
+                    else:
+                        out = self.train_step(x, target, c)
                     self.step += 1
-                    rec = {"step": self.step, "epoch": epoch, "lr": lr,
-                           **last, "time": round(time.perf_counter() - t0, 4)}
-                    if cfg.log_every and (self.step % cfg.log_every == 0 or self.step == end):
+                    last = out or last
+                    rec = {"step": self.step, "epoch": epoch, "lr": lr, **(out or {})}
+                    if self.guard.mode == "skip":
+                        rec["skipped"] = self.guard.skipped
+                    if self.guard.skipped != skipped:
+                        rec["nonfinite"] = self.guard.last
+                    rec["time"] = round(time.perf_counter() - t0, 4)
+                    if "nonfinite" in rec or cfg.log_every and (self.step % cfg.log_every == 0 or self.step == end):
                         self.history.append(rec)
                     if bar is not None:
                         bar.update(1)
-                        bar.set_postfix(loss=f"{last['loss']:.4g}", lr=f"{lr:.2e}")
+                        bar.set_postfix(loss=f"{last.get('loss', math.nan):.4g}", lr=f"{lr:.2e}")
                     if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < end:
                         self.save_checkpoint()
-                    if self.step >= end or self._stop:
+                    if self.step >= end:
                         break
+                # the final checkpoint (unless this step's was just written): rank 0 writes, all ranks meet in
+                # its barrier; a repeated signal does not interrupt it
+                path = self._saved_path if self._saved_step == self.step else self.save_checkpoint()
         finally:
             if bar is not None:
                 bar.close()
-            self._restore_signal_handlers(handlers)
-        path = self.save_checkpoint()
         return {"step": self.step, "loss": last.get("loss", math.nan), "checkpoint": path}
-
-    def _install_signal_handlers(self):
-        def handler(signum, frame):
-            self._stop = True
-
-        old = {}
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                old[sig] = signal.signal(sig, handler)
-        except ValueError:  # not in the main thread
-            return {}
-        return old
-
-    @staticmethod
-    def _restore_signal_handlers(old) -> None:
-        for sig, h in old.items():
-            signal.signal(sig, h)

@@ -17,7 +17,8 @@ with ``r = -grad E``; at most ``C H W`` iterations in exact arithmetic.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -27,7 +28,18 @@ from .preconditioners.options import Preconditioned, make_preconditioner
 from .problem import Problem
 from .quadratic_part import hessian_vector_product, require_quadratic
 
-__all__ = ["ConjugateGradient"]
+__all__ = ["ConjugateGradient", "ConjugateGradientState"]
+
+
+@dataclass
+class ConjugateGradientState:
+    r"""Preconditioned CG's state: the preconditioner ``P`` (:math:`P \approx H^{-1}`), the search
+    direction ``p`` and, per sample, :math:`r^\top z` with :math:`r = -\nabla E` the residual and
+    :math:`z = P r` (``[B]``)."""
+
+    P: Callable[[Tensor], Tensor]
+    p: Tensor
+    rz: Tensor
 
 
 class ConjugateGradient(Preconditioned, Solver):
@@ -57,13 +69,13 @@ class ConjugateGradient(Preconditioned, Solver):
         require_quadratic(problem, self.name)
         super().check(problem, y0)
 
-    def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> Any:
+    def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> ConjugateGradientState:
         P = make_preconditioner(self.precondition, problem, y, degree=self.degree) or (lambda r: r)
         z = P(-g)
-        return {"P": P, "p": z, "rz": sample_dot(-g, z)}
+        return ConjugateGradientState(P=P, p=z, rz=sample_dot(-g, z))
 
-    def step(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor, state: Any) -> StepOutput:
-        p, rz = state["p"], state["rz"]
+    def step(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor, state: ConjugateGradientState) -> StepOutput:
+        p, rz = state.p, state.rz
         tiny = torch.finfo(y.dtype).tiny
         Hp = hessian_vector_product(problem, y, g, p)
         pHp = sample_dot(p, Hp)
@@ -72,11 +84,11 @@ class ConjugateGradient(Preconditioned, Solver):
         a4 = alpha.view(-1, 1, 1, 1)
         y_new = y + a4 * p
         g_new = g + a4 * Hp  # the residual recurrence r = -g
-        z = state["P"](-g_new)
+        z = state.P(-g_new)
         rz_new = sample_dot(-g_new, z)
         beta = rz_new / rz.clamp_min(tiny)
-        state["p"] = z + beta.view(-1, 1, 1, 1) * p
-        state["rz"] = rz_new
+        state.p = z + beta.view(-1, 1, 1, 1) * p
+        state.rz = rz_new
         return StepOutput(
             y=y_new,
             energy=problem.energy(y_new),

@@ -14,7 +14,7 @@ is the exact minimiser, in ``O(C^3 HW + C^2 HW log HW)``.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -23,7 +23,15 @@ from .base import Solver, StepOutput, sample_norm
 from .problem import Problem
 from .quadratic_part import apply_spectrum, hessian_vector_product, impulse_spectrum, require_quadratic
 
-__all__ = ["FFTSolver"]
+
+@dataclass
+class FFTState:
+    """The Hessian's spectrum ``K``: per frequency a ``C x C`` block (``[B, H, W // 2 + 1, C, C]``,
+    :func:`~energycrf.solvers.quadratic_part.impulse_spectrum`), which the step solves against."""
+
+    K: Tensor
+
+__all__ = ["FFTSolver", "FFTState"]
 
 
 class FFTSolver(Solver):
@@ -55,7 +63,7 @@ class FFTSolver(Solver):
                 "method='conjugate_gradient' (exact for any quadratic energy)."
             )
 
-    def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> Any:
+    def init_state(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor) -> FFTState:
         K = impulse_spectrum(problem, y, g)
         # the Hessian must be this convolution: test it on a random probe
         gen = torch.Generator(device="cpu").manual_seed(0)
@@ -69,12 +77,12 @@ class FFTSolver(Solver):
                 f"{float(err.max()):.2e} > {tol:.1e}): a term depends on position or the boundary "
                 "is not circular. Use method='conjugate_gradient'."
             )
-        return {"K": K}
+        return FFTState(K=K)
 
-    def step(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor, state: Any) -> StepOutput:
+    def step(self, problem: Problem, y: Tensor, e: Tensor, g: Tensor, state: FFTState) -> StepOutput:
         H, W = y.shape[-2:]
         gh = torch.fft.rfft2(g).permute(0, 2, 3, 1).unsqueeze(-1)
-        sol, info = torch.linalg.solve_ex(state["K"], gh)
+        sol, info = torch.linalg.solve_ex(state.K, gh)
         singular = (info.flatten(1) != 0).any(1)
         d = torch.fft.irfft2(sol.squeeze(-1).permute(0, 3, 1, 2), s=(H, W))
         y_new = y - d

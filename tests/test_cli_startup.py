@@ -109,3 +109,9 @@ def test_import_energycrf_is_light_and_the_energies_load_on_use():
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.stdout.split() == ["True", "True", "True"], proc.stderr
+
+
+def test_the_startup_benchmark_runs(load_script, capsys):
+    rows = load_script("benchmarks/cli_startup.py").main(["--runs", "1"])
+    assert [r["call"] for r in rows][2] == "energycrf --help" and all(r["median_s"] > 0 for r in rows)
+    assert "load average" in capsys.readouterr().out

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=integer(minimum=2), default=8, help="seeds (images) per prompt for the table")
     parser.add_argument("--full", action="store_true",
                         help=f"the table of docs/ldm.md: --per-class {FULL['per_class']} --seeds {FULL['seeds']} "
-                             "(about 4 times the default's work)")
+                             "(about 3 times the default's work)")
     parser.add_argument("--grid-prompts", type=integer(minimum=1, maximum=10), default=4, help="prompts in the picture")
     parser.add_argument("--guidance", type=number(minimum=0.0), default=4.0, help="classifier-free guidance scale")
     parser.add_argument("--no-table", action="store_true", help="only the picture")

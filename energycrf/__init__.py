@@ -9,8 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from . import _compat, energies
-from .energies import Energy
+from . import _compat
 
 # Old import paths of moved modules (energycrf.losses, energycrf.ldm.*, ...) keep working
 # for one release; see energycrf/_compat.py.
@@ -18,8 +17,11 @@ _compat.install()
 
 __version__ = "0.1.0"
 
-# Solvers, the learned layer and integrations import lazily: `import energycrf` stays light.
+# Everything imports lazily, the energies too: `import energycrf` (and so the `energycrf`
+# command's --help and usage errors, energycrf/cli.py) does not import torch.
 _LAZY = {
+    "energies": ("energycrf.energies", None),
+    "Energy": ("energycrf.energies", "Energy"),
     "solve": ("energycrf.solvers", "solve"),
     "compare_solvers": ("energycrf.solvers", "compare_solvers"),
     "LatentCRF": ("energycrf.learned.latent_crf", "LatentCRF"),
@@ -31,7 +33,7 @@ _LAZY = {
     "integrations": ("energycrf.integrations", None),
 }
 
-__all__ = ["Energy", "energies", "__version__", *_LAZY]
+__all__ = ["__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

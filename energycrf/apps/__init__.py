@@ -15,4 +15,9 @@
   apps share.
 
 Each command module has ``add_arguments`` and ``run``; ``energycrf/cli.py`` routes to them.
+A command module imports nothing heavy at its top (``--help`` and usage errors answer
+without torch): ``denoise`` and ``evaluate``, whose modules hold torch models, have their
+command in :mod:`energycrf.apps.denoise_command` and :mod:`energycrf.apps.ldm.evaluate_command`.
+:mod:`energycrf.apps._command` holds what the commands share (argument types, checks of
+inputs and outputs before any work, atomic writes, the thread rule, the progress bar).
 """

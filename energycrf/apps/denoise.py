@@ -15,25 +15,24 @@ with learned filters and influence functions (:class:`StagedFoEDenoiser`); ``foe
 Field-of-Experts energy (Student-t experts) minimised by the mean-field solver, learned
 through the unrolled solver; ``latentcrf`` is the LatentCRF layer.
 
-Command line::
+Command line (``energycrf denoise``; its arguments, checks and image files are in
+:mod:`energycrf.apps.denoise_command`, which imports no torch)::
 
     energycrf denoise noisy.png --sigma 25 -o clean.png
-    energycrf denoise noisy.npy --sigma 50 -o clean.npy     # float arrays, values outside [0, 1] allowed
-    energycrf denoise photo.jpg --sigma 15 -o out.png --add-noise --seed 0   # noise it first (a demo)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+
+from .denoise_checkpoints import DEFAULT_MODEL, DENOISER_JSON, MODELS, SIGMAS
 
 __all__ = [
     "SIGMAS",
@@ -45,17 +44,11 @@ __all__ = [
     "pretrained_dir",
     "load_denoiser",
     "denoise",
-    "read_image",
-    "write_image",
     "skimage_gray",
     "heldout_pair",
-    "add_arguments",
-    "run",
 ]
 
-SIGMAS = (15, 25, 50)
 PRETRAINED_ROOT = Path(__file__).resolve().parents[1] / "pretrained"
-DENOISER_JSON = "denoiser.json"
 DEFAULT_PAD = 8
 
 # scikit-image photographs (bundled with scikit-image, nothing is downloaded).
@@ -295,8 +288,6 @@ def _load_latent_crf(directory: Path) -> nn.Module:
 
 _LOADERS = {"latent_crf": _load_latent_crf, "foe_energy": FoEEnergyDenoiser.from_pretrained,
             "staged_foe": StagedFoEDenoiser.from_pretrained}
-MODELS = ("staged", "foe", "latentcrf")
-DEFAULT_MODEL = "staged"
 
 
 def pretrained_dir(sigma: int | float, model: str = DEFAULT_MODEL) -> Path:
@@ -337,92 +328,3 @@ def denoise(image: np.ndarray, sigma: int | float = 25, denoiser: PixelDenoiser 
     x = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32))[:, None]
     y = den(x)[:, 0].numpy()
     return y[0] if arr.ndim == 2 else np.moveaxis(y, 0, -1)
-
-
-# --------------------------------------------------------------------------- files
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read PNG / JPEG (to float in ``[0, 1]``) or ``.npy`` (float, values kept as they are)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if not path.is_file():
-        raise FileNotFoundError(f"IN: no file at {str(path)!r}")
-    if suffix == ".npy":
-        arr = np.load(path, allow_pickle=False)
-        if not np.issubdtype(arr.dtype, np.floating):
-            raise TypeError(f"IN: a .npy input must hold floats (pixel values, [0, 1] nominal), got {arr.dtype}")
-        return arr.astype(np.float32)
-    if suffix in _IMAGE_SUFFIXES:
-        from PIL import Image
-
-        with Image.open(path) as im:
-            if im.mode in ("I;16", "I;16B", "I"):
-                return np.asarray(im, dtype=np.float32) / 65535.0
-            if im.mode not in ("L", "RGB"):
-                im = im.convert("RGB")
-            return np.asarray(im, dtype=np.float32) / 255.0
-    raise ValueError(f"IN: expected a .png, .jpg, .jpeg or .npy file, got {str(path)!r}")
-
-
-def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Write ``.npy`` (float32 as is) or PNG / JPEG (clipped to ``[0, 1]``, 8 bit)."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    arr = np.asarray(image, dtype=np.float32)
-    if suffix == ".npy":
-        np.save(path, arr, allow_pickle=False)
-        return path
-    if suffix in _IMAGE_SUFFIXES:
-        from PIL import Image
-
-        q = np.clip(np.rint(np.clip(arr, 0.0, 1.0) * 255.0), 0, 255).astype(np.uint8)
-        Image.fromarray(q).save(path, **({"quality": 95} if suffix != ".png" else {}))
-        return path
-    raise ValueError(f"OUT: expected a .png, .jpg, .jpeg or .npy file name, got {str(path)!r}")
-
-
-# --------------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("input", metavar="IN", help="noisy image: .png, .jpg/.jpeg or .npy (float)")
-    parser.add_argument("--sigma", type=float, default=25.0,
-                        help=f"noise standard deviation on the 0-255 scale; shipped: {', '.join(map(str, SIGMAS))}")
-    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output .png, .jpg/.jpeg or .npy")
-    parser.add_argument("--model", choices=MODELS, default=DEFAULT_MODEL,
-                        help="which shipped model: staged Field-of-Experts energies (staged), one Field-of-Experts "
-                             "energy minimised by its solver (foe) or the LatentCRF layer (latentcrf)")
-    parser.add_argument("--checkpoint", default=None, help="a denoiser directory (default: the shipped one for --sigma)")
-    parser.add_argument("--add-noise", action="store_true",
-                        help="first add Gaussian noise of level --sigma to IN (to try the denoiser on a clean photo)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of --add-noise")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    image = read_image(args.input)
-    den = load_denoiser(args.sigma, args.checkpoint, model=args.model)
-    if args.add_noise:
-        rng = np.random.default_rng(args.seed)
-        image = (image + rng.normal(0.0, args.sigma / 255.0, image.shape)).astype(np.float32)
-    t0 = time.process_time()
-    out = denoise(image, denoiser=den)
-    cpu = time.process_time() - t0
-    write_image(args.output, out)
-    print(f"denoised {args.input} ({'x'.join(map(str, image.shape))}, sigma {args.sigma:g}) -> {args.output} "
-          f"in {cpu:.2f} s CPU [{den.kind}, {'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'shipped'}]")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m energycrf.apps.denoise IN --sigma 25 -o OUT`` (same as ``energycrf denoise``)."""
-    parser = argparse.ArgumentParser(prog="energycrf denoise",
-                                     description="Denoise a photograph with the shipped checkpoints.")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -4,6 +4,9 @@
     torchrun --nproc-per-node 8 -m energycrf distill-data ...     # one shard series per rank
 
 The pipeline directory is loaded with ``local_files_only=True`` (nothing is downloaded).
+An ``--out`` that holds shards is refused unless ``--resume`` (complete shards of an
+earlier run with the same settings are kept) or ``--overwrite``; each shard is written
+atomically.
 The plan defaults to the paper's (31 of 40, CRF, last 2 of 50). See
 :mod:`energycrf.integrations.distill` for the shard format.
 """
@@ -11,22 +14,31 @@ The plan defaults to the paper's (31 of 40, CRF, last 2 of 50). See
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from ._command import UsageError, announce, check_input_file, integer, number, require
+
+DIFFUSERS_EXTRA = 'the diffusers extra: pip install "energycrf[diffusers]"'
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline", required=True, help="local diffusers pipeline directory (model_index.json)")
     parser.add_argument("--prompts", required=True, help="text file, one prompt per line (blank lines skipped)")
     parser.add_argument("--out", required=True, help="output directory for the shards")
-    parser.add_argument("--pre-steps", type=int, default=40)
-    parser.add_argument("--pre-run", type=int, default=31)
-    parser.add_argument("--post-steps", type=int, default=50)
-    parser.add_argument("--post-run", type=int, default=2)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an earlier run in --out: its complete shards with the same settings are kept")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into an --out that holds shards (those this run writes are replaced)")
+    parser.add_argument("--pre-steps", type=integer(minimum=1), default=40)
+    parser.add_argument("--pre-run", type=integer(minimum=1), default=31)
+    parser.add_argument("--post-steps", type=integer(minimum=1), default=50)
+    parser.add_argument("--post-run", type=integer(minimum=1), default=2)
     parser.add_argument("--crf-output", choices=["clean", "post"], default="clean")
     parser.add_argument("--teacher", choices=["plan", "full"], default="plan")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--shard-size", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--batch-size", type=integer(minimum=1), default=4)
+    parser.add_argument("--shard-size", type=integer(minimum=1), default=256)
+    parser.add_argument("--seed", type=integer(minimum=0), default=0)
+    parser.add_argument("--guidance-scale", type=number(minimum=0.0), default=7.5)
     parser.add_argument("--negative-prompt", default=None)
     parser.add_argument("--ddim", action="store_true", help="replace the pipeline's scheduler by DDIM (same config)")
     parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when available, else cpu")
@@ -34,25 +46,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
+def validate(args: argparse.Namespace):
+    """Check the arguments and paths before any work; returns ``(plan, prompts, out)``."""
+    if not (Path(args.pipeline) / "model_index.json").is_file():
+        raise UsageError("--pipeline", "a local diffusers pipeline directory (with model_index.json)",
+                         repr(args.pipeline))
+    source = check_input_file(args.prompts, "--prompts", what="a text file of prompts")
+    try:
+        prompts = [line.strip() for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise UsageError("--prompts", "a UTF-8 text file, one prompt per line", repr(args.prompts)) from None
+    if not prompts:
+        raise UsageError("--prompts", "a text file with one prompt per line", f"{args.prompts!r} (no prompts)")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError("--out", "a folder", f"{args.out!r} (a file)")
+    shards = sorted(out.glob("rank*-of-*.safetensors")) if out.is_dir() else []
+    if shards and not (args.resume or args.overwrite):
+        raise UsageError("--out", "a folder without shards", f"{args.out!r}, which holds {len(shards)} shards",
+                         "pass --resume to continue that run, --overwrite to write over it, or choose another folder")
+
+    from ..integrations.plan import SplicePlan  # (imports the integrations package: torch)
+
+    try:
+        plan = SplicePlan(args.pre_steps, args.pre_run, args.post_steps, args.post_run, args.crf_output)
+    except ValueError as err:
+        raise UsageError("--pre-steps/--pre-run/--post-steps/--post-run", "a valid splice plan",
+                         " ".join(str(err).split())) from None
+    return plan, prompts, out
+
+
 def run(args: argparse.Namespace) -> int:
+    plan, prompts, out = validate(args)
+    require({"diffusers": DIFFUSERS_EXTRA, "transformers": DIFFUSERS_EXTRA})
+
     import os
-    from pathlib import Path
 
     import torch
     from diffusers import DDIMScheduler, DiffusionPipeline
 
     from ..integrations.distill import generate_distillation_data, rank_and_world_size
-    from ..integrations.plan import SplicePlan
 
-    plan = SplicePlan(args.pre_steps, args.pre_run, args.post_steps, args.post_run, args.crf_output)
-    prompts = [line.strip() for line in Path(args.prompts).read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not prompts:
-        raise SystemExit(f"{args.prompts}: no prompts (one per line expected)")
     rank, world = rank_and_world_size()
     device = args.device
     if device is None:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    mine = len(range(rank, len(prompts), world))
+    announce("distill-data", f"{mine} of {len(prompts)} prompts (rank {rank} of {world}), DDIM teacher "
+             f"'{args.teacher}' on {device}, in shards of up to {args.shard_size} prompts in {out}")
     pipe = DiffusionPipeline.from_pretrained(args.pipeline, local_files_only=True)
     pipe = pipe.to(device, getattr(torch, args.dtype))
     if args.ddim:
@@ -61,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     paths = generate_distillation_data(
         pipe,
         prompts,
-        args.out,
+        out,
         plan,
         teacher=args.teacher,
         batch_size=args.batch_size,
@@ -73,5 +115,5 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         **extra,
     )
-    print(f"rank {rank}/{world}: {len(paths)} shard(s) in {args.out}")
+    print(f"rank {rank}/{world}: {len(paths)} shard(s) in {out}")
     return 0

@@ -11,7 +11,10 @@ eight 5x5 derivative filters with the convex Charbonnier expert (``--expert`` pi
 another, including the paper's ReLU expert). It prints the convexity margin
 (``E.check_well_posed``), the per-term energy at the noisy and at the clean image,
 minimises ``E`` with ``ec.solve`` and saves ``demo.png`` (images, per-term energy density
-maps at the solution, the energy history) and ``summary.json`` to ``--out``.
+maps at the solution, the energy history) and ``summary.json`` to ``--out``
+(``./energycrf-energy-demo-out``). The picture's field-of-experts and error maps leave
+out a border of ``kernel_size // 2`` pixels, where the zero padding of the filters makes
+a bright ring (:data:`BORDER_NOTE`, the figure's caption, says why).
 """
 
 from __future__ import annotations
@@ -22,33 +25,51 @@ import math
 import time
 from pathlib import Path
 
+from ._command import UsageError, announce, atomic_path, check_output_dir, integer, number, write_text
 from .photographs import PHOTOGRAPHS as IMAGES
 from .photographs import add_gaussian_noise, load_photograph
+
 EXPERTS = ("charbonnier", "huber", "student-t", "relu")
+FILES = ("demo.png", "summary.json")
+KERNEL_SIZE = 5
+#: what the figure leaves out of the field-of-experts and error maps, and why (its caption)
+BORDER_NOTE = (
+    "Field-of-experts and error maps without their outer {b} pixels (kernel_size // 2): there the "
+    "{k}x{k} filters reach past the image into FieldOfExperts' zero padding (boundary='zeros'), see a false "
+    "edge between the photograph and 0, and the expert pulls the border pixels toward 0: a bright ring that "
+    "is an artefact of the boundary, not of the photograph (its other boundary, 'circular', would join "
+    "opposite edges of the photograph instead)."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", choices=IMAGES, default="camera", help="skimage.data photograph (default: camera)")
-    parser.add_argument("--size", type=_positive_int, default=512,
+    parser.add_argument("--size", type=integer(minimum=1), default=512,
                         help="resize so the longer side has this many pixels (default: 512, camera's own size)")
-    parser.add_argument("--sigma", type=float, default=25.0, help="noise standard deviation in 1/255 units (default: 25)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default: 0)")
+    parser.add_argument("--sigma", type=number(minimum=0.0), default=25.0,
+                        help="noise standard deviation in 1/255 units (default: 25)")
+    parser.add_argument("--seed", type=integer(minimum=0), default=0, help="seed of the noise (default: 0)")
     parser.add_argument("--expert", choices=EXPERTS, default="charbonnier",
                         help="the Field-of-Experts potential (default: charbonnier; relu is the paper's eq. 10)")
     parser.add_argument("--method", default="lbfgs", help="ec.solve method (default: lbfgs)")
-    parser.add_argument("--max-iters", type=_positive_int, default=200, help="solver iterations at most (default: 200)")
-    parser.add_argument("--out", type=Path, default=Path("energycrf-demo-out"),
-                        help="output folder (default: ./energycrf-demo-out)")
+    parser.add_argument("--max-iters", type=integer(minimum=1), default=200,
+                        help="solver iterations at most (default: 200)")
+    parser.add_argument("--out", type=Path, default=Path("energycrf-energy-demo-out"),
+                        help="output folder (default: ./energycrf-energy-demo-out)")
+    parser.add_argument("--overwrite", action="store_true", help="replace demo.png and summary.json of an earlier run")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    out = check_output_dir(args.out, "--out", FILES, overwrite=args.overwrite)
+    from ..solvers import method_names  # the registry (imports torch)
+
+    if args.method not in method_names():
+        raise UsageError("--method", f"an ec.solve method ({', '.join(method_names())})", repr(args.method))
     import torch
 
     import energycrf as ec
 
-    if args.sigma < 0 or not math.isfinite(args.sigma):
-        raise ValueError(f"--sigma must be a finite number >= 0, got {args.sigma}")
     clean_np = load_photograph(args.image, args.size)
     noisy_np = add_gaussian_noise(clean_np, args.sigma, args.seed)
     clean = torch.from_numpy(clean_np).float()[None, None]        # [1, 1, H, W]
@@ -57,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     E = build_energy(args.expert)
     E.requires_grad_(False)
     h, w = clean.shape[-2:]
+    announce("energy-demo", f"minimise {' + '.join(E.names)} on a {h}x{w} photograph with {args.method}, "
+             f"at most {args.max_iters} iterations, then a picture and a summary in {out}")
     print(f"image: skimage.data.{args.image}(), grayscale, {h}x{w}, noise sigma {args.sigma:g}/255, seed {args.seed}")
     print(f"energy: {' + '.join(E.names)}  ({args.expert} expert)")
 
@@ -89,10 +112,10 @@ def run(args: argparse.Namespace) -> int:
           f"{solve_time:.2f} s")
     print(f"PSNR: noisy {psnr['noisy']:.2f} dB -> solution {psnr['solution']:.2f} dB")
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    figure = args.out / "demo.png"
+    figure = out / "demo.png"
     densities = energy_densities(E, y, noisy)
-    save_figure(figure, clean, noisy, y, densities, res.energies[:, 0], psnr, margin, args)
+    with atomic_path(figure) as tmp:
+        save_figure(tmp, clean, noisy, y, densities, res.energies[:, 0], psnr, margin, args)
     summary = {
         "image": args.image, "height": h, "width": w, "sigma": args.sigma, "seed": args.seed,
         "expert": args.expert, "terms": list(E.names), "convexity_margin": margin,
@@ -100,12 +123,12 @@ def run(args: argparse.Namespace) -> int:
         "psnr_db": psnr, "method": res.method, "iterations": int(res.iterations[0]),
         "status": res.status[0], "solve_seconds": solve_time,
     }
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"saved {figure} and {args.out / 'summary.json'}")
+    write_text(out / "summary.json", json.dumps(summary, indent=2))
+    print(f"saved {figure} and {out / 'summary.json'}")
     return 0
 
 
-def derivative_filters(kernel_size: int = 5):
+def derivative_filters(kernel_size: int = KERNEL_SIZE):
     """Eight 5x5 finite-difference filters: first differences in four directions, second
     differences along rows, columns and the mixed one, and a wide second difference."""
     import torch
@@ -138,9 +161,9 @@ def build_energy(expert: str = "charbonnier"):
     if expert not in potentials:
         raise ValueError(f"expert must be one of {EXPERTS}, got {expert!r}")
     scale = 10.0 if expert == "student-t" else 0.07  # Student-t is flat near 0: larger responses
-    foe = energies.FieldOfExperts(channels=1, num_filters=8, kernel_size=5, potential=potentials[expert]())
+    foe = energies.FieldOfExperts(channels=1, num_filters=8, kernel_size=KERNEL_SIZE, potential=potentials[expert]())
     with torch.no_grad():
-        foe.weight.copy_(scale * derivative_filters(5))
+        foe.weight.copy_(scale * derivative_filters(KERNEL_SIZE))
     pairwise = energies.Pairwise(channels=1, kernel=energies.LocalKernel(radius=1, sigma=1.0, strength=0.05))
     return energies.Unary(weight=1.0) + pairwise + foe
 
@@ -205,20 +228,32 @@ def save_figure(path: Path, clean, noisy, solution, densities: dict, energies, p
     ax.set_xlabel("iteration")
     ax.set_ylabel("E(y | x)")
     ax.set_title("energy during the solve", fontsize=9)
+    b = KERNEL_SIZE // 2  # the boundary artefact's width (BORDER_NOTE)
+
+    def inner(a):
+        return a[b:a.shape[0] - b, b:a.shape[1] - b] if min(a.shape) > 2 * b else a
+
     for ax, (name, density) in zip(axes[1], densities.items()):
+        cropped = name == "field_of_experts"
+        density = inner(density) if cropped else density
         im = ax.imshow(density, cmap="magma", vmin=min(0.0, float(density.min())),
                        vmax=max(float(np.percentile(density, 99.5)), 1e-12))  # a few edges would wash it out
-        ax.set_title(f"{name} energy per site\n(at the solution)", fontsize=9)
+        ax.set_title(f"{name} energy per site\n(at the solution{f', border {b} px cut*' if cropped else ''})",
+                     fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     ax = axes[1, len(densities)]
-    err = (solution - clean)[0, 0].abs().cpu().numpy()
+    err = inner((solution - clean)[0, 0].abs().cpu().numpy())
     im = ax.imshow(err, cmap="viridis")
-    ax.set_title("|solution - clean|", fontsize=9)
+    ax.set_title(f"|solution - clean|\n(border {b} px cut*)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     margin_text = "unknown" if margin is None else f"{margin:.3g}"
-    fig.suptitle(f"energycrf demo: skimage.data.{args.image}(), noise sigma {args.sigma:g}/255, "
+    fig.suptitle(f"energycrf energy-demo: skimage.data.{args.image}(), noise sigma {args.sigma:g}/255, "
                  f"{args.expert} expert, convexity margin {margin_text}", fontsize=11)
-    fig.tight_layout()
+    import textwrap
+
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.text(0.01, 0.01, textwrap.fill("* " + BORDER_NOTE.format(b=b, k=KERNEL_SIZE), 190), fontsize=8,
+             va="bottom", ha="left")
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -236,9 +271,3 @@ def _print_table(header: list[str], rows: list[list]) -> None:
         if i == 0:
             print("  ".join("-" * wd for wd in widths))
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value

@@ -7,7 +7,10 @@ deviation ``25/255`` drawn by ``numpy.random.default_rng(seed)`` (camera: 20.16 
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["PHOTOGRAPHS", "load_photograph", "add_gaussian_noise"]
 
@@ -25,6 +28,7 @@ def load_photograph(name: str = "camera", size: int | None = None, square: bool 
         size: resize so the longer side is ``size`` (``None``: keep the original size).
         square: resize to ``size x size`` instead (needs ``size``).
     """
+    import numpy as np
     import skimage.data
     from skimage.color import rgb2gray
     from skimage.transform import resize
@@ -49,6 +53,8 @@ def load_photograph(name: str = "camera", size: int | None = None, square: bool 
 
 def add_gaussian_noise(clean: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
     """``clean + (sigma / 255) * n`` with ``n ~ N(0, I)`` from ``numpy.random.default_rng(seed)``; not clipped."""
+    import numpy as np
+
     if not np.isfinite(sigma) or sigma < 0:
         raise ValueError(f"sigma must be a finite number >= 0 (on the 0-255 scale), got {sigma!r}")
     return clean + (sigma / 255.0) * np.random.default_rng(seed).standard_normal(clean.shape)

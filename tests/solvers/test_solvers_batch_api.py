@@ -192,10 +192,12 @@ def test_cli_compare_solvers_on_a_photograph(tmp_path, capsys):
     assert (out / "gap.png").stat().st_size > 1000
     assert "wrote" in capsys.readouterr().out
     assert "times after one untimed iteration of each method" in table
-    assert _cli(["--size", "16", "--max-iters", "3", "--methods", "lbfgs", "--no-warmup", "--out-dir", str(out)]) == 0
+    # the same folder again: its files are replaced only with --overwrite (tests/test_cli_outputs.py)
+    assert _cli(["--size", "16", "--max-iters", "3", "--methods", "lbfgs", "--no-warmup", "--out-dir", str(out),
+                 "--overwrite"]) == 0
     assert "times without an untimed warm-up iteration" in (out / "table.md").read_text()
     assert _cli(["--size", "16", "--max-iters", "3", "--methods", "lbfgs:precondition=fft,lbfgs:precondition=chebyshev",
-                 "--start", "quadratic", "--out-dir", str(out)]) == 0
+                 "--start", "quadratic", "--out-dir", str(out), "--overwrite"]) == 0
     table = (out / "table.md").read_text()
     assert "| lbfgs:precondition=fft |" in table and "| lbfgs:precondition=chebyshev |" in table
 

@@ -8,9 +8,15 @@ offline, shipped in ``energycrf/pretrained/ldm-fashion``) and its LatentCRF, the
    and writes a PNG grid (rows: prompts x seeds; columns: the three methods);
 2. measures the rows of Table 1 (LDM 50 / 33 / 20, LatentCRF 33 / 20, DPM-Solver++ 33 /
    20) on a small sample: Frechet distance on classifier features, class accuracy, Vendi
-   diversity, ms per image; prints the table and writes ``table.json`` / ``table.md``.
+   diversity, ms per image twice, labelled: the steady state (the fastest of interleaved
+   timed runs) and what this run waited per image; prints the table and writes
+   ``table.json`` / ``table.md``.
 
-Runs in a few minutes on 2 CPU cores; ``--seeds 16 --per-class 2`` for the docs' numbers.
+It says first what it will do (images and UNet calls), then shows one progress bar with
+the time left. Default: the picture (4 prompts x 2 seeds) and a table of 10 prompts x 8
+seeds; ``--full`` is the run of docs/ldm.md (2 prompts per class, 16 seeds), ``--no-table``
+the picture only. Torch threads: ``--threads``, by default the cores that the load average
+leaves idle (:func:`energycrf.apps._command.threads_for_load`).
 """
 
 from __future__ import annotations
@@ -19,21 +25,31 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
+from .._command import announce, atomic_path, check_output_dir, integer, number, progress_bar
+from .evaluate_command import (TABLE_FILES, TIMING_REPEATS, add_run_options, require_fashion_mnist, require_ldm,
+                               set_threads, table_size)
+
+PICTURE = "ldm_vs_latentcrf.png"
+GRID_SEEDS = (0, 1)
+FULL = {"per_class": 2, "seeds": 16}  # the table of docs/ldm.md
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="energycrf-demo-out", help="output directory (PNG grid, table)")
-    parser.add_argument("--per-class", type=int, default=1, help="held-out prompts per class for the table")
-    parser.add_argument("--seeds", type=int, default=8, help="seeds (images) per prompt for the table")
-    parser.add_argument("--grid-prompts", type=int, default=4, help="prompts in the picture")
-    parser.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
+    parser.add_argument("--per-class", type=integer(minimum=1), default=1, help="held-out prompts per class for the table")
+    parser.add_argument("--seeds", type=integer(minimum=2), default=8, help="seeds (images) per prompt for the table")
+    parser.add_argument("--full", action="store_true",
+                        help=f"the table of docs/ldm.md: --per-class {FULL['per_class']} --seeds {FULL['seeds']} "
+                             "(about 3 times the default's work)")
+    parser.add_argument("--grid-prompts", type=integer(minimum=1, maximum=10), default=4, help="prompts in the picture")
+    parser.add_argument("--guidance", type=number(minimum=0.0), default=4.0, help="classifier-free guidance scale")
     parser.add_argument("--no-table", action="store_true", help="only the picture")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the files of an earlier run in --out")
+    add_run_options(parser)
 
 
-def grid_png(columns: dict[str, torch.Tensor], rows: list[str], path: Path) -> Path:
-    """Save a grid: one column per method, one row per (prompt, seed) image."""
+def grid_png(columns: dict, rows: list[str], path: Path) -> Path:
+    """Save a grid: one column per method (``{name: [N, 1, H, W] tensor}``), one row per (prompt, seed) image."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,43 +76,70 @@ def grid_png(columns: dict[str, torch.Tensor], rows: list[str], path: Path) -> P
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.full:
+        args.per_class, args.seeds = FULL["per_class"], FULL["seeds"]
+    out = check_output_dir(args.out, "--out", (PICTURE,) + (() if args.no_table else TABLE_FILES),
+                           overwrite=args.overwrite)
+    require_ldm()
+    threads = set_threads(args.threads)
+    if not args.no_table:
+        require_fashion_mnist()
+
     from tqdm.auto import tqdm
 
     from energycrf.integrations.plan import SplicePlan
-    from energycrf.apps.ldm import captions, pretrained
-    from energycrf.apps.ldm import evaluate as E
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    from . import captions, pretrained
+    from . import evaluate as E
+
+    held = captions.evaluation_prompts(per_class=1)
+    prompts = [held[k] for k in (7, 1, 9, 3, 8, 0, 5, 2, 4, 6)][: args.grid_prompts]  # varied classes first
+    methods = [E.Method("LDM 50", steps=50), E.Method("LDM 33", steps=33), E.Method("LatentCRF 33", plan=SplicePlan.paper())]
+    grid_images = len(prompts) * len(GRID_SEEDS)
+    work = sum(m.unet_calls for m in methods) * grid_images
+    what = f"a picture of {grid_images} images x {len(methods)} methods"
+    if not args.no_table:
+        table_methods = E.table_methods()
+        eval_prompts = captions.evaluation_prompts(per_class=args.per_class)
+        images, table_work = table_size(table_methods, len(eval_prompts), args.seeds)
+        work += table_work
+        what += (f", then Table 1: {len(table_methods)} rows x {len(eval_prompts)} prompts x {args.seeds} seeds "
+                 f"and {TIMING_REPEATS} timing rounds ({images} images)")
+    announce("demo", f"{what}; {work} UNet calls in all; {threads}")
+
     t_all = time.perf_counter()
     pipe = pretrained.load_pipeline()
     crf = pretrained.load_crf()
     print(f"pipeline: {pretrained.pipeline_dir()} | LatentCRF: {pretrained.crf_dir()} "
           f"({sum(p.numel() for p in crf.parameters())} parameters)")
 
-    # 1. the picture: same seeds, three methods
-    held = captions.evaluation_prompts(per_class=1)
-    prompts = [held[k] for k in (7, 1, 9, 3, 8, 0, 5, 2, 4, 6)][: args.grid_prompts]  # varied classes first
-    seeds = [0, 1]
-    methods = [E.Method("LDM 50", steps=50), E.Method("LDM 33", steps=33), E.Method("LatentCRF 33", plan=SplicePlan.paper())]
-    cols = {}
-    for m in tqdm(methods, desc="picture"):
-        cols[m.name] = E.sample(pipe, [p for p, _ in prompts], seeds, m, crf, args.guidance)
-    labels = [f"{p}\n(seed {s})" for p, _ in prompts for s in seeds]
-    png = grid_png(cols, labels, out / "ldm_vs_latentcrf.png")
-    diff = {m: float((cols[m] - cols["LDM 50"]).abs().mean()) for m in ("LDM 33", "LatentCRF 33")}
-    print(f"picture: {png}  (mean |difference| to LDM 50: LDM 33 {diff['LDM 33']:.4f}, "
-          f"LatentCRF 33 {diff['LatentCRF 33']:.4f})")
+    with progress_bar(work, "demo", args.progress, unit="UNet call") as bar:
+        # 1. the picture: same seeds, three methods
+        cols = {}
+        for m in methods:
+            cols[m.name] = E.sample(pipe, [p for p, _ in prompts], GRID_SEEDS, m, crf, args.guidance)
+            bar.update(m.unet_calls * grid_images)
+        labels = [f"{p}\n(seed {s})" for p, _ in prompts for s in GRID_SEEDS]
+        with atomic_path(out / PICTURE) as tmp:
+            grid_png(cols, labels, tmp)
+        diff = {m: float((cols[m] - cols["LDM 50"]).abs().mean()) for m in ("LDM 33", "LatentCRF 33")}
+        tqdm.write(f"picture: {out / PICTURE}  (mean |difference| to LDM 50: LDM 33 {diff['LDM 33']:.4f}, "
+                   f"LatentCRF 33 {diff['LatentCRF 33']:.4f})")
 
-    # 2. the table on a small sample
+        # 2. the table on a small sample
+        if not args.no_table:
+            t_table = time.perf_counter()
+            rows = E.run_table(pipe, crf, eval_prompts, range(args.seeds), table_methods, out_dir=out,
+                               guidance_scale=args.guidance, prompts_per_call=5, progress=bar,
+                               timing_repeats=TIMING_REPEATS)
+            t_table = time.perf_counter() - t_table
     if not args.no_table:
-        eval_prompts = captions.evaluation_prompts(per_class=args.per_class)
-        rows = E.run_table(pipe, crf, eval_prompts, range(args.seeds), out_dir=out, guidance_scale=args.guidance,
-                           prompts_per_call=5)
         print(f"\nTable 1 on this model ({len(eval_prompts)} held-out prompts x {args.seeds} seeds, "
-              f"guidance {args.guidance}; small sample, see docs/ldm.md for the full run):\n")
+              f"guidance {args.guidance}; small sample, see docs/ldm.md for the full run, --full):\n")
         print(E.markdown_table(rows))
-        print(f"\nwritten: {out / 'table.json'}, {out / 'table.md'}")
+        print(f"\n{E.TABLE_LEGEND}")
+        print(f"The table took {t_table:.0f} s for {images} images, warm-ups and timing rounds included: "
+              f"{1000 * t_table / images:.0f} ms per image waited.")
+        print(f"written: {out / 'table.json'}, {out / 'table.md'}")
     print(f"demo finished in {time.perf_counter() - t_all:.0f} s")
     return 0

@@ -17,12 +17,15 @@ every method), :func:`evaluate` measures
 
 :func:`run_table` evaluates the rows of Table 1 (LDM 50, LDM 33, LatentCRF 33, LDM 20,
 LatentCRF 20, DPM-Solver++ 33 and 20) and writes JSON + a Markdown table. ``energycrf
-evaluate`` is the command-line front end (:func:`add_arguments`, :func:`run`).
+evaluate`` is the command-line front end (:mod:`energycrf.apps.ldm.evaluate_command`).
+
+``progress`` (of :func:`evaluate`, :func:`run_table`, :func:`time_methods`) is ``True``
+(a bar per method), ``False``, or one bar (a ``tqdm``) that every pipeline call advances by
+its UNet calls times its images: the commands' one overall bar.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -34,7 +37,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+
 SCHEDULERS = ("ddim", "dpm++")
+
+#: what the two time columns of :func:`markdown_table` mean
+TABLE_LEGEND = (
+    "ms / image, steady state: the fastest of the interleaved timed runs after a warm-up (what the method costs); "
+    "ms / image, waited: this run's own pass over the table's images, wall time / images (what you waited)."
+)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -191,7 +201,7 @@ def evaluate(
     prompts_per_call: int = 2,
     name: str | None = None,
     keep_images: bool = False,
-    progress: bool = True,
+    progress=True,
 ) -> dict:
     """Measure one method on ``prompts`` (``(text, class)`` pairs) x ``seeds``.
 
@@ -228,13 +238,16 @@ def evaluate(
     if reference is None:
         reference = reference_features(classifier)
 
+    bar = progress if hasattr(progress, "update") else None
     sample(pipe, [prompts[0][0]], seeds[:1], method, crf, guidance_scale)  # warm-up, untimed
+    _advance(bar, method.unet_calls)
     images, seconds = [], 0.0
     chunks = [prompts[k : k + prompts_per_call] for k in range(0, len(prompts), prompts_per_call)]
-    for chunk in tqdm(chunks, desc=f"{method.name} {method.unet_calls}", disable=not progress):
+    for chunk in tqdm(chunks, desc=f"{method.name} {method.unet_calls}", disable=not progress or bar is not None):
         t0 = time.perf_counter()
         images.append(sample(pipe, [p for p, _ in chunk], seeds, method, crf, guidance_scale))
         seconds += time.perf_counter() - t0
+        _advance(bar, method.unet_calls * len(chunk) * len(seeds))
     x = torch.cat(images).float()
     if x.shape[1] != 1:  # RGB pipelines: grayscale for the Fashion-MNIST classifier
         x = x.mean(1, keepdim=True)
@@ -306,16 +319,18 @@ def run_table(
             r["ms_per_image_single_pass"] = r["ms_per_image"]
             r["ms_per_image"] = t
             r["timing"] = f"min of {timing_repeats} interleaved runs, {2 * len(list(seeds))} images each"
-    if out_dir is not None:
+    if out_dir is not None:  # each file complete or not there (a temporary file, renamed)
+        from .._command import write_text
+
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "table.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-        (out / "table.md").write_text(markdown_table(rows) + "\n", encoding="utf-8")
+        write_text(out / "table.json", json.dumps(rows, indent=2) + "\n")
+        write_text(out / "table.md", markdown_table(rows) + "\n"
+                   + (f"\n{TABLE_LEGEND}\n" if any("ms_per_image_single_pass" in r for r in rows) else ""))
     return rows
 
 
 def time_methods(pipe, crf, methods: Sequence[Method], prompts: Sequence[str], seeds: Sequence[int],
-                 repeats: int = 3, guidance_scale: float = 4.0, progress: bool = True) -> list[float]:
+                 repeats: int = 3, guidance_scale: float = 4.0, progress=True) -> list[float]:
     """Milliseconds per image of each method: the minimum over ``repeats`` interleaved runs.
 
     Methods take turns (round robin) on the same batch, so a slow spell of a shared machine
@@ -326,14 +341,22 @@ def time_methods(pipe, crf, methods: Sequence[Method], prompts: Sequence[str], s
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     n = len(prompts) * len(seeds)
+    bar = progress if hasattr(progress, "update") else None
     best = [math.inf] * len(methods)
-    for r in tqdm(range(repeats + 1), desc="timing", disable=not progress):
+    for r in tqdm(range(repeats + 1), desc="timing", disable=not progress or bar is not None):
         for k, m in enumerate(methods):
             t0 = time.perf_counter()
             sample(pipe, list(prompts), seeds, m, crf if m.plan is not None else None, guidance_scale)
             if r:  # round 0 is the warm-up
                 best[k] = min(best[k], 1000.0 * (time.perf_counter() - t0) / n)
+            _advance(bar, m.unet_calls * n)
     return best
+
+
+def _advance(bar, work: int) -> None:
+    """Move the caller's overall bar (if any) by ``work`` UNet calls."""
+    if bar is not None:
+        bar.update(work)
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
@@ -341,9 +364,11 @@ def markdown_table(rows: Sequence[dict]) -> str:
     if not rows:
         raise ValueError("rows must not be empty")
     base = rows[0]
+    waited = all("ms_per_image_single_pass" in r for r in rows)  # timed twice: label both (TABLE_LEGEND)
     lines = [
-        "| Method | UNet calls | Frechet (classifier) | Class accuracy | Vendi | ms / image |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| Method | UNet calls | Frechet (classifier) | Class accuracy | Vendi | "
+        + ("ms / image, steady state | ms / image, waited |" if waited else "ms / image |"),
+        "|---|---:|---:|---:|---:|---:|" + ("---:|" if waited else ""),
     ]
     for r in rows:
         dv = 100 * (r["vendi"] / base["vendi"] - 1)
@@ -353,43 +378,6 @@ def markdown_table(rows: Sequence[dict]) -> str:
         lines.append(
             f"| {r['method']} | {r['unet_calls']} | {r['frechet']:.3f} | {r['accuracy']:.3f} | "
             f"{r['vendi']:.3f}{rel} | {r['ms_per_image']:.1f}{relt} |"
+            + (f" {r['ms_per_image_single_pass']:.1f} |" if waited else "")
         )
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pipeline", default=None, help="diffusers pipeline directory (default: the shipped ldm-fashion)")
-    parser.add_argument("--crf", default=None, help="LatentCRF directory (default: the shipped one)")
-    parser.add_argument("--per-class", type=int, default=1, help="held-out prompts per class (10 classes)")
-    parser.add_argument("--seeds", type=int, default=16, help="images per prompt (seeds 0..N-1)")
-    parser.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
-    parser.add_argument("--rows", default="all", help="'all' (Table 1) or comma list of ldm50,ldm33,crf33,ldm20,crf20,dpm33,dpm20")
-    parser.add_argument("--out", default="energycrf-evaluate-out", help="output directory (table.json, table.md)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
-
-
-_ROW_KEYS = ("ldm50", "ldm33", "crf33", "ldm20", "crf20", "dpm33", "dpm20")
-
-
-def run(args: argparse.Namespace) -> int:
-    from energycrf.apps.ldm import captions, pretrained
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    rows = table_methods()
-    if args.rows != "all":
-        want = [k.strip() for k in args.rows.split(",") if k.strip()]
-        bad = [k for k in want if k not in _ROW_KEYS]
-        if bad:
-            raise SystemExit(f"--rows: unknown {bad}; expected 'all' or a subset of {list(_ROW_KEYS)}")
-        rows = [rows[_ROW_KEYS.index(k)] for k in want]
-    pipe = pretrained.load_pipeline(args.pipeline)
-    crf = pretrained.load_crf(args.crf) if any(m.plan is not None for m in rows) else None
-    prompts = captions.evaluation_prompts(per_class=args.per_class)
-    res = run_table(pipe, crf, prompts, range(args.seeds), rows, out_dir=args.out, guidance_scale=args.guidance)
-    print(markdown_table(res))
-    print(f"written: {Path(args.out) / 'table.json'}, {Path(args.out) / 'table.md'}")
-    return 0

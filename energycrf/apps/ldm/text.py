@@ -37,10 +37,17 @@ def load_text_encoder() -> tuple[object, torch.nn.Module]:
     """``(tokenizer, model)`` loaded offline (``HF_HUB_OFFLINE=1``), model in eval mode."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
     path = model_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path).eval()
+    bar = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # no "Loading weights" bar in the commands' output
+    try:
+        model = AutoModel.from_pretrained(path).eval()
+    finally:
+        if bar:
+            transformers_logging.enable_progress_bar()
     for p in model.parameters():
         p.requires_grad_(False)
     return tokenizer, model

@@ -23,6 +23,7 @@ run resumes; ``scripts/train_ldm.py`` reproduces the shipped model.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -105,8 +106,39 @@ def build_scheduler():
     return DDIMScheduler(**SCHEDULER_CONFIG)
 
 
+class _TorchvisionNotice:
+    """A ``logging`` filter for transformers' notices that, without torchvision, an image
+    processor falls back to its PIL version: importing ``StableDiffusionPipeline`` looks up
+    two (for the safety checker and IP adapters, which this pipeline does not use)."""
+
+    def filter(self, record) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_pipeline_import():
+    """Import and load the pipeline without third-party notices in the commands' output:
+    transformers' torchvision notices (only those) and diffusers' loading bar."""
+    import logging
+
+    from diffusers.utils import logging as diffusers_logging
+
+    notices = logging.getLogger("transformers.utils.import_utils")
+    quiet = _TorchvisionNotice()
+    bar = diffusers_logging.is_progress_bar_enabled()
+    notices.addFilter(quiet)
+    diffusers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        notices.removeFilter(quiet)
+        if bar:
+            diffusers_logging.enable_progress_bar()
+
+
 def _pipeline_class():
-    from diffusers import StableDiffusionPipeline
+    with _quiet_pipeline_import():
+        from diffusers import StableDiffusionPipeline
 
     class MiniLMStableDiffusionPipeline(StableDiffusionPipeline):
         """``StableDiffusionPipeline`` whose prompts are encoded by the MiniLM sentence encoder.
@@ -183,7 +215,9 @@ def load_pipeline(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
     path = Path(path)
     if not (path / "model_index.json").is_file():
         raise FileNotFoundError(f"no diffusers pipeline at {path} (model_index.json missing)")
-    pipe = pipeline_class().from_pretrained(str(path), dtype=dtype, local_files_only=True)
+    cls = pipeline_class()
+    with _quiet_pipeline_import():
+        pipe = cls.from_pretrained(str(path), dtype=dtype, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

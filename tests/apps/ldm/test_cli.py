@@ -19,7 +19,7 @@ def _args(module, argv):
 @needs_data
 @needs_text
 def test_evaluate_command_writes_json_and_table(tmp_path, capsys):
-    from energycrf.apps.ldm import evaluate as E
+    from energycrf.apps.ldm import evaluate_command as E
 
     out = tmp_path / "ev"
     assert E.run(_args(E, ["--rows", "ldm20,crf20", "--seeds", "2", "--out", str(out)])) == 0
@@ -29,8 +29,11 @@ def test_evaluate_command_writes_json_and_table(tmp_path, capsys):
     assert all(r["ms_per_image"] > 0 and "interleaved" in r["timing"] for r in rows)
     assert "| LatentCRF | 20 |" in (out / "table.md").read_text()
     assert "LatentCRF" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="rows"):
-        E.run(_args(E, ["--rows", "ldm49", "--out", str(out)]))
+    from energycrf import cli
+
+    with pytest.raises(SystemExit) as exit_info:   # a usage error: status 2, one line naming --rows
+        cli.main(["evaluate", "--rows", "ldm49", "--out", str(out)])
+    assert exit_info.value.code == 2 and "evaluate: error: --rows: expected" in capsys.readouterr().err
 
 
 @needs_text

@@ -1,0 +1,13 @@
+"""The shipped denoisers' names: the noise levels and models with a checkpoint, and the file
+that describes one (light: the command checks its arguments against these without torch)."""
+
+from __future__ import annotations
+
+__all__ = ["SIGMAS", "MODELS", "DEFAULT_MODEL", "DENOISER_JSON"]
+
+#: noise levels (0-255 scale) with a shipped checkpoint
+SIGMAS = (15, 25, 50)
+#: the shipped models: the staged Field of Experts, one FoE energy minimised by a solver, LatentCRF
+MODELS = ("staged", "foe", "latentcrf")
+DEFAULT_MODEL = "staged"
+DENOISER_JSON = "denoiser.json"

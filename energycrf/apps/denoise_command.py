@@ -1,0 +1,147 @@
+"""Denoise a grayscale image with a shipped checkpoint (the ``energycrf denoise`` command).
+
+    energycrf denoise noisy.png --sigma 25 -o clean.png
+    energycrf denoise noisy.npy --sigma 50 -o clean.npy     # float arrays, values outside [0, 1] allowed
+    energycrf denoise photo.jpg --sigma 15 -o out.png --add-noise --seed 0   # noise it first (a demo)
+
+The arguments, the image files and the command; the models are in
+:mod:`energycrf.apps.denoise`, imported when the work starts. Everything is checked
+before the model is loaded: the input is read, the output's suffix and folder checked,
+the input never overwritten, an existing output replaced only with ``--overwrite``, and
+the output written to a temporary file renamed when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+from .denoise_checkpoints import DEFAULT_MODEL, DENOISER_JSON, MODELS, SIGMAS
+from ._command import UsageError, atomic_path, check_input_file, check_output_file, integer, number
+
+__all__ = ["SIGMAS", "MODELS", "DEFAULT_MODEL", "IMAGE_SUFFIXES", "read_image", "write_image",
+           "add_arguments", "run", "main"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def read_image(path: str | os.PathLike):
+    """Read PNG / JPEG (to float in ``[0, 1]``) or ``.npy`` (float, values kept as they are)."""
+    import numpy as np
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise FileNotFoundError(f"IN: no file at {str(path)!r}")
+    if suffix == ".npy":
+        arr = np.load(path, allow_pickle=False)
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise TypeError(f"IN: a .npy input must hold floats (pixel values, [0, 1] nominal), got {arr.dtype}")
+        return arr.astype(np.float32)
+    if suffix in IMAGE_SUFFIXES:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            if im.mode in ("I;16", "I;16B", "I"):
+                return np.asarray(im, dtype=np.float32) / 65535.0
+            if im.mode not in ("L", "RGB"):
+                im = im.convert("RGB")
+            return np.asarray(im, dtype=np.float32) / 255.0
+    raise ValueError(f"IN: expected a .png, .jpg, .jpeg or .npy file, got {str(path)!r}")
+
+
+def write_image(path: str | os.PathLike, image) -> Path:
+    """Write ``.npy`` (float32 as is) or PNG / JPEG (clipped to ``[0, 1]``, 8 bit)."""
+    import numpy as np
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    arr = np.asarray(image, dtype=np.float32)
+    if suffix == ".npy":
+        np.save(path, arr, allow_pickle=False)
+        return path
+    if suffix in IMAGE_SUFFIXES:
+        from PIL import Image
+
+        q = np.clip(np.rint(np.clip(arr, 0.0, 1.0) * 255.0), 0, 255).astype(np.uint8)
+        Image.fromarray(q).save(path, **({"quality": 95} if suffix != ".png" else {}))
+        return path
+    raise ValueError(f"OUT: expected a .png, .jpg, .jpeg or .npy file name, got {str(path)!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", metavar="IN", help="noisy image: .png, .jpg/.jpeg or .npy (float)")
+    parser.add_argument("--sigma", type=number(positive=True), default=25.0,
+                        help=f"noise standard deviation on the 0-255 scale; shipped: {', '.join(map(str, SIGMAS))}")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output .png, .jpg/.jpeg or .npy")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    parser.add_argument("--model", choices=MODELS, default=DEFAULT_MODEL,
+                        help="which shipped model: staged Field-of-Experts energies (staged), one Field-of-Experts "
+                             "energy minimised by its solver (foe) or the LatentCRF layer (latentcrf)")
+    parser.add_argument("--checkpoint", default=None, help="a denoiser directory (default: the shipped one for --sigma)")
+    parser.add_argument("--add-noise", action="store_true",
+                        help="first add Gaussian noise of level --sigma to IN (to try the denoiser on a clean photo)")
+    parser.add_argument("--seed", type=integer(minimum=0), default=0, help="seed of --add-noise")
+    parser.add_argument("--threads", type=integer(minimum=1), default=None,
+                        help="torch CPU threads (default: torch's choice)")
+
+
+def validate(args: argparse.Namespace):
+    """Check every argument and path before any work; returns the input image (read here:
+    a file that is not an image is a usage error, found before the model loads)."""
+    if args.checkpoint is not None:
+        ckpt = Path(args.checkpoint)
+        if not (ckpt / DENOISER_JSON).is_file():
+            raise UsageError("--checkpoint", f"a denoiser directory holding {DENOISER_JSON}",
+                             f"{str(ckpt)!r}" + ("" if ckpt.is_dir() else " (no such directory)"))
+    elif float(args.sigma) not in SIGMAS:
+        raise UsageError("--sigma", f"one of the shipped levels {', '.join(map(str, SIGMAS))}", f"{args.sigma:g}",
+                         "for another level train a denoiser (scripts/train_denoisers.py) and pass its "
+                         "directory as --checkpoint")
+    src = check_input_file(args.input, "IN", (*IMAGE_SUFFIXES, ".npy"), what="an image")
+    check_output_file(args.output, "--output", (*IMAGE_SUFFIXES, ".npy"), inputs=[src], overwrite=args.overwrite)
+    try:
+        image = read_image(src)
+    except Exception as err:  # not an image, an integer .npy, a truncated file
+        detail = " ".join(str(err).split()).removeprefix("IN: ")
+        raise UsageError("IN", "a .png/.jpg/.jpeg image or a float .npy array", f"{str(src)!r} ({detail})") from err
+    if image.ndim not in (2, 3) or image.size == 0:
+        raise UsageError("IN", "a non-empty [H, W] or [H, W, C] image", f"shape {image.shape}")
+    return image
+
+
+def run(args: argparse.Namespace) -> int:
+    image = validate(args)
+
+    import numpy as np
+    import torch
+
+    from .denoise import denoise, load_denoiser
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not np.isfinite(image).all():
+        raise UsageError("IN", "finite pixel values", "NaN or infinite values")
+    den = load_denoiser(args.sigma, args.checkpoint, model=args.model)
+    if args.add_noise:
+        rng = np.random.default_rng(args.seed)
+        image = (image + rng.normal(0.0, args.sigma / 255.0, image.shape)).astype(np.float32)
+    t0 = time.process_time()
+    out = denoise(image, denoiser=den)
+    cpu = time.process_time() - t0
+    with atomic_path(args.output) as tmp:
+        write_image(tmp, out)
+    print(f"denoised {args.input} ({'x'.join(map(str, image.shape))}, sigma {args.sigma:g}) -> {args.output} "
+          f"in {cpu:.2f} s CPU [{den.kind}, {'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'shipped'}]")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m energycrf.apps.denoise IN --sigma 25 -o OUT`` (same as ``energycrf denoise``)."""
+    import sys
+
+    from energycrf.cli import main as cli_main
+
+    return cli_main(["denoise", *(sys.argv[1:] if argv is None else argv)])

@@ -1,0 +1,169 @@
+"""Every command answers wrong input with one line, ``energycrf COMMAND: error: OPTION: expected
+..., got ...``, and exit status 2, before any work; a failure during the work is one line and
+status 1; ``--debug`` shows the traceback instead (issue 23)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from energycrf import cli
+
+
+@pytest.fixture
+def files(tmp_path, monkeypatch):
+    """A folder with a good image, a non-image, an integer array, latents and a used output folder."""
+    monkeypatch.chdir(tmp_path)
+    from PIL import Image
+
+    Image.fromarray((np.arange(256).reshape(16, 16) % 255).astype(np.uint8)).save("img.png")
+    (tmp_path / "notes.png").write_text("not an image\n")
+    (tmp_path / "notes.txt").write_text("not an image\n")
+    np.save("ints.npy", np.zeros((4, 4), np.int64))
+    np.save("z.npy", np.zeros((1, 2, 4, 4), np.float32))
+    np.save("z_ints.npy", np.zeros((1, 2, 4, 4), np.int64))
+    from safetensors.numpy import save_file
+
+    save_file({"a": np.zeros((1, 1, 4, 4), np.float32), "b": np.zeros((1, 1, 4, 4), np.float32)}, "two.safetensors")
+    (tmp_path / "used").mkdir()
+    for name in ("table.md", "demo.png", "table.json", "ldm_vs_latentcrf.png"):
+        (tmp_path / "used" / name).write_text("an earlier run\n")
+    (tmp_path / "prompts.txt").write_text("a bag\n")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "pipe").mkdir()
+    (tmp_path / "pipe" / "model_index.json").write_text("{}")
+    (tmp_path / "pipe" / "rank000-of-001-00000.safetensors").write_bytes(b"")
+    return tmp_path
+
+
+#: command -> [(arguments, the option named)]: wrong input of each kind the command takes
+WRONG = {
+    "denoise": [
+        (["missing.png", "-o", "out.png"], "IN"),
+        (["notes.png", "-o", "out.png"], "IN"),              # a non-image with an image's name
+        (["notes.txt", "-o", "out.png"], "IN"),              # not an image file name
+        (["ints.npy", "-o", "out.npy"], "IN"),               # integer pixels
+        (["img.png", "--sigma", "30", "-o", "out.png"], "--sigma"),
+        (["img.png", "--sigma", "-5", "-o", "out.png"], "--sigma"),
+        (["img.png", "--sigma", "nan", "-o", "out.png"], "--sigma"),
+        (["img.png", "-o", "img.png"], "--output"),         # its own input
+        (["img.png", "-o", "./img.png"], "--output"),
+        (["img.png", "-o", "out.tif"], "--output"),
+        (["img.png", "-o", "nowhere/out.png"], "--output"),
+        (["img.png", "-o", "used"], "--output"),
+        (["img.png", "-o", "out.png", "--model", "gauss"], "--model"),
+        (["img.png", "-o", "out.png", "--checkpoint", "pipe"], "--checkpoint"),
+        (["img.png", "-o", "out.png", "--threads", "0"], "--threads"),
+        (["img.png", "-o", "out.png", "--seed", "x"], "--seed"),
+    ],
+    "compare-solvers": [
+        (["--methods", "foo"], "--methods"),
+        (["--methods", "lbfgs:bogus=1"], "--methods"),
+        (["--methods", "lbfgs:precondition"], "--methods"),
+        (["--methods", ","], "--methods"),
+        (["--size", "0"], "--size"),
+        (["--image", "nope"], "--image"),
+        (["--latent", "missing.npy"], "--latent"),
+        (["--latent", "notes.txt"], "--latent"),
+        (["--latent", "z_ints.npy", "--out-dir", "o"], "--latent"),
+        (["--latent", "two.safetensors", "--out-dir", "o"], "--key"),
+        (["--latent", "two.safetensors", "--key", "c", "--out-dir", "o"], "--key"),
+        (["--out-dir", "used"], "--out-dir"),
+        (["--out-dir", "img.png"], "--out-dir"),
+        (["--max-iters", "0"], "--max-iters"),
+        (["--tol", "-1"], "--tol"),
+        (["--dtype", "float16"], "--dtype"),
+    ],
+    "energy-demo": [
+        (["--method", "foo"], "--method"),
+        (["--size", "0"], "--size"),
+        (["--sigma", "-1"], "--sigma"),
+        (["--image", "nope"], "--image"),
+        (["--expert", "gauss"], "--expert"),
+        (["--max-iters", "many"], "--max-iters"),
+        (["--out", "used"], "--out"),
+        (["--out", "img.png"], "--out"),
+    ],
+    "evaluate": [
+        (["--rows", "ldm49"], "--rows"),
+        (["--rows", ""], "--rows"),
+        (["--seeds", "1"], "--seeds"),
+        (["--per-class", "0"], "--per-class"),
+        (["--guidance", "inf"], "--guidance"),
+        (["--pipeline", "missing"], "--pipeline"),
+        (["--crf", "missing"], "--crf"),
+        (["--out", "used"], "--out"),
+        (["--threads", "-1"], "--threads"),
+    ],
+    "demo": [
+        (["--seeds", "1"], "--seeds"),
+        (["--grid-prompts", "11"], "--grid-prompts"),
+        (["--per-class", "x"], "--per-class"),
+        (["--out", "used"], "--out"),
+        (["--out", "img.png"], "--out"),
+    ],
+    "distill-data": [
+        ([], "--pipeline"),
+        (["--pipeline", "missing", "--prompts", "prompts.txt", "--out", "o"], "--pipeline"),
+        (["--pipeline", "pipe", "--prompts", "missing.txt", "--out", "o"], "--prompts"),
+        (["--pipeline", "pipe", "--prompts", "empty.txt", "--out", "o"], "--prompts"),
+        (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "pipe"], "--out"),
+        (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--pre-run", "41"], "--pre-steps"),
+        (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--batch-size", "0"], "--batch-size"),
+    ],
+}
+CASES = [(command, argv, option) for command, table in WRONG.items() for argv, option in table]
+
+
+def test_every_command_has_a_table():
+    assert set(WRONG) == set(cli.COMMANDS)
+
+
+@pytest.mark.parametrize("command, argv, option", CASES, ids=[f"{c} {' '.join(a)}" for c, a, _ in CASES])
+def test_wrong_input_is_one_line_naming_the_option(command, argv, option, files, capsys):
+    before = sorted(p.name for p in files.iterdir())
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, *argv])
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith(f"energycrf {command}: error: "), err
+    message = err.removeprefix(f"energycrf {command}: error: ")
+    assert message.split(":")[0].split(", ")[0].split("/")[0] == option, message
+    assert "expected" in message and "got" in message, message
+    assert "energycrf" not in out  # nothing announced: no work began
+    assert sorted(p.name for p in files.iterdir()) == before  # and nothing was written
+
+
+def test_a_failure_is_one_line_with_status_1_and_debug_shows_the_traceback(files, capsys):
+    """A checkpoint folder that passes the checks but names an unknown model fails while loading."""
+    (files / "ckpt").mkdir()
+    (files / "ckpt" / "denoiser.json").write_text(json.dumps({"kind": "nonsense"}))
+    argv = ["denoise", "img.png", "-o", "out.png", "--checkpoint", "ckpt"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and err.count("\n") == 1 and "nonsense" in err
+    assert err.startswith("energycrf denoise: error: ") and err.rstrip().endswith("(--debug shows the traceback)")
+    assert not (files / "out.png").exists()
+    for debug in (["--debug", *argv], [*argv, "--debug"]):  # before or after the command
+        with pytest.raises(ValueError, match="nonsense"):
+            cli.main(debug)
+
+
+def test_debug_also_raises_usage_errors(files):
+    from energycrf.apps._command import UsageError
+
+    with pytest.raises(UsageError, match="--sigma: expected one of the shipped levels 15, 25, 50, got 30"):
+        cli.main(["--debug", "denoise", "img.png", "--sigma", "30", "-o", "out.png"])
+
+
+def test_argparse_messages_in_the_commands_form():
+    assert cli.rephrase("argument --model: invalid choice: 'x' (choose from 'a', 'b')") == \
+        "--model: expected one of a, b, got 'x'"
+    assert cli.rephrase("argument -o/--output: expected one argument") == "--output: expected a value, got none"
+    assert cli.rephrase("the following arguments are required: IN, -o/--output") == \
+        "IN, --output: expected a value, got none (required)"
+    assert cli.rephrase("argument --n: invalid int value: 'x'") == "--n: expected an integer, got 'x'"

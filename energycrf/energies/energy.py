@@ -59,6 +59,25 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
+def _finite_or_warn(energy: "Energy", value: Tensor, y: Tensor, x: Tensor, stacklevel: int) -> Tensor:
+    """``value``, with an :class:`EnergyWarning` when some sample's energy is not finite: never a
+    silent NaN. At finite inputs that is an overflow of the dtype (``E(1e20 * x, x)`` in float32:
+    the unary term alone exceeds its largest number). One ``[B]`` reduction per call; the inputs
+    are inspected only when it fails."""
+    finite = torch.isfinite(value)
+    if bool(finite.all()):
+        return value
+    bad = (~finite).nonzero().flatten().tolist()
+    if not (bool(torch.isfinite(y).all()) and bool(torch.isfinite(x).all())):
+        why = "y or x holds non-finite values"
+    else:
+        big = float(torch.maximum(y.abs().amax(), x.abs().amax()))
+        why = (f"the inputs are finite (max |y|, |x| = {big:.3g}), so the value overflows {value.dtype} "
+               f"(largest {torch.finfo(value.dtype).max:.3g}); evaluate in float64 or rescale")
+    warnings.warn(f"{type(energy).__name__} is not finite for sample(s) {bad}: {why}", EnergyWarning, stacklevel=stacklevel)
+    return value
+
+
 class Energy(nn.Module):
     r"""Base class of every energy term: ``E(y, x, c) -> Tensor[B]``.
 
@@ -133,7 +152,7 @@ class Energy(nn.Module):
     def forward(self, y: Tensor, x: Tensor, c: Tensor | None = None) -> Tensor:
         """Validate the inputs and return :meth:`energy` (``Tensor[B]``)."""
         c = self.validate(y, x, c)
-        return self.energy(y, x, c)
+        return _finite_or_warn(self, self.energy(y, x, c), y, x, stacklevel=5)  # the caller of E(y, x)
 
     def grad(self, y: Tensor, x: Tensor, c: Tensor | None = None) -> Tensor:
         r"""The gradient :math:`\nabla_y E(y, x, c)`, a tensor like ``y``."""
@@ -148,7 +167,8 @@ class Energy(nn.Module):
         from one autograd pass, other terms fall back to the two calls.
         """
         c = self.validate(y, x, c)
-        return self._energy_and_grad(y, x, c)
+        value, g = self._energy_and_grad(y, x, c)
+        return _finite_or_warn(self, value, y, x, stacklevel=3), g
 
     def curvature(self, y: Tensor, x: Tensor, c: Tensor | None = None) -> Tensor:
         r"""Per-site curvature blocks :math:`A_i`, ``Tensor[B, H, W, C, C]`` (see the module docstring)."""

@@ -18,6 +18,8 @@ with ``g = grad E(y)`` and ``A_i`` the ``C x C`` curvature block of site ``i``
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -33,7 +35,10 @@ from .options import SolveOptions, with_option_signature
 from .problem import Problem
 from .result import SolveResult
 
-__all__ = ["Problem", "StepOutput", "Solver", "block_solve", "sample_norm", "sample_dot"]
+__all__ = ["Problem", "StepOutput", "Solver", "block_solve", "sample_norm", "sample_dot", "HALF_DTYPES"]
+
+#: Solved on float32 copies and returned in their own dtype (:meth:`Solver.solve`).
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 @dataclass
@@ -110,9 +115,27 @@ class Solver:
         the loop, the result), then divergence and stalls reported by ``on_diverge``.
         """
         opts = SolveOptions.from_keywords(options)
+        if isinstance(x, Tensor) and x.dtype in HALF_DTYPES:
+            return self._solve_in_float32(E, x, c, opts)
         problem, y0, start = self._set_up(E, x, c, opts)
         res = self._minimise(problem, y0, start, opts)
         report_outcome(res, opts.on_diverge)
+        return res
+
+    def _solve_in_float32(self, E: Any, x: Tensor, c: Tensor | None, opts: SolveOptions) -> SolveResult:
+        """Half precision (float16, bfloat16): the solve runs on float32 copies of the energy, ``x``,
+        ``c`` and ``y0``, where the block solves, line searches and tolerances are defined; ``res.y``
+        comes back in ``x``'s dtype, the energies and the callback's iterates stay float32."""
+        if not isinstance(E, torch.nn.Module):
+            raise TypeError(f"E: a {x.dtype} solve runs on a float32 copy of the energy, which needs an "
+                            f"nn.Module (an ec.Energy), got {type(E).__name__}")
+        up = (lambda t: t.float() if isinstance(t, Tensor) and t.is_floating_point() else t)
+        y0 = opts.y0
+        if isinstance(y0, Tensor) and y0.dtype != x.dtype:
+            raise ValueError(f"y0: expected dtype {x.dtype} on {x.device} like x, got {y0.dtype} on {y0.device}")
+        options = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}
+        res = self.solve(copy.deepcopy(E).float(), up(x), up(c), **{**options, "y0": up(y0)})
+        res.y = res.y.to(x.dtype)
         return res
 
     def _set_up(self, E: Any, x: Tensor, c: Tensor | None, opts: SolveOptions) -> tuple[Problem, Tensor, str | None]:

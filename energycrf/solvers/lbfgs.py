@@ -374,17 +374,46 @@ class ScipyLBFGS(Solver):
         wall = time.perf_counter() - t0 - t_cb[0]
         y = torch.from_numpy(res.x).view(shape).to(device=x.device, dtype=x.dtype)
         st, why = self._outcome(res, x, y_start, opts)
+        if st == "stalled" and self._falls_without_bound(prob, torch.from_numpy(res.x).view(shape).to(x64.device),
+                                                         self._limit(x, y_start, opts)):
+            st, why = "diverged", ("the energy falls without bound along the steepest-descent ray from scipy's "
+                                   f"last point (scipy: {res.message}): it looks unbounded below")
         B, n_it = shape[0], len(history.energies) - 1
         return history.result(y, x.dtype, status=[st] * B, reason=[why] * B, iterations=np.full(B, n_it),
                               method=self.name, wall_time=wall, evaluations=prob.counts)
 
     @staticmethod
+    def _limit(x: Tensor, y_start: Tensor, opts: SolveOptions) -> float:
+        """The driver's blow-up limit ``blowup (1 + max|x| + max|y0|)`` over the batch."""
+        return opts.blowup * (1 + float(x.abs().max()) + float(y_start.abs().max()))
+
+    @staticmethod
+    def _falls_without_bound(prob: Problem, y: Tensor, limit: float) -> bool:
+        """Whether the energy keeps falling along the ray ``y - t g / max|g|`` (``t = 1, 2, 4, ...``)
+        until the point passes the blow-up limit (or turns non-finite): the driver's run-away rule,
+        probed after scipy's line search gave up (``ABNORMAL``), which it does on an energy that
+        is unbounded below before its iterate runs away. A few dozen evaluations at most."""
+        g = prob.grad(y)
+        d = -g / g.abs().max().clamp_min(torch.finfo(g.dtype).tiny)
+        e_prev, t = float(prob.energy(y).sum()), 1.0
+        while True:
+            z = y + t * d
+            e = float(prob.energy(z).sum())
+            if not math.isfinite(e):
+                return True
+            if not e < e_prev:
+                return False
+            if float(z.abs().max()) > limit:
+                return True
+            e_prev, t = e, 2.0 * t
+
+    @staticmethod
     def _outcome(res: Any, x: Tensor, y_start: Tensor, opts: SolveOptions) -> tuple[str, str]:
         """The batch's status and reason from scipy's result: diverged (non-finite, or past the
-        blow-up limit ``blowup (1 + max|x| + max|y0|)`` over the batch), converged, out of
-        iterations, or stalled (its line search failed)."""
+        blow-up limit over the batch), converged, out of iterations, or stalled (its line search
+        failed; :meth:`_minimise` then probes for an unbounded energy)."""
         finite = bool(np.isfinite(res.x).all()) and bool(np.isfinite(res.fun))
-        limit = opts.blowup * (1 + float(x.abs().max()) + float(y_start.abs().max()))
+        limit = ScipyLBFGS._limit(x, y_start, opts)
         if not finite:
             return "diverged", "a value became non-finite"
         if float(np.abs(res.x).max()) > limit:

@@ -59,9 +59,8 @@ def test_an_energy_unbounded_below_is_reported_as_diverged(method):
         res = ec.solve(E, x, method=method, max_iters=500)
     assert not bool(res.converged.any())
     assert bool(torch.isfinite(res.y).all())
-    if method == "scipy_lbfgs":  # scipy's line search gives up first: reported as stalled
-        assert set(res.status) <= {"diverged", "stalled"}, res.summary()
-        return
+    if method == "scipy_lbfgs":  # scipy's line search gives up first; the run-away probe finds the ray
+        assert "falls without bound" in res.reason[0], res.summary()
     assert res.status == ["diverged", "diverged"], res.summary()
     with pytest.raises(DivergenceError):
         ec.solve(E, x, method=method, max_iters=500, on_diverge="raise")
@@ -161,3 +160,17 @@ def test_rise_tol_and_blowup_must_be_positive_numbers(method, option, value):
     x = torch.ones(1, 1, 2, 2, dtype=F64)
     with pytest.raises(ValueError, match=f"{option}: expected a positive number"):
         ec.solve(ec.energies.Unary().double(), x, method=method, **{option: value})
+
+
+def test_the_scipy_run_away_probe_tells_bounded_from_unbounded():
+    """After scipy's line search gives up, the probe calls an energy diverged only when it keeps
+    falling along the steepest-descent ray up to the blow-up limit."""
+    from energycrf.solvers.lbfgs import ScipyLBFGS
+    from energycrf.solvers.problem import Problem
+    from energycrf.testing.solver_problems import quadratic_problem, unbounded_problem
+
+    E, x = quadratic_problem()
+    y = x + 1.0
+    assert not ScipyLBFGS._falls_without_bound(Problem(E, x), y, limit=1e6)
+    E, x, _ = unbounded_problem()
+    assert ScipyLBFGS._falls_without_bound(Problem(E, x), x.clone(), limit=1e6)

@@ -5,6 +5,7 @@
 
 from . import compatibility, kernels, potentials
 from .base import Energy, EnergyWarning, IllPosedEnergyError, ScaledEnergy, SumEnergy
+from .energy import unchecked_values
 from .colouring import axis_colouring, colour_classes
 from .compatibility import Compatibility, IdentityCompatibility, MatrixCompatibility, TextCompatibility
 from .field_of_experts import FieldOfExperts
@@ -20,6 +21,7 @@ __all__ = [
     "SumEnergy",
     "ScaledEnergy",
     "EnergyWarning",
+    "unchecked_values",
     "IllPosedEnergyError",
     "ConvolutionRequest",
     "HessianStructure",

@@ -29,6 +29,9 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import ClassVar
 
 import torch
@@ -39,7 +42,7 @@ from .colouring import colour_classes
 from .fused import ConvolutionRequest
 from .hessian import HessianStructure
 
-__all__ = ["Energy", "EnergyWarning", "IllPosedEnergyError"]
+__all__ = ["Energy", "EnergyWarning", "IllPosedEnergyError", "unchecked_values"]
 
 
 class EnergyWarning(UserWarning):
@@ -59,11 +62,28 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
+_CHECK_VALUES: ContextVar[bool] = ContextVar("energycrf_check_values", default=True)
+
+
+@contextmanager
+def unchecked_values() -> Iterator[None]:
+    """Inside, ``E(y, x)`` and ``E.energy_and_grad`` do not check their values for non-finite
+    entries: for a caller that judges every value itself (the solvers report a non-finite energy
+    as a diverged sample), which would otherwise get a warning per evaluation."""
+    token = _CHECK_VALUES.set(False)
+    try:
+        yield
+    finally:
+        _CHECK_VALUES.reset(token)
+
+
 def _finite_or_warn(energy: "Energy", value: Tensor, y: Tensor, x: Tensor, stacklevel: int) -> Tensor:
     """``value``, with an :class:`EnergyWarning` when some sample's energy is not finite: never a
     silent NaN. At finite inputs that is an overflow of the dtype (``E(1e20 * x, x)`` in float32:
     the unary term alone exceeds its largest number). One ``[B]`` reduction per call; the inputs
     are inspected only when it fails."""
+    if not _CHECK_VALUES.get():
+        return value
     finite = torch.isfinite(value)
     if bool(finite.all()):
         return value

@@ -78,7 +78,10 @@ def start_scalars(e: Tensor, g: Tensor) -> tuple[np.ndarray, np.ndarray]:
     gn = torch.linalg.vector_norm(g, dim=tuple(range(1, g.dim())))
     e_np, gn_np = _host(e, gn)
     if not np.isfinite(e_np).all() or (not np.isfinite(gn_np).all() and not bool(torch.isfinite(_max_abs(g)).all())):
-        raise ValueError("y0: the energy or its gradient is not finite at the starting point")
+        bad = np.flatnonzero(~np.isfinite(e_np) | ~np.isfinite(gn_np)).tolist()
+        raise ValueError(
+            f"the energy or its gradient is not finite at the start point (x, or y0 when given) of sample(s) "
+            f"{bad}: non-finite inputs, or values that overflow {e.dtype} (evaluate in float64 or rescale)")
     return e_np, gn_np
 
 

@@ -39,3 +39,31 @@ def test_non_finite_inputs_are_named_as_the_cause():
     y[0, 0, 0, 0] = float("nan")
     with pytest.warns(ec.energies.EnergyWarning, match="y or x holds non-finite values"):
         E(y, x)
+
+
+def test_a_solve_reports_divergence_once_not_a_warning_per_evaluation():
+    """The solvers judge every value themselves (a non-finite one is a diverged sample), so their
+    evaluations run under ``unchecked_values``: one DivergenceWarning, no EnergyWarning."""
+    torch.manual_seed(0)
+    E = (ec.energies.Unary(weight=0.01)
+         + ec.energies.FieldOfExperts(channels=1, num_filters=4, kernel_size=5, init_scale=3.0)).double()
+    x = torch.randn(2, 1, 12, 12, dtype=torch.float64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = ec.solve(E, x, method="coordinate_descent", max_iters=200, well_posed="ignore")
+    kinds = [type(w.message).__name__ for w in caught]
+    assert res.status == ["diverged", "diverged"], res.summary()
+    assert "EnergyWarning" not in kinds and kinds.count("DivergenceWarning") == 1, kinds
+    with ec.energies.unchecked_values():  # also for a user's own loop
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert not bool(torch.isfinite(_energy()(1e20 * x.float().expand(-1, 4, -1, -1), x.float().expand(-1, 4, -1, -1))).all())
+
+
+def test_a_non_finite_start_is_refused_naming_the_samples():
+    E = _energy()
+    x = torch.randn(2, 4, 8, 8)
+    y0 = x.clone()
+    y0[1] *= 1e20
+    with pytest.raises(ValueError, match=r"start point \(x, or y0 when given\) of sample\(s\) \[1\].*overflow"):
+        ec.solve(E, x, y0=y0, well_posed="ignore")

@@ -63,6 +63,18 @@ def _check_device(device) -> torch.device:
     return device
 
 
+def _env_int(name: str, default: str, minimum: int) -> int:
+    """An integer from the environment variable ``name`` (torchrun sets it), checked."""
+    text = os.environ.get(name, default)
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"environment variable {name}: expected an integer >= {minimum}, got {text!r}") from None
+    if value < minimum:
+        raise ValueError(f"environment variable {name}: expected an integer >= {minimum}, got {value}")
+    return value
+
+
 def init_distributed(device: str | torch.device | None = None, backend: str | None = None,
                      timeout: float | timedelta | None = None) -> DistInfo:
     """Join the ``torchrun`` process group if the environment describes one.
@@ -75,9 +87,9 @@ def init_distributed(device: str | torch.device | None = None, backend: str | No
     the others (rank 0 writing a checkpoint while the others wait in the barrier).
     """
     limit = _check_timeout(timeout)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    world = _env_int("WORLD_SIZE", "1", minimum=1)
+    rank = _env_int("RANK", "0", minimum=0)
+    local = _env_int("LOCAL_RANK", str(rank), minimum=0)
     if device is None:
         device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
     device = _check_device(device)

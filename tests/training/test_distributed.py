@@ -86,3 +86,11 @@ def test_cuda_device_without_cuda_is_a_clear_error():
 def test_missing_cuda_device_is_a_clear_error():
     with pytest.raises(ValueError, match="device.*does not exist"):
         init_distributed(device=f"cuda:{torch.cuda.device_count()}")
+
+
+@pytest.mark.parametrize("name, value", [("WORLD_SIZE", "abc"), ("WORLD_SIZE", "0"), ("RANK", "-1"),
+                                         ("LOCAL_RANK", "x")])
+def test_a_malformed_torchrun_variable_is_named(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=f"environment variable {name}: expected an integer"):
+        init_distributed(device="cpu")

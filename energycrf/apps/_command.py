@@ -38,12 +38,13 @@ class MissingDependency(RuntimeError):
 
 
 # --------------------------------------------------------------------------- argument types
-def integer(minimum: int | None = None, maximum: int | None = None):
-    """An argparse ``type``: an int within ``[minimum, maximum]``."""
+def integer(minimum: int | None = None, maximum: int | None = None, odd: bool = False):
+    """An argparse ``type``: an int within ``[minimum, maximum]``, odd if ``odd``."""
+    kind = "an odd integer" if odd else "an integer"
     if minimum is not None and maximum is not None:
-        expected = f"an integer from {minimum} to {maximum}"
+        expected = f"{kind} from {minimum} to {maximum}"
     else:
-        expected = ("an integer" + (f" >= {minimum}" if minimum is not None else "")
+        expected = (kind + (f" >= {minimum}" if minimum is not None else "")
                     + (f" <= {maximum}" if maximum is not None else ""))
 
     def parse(text: str) -> int:
@@ -51,7 +52,8 @@ def integer(minimum: int | None = None, maximum: int | None = None):
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        if ((minimum is not None and value < minimum) or (maximum is not None and value > maximum)
+                or (odd and value % 2 == 0)):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
         return value
 

@@ -39,20 +39,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--latent", type=Path, default=None, help="a saved latent (.safetensors or .npy) instead of the photograph")
     src.add_argument("--key", default=None, help="the tensor's name inside a .safetensors file")
     en = parser.add_argument_group("energy")
-    en.add_argument("--unary-weight", type=number(positive=True), default=1.0)
+    en.add_argument("--unary-weight", type=number(positive=True), default=1.0,
+                    help="weight of the data term, a positive number (default 1)")
     en.add_argument("--pairwise-strength", type=number(minimum=0.0), default=1.0,
                     help="interior degree of the Gaussian radius-2 kernel")
     en.add_argument("--filters", type=integer(minimum=1), default=8, help="FoE filters (paper ReLU expert)")
-    en.add_argument("--kernel-size", type=integer(minimum=1), default=5)
+    en.add_argument("--kernel-size", type=integer(minimum=1, odd=True), default=5,
+                    help="side of the FoE filters, odd (a centred window; default 5)")
     en.add_argument("--filter-scale", type=number(minimum=0.0), default=0.1, help="L2 norm of each FoE filter")
     run_ = parser.add_argument_group("solvers")
     run_.add_argument("--methods", default=None,
                       help="comma-separated registry names, each optionally with options as "
                            "name:key=value:... (e.g. lbfgs:precondition=fft,lbfgs:precondition=chebyshev; "
                            "default: all that apply)")
-    run_.add_argument("--max-iters", type=integer(minimum=1), default=200)
-    run_.add_argument("--tol", type=number(positive=True), default=None)
-    run_.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    run_.add_argument("--max-iters", type=integer(minimum=1), default=200,
+                      help="iterations of each method at most (default 200)")
+    run_.add_argument("--tol", type=number(minimum=0.0), default=None,
+                      help="relative energy change at which a method stops, a number >= 0 "
+                           "(default: the solvers' own, from the dtype)")
+    run_.add_argument("--dtype", choices=("float32", "float64"), default="float64",
+                      help="precision of the problem and the solves (default float64)")
     run_.add_argument("--start", choices=("x", "quadratic"), default="x",
                       help="start every method at x or at the minimiser of the quadratic part (default x)")
     run_.add_argument("--out-dir", type=Path, default=Path("compare-solvers"),

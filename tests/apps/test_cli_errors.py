@@ -74,6 +74,13 @@ WRONG = {
         (["--out-dir", "img.png"], "--out-dir"),
         (["--max-iters", "0"], "--max-iters"),
         (["--tol", "-1"], "--tol"),
+        (["--tol", "nan"], "--tol"),
+        (["--tol", "inf"], "--tol"),
+        (["--kernel-size", "4"], "--kernel-size"),           # FoE windows are centred: odd
+        (["--kernel-size", "0"], "--kernel-size"),
+        (["--unary-weight", "0"], "--unary-weight"),
+        (["--unary-weight", "inf"], "--unary-weight"),
+        (["--max-iters", "-3"], "--max-iters"),
         (["--dtype", "float16"], "--dtype"),
     ],
     "energy-demo": [
@@ -83,6 +90,7 @@ WRONG = {
         (["--image", "nope"], "--image"),
         (["--expert", "gauss"], "--expert"),
         (["--max-iters", "many"], "--max-iters"),
+        (["--max-iters", "0"], "--max-iters"),
         (["--out", "used"], "--out"),
         (["--out", "img.png"], "--out"),
     ],

@@ -22,7 +22,7 @@ from pathlib import Path
 
 __all__ = ["UsageError", "MissingDependency", "integer", "number", "one_of", "check_input_file",
            "check_output_file", "check_output_dir", "atomic_path", "threads_for_load", "announce",
-           "progress_bar", "require"]
+           "progress_bar", "require", "plural", "check_non_quadratic_methods"]
 
 
 class UsageError(ValueError):
@@ -205,6 +205,29 @@ def threads_for_load(default: int) -> tuple[int, str]:
         return default, f"torch's default ({cores} cores, load average unknown)"
     threads = max(1, min(default, round(cores - load)))
     return threads, f"load average {load:.1f} on {cores} cores"
+
+
+def plural(n: int, word: str) -> str:
+    """``"1 method"``, ``"3 methods"``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def check_non_quadratic_methods(option: str, labels: list[str], names: list[str]) -> None:
+    """Before any work: a :class:`UsageError` when none of the solver methods ``names`` (the
+    registry names of ``labels``, as given) can minimise the command's energy, which has a
+    Field of Experts term and is therefore not quadratic: each of them declares
+    ``quadratic_only`` (imports the solver registry, and so torch)."""
+    from ..solvers import SOLVERS, method_names
+
+    refused = [(label, name) for label, name in zip(labels, names) if SOLVERS[name].quadratic_only]
+    if not refused or len(refused) < len(names):
+        return
+    applicable = [n for n in method_names() if not SOLVERS[n].quadratic_only]
+    why = "; ".join(f"{label} minimises quadratic energies only"
+                    + (" (with a circular boundary)" if name == "fft" else "") for label, name in refused)
+    raise UsageError(option, f"a method for non-quadratic energies, one of {', '.join(applicable)}",
+                     f"{', '.join(repr(label) for label, _ in refused)} ({why}, and this command's energy has a "
+                     "Field of Experts term)")
 
 
 def announce(command: str, text: str) -> None:

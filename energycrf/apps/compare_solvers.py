@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._command import UsageError, announce, check_input_file, check_output_dir, integer, number, one_of, progress_bar
+from ._command import UsageError, announce, check_input_file, check_non_quadratic_methods, check_output_dir, integer, number
+from ._command import one_of, plural, progress_bar
 from ._command import atomic_path, write_text
 from .photographs import PHOTOGRAPHS
 
@@ -140,10 +141,12 @@ def default_energy(channels: int, unary_weight: float = 1.0, pairwise_strength: 
 
 
 def check_methods(specs: list[str] | None) -> None:
-    """``--methods``: registry names with valid options (needs the registry: imports the solvers)."""
+    """``--methods``: registry names with valid options, each once, and one at least that can
+    minimise this command's non-quadratic energy (needs the registry: imports the solvers)."""
     from ..solvers import get_solver, method_names
     from ..solvers.compare import parse_method
 
+    names = []
     for spec in specs or ():
         try:
             name, options = parse_method(spec)
@@ -154,6 +157,12 @@ def check_methods(specs: list[str] | None) -> None:
             detail = " ".join(str(err).split()).removeprefix("methods: ")
             raise UsageError("--methods", f"registry names ({', '.join(method_names())}), each optionally "
                              "name:key=value:...", f"{spec!r} ({detail})") from None
+        names.append(name)
+    repeated = sorted({spec for spec in specs or () if specs.count(spec) > 1})
+    if repeated:
+        raise UsageError("--methods", "each method once", f"{', '.join(map(repr, repeated))} more than once")
+    if specs:
+        check_non_quadratic_methods("--methods", specs, names)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -190,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
                        args.kernel_size, args.filter_scale, args.seed).to(dtype)
     margin = E.check_well_posed(on_fail="warn")
     methods = list(default_methods()) if methods is None else methods
-    announce("compare-solvers", f"{len(methods)} methods on {what}, up to {args.max_iters} iterations each"
+    announce("compare-solvers", f"{plural(len(methods), 'method')} on {what}, up to {args.max_iters} iterations each"
              + (", one untimed warm-up iteration first" if args.warmup else ""))
     with progress_bar(len(methods), "compare-solvers", args.progress, unit="method") as bar:
         comp = compare_each(E, x, methods, bar, y0=None if args.start == "x" else args.start,
@@ -241,7 +250,7 @@ def compare_each(E, x, methods: list[str], bar, **options):
         bar.update(1)
     bar.set_description_str("compare-solvers")
     if not runs:
-        raise ValueError(f"no method applies to this energy: {skipped}")
+        raise ValueError("no method applies to this energy: " + "; ".join(f"{m}: {why}" for m, why in skipped.items()))
     results = {m: comp.results[m] for m, comp in runs.items()}
     finite = [float(r.energies.to(torch.float64).sum(1).min()) for r in results.values()
               if torch.isfinite(r.energies).all()]

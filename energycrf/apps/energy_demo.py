@@ -25,7 +25,8 @@ import math
 import time
 from pathlib import Path
 
-from ._command import UsageError, announce, atomic_path, check_output_dir, integer, number, write_text
+from ._command import UsageError, announce, atomic_path, check_non_quadratic_methods, check_output_dir, integer, number
+from ._command import write_text
 from .photographs import PHOTOGRAPHS as IMAGES
 from .photographs import add_gaussian_noise, load_photograph
 
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.method not in method_names():
         raise UsageError("--method", f"an ec.solve method ({', '.join(method_names())})", repr(args.method))
+    check_non_quadratic_methods("--method", [args.method], [args.method])
     import torch
 
     import energycrf as ec

@@ -63,6 +63,9 @@ WRONG = {
         (["--methods", "lbfgs:bogus=1"], "--methods"),
         (["--methods", "lbfgs:precondition"], "--methods"),
         (["--methods", ","], "--methods"),
+        (["--methods", "fft"], "--methods"),                 # quadratic energies only: this one has an FoE term
+        (["--methods", "fft,conjugate_gradient"], "--methods"),
+        (["--methods", "lbfgs,lbfgs"], "--methods"),
         (["--size", "0"], "--size"),
         (["--image", "nope"], "--image"),
         (["--latent", "missing.npy"], "--latent"),
@@ -85,6 +88,8 @@ WRONG = {
     ],
     "energy-demo": [
         (["--method", "foo"], "--method"),
+        (["--method", "fft"], "--method"),
+        (["--method", "conjugate_gradient"], "--method"),
         (["--size", "0"], "--size"),
         (["--sigma", "-1"], "--sigma"),
         (["--image", "nope"], "--image"),
@@ -143,6 +148,15 @@ def test_wrong_input_is_one_line_naming_the_option(command, argv, option, files,
     assert "expected" in message and "got" in message, message
     assert "energycrf" not in out  # nothing announced: no work began
     assert sorted(p.name for p in files.iterdir()) == before  # and nothing was written
+
+
+def test_a_method_for_quadratic_energies_only_is_refused_naming_why(files, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["compare-solvers", "--methods", "fft"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "{" not in err, err
+    assert "fft minimises quadratic energies only (with a circular boundary)" in err
+    assert "Field of Experts term" in err and "lbfgs" in err  # and which methods would do
 
 
 def test_a_failure_is_one_line_with_status_1_and_debug_shows_the_traceback(files, capsys):

@@ -145,6 +145,14 @@ def test_compare_solvers_shows_progress_and_lists_skipped_methods(tmp_path, caps
     assert "%|" not in capsys.readouterr().err
 
 
+def test_announcements_count_in_the_singular(tmp_path, capsys):
+    argv = ["compare-solvers", "--size", "8", "--max-iters", "2", "--methods", "lbfgs", "--no-progress",
+            "--out-dir", str(tmp_path / "a")]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.startswith("energycrf compare-solvers: 1 method on skimage camera 8x8")
+    assert _command.plural(1, "row") == "1 row" and _command.plural(7, "row") == "7 rows"
+
+
 def test_compare_each_matches_one_compare_solvers_call():
     """One method at a time, then the gaps against the best of all: the rows of one call."""
     import torch

@@ -22,7 +22,8 @@ from pathlib import Path
 
 __all__ = ["UsageError", "MissingDependency", "integer", "number", "one_of", "check_input_file",
            "check_output_file", "check_output_dir", "atomic_path", "threads_for_load", "announce",
-           "progress_bar", "require", "plural", "check_non_quadratic_methods"]
+           "progress_bar", "require", "plural", "check_non_quadratic_methods",
+           "check_device"]
 
 
 class UsageError(ValueError):
@@ -228,6 +229,26 @@ def check_non_quadratic_methods(option: str, labels: list[str], names: list[str]
     raise UsageError(option, f"a method for non-quadratic energies, one of {', '.join(applicable)}",
                      f"{', '.join(repr(label) for label, _ in refused)} ({why}, and this command's energy has a "
                      "Field of Experts term)")
+
+
+def check_device(text: str, option: str = "--device"):
+    """``text`` as a ``torch.device`` that exists on this machine (imports torch): a valid
+    device string, and for CUDA a machine with CUDA and an index below its device count."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UsageError(option, "a torch device such as cpu, cuda or cuda:0", repr(text)) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(option, "cpu, or a CUDA device on a machine with CUDA", f"{text!r} (no CUDA here)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UsageError(option, f"a CUDA device index below {count}", f"{text!r} ({plural(count, 'device')} here)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(option, "cpu, or an MPS device on a machine with MPS", f"{text!r} (no MPS here)")
+    return device
 
 
 def announce(command: str, text: str) -> None:

@@ -125,6 +125,9 @@ WRONG = {
         (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "pipe"], "--out"),
         (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--pre-run", "41"], "--pre-steps"),
         (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--batch-size", "0"], "--batch-size"),
+        (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--device", "foo"], "--device"),
+        (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--device", "cuda:99"], "--device"),
+        (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--device", "cuda:-1"], "--device"),
     ],
 }
 CASES = [(command, argv, option) for command, table in WRONG.items() for argv, option in table]
@@ -157,6 +160,18 @@ def test_a_method_for_quadratic_energies_only_is_refused_naming_why(files, capsy
     assert exit_info.value.code == 2 and "{" not in err, err
     assert "fft minimises quadratic energies only (with a circular boundary)" in err
     assert "Field of Experts term" in err and "lbfgs" in err  # and which methods would do
+
+
+def test_a_cuda_device_needs_cuda(files, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["distill-data", "--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--device", "cuda"])
+    assert exit_info.value.code == 2
+    assert "--device: expected cpu, or a CUDA device on a machine with CUDA, got 'cuda' (no CUDA here)" in \
+        capsys.readouterr().err
+    assert not (files / "o").exists()
 
 
 def test_a_failure_is_one_line_with_status_1_and_debug_shows_the_traceback(files, capsys):

@@ -116,6 +116,7 @@ WRONG = {
         (["--per-class", "x"], "--per-class"),
         (["--out", "used"], "--out"),
         (["--out", "img.png"], "--out"),
+        (["--full", "--no-table"], "--full"),                # the full table, or no table
     ],
     "distill-data": [
         ([], "--pipeline"),
@@ -172,6 +173,28 @@ def test_a_cuda_device_needs_cuda(files, capsys, monkeypatch):
     assert "--device: expected cpu, or a CUDA device on a machine with CUDA, got 'cuda' (no CUDA here)" in \
         capsys.readouterr().err
     assert not (files / "o").exists()
+
+
+@pytest.mark.parametrize("argv, per_class, seeds", [
+    ([], 1, 8), (["--full"], 2, 16), (["--full", "--seeds", "3"], 2, 3), (["--full", "--per-class", "1"], 1, 16),
+    (["--seeds", "4"], 1, 4),
+])
+def test_demo_full_sets_only_what_was_not_given(argv, per_class, seeds, monkeypatch, tmp_path):
+    from energycrf.apps.ldm import demo
+
+    class Stop(Exception):
+        pass
+
+    def stop():
+        raise Stop
+
+    monkeypatch.setattr(demo, "require_ldm", stop)  # the first step after the checks
+    parser = cli._Parser(prog="x")
+    demo.add_arguments(parser)
+    args = parser.parse_args(["--out", str(tmp_path / "out"), *argv])
+    with pytest.raises(Stop):
+        demo.run(args)
+    assert (args.per_class, args.seeds) == (per_class, seeds)
 
 
 def test_a_failure_is_one_line_with_status_1_and_debug_shows_the_traceback(files, capsys):

@@ -35,6 +35,10 @@ def files(tmp_path, monkeypatch):
     (tmp_path / "pipe").mkdir()
     (tmp_path / "pipe" / "model_index.json").write_text("{}")
     (tmp_path / "pipe" / "rank000-of-001-00000.safetensors").write_bytes(b"")
+    (tmp_path / "foe50").mkdir()  # a checkpoint's description (its weights are read after the checks)
+    (tmp_path / "foe50" / "denoiser.json").write_text(json.dumps({"kind": "foe_energy", "sigma": 50.0}))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "denoiser.json").write_text('{"kind": "foe_energy", ')
     return tmp_path
 
 
@@ -55,6 +59,9 @@ WRONG = {
         (["img.png", "-o", "used"], "--output"),
         (["img.png", "-o", "out.png", "--model", "gauss"], "--model"),
         (["img.png", "-o", "out.png", "--checkpoint", "pipe"], "--checkpoint"),
+        (["img.png", "-o", "out.png", "--checkpoint", "broken"], "--checkpoint"),  # not JSON
+        (["img.png", "-o", "out.png", "--checkpoint", "foe50", "--model", "staged"], "--model"),
+        (["img.png", "-o", "out.png", "--checkpoint", "foe50", "--sigma", "15"], "--sigma"),
         (["img.png", "-o", "out.png", "--threads", "0"], "--threads"),
         (["img.png", "-o", "out.png", "--seed", "x"], "--seed"),
     ],

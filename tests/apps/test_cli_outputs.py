@@ -48,6 +48,17 @@ def test_denoise_refuses_an_existing_output_unless_overwrite(image, capsys):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_denoise_with_a_checkpoint_takes_its_model_and_sigma(image, capsys):
+    from energycrf.apps.denoise import pretrained_dir
+
+    ckpt = str(pretrained_dir(50, "foe"))
+    assert cli.main(["denoise", "img.png", "-o", "a.png", "--checkpoint", ckpt]) == 0
+    assert "sigma 50) -> a.png" in capsys.readouterr().out  # the checkpoint's, not the default 25
+    assert cli.main(["denoise", "img.png", "-o", "b.png", "--checkpoint", ckpt, "--model", "foe", "--sigma", "50"]) == 0
+    assert _exit_status(["denoise", "img.png", "-o", "c.png", "--checkpoint", ckpt, "--model", "latentcrf"]) == 2
+    assert "--model: expected the checkpoint's model 'foe'" in capsys.readouterr().err
+
+
 def test_a_failed_write_leaves_the_old_file_and_no_partial_one(image, monkeypatch, capsys):
     from energycrf.apps import denoise_command
 

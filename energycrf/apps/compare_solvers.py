@@ -190,6 +190,10 @@ def run(args: argparse.Namespace) -> int:
         except Exception as err:  # a truncated or foreign file
             raise UsageError("--latent", "a readable .safetensors or .npy latent",
                              f"{str(args.latent)!r} ({' '.join(str(err).split())})") from err
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            raise UsageError("--latent", "a latent with finite values",
+                             f"{str(args.latent)!r} ({bad} of {x.numel()} values NaN or infinite)")
         what = f"latent {args.latent.name} {tuple(x.shape)}"
     else:
         x, _ = noisy_photograph(args.image, args.size, args.sigma, args.seed)

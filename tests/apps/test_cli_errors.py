@@ -24,6 +24,7 @@ def files(tmp_path, monkeypatch):
     np.save("ints.npy", np.zeros((4, 4), np.int64))
     np.save("z.npy", np.zeros((1, 2, 4, 4), np.float32))
     np.save("z_ints.npy", np.zeros((1, 2, 4, 4), np.int64))
+    np.save("z_nan.npy", np.where(np.arange(32).reshape(1, 2, 4, 4) % 5 == 0, np.nan, 0.0).astype(np.float32))
     from safetensors.numpy import save_file
 
     save_file({"a": np.zeros((1, 1, 4, 4), np.float32), "b": np.zeros((1, 1, 4, 4), np.float32)}, "two.safetensors")
@@ -78,6 +79,7 @@ WRONG = {
         (["--latent", "missing.npy"], "--latent"),
         (["--latent", "notes.txt"], "--latent"),
         (["--latent", "z_ints.npy", "--out-dir", "o"], "--latent"),
+        (["--latent", "z_nan.npy", "--out-dir", "o"], "--latent"),    # NaN: no method could be compared
         (["--latent", "two.safetensors", "--out-dir", "o"], "--key"),
         (["--latent", "two.safetensors", "--key", "c", "--out-dir", "o"], "--key"),
         (["--out-dir", "used"], "--out-dir"),

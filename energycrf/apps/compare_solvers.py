@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 from ._command import UsageError, announce, check_input_file, check_non_quadratic_methods, check_output_dir, integer, number
-from ._command import one_of, plural, progress_bar
+from ._command import one_of, path, plural, progress_bar
 from ._command import atomic_path, write_text
 from .photographs import PHOTOGRAPHS
 
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--sigma", type=number(minimum=0.0), default=25.0,
                      help="noise standard deviation in 1/255 units (default 25)")
     src.add_argument("--seed", type=integer(minimum=0), default=0, help="seed of the noise and of the FoE filters")
-    src.add_argument("--latent", type=Path, default=None, help="a saved latent (.safetensors or .npy) instead of the photograph")
+    src.add_argument("--latent", type=path, default=None, help="a saved latent (.safetensors or .npy) instead of the photograph")
     src.add_argument("--key", default=None, help="the tensor's name inside a .safetensors file")
     en = parser.add_argument_group("energy")
     en.add_argument("--unary-weight", type=number(positive=True), default=1.0,
@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="precision of the problem and the solves (default float64)")
     run_.add_argument("--start", choices=("x", "quadratic"), default="x",
                       help="start every method at x or at the minimiser of the quadratic part (default x)")
-    run_.add_argument("--out-dir", type=Path, default=Path("compare-solvers"),
+    run_.add_argument("--out-dir", type=path, default=Path("compare-solvers"),
                       help="where table.md and gap.png are written (default ./compare-solvers)")
     run_.add_argument("--overwrite", action="store_true", help="replace table.md and gap.png of an earlier run")
     run_.add_argument("--progress", dest="progress", action="store_true", default=True,

@@ -58,6 +58,7 @@ WRONG = {
         (["img.png", "-o", "out.tif"], "--output"),
         (["img.png", "-o", "nowhere/out.png"], "--output"),
         (["img.png", "-o", "used"], "--output"),
+        (["img.png", "-o", ""], "--output"),
         (["img.png", "-o", "out.png", "--model", "gauss"], "--model"),
         (["img.png", "-o", "out.png", "--checkpoint", "pipe"], "--checkpoint"),
         (["img.png", "-o", "out.png", "--checkpoint", "broken"], "--checkpoint"),  # not JSON
@@ -84,6 +85,7 @@ WRONG = {
         (["--latent", "two.safetensors", "--key", "c", "--out-dir", "o"], "--key"),
         (["--out-dir", "used"], "--out-dir"),
         (["--out-dir", "img.png"], "--out-dir"),
+        (["--out-dir", ""], "--out-dir"),
         (["--max-iters", "0"], "--max-iters"),
         (["--tol", "-1"], "--tol"),
         (["--tol", "nan"], "--tol"),
@@ -107,6 +109,7 @@ WRONG = {
         (["--max-iters", "0"], "--max-iters"),
         (["--out", "used"], "--out"),
         (["--out", "img.png"], "--out"),
+        (["--out", ""], "--out"),
     ],
     "evaluate": [
         (["--rows", "ldm49"], "--rows"),
@@ -125,6 +128,7 @@ WRONG = {
         (["--per-class", "x"], "--per-class"),
         (["--out", "used"], "--out"),
         (["--out", "img.png"], "--out"),
+        (["--out", ""], "--out"),
         (["--full", "--no-table"], "--full"),                # the full table, or no table
     ],
     "distill-data": [
@@ -206,6 +210,14 @@ def test_demo_full_sets_only_what_was_not_given(argv, per_class, seeds, monkeypa
     assert (args.per_class, args.seeds) == (per_class, seeds)
 
 
+@pytest.mark.parametrize("argv", [["denoise", "img.png", "-o", ""], ["compare-solvers", "--out-dir", ""],
+                                  ["demo", "--out", ""]])
+def test_an_empty_path_is_reported_as_given(argv, files, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    assert capsys.readouterr().err.rstrip().endswith("got ''")
+
+
 def test_a_failure_is_one_line_with_status_1_and_debug_shows_the_traceback(files, capsys):
     """A checkpoint folder that passes the checks but names an unknown model fails while loading."""
     (files / "ckpt").mkdir()
@@ -222,11 +234,15 @@ def test_a_failure_is_one_line_with_status_1_and_debug_shows_the_traceback(files
             cli.main(debug)
 
 
-def test_debug_also_raises_usage_errors(files):
+def test_debug_shows_the_traceback_of_a_usage_error_and_exits_with_status_2(files, capsys):
     from energycrf.apps._command import UsageError
 
-    with pytest.raises(UsageError, match="--sigma: expected one of the shipped levels 15, 25, 50, got 30"):
+    with pytest.raises(SystemExit) as exit_info:
         cli.main(["--debug", "denoise", "img.png", "--sigma", "30", "-o", "out.png"])
+    assert exit_info.value.code == 2  # as without --debug
+    assert isinstance(exit_info.value.__cause__, UsageError)
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "--sigma: expected one of the shipped levels 15, 25, 50, got 30" in err
 
 
 def test_argparse_messages_in_the_commands_form():

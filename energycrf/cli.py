@@ -15,7 +15,8 @@ one command's missing optional dependency never breaks another.
 
 Errors are one line on stderr, ``energycrf COMMAND: error: MESSAGE``: a usage error (a
 wrong option, a missing or unreadable input, an output that exists) exits with status 2,
-a failure during the work with status 1; ``--debug`` shows the traceback instead.
+a failure during the work with status 1; ``--debug`` shows the traceback instead (a usage
+error still exits with status 2).
 """
 
 from __future__ import annotations
@@ -133,8 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args._run(args) or 0)
     except UsageError as err:
-        if args.debug:
-            raise
+        if args.debug:  # the traceback, and the same status as without --debug
+            import traceback
+
+            traceback.print_exc()
+            raise SystemExit(2) from err
         _fail(cmd.prog, _one_line(err), 2)
     except KeyboardInterrupt:
         if args.debug:

@@ -20,9 +20,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["UsageError", "MissingDependency", "integer", "number", "one_of", "check_input_file",
+__all__ = ["UsageError", "MissingDependency", "integer", "number", "one_of", "path", "check_input_file",
            "check_output_file", "check_output_dir", "atomic_path", "threads_for_load", "announce",
-           "progress_bar", "require"]
+           "progress_bar", "require", "plural", "check_non_quadratic_methods",
+           "check_device"]
 
 
 class UsageError(ValueError):
@@ -38,12 +39,13 @@ class MissingDependency(RuntimeError):
 
 
 # --------------------------------------------------------------------------- argument types
-def integer(minimum: int | None = None, maximum: int | None = None):
-    """An argparse ``type``: an int within ``[minimum, maximum]``."""
+def integer(minimum: int | None = None, maximum: int | None = None, odd: bool = False):
+    """An argparse ``type``: an int within ``[minimum, maximum]``, odd if ``odd``."""
+    kind = "an odd integer" if odd else "an integer"
     if minimum is not None and maximum is not None:
-        expected = f"an integer from {minimum} to {maximum}"
+        expected = f"{kind} from {minimum} to {maximum}"
     else:
-        expected = ("an integer" + (f" >= {minimum}" if minimum is not None else "")
+        expected = (kind + (f" >= {minimum}" if minimum is not None else "")
                     + (f" <= {maximum}" if maximum is not None else ""))
 
     def parse(text: str) -> int:
@@ -51,7 +53,8 @@ def integer(minimum: int | None = None, maximum: int | None = None):
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        if ((minimum is not None and value < minimum) or (maximum is not None and value > maximum)
+                or (odd and value % 2 == 0)):
             raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
         return value
 
@@ -90,6 +93,13 @@ def one_of(values: Iterable[str], what: str):
     return parse
 
 
+def path(text: str) -> Path:
+    """An argparse ``type``: a non-empty path (``Path("")`` would be the current folder)."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a path, got ''")
+    return Path(text)
+
+
 # --------------------------------------------------------------------------- paths
 def _same_file(a: Path, b: Path) -> bool:
     try:
@@ -101,19 +111,19 @@ def _same_file(a: Path, b: Path) -> bool:
 def check_input_file(path: str | os.PathLike, option: str, suffixes: Iterable[str] | None = None,
                      what: str = "a file") -> Path:
     """``path`` as a ``Path``: an existing, readable file with one of ``suffixes`` (any if ``None``)."""
-    p = Path(path)
+    p, text = Path(path), os.fspath(path)  # the text as given: Path("") is "."
     if not p.exists():
-        raise UsageError(option, f"an existing {what.removeprefix('a ').removeprefix('an ')}", f"{str(p)!r} (no such file)")
+        raise UsageError(option, f"an existing {what.removeprefix('a ').removeprefix('an ')}", f"{text!r} (no such file)")
     if not p.is_file():
-        raise UsageError(option, what, f"{str(p)!r} (not a file)")
+        raise UsageError(option, what, f"{text!r} (not a file)")
     if suffixes is not None and p.suffix.lower() not in tuple(suffixes):
-        raise UsageError(option, f"{what} ({', '.join(suffixes)})", repr(str(p)))
+        raise UsageError(option, f"{what} ({', '.join(suffixes)})", repr(text))
     if not os.access(p, os.R_OK):
-        raise UsageError(option, "a readable file", f"{str(p)!r} (permission denied)")
+        raise UsageError(option, "a readable file", f"{text!r} (permission denied)")
     return p
 
 
-def _writable_folder(folder: Path, option: str, shown: Path) -> None:
+def _writable_folder(folder: Path, option: str, shown: str | Path) -> None:
     existing = folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -127,20 +137,22 @@ def check_output_file(path: str | os.PathLike, option: str, suffixes: Iterable[s
                       inputs: Iterable[str | os.PathLike] = (), overwrite: bool = False) -> Path:
     """``path`` as a ``Path``, checked before any work: a known suffix, an existing folder that
     can be written to, not one of ``inputs``, and no existing file unless ``overwrite``."""
-    p = Path(path)
+    p, text = Path(path), os.fspath(path)  # the text as given: Path("") is "."
     suffixes = tuple(suffixes)
+    if not text:
+        raise UsageError(option, "a file name", "''")
     if p.suffix.lower() not in suffixes:
-        raise UsageError(option, f"a file name ending in {', '.join(suffixes)}", repr(str(p)))
+        raise UsageError(option, f"a file name ending in {', '.join(suffixes)}", repr(text))
     if p.is_dir():
-        raise UsageError(option, "a file name", f"{str(p)!r} (a folder)")
+        raise UsageError(option, "a file name", f"{text!r} (a folder)")
     if not p.parent.is_dir():
-        raise UsageError(option, "a file in an existing folder", f"{str(p)!r} (no folder {str(p.parent)!r})")
-    _writable_folder(p.parent, option, p)
+        raise UsageError(option, "a file in an existing folder", f"{text!r} (no folder {str(p.parent)!r})")
+    _writable_folder(p.parent, option, text)
     for source in inputs:
         if _same_file(p, Path(source)):
-            raise UsageError(option, "a file other than the input", f"{str(p)!r}, the input itself")
+            raise UsageError(option, "a file other than the input", f"{text!r}, the input itself")
     if p.exists() and not overwrite:
-        raise UsageError(option, "a file that does not exist yet", f"{str(p)!r}, which exists",
+        raise UsageError(option, "a file that does not exist yet", f"{text!r}, which exists",
                          "pass --overwrite to replace it")
     return p
 
@@ -150,19 +162,21 @@ def check_output_dir(path: str | os.PathLike, option: str, names: Iterable[str],
     """The output folder ``path`` (created when written), checked before any work: not a
     file, inside a folder that can be written to, and none of the files ``names`` that the
     command writes there is one of ``inputs`` or exists already (unless ``overwrite``)."""
-    p = Path(path)
+    p, text = Path(path), os.fspath(path)  # the text as given: Path("") is "."
+    if not text:
+        raise UsageError(option, "a folder name", "''")
     if p.exists() and not p.is_dir():
-        raise UsageError(option, "a folder", f"{str(p)!r} (a file)")
-    _writable_folder(p, option, p)
+        raise UsageError(option, "a folder", f"{text!r} (a file)")
+    _writable_folder(p, option, text)
     targets = [p / name for name in names]
     for target in targets:
         for source in inputs:
             if _same_file(target, Path(source)):
                 raise UsageError(option, "a folder where no input would be overwritten",
-                                 f"{str(p)!r}, where {target.name} is the input {str(source)!r}")
+                                 f"{text!r}, where {target.name} is the input {str(source)!r}")
     existing = [t.name for t in targets if t.exists()]
     if existing and not overwrite:
-        raise UsageError(option, "a folder without earlier results", f"{str(p)!r}, which holds {', '.join(existing)}",
+        raise UsageError(option, "a folder without earlier results", f"{text!r}, which holds {', '.join(existing)}",
                          "pass --overwrite to replace them, or choose another folder")
     return p
 
@@ -203,6 +217,49 @@ def threads_for_load(default: int) -> tuple[int, str]:
         return default, f"torch's default ({cores} cores, load average unknown)"
     threads = max(1, min(default, round(cores - load)))
     return threads, f"load average {load:.1f} on {cores} cores"
+
+
+def plural(n: int, word: str) -> str:
+    """``"1 method"``, ``"3 methods"``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def check_non_quadratic_methods(option: str, labels: list[str], names: list[str]) -> None:
+    """Before any work: a :class:`UsageError` when none of the solver methods ``names`` (the
+    registry names of ``labels``, as given) can minimise the command's energy, which has a
+    Field of Experts term and is therefore not quadratic: each of them declares
+    ``quadratic_only`` (imports the solver registry, and so torch)."""
+    from ..solvers import SOLVERS, method_names
+
+    refused = [(label, name) for label, name in zip(labels, names) if SOLVERS[name].quadratic_only]
+    if not refused or len(refused) < len(names):
+        return
+    applicable = [n for n in method_names() if not SOLVERS[n].quadratic_only]
+    why = "; ".join(f"{label} minimises quadratic energies only"
+                    + (" (with a circular boundary)" if name == "fft" else "") for label, name in refused)
+    raise UsageError(option, f"a method for non-quadratic energies, one of {', '.join(applicable)}",
+                     f"{', '.join(repr(label) for label, _ in refused)} ({why}, and this command's energy has a "
+                     "Field of Experts term)")
+
+
+def check_device(text: str, option: str = "--device"):
+    """``text`` as a ``torch.device`` that exists on this machine (imports torch): a valid
+    device string, and for CUDA a machine with CUDA and an index below its device count."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UsageError(option, "a torch device such as cpu, cuda or cuda:0", repr(text)) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(option, "cpu, or a CUDA device on a machine with CUDA", f"{text!r} (no CUDA here)")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UsageError(option, f"a CUDA device index below {count}", f"{text!r} ({plural(count, 'device')} here)")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(option, "cpu, or an MPS device on a machine with MPS", f"{text!r} (no MPS here)")
+    return device
 
 
 def announce(command: str, text: str) -> None:

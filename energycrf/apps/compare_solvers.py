@@ -16,7 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._command import UsageError, announce, check_input_file, check_output_dir, integer, number, one_of, progress_bar
+from ._command import UsageError, announce, check_input_file, check_non_quadratic_methods, check_output_dir, integer, number
+from ._command import one_of, path, plural, progress_bar
 from ._command import atomic_path, write_text
 from .photographs import PHOTOGRAPHS
 
@@ -36,26 +37,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--sigma", type=number(minimum=0.0), default=25.0,
                      help="noise standard deviation in 1/255 units (default 25)")
     src.add_argument("--seed", type=integer(minimum=0), default=0, help="seed of the noise and of the FoE filters")
-    src.add_argument("--latent", type=Path, default=None, help="a saved latent (.safetensors or .npy) instead of the photograph")
+    src.add_argument("--latent", type=path, default=None, help="a saved latent (.safetensors or .npy) instead of the photograph")
     src.add_argument("--key", default=None, help="the tensor's name inside a .safetensors file")
     en = parser.add_argument_group("energy")
-    en.add_argument("--unary-weight", type=number(positive=True), default=1.0)
+    en.add_argument("--unary-weight", type=number(positive=True), default=1.0,
+                    help="weight of the data term, a positive number (default 1)")
     en.add_argument("--pairwise-strength", type=number(minimum=0.0), default=1.0,
                     help="interior degree of the Gaussian radius-2 kernel")
     en.add_argument("--filters", type=integer(minimum=1), default=8, help="FoE filters (paper ReLU expert)")
-    en.add_argument("--kernel-size", type=integer(minimum=1), default=5)
+    en.add_argument("--kernel-size", type=integer(minimum=1, odd=True), default=5,
+                    help="side of the FoE filters, odd (a centred window; default 5)")
     en.add_argument("--filter-scale", type=number(minimum=0.0), default=0.1, help="L2 norm of each FoE filter")
     run_ = parser.add_argument_group("solvers")
     run_.add_argument("--methods", default=None,
                       help="comma-separated registry names, each optionally with options as "
                            "name:key=value:... (e.g. lbfgs:precondition=fft,lbfgs:precondition=chebyshev; "
                            "default: all that apply)")
-    run_.add_argument("--max-iters", type=integer(minimum=1), default=200)
-    run_.add_argument("--tol", type=number(positive=True), default=None)
-    run_.add_argument("--dtype", choices=("float32", "float64"), default="float64")
+    run_.add_argument("--max-iters", type=integer(minimum=1), default=200,
+                      help="iterations of each method at most (default 200)")
+    run_.add_argument("--tol", type=number(minimum=0.0), default=None,
+                      help="relative energy change at which a method stops, a number >= 0 "
+                           "(default: the solvers' own, from the dtype)")
+    run_.add_argument("--dtype", choices=("float32", "float64"), default="float64",
+                      help="precision of the problem and the solves (default float64)")
     run_.add_argument("--start", choices=("x", "quadratic"), default="x",
                       help="start every method at x or at the minimiser of the quadratic part (default x)")
-    run_.add_argument("--out-dir", type=Path, default=Path("compare-solvers"),
+    run_.add_argument("--out-dir", type=path, default=Path("compare-solvers"),
                       help="where table.md and gap.png are written (default ./compare-solvers)")
     run_.add_argument("--overwrite", action="store_true", help="replace table.md and gap.png of an earlier run")
     run_.add_argument("--progress", dest="progress", action="store_true", default=True,
@@ -134,10 +141,12 @@ def default_energy(channels: int, unary_weight: float = 1.0, pairwise_strength: 
 
 
 def check_methods(specs: list[str] | None) -> None:
-    """``--methods``: registry names with valid options (needs the registry: imports the solvers)."""
+    """``--methods``: registry names with valid options, each once, and one at least that can
+    minimise this command's non-quadratic energy (needs the registry: imports the solvers)."""
     from ..solvers import get_solver, method_names
     from ..solvers.compare import parse_method
 
+    names = []
     for spec in specs or ():
         try:
             name, options = parse_method(spec)
@@ -148,6 +157,12 @@ def check_methods(specs: list[str] | None) -> None:
             detail = " ".join(str(err).split()).removeprefix("methods: ")
             raise UsageError("--methods", f"registry names ({', '.join(method_names())}), each optionally "
                              "name:key=value:...", f"{spec!r} ({detail})") from None
+        names.append(name)
+    repeated = sorted({spec for spec in specs or () if specs.count(spec) > 1})
+    if repeated:
+        raise UsageError("--methods", "each method once", f"{', '.join(map(repr, repeated))} more than once")
+    if specs:
+        check_non_quadratic_methods("--methods", specs, names)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -175,6 +190,10 @@ def run(args: argparse.Namespace) -> int:
         except Exception as err:  # a truncated or foreign file
             raise UsageError("--latent", "a readable .safetensors or .npy latent",
                              f"{str(args.latent)!r} ({' '.join(str(err).split())})") from err
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            raise UsageError("--latent", "a latent with finite values",
+                             f"{str(args.latent)!r} ({bad} of {x.numel()} values NaN or infinite)")
         what = f"latent {args.latent.name} {tuple(x.shape)}"
     else:
         x, _ = noisy_photograph(args.image, args.size, args.sigma, args.seed)
@@ -184,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
                        args.kernel_size, args.filter_scale, args.seed).to(dtype)
     margin = E.check_well_posed(on_fail="warn")
     methods = list(default_methods()) if methods is None else methods
-    announce("compare-solvers", f"{len(methods)} methods on {what}, up to {args.max_iters} iterations each"
+    announce("compare-solvers", f"{plural(len(methods), 'method')} on {what}, up to {args.max_iters} iterations each"
              + (", one untimed warm-up iteration first" if args.warmup else ""))
     with progress_bar(len(methods), "compare-solvers", args.progress, unit="method") as bar:
         comp = compare_each(E, x, methods, bar, y0=None if args.start == "x" else args.start,
@@ -235,7 +254,7 @@ def compare_each(E, x, methods: list[str], bar, **options):
         bar.update(1)
     bar.set_description_str("compare-solvers")
     if not runs:
-        raise ValueError(f"no method applies to this energy: {skipped}")
+        raise ValueError("no method applies to this energy: " + "; ".join(f"{m}: {why}" for m, why in skipped.items()))
     results = {m: comp.results[m] for m, comp in runs.items()}
     finite = [float(r.energies.to(torch.float64).sum(1).min()) for r in results.values()
               if torch.isfinite(r.energies).all()]

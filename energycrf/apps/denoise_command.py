@@ -18,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from .denoise_checkpoints import DEFAULT_MODEL, DENOISER_JSON, MODELS, SIGMAS
+from .denoise_checkpoints import DEFAULT_MODEL, DEFAULT_SIGMA, DENOISER_JSON, KIND_MODELS, MODELS, SIGMAS
 from ._command import UsageError, atomic_path, check_input_file, check_output_file, integer, number
 
 __all__ = ["SIGMAS", "MODELS", "DEFAULT_MODEL", "IMAGE_SUFFIXES", "read_image", "write_image",
@@ -73,14 +73,18 @@ def write_image(path: str | os.PathLike, image) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", metavar="IN", help="noisy image: .png, .jpg/.jpeg or .npy (float)")
-    parser.add_argument("--sigma", type=number(positive=True), default=25.0,
-                        help=f"noise standard deviation on the 0-255 scale; shipped: {', '.join(map(str, SIGMAS))}")
+    parser.add_argument("--sigma", type=number(positive=True), default=None,
+                        help=f"noise standard deviation on the 0-255 scale; shipped: {', '.join(map(str, SIGMAS))} "
+                             f"(default {DEFAULT_SIGMA}; with --checkpoint, the checkpoint's)")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="output .png, .jpg/.jpeg or .npy")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    parser.add_argument("--model", choices=MODELS, default=DEFAULT_MODEL,
-                        help="which shipped model: staged Field-of-Experts energies (staged), one Field-of-Experts "
-                             "energy minimised by its solver (foe) or the LatentCRF layer (latentcrf)")
-    parser.add_argument("--checkpoint", default=None, help="a denoiser directory (default: the shipped one for --sigma)")
+    parser.add_argument("--model", choices=MODELS, default=None,
+                        help="which shipped model: staged Field-of-Experts energies (staged, the default), one "
+                             "Field-of-Experts energy minimised by its solver (foe) or the LatentCRF layer (latentcrf); "
+                             "with --checkpoint, the checkpoint's")
+    parser.add_argument("--checkpoint", default=None,
+                        help=f"a denoiser directory; its {DENOISER_JSON} sets the model and sigma "
+                             "(default: the shipped one for --sigma and --model)")
     parser.add_argument("--add-noise", action="store_true",
                         help="first add Gaussian noise of level --sigma to IN (to try the denoiser on a clean photo)")
     parser.add_argument("--seed", type=integer(minimum=0), default=0, help="seed of --add-noise")
@@ -92,11 +96,11 @@ def validate(args: argparse.Namespace):
     """Check every argument and path before any work; returns the input image (read here:
     a file that is not an image is a usage error, found before the model loads)."""
     if args.checkpoint is not None:
-        ckpt = Path(args.checkpoint)
-        if not (ckpt / DENOISER_JSON).is_file():
-            raise UsageError("--checkpoint", f"a denoiser directory holding {DENOISER_JSON}",
-                             f"{str(ckpt)!r}" + ("" if ckpt.is_dir() else " (no such directory)"))
-    elif float(args.sigma) not in SIGMAS:
+        check_checkpoint(args)
+    else:
+        args.sigma = float(DEFAULT_SIGMA) if args.sigma is None else args.sigma
+        args.model = DEFAULT_MODEL if args.model is None else args.model
+    if args.checkpoint is None and float(args.sigma) not in SIGMAS:
         raise UsageError("--sigma", f"one of the shipped levels {', '.join(map(str, SIGMAS))}", f"{args.sigma:g}",
                          "for another level train a denoiser (scripts/train_denoisers.py) and pass its "
                          "directory as --checkpoint")
@@ -110,6 +114,43 @@ def validate(args: argparse.Namespace):
     if image.ndim not in (2, 3) or image.size == 0:
         raise UsageError("IN", "a non-empty [H, W] or [H, W, C] image", f"shape {image.shape}")
     return image
+
+
+def check_checkpoint(args: argparse.Namespace) -> None:
+    """``--checkpoint``: a denoiser directory whose readable ``denoiser.json`` sets ``args.model``
+    and ``args.sigma``; an explicit ``--model`` or ``--sigma`` that disagrees with it is refused.
+    (An unknown ``kind`` is left to the loader, which names it.)"""
+    import json
+
+    ckpt = Path(args.checkpoint)
+    meta_path = ckpt / DENOISER_JSON
+    if not meta_path.is_file():
+        raise UsageError("--checkpoint", f"a denoiser directory holding {DENOISER_JSON}",
+                         f"{str(ckpt)!r}" + ("" if ckpt.is_dir() else " (no such directory)"))
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UsageError("--checkpoint", f"a denoiser directory with a valid {DENOISER_JSON}",
+                         f"{str(meta_path)!r}, which is not valid JSON ({' '.join(str(err).split())})") from None
+    if not isinstance(meta, dict):
+        raise UsageError("--checkpoint", f"a denoiser directory whose {DENOISER_JSON} is a JSON object",
+                         f"{str(meta_path)!r} ({type(meta).__name__})")
+    model = KIND_MODELS.get(meta.get("kind"))
+    if model is not None:
+        if args.model is not None and args.model != model:
+            raise UsageError("--model", f"the checkpoint's model {model!r} (or no --model)",
+                             f"{args.model!r}, but {str(meta_path)!r} holds {model!r}")
+        args.model = model
+    elif args.model is None:
+        args.model = DEFAULT_MODEL
+    sigma = meta.get("sigma")
+    if isinstance(sigma, (int, float)) and not isinstance(sigma, bool):
+        if args.sigma is not None and float(args.sigma) != float(sigma):
+            raise UsageError("--sigma", f"the checkpoint's sigma {float(sigma):g} (or no --sigma)",
+                             f"{args.sigma:g}, but {str(meta_path)!r} was trained for sigma {float(sigma):g}")
+        args.sigma = float(sigma)
+    elif args.sigma is None:
+        args.sigma = float(DEFAULT_SIGMA)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._command import UsageError, announce, check_input_file, integer, number, require
+from ._command import UsageError, announce, check_device, check_input_file, integer, number, require
 
 DIFFUSERS_EXTRA = 'the diffusers extra: pip install "energycrf[diffusers]"'
 
@@ -73,6 +73,8 @@ def validate(args: argparse.Namespace):
     except ValueError as err:
         raise UsageError("--pre-steps/--pre-run/--post-steps/--post-run", "a valid splice plan",
                          " ".join(str(err).split())) from None
+    if args.device is not None:
+        check_device(args.device, "--device")
     return plan, prompts, out
 
 

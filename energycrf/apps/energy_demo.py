@@ -25,7 +25,8 @@ import math
 import time
 from pathlib import Path
 
-from ._command import UsageError, announce, atomic_path, check_output_dir, integer, number, write_text
+from ._command import UsageError, announce, atomic_path, check_non_quadratic_methods, check_output_dir, integer, number
+from ._command import path, write_text
 from .photographs import PHOTOGRAPHS as IMAGES
 from .photographs import add_gaussian_noise, load_photograph
 
@@ -54,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="lbfgs", help="ec.solve method (default: lbfgs)")
     parser.add_argument("--max-iters", type=integer(minimum=1), default=200,
                         help="solver iterations at most (default: 200)")
-    parser.add_argument("--out", type=Path, default=Path("energycrf-energy-demo-out"),
+    parser.add_argument("--out", type=path, default=Path("energycrf-energy-demo-out"),
                         help="output folder (default: ./energycrf-energy-demo-out)")
     parser.add_argument("--overwrite", action="store_true", help="replace demo.png and summary.json of an earlier run")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.method not in method_names():
         raise UsageError("--method", f"an ec.solve method ({', '.join(method_names())})", repr(args.method))
+    check_non_quadratic_methods("--method", [args.method], [args.method])
     import torch
 
     import energycrf as ec

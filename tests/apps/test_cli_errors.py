@@ -24,6 +24,7 @@ def files(tmp_path, monkeypatch):
     np.save("ints.npy", np.zeros((4, 4), np.int64))
     np.save("z.npy", np.zeros((1, 2, 4, 4), np.float32))
     np.save("z_ints.npy", np.zeros((1, 2, 4, 4), np.int64))
+    np.save("z_nan.npy", np.where(np.arange(32).reshape(1, 2, 4, 4) % 5 == 0, np.nan, 0.0).astype(np.float32))
     from safetensors.numpy import save_file
 
     save_file({"a": np.zeros((1, 1, 4, 4), np.float32), "b": np.zeros((1, 1, 4, 4), np.float32)}, "two.safetensors")
@@ -35,6 +36,10 @@ def files(tmp_path, monkeypatch):
     (tmp_path / "pipe").mkdir()
     (tmp_path / "pipe" / "model_index.json").write_text("{}")
     (tmp_path / "pipe" / "rank000-of-001-00000.safetensors").write_bytes(b"")
+    (tmp_path / "foe50").mkdir()  # a checkpoint's description (its weights are read after the checks)
+    (tmp_path / "foe50" / "denoiser.json").write_text(json.dumps({"kind": "foe_energy", "sigma": 50.0}))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "denoiser.json").write_text('{"kind": "foe_energy", ')
     return tmp_path
 
 
@@ -53,8 +58,12 @@ WRONG = {
         (["img.png", "-o", "out.tif"], "--output"),
         (["img.png", "-o", "nowhere/out.png"], "--output"),
         (["img.png", "-o", "used"], "--output"),
+        (["img.png", "-o", ""], "--output"),
         (["img.png", "-o", "out.png", "--model", "gauss"], "--model"),
         (["img.png", "-o", "out.png", "--checkpoint", "pipe"], "--checkpoint"),
+        (["img.png", "-o", "out.png", "--checkpoint", "broken"], "--checkpoint"),  # not JSON
+        (["img.png", "-o", "out.png", "--checkpoint", "foe50", "--model", "staged"], "--model"),
+        (["img.png", "-o", "out.png", "--checkpoint", "foe50", "--sigma", "15"], "--sigma"),
         (["img.png", "-o", "out.png", "--threads", "0"], "--threads"),
         (["img.png", "-o", "out.png", "--seed", "x"], "--seed"),
     ],
@@ -63,28 +72,44 @@ WRONG = {
         (["--methods", "lbfgs:bogus=1"], "--methods"),
         (["--methods", "lbfgs:precondition"], "--methods"),
         (["--methods", ","], "--methods"),
+        (["--methods", "fft"], "--methods"),                 # quadratic energies only: this one has an FoE term
+        (["--methods", "fft,conjugate_gradient"], "--methods"),
+        (["--methods", "lbfgs,lbfgs"], "--methods"),
         (["--size", "0"], "--size"),
         (["--image", "nope"], "--image"),
         (["--latent", "missing.npy"], "--latent"),
         (["--latent", "notes.txt"], "--latent"),
         (["--latent", "z_ints.npy", "--out-dir", "o"], "--latent"),
+        (["--latent", "z_nan.npy", "--out-dir", "o"], "--latent"),    # NaN: no method could be compared
         (["--latent", "two.safetensors", "--out-dir", "o"], "--key"),
         (["--latent", "two.safetensors", "--key", "c", "--out-dir", "o"], "--key"),
         (["--out-dir", "used"], "--out-dir"),
         (["--out-dir", "img.png"], "--out-dir"),
+        (["--out-dir", ""], "--out-dir"),
         (["--max-iters", "0"], "--max-iters"),
         (["--tol", "-1"], "--tol"),
+        (["--tol", "nan"], "--tol"),
+        (["--tol", "inf"], "--tol"),
+        (["--kernel-size", "4"], "--kernel-size"),           # FoE windows are centred: odd
+        (["--kernel-size", "0"], "--kernel-size"),
+        (["--unary-weight", "0"], "--unary-weight"),
+        (["--unary-weight", "inf"], "--unary-weight"),
+        (["--max-iters", "-3"], "--max-iters"),
         (["--dtype", "float16"], "--dtype"),
     ],
     "energy-demo": [
         (["--method", "foo"], "--method"),
+        (["--method", "fft"], "--method"),
+        (["--method", "conjugate_gradient"], "--method"),
         (["--size", "0"], "--size"),
         (["--sigma", "-1"], "--sigma"),
         (["--image", "nope"], "--image"),
         (["--expert", "gauss"], "--expert"),
         (["--max-iters", "many"], "--max-iters"),
+        (["--max-iters", "0"], "--max-iters"),
         (["--out", "used"], "--out"),
         (["--out", "img.png"], "--out"),
+        (["--out", ""], "--out"),
     ],
     "evaluate": [
         (["--rows", "ldm49"], "--rows"),
@@ -103,6 +128,8 @@ WRONG = {
         (["--per-class", "x"], "--per-class"),
         (["--out", "used"], "--out"),
         (["--out", "img.png"], "--out"),
+        (["--out", ""], "--out"),
+        (["--full", "--no-table"], "--full"),                # the full table, or no table
     ],
     "distill-data": [
         ([], "--pipeline"),
@@ -112,6 +139,9 @@ WRONG = {
         (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "pipe"], "--out"),
         (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--pre-run", "41"], "--pre-steps"),
         (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--batch-size", "0"], "--batch-size"),
+        (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--device", "foo"], "--device"),
+        (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--device", "cuda:99"], "--device"),
+        (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--device", "cuda:-1"], "--device"),
     ],
 }
 CASES = [(command, argv, option) for command, table in WRONG.items() for argv, option in table]
@@ -137,6 +167,57 @@ def test_wrong_input_is_one_line_naming_the_option(command, argv, option, files,
     assert sorted(p.name for p in files.iterdir()) == before  # and nothing was written
 
 
+def test_a_method_for_quadratic_energies_only_is_refused_naming_why(files, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["compare-solvers", "--methods", "fft"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "{" not in err, err
+    assert "fft minimises quadratic energies only (with a circular boundary)" in err
+    assert "Field of Experts term" in err and "lbfgs" in err  # and which methods would do
+
+
+def test_a_cuda_device_needs_cuda(files, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["distill-data", "--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--device", "cuda"])
+    assert exit_info.value.code == 2
+    assert "--device: expected cpu, or a CUDA device on a machine with CUDA, got 'cuda' (no CUDA here)" in \
+        capsys.readouterr().err
+    assert not (files / "o").exists()
+
+
+@pytest.mark.parametrize("argv, per_class, seeds", [
+    ([], 1, 8), (["--full"], 2, 16), (["--full", "--seeds", "3"], 2, 3), (["--full", "--per-class", "1"], 1, 16),
+    (["--seeds", "4"], 1, 4),
+])
+def test_demo_full_sets_only_what_was_not_given(argv, per_class, seeds, monkeypatch, tmp_path):
+    from energycrf.apps.ldm import demo
+
+    class Stop(Exception):
+        pass
+
+    def stop():
+        raise Stop
+
+    monkeypatch.setattr(demo, "require_ldm", stop)  # the first step after the checks
+    parser = cli._Parser(prog="x")
+    demo.add_arguments(parser)
+    args = parser.parse_args(["--out", str(tmp_path / "out"), *argv])
+    with pytest.raises(Stop):
+        demo.run(args)
+    assert (args.per_class, args.seeds) == (per_class, seeds)
+
+
+@pytest.mark.parametrize("argv", [["denoise", "img.png", "-o", ""], ["compare-solvers", "--out-dir", ""],
+                                  ["demo", "--out", ""]])
+def test_an_empty_path_is_reported_as_given(argv, files, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(argv)
+    assert capsys.readouterr().err.rstrip().endswith("got ''")
+
+
 def test_a_failure_is_one_line_with_status_1_and_debug_shows_the_traceback(files, capsys):
     """A checkpoint folder that passes the checks but names an unknown model fails while loading."""
     (files / "ckpt").mkdir()
@@ -153,11 +234,15 @@ def test_a_failure_is_one_line_with_status_1_and_debug_shows_the_traceback(files
             cli.main(debug)
 
 
-def test_debug_also_raises_usage_errors(files):
+def test_debug_shows_the_traceback_of_a_usage_error_and_exits_with_status_2(files, capsys):
     from energycrf.apps._command import UsageError
 
-    with pytest.raises(UsageError, match="--sigma: expected one of the shipped levels 15, 25, 50, got 30"):
+    with pytest.raises(SystemExit) as exit_info:
         cli.main(["--debug", "denoise", "img.png", "--sigma", "30", "-o", "out.png"])
+    assert exit_info.value.code == 2  # as without --debug
+    assert isinstance(exit_info.value.__cause__, UsageError)
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "--sigma: expected one of the shipped levels 15, 25, 50, got 30" in err
 
 
 def test_argparse_messages_in_the_commands_form():

@@ -48,6 +48,17 @@ def test_denoise_refuses_an_existing_output_unless_overwrite(image, capsys):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_denoise_with_a_checkpoint_takes_its_model_and_sigma(image, capsys):
+    from energycrf.apps.denoise import pretrained_dir
+
+    ckpt = str(pretrained_dir(50, "foe"))
+    assert cli.main(["denoise", "img.png", "-o", "a.png", "--checkpoint", ckpt]) == 0
+    assert "sigma 50) -> a.png" in capsys.readouterr().out  # the checkpoint's, not the default 25
+    assert cli.main(["denoise", "img.png", "-o", "b.png", "--checkpoint", ckpt, "--model", "foe", "--sigma", "50"]) == 0
+    assert _exit_status(["denoise", "img.png", "-o", "c.png", "--checkpoint", ckpt, "--model", "latentcrf"]) == 2
+    assert "--model: expected the checkpoint's model 'foe'" in capsys.readouterr().err
+
+
 def test_a_failed_write_leaves_the_old_file_and_no_partial_one(image, monkeypatch, capsys):
     from energycrf.apps import denoise_command
 
@@ -143,6 +154,14 @@ def test_compare_solvers_shows_progress_and_lists_skipped_methods(tmp_path, caps
     assert "| mean_field |" in table and "| lbfgs |" in table
     assert cli.main([*argv, "--out-dir", str(tmp_path / "b"), "--no-progress"]) == 0
     assert "%|" not in capsys.readouterr().err
+
+
+def test_announcements_count_in_the_singular(tmp_path, capsys):
+    argv = ["compare-solvers", "--size", "8", "--max-iters", "2", "--methods", "lbfgs", "--no-progress",
+            "--out-dir", str(tmp_path / "a")]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.startswith("energycrf compare-solvers: 1 method on skimage camera 8x8")
+    assert _command.plural(1, "row") == "1 row" and _command.plural(7, "row") == "7 rows"
 
 
 def test_compare_each_matches_one_compare_solvers_call():

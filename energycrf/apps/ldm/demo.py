@@ -25,22 +25,27 @@ import argparse
 import time
 from pathlib import Path
 
-from .._command import announce, atomic_path, check_output_dir, integer, number, progress_bar
+from .._command import UsageError, announce, atomic_path, check_output_dir, integer, number, progress_bar
 from .evaluate_command import (TABLE_FILES, TIMING_REPEATS, add_run_options, require_fashion_mnist, require_ldm,
                                set_threads, table_size)
 
 PICTURE = "ldm_vs_latentcrf.png"
 GRID_SEEDS = (0, 1)
 FULL = {"per_class": 2, "seeds": 16}  # the table of docs/ldm.md
+DEFAULT = {"per_class": 1, "seeds": 8}  # the small table
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="energycrf-demo-out", help="output directory (PNG grid, table)")
-    parser.add_argument("--per-class", type=integer(minimum=1), default=1, help="held-out prompts per class for the table")
-    parser.add_argument("--seeds", type=integer(minimum=2), default=8, help="seeds (images) per prompt for the table")
+    parser.add_argument("--per-class", type=integer(minimum=1), default=None,
+                        help=f"held-out prompts per class for the table (default {DEFAULT['per_class']}, "
+                             f"{FULL['per_class']} with --full)")
+    parser.add_argument("--seeds", type=integer(minimum=2), default=None,
+                        help=f"seeds (images) per prompt for the table (default {DEFAULT['seeds']}, "
+                             f"{FULL['seeds']} with --full)")
     parser.add_argument("--full", action="store_true",
                         help=f"the table of docs/ldm.md: --per-class {FULL['per_class']} --seeds {FULL['seeds']} "
-                             "(about 3 times the default's work)")
+                             "unless given (about 3 times the default's work)")
     parser.add_argument("--grid-prompts", type=integer(minimum=1, maximum=10), default=4, help="prompts in the picture")
     parser.add_argument("--guidance", type=number(minimum=0.0), default=4.0, help="classifier-free guidance scale")
     parser.add_argument("--no-table", action="store_true", help="only the picture")
@@ -76,8 +81,11 @@ def grid_png(columns: dict, rows: list[str], path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.full:
-        args.per_class, args.seeds = FULL["per_class"], FULL["seeds"]
+    if args.full and args.no_table:
+        raise UsageError("--full", "the full table, or --no-table (the picture only)", "both")
+    for key, value in (FULL if args.full else DEFAULT).items():  # what was given stays
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     out = check_output_dir(args.out, "--out", (PICTURE,) + (() if args.no_table else TABLE_FILES),
                            overwrite=args.overwrite)
     require_ldm()

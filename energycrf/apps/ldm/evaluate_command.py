@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .._command import (UsageError, announce, check_output_dir, integer, number, progress_bar, require,
+from .._command import (UsageError, announce, check_output_dir, integer, number, plural, progress_bar, require,
                         threads_for_load)
 
 ROW_KEYS = ("ldm50", "ldm33", "crf33", "ldm20", "crf20", "dpm33", "dpm20")
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     methods = [methods[ROW_KEYS.index(k)] for k in args.rows]
     prompts = captions.evaluation_prompts(per_class=args.per_class)
     images, work = table_size(methods, len(prompts), args.seeds)
-    announce("evaluate", f"{len(methods)} rows x {len(prompts)} prompts x {args.seeds} seeds, then "
+    announce("evaluate", f"{plural(len(methods), 'row')} x {plural(len(prompts), 'prompt')} x {plural(args.seeds, 'seed')}, then "
              f"{TIMING_REPEATS} timing rounds: {images} images, {work} UNet calls; {threads}")
     pipe = pretrained.load_pipeline(args.pipeline)
     crf = pretrained.load_crf(args.crf) if any(m.plan is not None for m in methods) else None

@@ -53,7 +53,9 @@ class _Fields:
 
     def require(self, ok: bool, field: str, expected: str, value: Any) -> None:
         if not ok:
-            raise IntegrityError(f"{str(self.path)!r}: field {field!r} must be {expected}, got {value!r:.80}")
+            text = repr(value)
+            text = text if len(text) <= 80 else text[:77] + "..."  # a long value shortened, visibly
+            raise IntegrityError(f"{str(self.path)!r}: field {field!r} must be {expected}, got {text}")
 
     def get(self, st: dict, field: str) -> Any:
         *parents, key = field.split(".")

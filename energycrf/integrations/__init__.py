@@ -5,7 +5,8 @@
 - :mod:`~energycrf.integrations.diffusers`: :func:`generate` for diffusers pipelines
   (needs the ``diffusers`` extra; imported on first use);
 - :mod:`~energycrf.integrations.distill`: distillation data ``(z_s, z_f, prompt_embeds)``;
-- :mod:`~energycrf.integrations.bundle`: a pipeline, its CRF and the plan in one directory.
+- :mod:`~energycrf.integrations.bundle`: a pipeline, its CRF and the plan in one directory;
+- :mod:`~energycrf.integrations.metrics`: paired measures against a teacher with bootstrap intervals.
 """
 
 from __future__ import annotations

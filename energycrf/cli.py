@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "denoise": ("energycrf.apps.denoise", "denoise a grayscale image with a shipped checkpoint"),
     "train-corrector": ("energycrf.apps.ldm.corrector",
                         "train a LatentCRF corrector of a few-step sampler (DPM-Solver++, UniPC, DDIM) of the shipped model"),
+    "sweep": ("energycrf.apps.ldm.sweep",
+              "quality against UNet calls + CRF cost for samplers and LatentCRFs, paired intervals, Pareto figure"),
     "distill-data": ("energycrf.apps.distill_data",
                      "write stage-2 distillation shards (z_s, z_f, prompt embeddings) from a local diffusers pipeline"),
 }

@@ -10,7 +10,9 @@
   prompt and noise, ``c`` the positive prompt embeddings the CRF is conditioned on.
   Cached on disk (the teacher's latents are shared by every plan).
 - :func:`fit_corrector`: ``min_theta mean ||M_theta(z_N, c) - z_T||^2`` (the paper's
-  ``L_DT`` with the sampler's final latent as input) with AdamW, a held-out part of the
+  ``L_DT`` with the sampler's final latent as input), optionally plus
+  ``lambda mean ||D(M_theta(z_N, c)) - D(z_T)||^2`` through a frozen decoder ``D`` (the
+  VAE: the error measured where the images are), with AdamW, a held-out part of the
   pairs for a validation loss, a progress bar and the loss history.
 """
 
@@ -161,15 +163,22 @@ def corrector_pairs(pipe, prompts: Sequence[str], seeds: Sequence[int], plan: Co
 
 def fit_corrector(crf: torch.nn.Module, z_in: Tensor, z_target: Tensor, cond: Tensor | None = None, *,
                   steps: int = 1500, batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 0.01,
-                  val_fraction: float = 0.1, val_every: int = 50, seed: int = 0, progress: bool = True) -> dict:
+                  val_fraction: float = 0.1, val_every: int = 50, seed: int = 0, progress: bool = True,
+                  decoder=None, x_target: Tensor | None = None, pixel_weight: float = 0.0) -> dict:
     """Train ``crf`` in place on ``mean ||M(z_in, c) - z_target||^2``; returns the loss history.
+
+    With ``pixel_weight`` ``lambda > 0`` the loss adds ``lambda mean ||decoder(M(z_in, c)) -
+    x_target||^2`` (``decoder`` differentiable, its own parameters left alone; ``x_target``
+    the decoded teacher latents); ``"loss"`` is then the total and ``"val_pixel_loss"``
+    the held-out pixel term.
 
     A ``val_fraction`` of the pairs (drawn with ``seed``) is held out and its loss
     recorded every ``val_every`` steps (the first entry is the untrained layer; the
     identity's loss ``mean ||z_in - z_target||^2`` is reported beside it). Mini-batches
     are drawn without replacement, epoch by epoch, from a generator seeded with ``seed``.
 
-    Returns ``{"step", "loss", "val_step", "val_loss", "identity_val_loss", "train_size", "val_size"}``.
+    Returns ``{"step", "loss", "val_step", "val_loss", "val_pixel_loss", "identity_val_loss", "train_size",
+    "val_size"}``.
     """
     from tqdm.auto import tqdm
 
@@ -185,6 +194,10 @@ def fit_corrector(crf: torch.nn.Module, z_in: Tensor, z_target: Tensor, cond: Te
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     if not (isinstance(val_fraction, float) and 0.0 <= val_fraction < 1.0):
         raise ValueError(f"val_fraction must be a float in [0, 1), got {val_fraction!r}")
+    if not (isinstance(pixel_weight, (int, float)) and math.isfinite(pixel_weight) and pixel_weight >= 0):
+        raise ValueError(f"pixel_weight must be a finite number >= 0, got {pixel_weight!r}")
+    if pixel_weight > 0 and (decoder is None or x_target is None or len(x_target) != len(z_in)):
+        raise ValueError("pixel_weight > 0 needs decoder and x_target (one decoded teacher image per pair)")
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(z_in), generator=gen)
     n_val = int(round(val_fraction * len(z_in)))
@@ -193,6 +206,8 @@ def fit_corrector(crf: torch.nn.Module, z_in: Tensor, z_target: Tensor, cond: Te
         raise ValueError("no training pairs left after the validation split")
     pick = (lambda t, i: None if t is None else t[i])
 
+    pixels = pixel_weight > 0
+
     def val_loss() -> float:
         if n_val == 0:
             return float("nan")
@@ -200,13 +215,21 @@ def fit_corrector(crf: torch.nn.Module, z_in: Tensor, z_target: Tensor, cond: Te
         crf.eval()
         with torch.no_grad():
             out = crf(z_in[val], pick(cond, val))
+            if pixels:
+                hist["val_pixel_loss"].append(float(((decoder(out) - x_target[val]) ** 2).mean()))
         crf.train(was)
         return float(((out - z_target[val]) ** 2).mean())
 
+    def loss_of(idx):
+        out = crf(z_in[idx], pick(cond, idx))
+        loss = ((out - z_target[idx]) ** 2).mean()
+        return loss + pixel_weight * ((decoder(out) - x_target[idx]) ** 2).mean() if pixels else loss
+
     opt = torch.optim.AdamW(crf.parameters(), lr=lr, weight_decay=weight_decay)
-    hist = {"step": [], "loss": [], "val_step": [0], "val_loss": [val_loss()],
+    hist = {"step": [], "loss": [], "val_step": [0], "val_pixel_loss": [],
             "identity_val_loss": float(((z_in[val] - z_target[val]) ** 2).mean()) if n_val else float("nan"),
             "train_size": int(len(train)), "val_size": int(n_val)}
+    hist["val_loss"] = [val_loss()]
     crf.train()
     order, pos = train[torch.randperm(len(train), generator=gen)], 0
     bar = tqdm(range(1, steps + 1), desc="fit corrector", disable=not progress)
@@ -215,7 +238,7 @@ def fit_corrector(crf: torch.nn.Module, z_in: Tensor, z_target: Tensor, cond: Te
             order, pos = train[torch.randperm(len(train), generator=gen)], 0
         idx = order[pos : pos + batch_size]
         pos += batch_size
-        loss = ((crf(z_in[idx], pick(cond, idx)) - z_target[idx]) ** 2).mean()
+        loss = loss_of(idx)
         value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(f"the corrector's loss is not finite at step {step}")

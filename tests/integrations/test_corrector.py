@@ -65,6 +65,13 @@ def test_fit_corrector_learns_a_correction():
     assert hist["val_step"] == [0, 50, 100, 150] and len(hist["loss"]) == 150
     assert hist["val_loss"][-1] < 0.2 * hist["identity_val_loss"], hist
     assert hist["train_size"] + hist["val_size"] == 64 and not crf.training
+    # a pixel term through a frozen "decoder" (a fixed 2x upsampling of channel 0)
+    dec = lambda x: torch.nn.functional.interpolate(x[:, :1], scale_factor=2)  # noqa: E731
+    h2 = fit_corrector(crf, z, target, None, steps=20, batch_size=16, lr=1e-2, val_every=10, progress=False,
+                       decoder=dec, x_target=dec(target), pixel_weight=1.0)
+    assert len(h2["val_pixel_loss"]) == 3 and h2["val_pixel_loss"][-1] < 0.2
+    with pytest.raises(ValueError, match="decoder"):
+        fit_corrector(crf, z, target, pixel_weight=1.0)
     with pytest.raises(ValueError, match="same shape"):
         fit_corrector(crf, z, target[:3])
     with pytest.raises(ValueError, match="val_fraction"):

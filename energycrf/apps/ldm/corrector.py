@@ -42,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=1500, help="optimiser steps")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    parser.add_argument("--pixel-weight", type=float, default=0.0,
+                        help="weight of the decoded-image MSE to the teacher's image in the loss (0: latent MSE only)")
     parser.add_argument("--normalization", default="batch", help=f"the CRF's psi_N: {', '.join(NORMALIZATIONS)}")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="pairs held out for the validation loss")
     parser.add_argument("--seed", type=int, default=0, help="captions, initialisation and batches")
@@ -61,8 +63,8 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise SystemExit(f"train-corrector: --{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
     if not 0.0 <= args.val_fraction < 1.0:
         raise SystemExit(f"train-corrector: --val-fraction must be in [0, 1), got {args.val_fraction}")
-    if not args.lr > 0 or not args.guidance >= 0:
-        raise SystemExit("train-corrector: --lr must be > 0 and --guidance >= 0")
+    if not args.lr > 0 or not args.guidance >= 0 or not args.pixel_weight >= 0:
+        raise SystemExit("train-corrector: --lr must be > 0, --guidance and --pixel-weight >= 0")
 
 
 def command_line(args: argparse.Namespace) -> str:
@@ -120,9 +122,22 @@ def train(args: argparse.Namespace, pipe=None) -> dict:
     torch.manual_seed(args.seed)
     crf = LatentCRF(**corrector_config(args.normalization))
     t0 = time.perf_counter()
-    hist = fit_corrector(crf, data["z_in"], data["z_teacher"], data["prompt_embeds"], steps=args.steps,
-                         batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed,
-                         progress=not args.no_progress)
+    vae = pipe.vae
+    frozen = [p.requires_grad for p in vae.parameters()]
+    pixel = {}
+    if args.pixel_weight > 0:
+        vae.requires_grad_(False)
+        sf = vae.config.scaling_factor
+        pixel["decoder"] = lambda z: vae.decode(z / sf, return_dict=False)[0] / 2 + 0.5  # noqa: E731
+        with torch.no_grad():
+            pixel["x_target"] = torch.cat([pixel["decoder"](z) for z in data["z_teacher"].split(64)])
+    try:
+        hist = fit_corrector(crf, data["z_in"], data["z_teacher"], data["prompt_embeds"], steps=args.steps,
+                             batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed,
+                             progress=not args.no_progress, pixel_weight=args.pixel_weight, **pixel)
+    finally:
+        for p, flag in zip(vae.parameters(), frozen):
+            p.requires_grad_(flag)
     t_fit = time.perf_counter() - t0
     out = Path(args.out)
     record = {
@@ -135,9 +150,13 @@ def train(args: argparse.Namespace, pipe=None) -> dict:
                  "guidance_scale": args.guidance},
         "optimiser": {"name": "AdamW", "lr": args.lr, "weight_decay": 0.01, "steps": args.steps,
                       "batch_size": args.batch_size},
+        "loss": "mean (M(z_N, c) - z_T)^2" + (f" + {args.pixel_weight} mean (D(M(z_N, c)) - D(z_T))^2, D the VAE "
+                                              "decoder" if args.pixel_weight > 0 else ""),
         "final": {"train_loss_last50": sum(hist["loss"][-50:]) / len(hist["loss"][-50:]),
                   "val_loss": hist["val_loss"][-1], "val_loss_untrained": hist["val_loss"][0],
-                  "identity_val_loss": hist["identity_val_loss"], "train_size": hist["train_size"],
+                  "identity_val_loss": hist["identity_val_loss"],
+                  "val_pixel_loss": hist["val_pixel_loss"][-1] if hist["val_pixel_loss"] else None,
+                  "train_size": hist["train_size"],
                   "val_size": hist["val_size"]},
         "seconds": {"data": round(t_data, 1), "fit": round(t_fit, 1)},
         "threads": torch.get_num_threads(),

@@ -55,6 +55,18 @@ def test_train_corrector_records_plan_and_command_and_is_reproducible(tiny_pipe,
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2  # teacher + input, reused
 
 
+@needs_text
+def test_train_corrector_with_a_pixel_term(tiny_pipe, tmp_path):
+    from energycrf.apps.ldm import corrector
+
+    args = _args(_tiny_argv(tmp_path / "p", tmp_path / "cache") + ["--pixel-weight", "0.5"])
+    flags = [p.requires_grad for p in tiny_pipe.vae.parameters()]
+    rec = corrector.train(args, pipe=tiny_pipe)
+    assert "--pixel-weight 0.5" in rec["command"] and "D the VAE decoder" in rec["loss"]
+    assert rec["final"]["val_pixel_loss"] > 0
+    assert [p.requires_grad for p in tiny_pipe.vae.parameters()] == flags  # the pipeline is left as it was
+
+
 @pytest.mark.parametrize("bad, needle", [(["--calls", "0"], "--calls"), (["--sampler", "euler"], "--sampler"),
                                          (["--val-fraction", "1.0"], "--val-fraction"), (["--lr", "0"], "--lr")])
 def test_train_corrector_refuses_bad_options_before_work(tmp_path, bad, needle):

@@ -22,6 +22,7 @@ the number of units ``n``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -218,19 +219,32 @@ def paired_difference(a, b, *, n_boot: int = 2000, level: float = 0.95, seed: in
     return bootstrap_mean(x - y, n_boot=n_boot, level=level, seed=seed)
 
 
-def _frechet_resampler(reference: np.ndarray, resample_reference: bool, rng: np.random.Generator, n_boot: int):
-    """Per replicate ``k``, the reference's ``(mu, S, S^{1/2})`` (fixed, or resampled once per replicate)."""
+_REFERENCE_MEMO: dict[tuple, list] = {}
+
+
+def _frechet_resampler(reference: np.ndarray, resample_reference: bool, seed: int, n_boot: int):
+    """Per replicate ``k``, the reference's ``(mu, S, S^{1/2})`` (fixed, or resampled once per replicate).
+
+    The reference resamples come from their own stream (``default_rng([seed, 1])``), so every
+    call with the same reference, ``seed`` and ``n_boot`` sees the same ones; they are kept
+    (for the last few references) instead of being recomputed for each row of a table.
+    """
     fixed = _fit(reference)
     fixed = (*fixed, _sqrtm_psd(fixed[1]))
     if not resample_reference:
         return lambda k: fixed, fixed
-    ridx = rng.integers(0, len(reference), size=(n_boot, len(reference)))
-
-    def stats(k):
-        mu, s = _fit(reference[ridx[k]])
-        return mu, s, _sqrtm_psd(s)
-
-    return stats, fixed
+    key = (hashlib.sha1(np.ascontiguousarray(reference).tobytes()).hexdigest(), reference.shape, n_boot, seed)
+    if key not in _REFERENCE_MEMO:
+        ridx = np.random.default_rng([seed, 1]).integers(0, len(reference), size=(n_boot, len(reference)))
+        stats = []
+        for k in range(n_boot):
+            mu, s = _fit(reference[ridx[k]])
+            stats.append((mu, s, _sqrtm_psd(s)))
+        while len(_REFERENCE_MEMO) >= 2:
+            _REFERENCE_MEMO.pop(next(iter(_REFERENCE_MEMO)))
+        _REFERENCE_MEMO[key] = stats
+    memo = _REFERENCE_MEMO[key]
+    return (lambda k: memo[k]), fixed
 
 
 def bootstrap_frechet(features, reference, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0,
@@ -244,9 +258,8 @@ def bootstrap_frechet(features, reference, *, n_boot: int = 1000, level: float =
     f, r = _features(features, "features"), _features(reference, "reference")
     if f.shape[1] != r.shape[1]:
         raise ValueError(f"features and reference must have the same d, got {f.shape[1]} and {r.shape[1]}")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(f), size=(n_boot, len(f)))
-    ref_stats, fixed = _frechet_resampler(r, resample_reference, rng, n_boot)
+    idx = np.random.default_rng(seed).integers(0, len(f), size=(n_boot, len(f)))
+    ref_stats, fixed = _frechet_resampler(r, resample_reference, seed, n_boot)
     value = _frechet(*fixed, *_fit(f))
     reps = np.array([_frechet(*ref_stats(k), *_fit(f[idx[k]])) for k in range(n_boot)])
     return _interval(value, reps, len(f), level)
@@ -267,9 +280,8 @@ def paired_frechet_difference(features_a, features_b, reference, *, n_boot: int 
         raise ValueError(f"features_a and features_b must be paired (the same shape), got {fa.shape} and {fb.shape}")
     if fa.shape[1] != r.shape[1]:
         raise ValueError(f"features and reference must have the same d, got {fa.shape[1]} and {r.shape[1]}")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(fa), size=(n_boot, len(fa)))
-    ref_stats, fixed = _frechet_resampler(r, resample_reference, rng, n_boot)
+    idx = np.random.default_rng(seed).integers(0, len(fa), size=(n_boot, len(fa)))
+    ref_stats, fixed = _frechet_resampler(r, resample_reference, seed, n_boot)
     value = _frechet(*fixed, *_fit(fa)) - _frechet(*fixed, *_fit(fb))
     reps = []
     for k in range(n_boot):

@@ -235,6 +235,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="images per pipeline call")
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (FD: half as many)")
     parser.add_argument("--cost-repeats", type=int, default=15, help="interleaved timings of CRF and UNet")
+    parser.add_argument("--cost-batch", type=int, default=8, help="images per call when timing CRF and UNet")
     parser.add_argument("--pipeline", default=None, help="diffusers pipeline directory (default: the shipped one)")
     parser.add_argument("--out", default="energycrf-sweep-out", help="output folder (sweep.json, sweep.md, pareto.png, cache/)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: leave as is)")
@@ -294,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
     budgets = parse_budgets(args.budgets)
     tokens = method_tokens(args.methods)
     for name, low in (("per_class", 1), ("seeds", 2), ("seed_sets", 1), ("teacher_steps", 1), ("batch_size", 1),
-                      ("bootstrap", 10), ("cost_repeats", 1), ("threads", 0)):
+                      ("bootstrap", 10), ("cost_repeats", 1), ("cost_batch", 1), ("threads", 0)):
         if getattr(args, name) < low:
             raise SystemExit(f"sweep: --{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
     import shlex
@@ -317,7 +318,8 @@ def run(args: argparse.Namespace) -> int:
                                                    and v is not None for x in (f"--{k.replace('_', '-')}", str(v))])
     res = run_sweep(pipe, clf, ref, specs, budgets, prompts, disjoint_seed_sets(args.seed_sets, args.seeds), args.out,
                     teacher_steps=args.teacher_steps, guidance=args.guidance, batch_size=args.batch_size,
-                    n_boot=args.bootstrap, cost_repeats=args.cost_repeats, progress=not args.no_progress,
+                    n_boot=args.bootstrap, cost_repeats=args.cost_repeats, cost_batch=args.cost_batch,
+                    progress=not args.no_progress,
                     command=command)
     print(markdown(res))
     print(f"generated {len(res['generated'])} rows; written: {Path(args.out) / 'sweep.json'}, sweep.md, pareto.png")

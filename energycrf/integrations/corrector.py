@@ -164,7 +164,8 @@ def corrector_pairs(pipe, prompts: Sequence[str], seeds: Sequence[int], plan: Co
 def fit_corrector(crf: torch.nn.Module, z_in: Tensor, z_target: Tensor, cond: Tensor | None = None, *,
                   steps: int = 1500, batch_size: int = 32, lr: float = 1e-3, weight_decay: float = 0.01,
                   val_fraction: float = 0.1, val_every: int = 50, seed: int = 0, progress: bool = True,
-                  decoder=None, x_target: Tensor | None = None, pixel_weight: float = 0.0) -> dict:
+                  decoder=None, x_target: Tensor | None = None, pixel_weight: float = 0.0,
+                  lr_schedule: str = "cosine", warmup: int = 50) -> dict:
     """Train ``crf`` in place on ``mean ||M(z_in, c) - z_target||^2``; returns the loss history.
 
     With ``pixel_weight`` ``lambda > 0`` the loss adds ``lambda mean ||decoder(M(z_in, c)) -
@@ -176,6 +177,9 @@ def fit_corrector(crf: torch.nn.Module, z_in: Tensor, z_target: Tensor, cond: Te
     recorded every ``val_every`` steps (the first entry is the untrained layer; the
     identity's loss ``mean ||z_in - z_target||^2`` is reported beside it). Mini-batches
     are drawn without replacement, epoch by epoch, from a generator seeded with ``seed``.
+
+    ``lr_schedule``: ``"cosine"`` (linear warm-up over ``warmup`` steps, then a cosine decay
+    to 0 at ``steps``: the last iterates average out the mini-batch noise) or ``"constant"``.
 
     Returns ``{"step", "loss", "val_step", "val_loss", "val_pixel_loss", "identity_val_loss", "train_size",
     "val_size"}``.
@@ -198,6 +202,10 @@ def fit_corrector(crf: torch.nn.Module, z_in: Tensor, z_target: Tensor, cond: Te
         raise ValueError(f"pixel_weight must be a finite number >= 0, got {pixel_weight!r}")
     if pixel_weight > 0 and (decoder is None or x_target is None or len(x_target) != len(z_in)):
         raise ValueError("pixel_weight > 0 needs decoder and x_target (one decoded teacher image per pair)")
+    if lr_schedule not in ("cosine", "constant"):
+        raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(z_in), generator=gen)
     n_val = int(round(val_fraction * len(z_in)))
@@ -238,6 +246,10 @@ def fit_corrector(crf: torch.nn.Module, z_in: Tensor, z_target: Tensor, cond: Te
             order, pos = train[torch.randperm(len(train), generator=gen)], 0
         idx = order[pos : pos + batch_size]
         pos += batch_size
+        if lr_schedule == "cosine":
+            f = step / warmup if step <= warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+            for group in opt.param_groups:
+                group["lr"] = lr * f
         loss = loss_of(idx)
         value = float(loss.detach())
         if not math.isfinite(value):

@@ -72,6 +72,8 @@ def test_fit_corrector_learns_a_correction():
     assert len(h2["val_pixel_loss"]) == 3 and h2["val_pixel_loss"][-1] < 0.2
     with pytest.raises(ValueError, match="decoder"):
         fit_corrector(crf, z, target, pixel_weight=1.0)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        fit_corrector(crf, z, target, lr_schedule="step")
     with pytest.raises(ValueError, match="same shape"):
         fit_corrector(crf, z, target[:3])
     with pytest.raises(ValueError, match="val_fraction"):

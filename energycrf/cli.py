@@ -38,6 +38,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare-solvers": ("energycrf.apps.compare_solvers",
                         "compare inference solvers on a real problem: table and picture"),
     "denoise": ("energycrf.apps.denoise_command", "denoise a grayscale image with a shipped checkpoint"),
+    "train-corrector": ("energycrf.apps.ldm.corrector",
+                        "train a LatentCRF corrector of a few-step sampler (DPM-Solver++, UniPC, DDIM) of the shipped model"),
+    "sweep": ("energycrf.apps.ldm.sweep",
+              "quality against UNet calls + CRF cost for samplers and LatentCRFs, paired intervals, Pareto figure"),
     "distill-data": ("energycrf.apps.distill_data",
                      "write stage-2 distillation shards (z_s, z_f, prompt embeddings) from a local diffusers pipeline"),
 }

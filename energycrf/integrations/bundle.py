@@ -1,5 +1,11 @@
 """A pipeline, its CRF and the splice plan in one local directory (``save_pretrained`` /
-``load_pretrained``); diffusers is imported only to load."""
+``load_pretrained``); diffusers is imported only to load.
+
+A CRF alone records the plan it was trained for with :func:`save_crf` (``plan.json``
+beside ``config.json`` and ``model.safetensors``, written as one unit with them);
+:func:`load_crf` loads it with the plan as ``crf.plan``, which
+:func:`energycrf.integrations.diffusers.generate` uses when it is given no plan.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,15 @@ import json
 import os
 from pathlib import Path
 
-from .plan import SplicePlan
+from .plan import CorrectorPlan, SplicePlan, plan_from_dict
 
-__all__ = ["CRF_SUBFOLDER", "PLAN_FILE", "save_pretrained", "load_pretrained"]
+__all__ = ["CRF_SUBFOLDER", "PLAN_FILE", "CRF_PLAN_FILE", "save_pretrained", "load_pretrained", "save_crf",
+           "load_crf", "read_plan"]
 
 CRF_SUBFOLDER = "latent_crf"
 PLAN_FILE = "energycrf_plan.json"
+CRF_PLAN_FILE = "plan.json"
+_PLANS = (SplicePlan, CorrectorPlan)
 
 
 def save_pretrained(directory, pipe, crf, plan: SplicePlan | None = None):
@@ -23,8 +32,8 @@ def save_pretrained(directory, pipe, crf, plan: SplicePlan | None = None):
     ``directory/energycrf_plan.json`` the plan. diffusers ignores the two extras.
     """
     plan = SplicePlan() if plan is None else plan
-    if not isinstance(plan, SplicePlan):
-        raise TypeError(f"plan must be a SplicePlan or None, got {type(plan).__name__}")
+    if not isinstance(plan, _PLANS):
+        raise TypeError(f"plan must be a SplicePlan, a CorrectorPlan or None, got {type(plan).__name__}")
     if not hasattr(crf, "save_pretrained"):
         raise TypeError(f"crf must have save_pretrained (ec.LatentCRF does), got {type(crf).__name__}")
     path = Path(directory)
@@ -52,5 +61,44 @@ def load_pretrained(directory, pipeline_cls=None, crf_cls=None, **pipeline_kwarg
     pipe = (pipeline_cls or DiffusionPipeline).from_pretrained(str(path), local_files_only=True, **pipeline_kwargs)
     crf = crf_cls.from_pretrained(path / CRF_SUBFOLDER)
     plan_file = path / PLAN_FILE
-    plan = SplicePlan.from_dict(json.loads(plan_file.read_text())) if plan_file.is_file() else SplicePlan()
+    plan = plan_from_dict(json.loads(plan_file.read_text())) if plan_file.is_file() else SplicePlan()
     return pipe, crf, plan
+
+
+def save_crf(crf, directory, plan: SplicePlan | CorrectorPlan, *, extra_files: dict[str, str] | None = None):
+    """Write ``crf`` (``config.json`` + ``model.safetensors``) with ``plan.json`` and ``extra_files``.
+
+    The files are one unit (:func:`energycrf.io.write_pretrained`: staged, swapped into
+    place); ``extra_files`` maps plain file names to text (a training record, a README).
+    """
+    from energycrf import __version__
+    from energycrf.io import write_pretrained
+
+    if not isinstance(plan, _PLANS):
+        raise TypeError(f"plan must be a SplicePlan or a CorrectorPlan, got {type(plan).__name__}")
+    config = getattr(crf, "config", None)
+    if not isinstance(config, dict) or not hasattr(crf, "state_dict"):
+        raise TypeError(f"crf must be a LatentCRF (a module with a config), got {type(crf).__name__}")
+    files = {CRF_PLAN_FILE: json.dumps(plan.to_dict(), indent=2, sort_keys=True) + "\n", **(extra_files or {})}
+    header = {"_class_name": type(crf).__name__, "_energycrf_version": __version__, **config}
+    return write_pretrained(directory, header, crf.state_dict(), extra_files=files)
+
+
+def read_plan(directory) -> SplicePlan | CorrectorPlan | None:
+    """The plan recorded beside a saved CRF (``plan.json``), or ``None`` when there is none."""
+    from energycrf.io import read_json
+
+    path = Path(directory) / CRF_PLAN_FILE
+    return plan_from_dict(read_json(path)) if path.is_file() else None
+
+
+def load_crf(directory, crf_cls=None):
+    """Load a CRF saved by :func:`save_crf` (or ``save_pretrained``), eval mode, with ``crf.plan``.
+
+    ``crf.plan`` is the recorded plan, or ``None`` when the directory records none.
+    """
+    if crf_cls is None:
+        from energycrf.learned.latent_crf import LatentCRF as crf_cls
+    crf = crf_cls.from_pretrained(directory).eval()
+    crf.plan = read_plan(directory)
+    return crf

@@ -41,7 +41,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .plan import CLEAN, SplicePlan, SpliceSchedule
+from .plan import CLEAN, CorrectorPlan, SplicePlan, SpliceSchedule
+from .schedulers import make_scheduler, quiet_scheduler_warnings
 from .bundle import CRF_SUBFOLDER, PLAN_FILE, load_pretrained, save_pretrained  # noqa: F401 (re-exported)
 from .sampler import NoiseSchedule, crf_to_target, ddim_step
 
@@ -323,8 +324,9 @@ def _vp_scale(kind: str, noise: NoiseSchedule, t: int) -> float:
     return (1.0 + noise.sigma(t) ** 2) ** 0.5
 
 
-def generate(pipe, crf: Callable, plan: SplicePlan | None = None, *, condition="tokens", **call_kwargs):
-    """Call ``pipe(**call_kwargs)`` with the CRF spliced in per ``plan`` (default: the paper's).
+def generate(pipe, crf: Callable, plan: SplicePlan | CorrectorPlan | None = None, *, condition="tokens",
+             **call_kwargs):
+    """Call ``pipe(**call_kwargs)`` with the CRF spliced in per ``plan`` (default: the CRF's own, else the paper's).
 
     Args:
         pipe: a ``StableDiffusionPipeline``, ``StableDiffusionXLPipeline`` or any pipeline
@@ -333,7 +335,10 @@ def generate(pipe, crf: Callable, plan: SplicePlan | None = None, *, condition="
         crf: the learned layer (``ec.LatentCRF``) or any ``crf(z, c) -> z``. It is put in
             eval mode for the call (batch-norm statistics are not touched) and its mode
             restored afterwards. It runs on its own device and dtype.
-        plan: a :class:`SplicePlan`; ``None`` is the paper's (33 UNet calls).
+        plan: a :class:`SplicePlan`, or a :class:`CorrectorPlan` (its sampler runs all
+            its calls, then the CRF corrects the final latent; the pipeline's scheduler
+            may be any). ``None``: the plan recorded with the CRF (``crf.plan``, set by
+            :func:`energycrf.integrations.bundle.load_crf`), else the paper's (33 UNet calls).
         condition: what the CRF is conditioned on: ``"tokens"`` (positive prompt token
             embeddings ``[B, L, D]``), ``"pooled"`` (SDXL pooled ``[B, D]``) or ``None``.
         **call_kwargs: passed to the pipeline (``prompt``, ``guidance_scale``, ``generator``,
@@ -344,9 +349,11 @@ def generate(pipe, crf: Callable, plan: SplicePlan | None = None, *, condition="
     Returns:
         What the pipeline returns.
     """
-    plan = SplicePlan() if plan is None else plan
-    if not isinstance(plan, SplicePlan):
-        raise TypeError(f"plan must be a SplicePlan or None, got {type(plan).__name__}")
+    if plan is None:
+        recorded = getattr(crf, "plan", None)
+        plan = recorded if isinstance(recorded, (SplicePlan, CorrectorPlan)) else SplicePlan()
+    if not isinstance(plan, (SplicePlan, CorrectorPlan)):
+        raise TypeError(f"plan must be a SplicePlan, a CorrectorPlan or None, got {type(plan).__name__}")
     if not callable(crf):
         raise TypeError(f"crf must be callable as crf(z, c), got {type(crf).__name__}")
     if condition not in _CONDITIONS:
@@ -371,13 +378,16 @@ def generate(pipe, crf: Callable, plan: SplicePlan | None = None, *, condition="
             + (" (pooled embeddings exist in SDXL pipelines; use condition='tokens')" if condition == "pooled" else "")
         )
     original = pipe.scheduler
-    kind = check_scheduler(original)
-    sched = plan.schedule_for(original.config)
+    corrector = isinstance(plan, CorrectorPlan)
+    kind = None if corrector else check_scheduler(original)
+    sched = None if corrector else plan.schedule_for(original.config)
     user_cb, user_inputs = _user_callback(call_kwargs)
     was_training = crf.training if isinstance(crf, torch.nn.Module) else None
     try:
         if was_training is not None:
             crf.eval()
+        if corrector:
+            return _generate_corrector(pipe, crf, plan, condition, user_cb, user_inputs, call_kwargs)
         if kind == "ddim":
             return _generate_ddim(pipe, crf, plan, sched, condition, user_cb, user_inputs, call_kwargs)
         return _generate_two_calls(pipe, crf, plan, sched, kind, condition, user_cb, user_inputs, call_kwargs)
@@ -403,6 +413,17 @@ def _generate_ddim(pipe, crf, plan, sched, condition, user_cb, user_inputs, call
     )
     pipe.scheduler = spliced
     out = pipe(timesteps=list(sched.timesteps), callback_on_step_end=cb, **call_kwargs)
+    _check_applied(cb)
+    return out
+
+
+def _generate_corrector(pipe, crf, plan: CorrectorPlan, condition, user_cb, user_inputs, call_kwargs):
+    """One call of ``plan.calls`` steps of the plan's sampler; after the last step the CRF maps
+    the final latent to its correction (``to_target`` is the identity), which the pipeline decodes."""
+    cb = CRFSpliceCallback(crf, plan.calls - 1, lambda z, out: out, condition, then=user_cb, then_inputs=user_inputs)
+    pipe.scheduler = make_scheduler(pipe.scheduler.config, plan.sampler, plan.spacing)
+    with quiet_scheduler_warnings():
+        out = pipe(num_inference_steps=plan.calls, callback_on_step_end=cb, **call_kwargs)
     _check_applied(cb)
     return out
 

@@ -24,6 +24,11 @@ one choice:
 Timestep grids follow DDIM's spacing rules (``leading``, ``trailing``, ``linspace``,
 with ``steps_offset``), read from the scheduler's configuration, so the plan gives
 the same timesteps as ``DDIMScheduler.set_timesteps``.
+
+A :class:`CorrectorPlan` states the other use of the CRF: a sampler ``S`` (DDIM,
+DPM-Solver++ or UniPC) with timestep spacing ``P`` runs ``N`` UNet calls to the end, and
+the CRF corrects the final (clean) latent, ``z_0 <- M(z_0, c)``. :func:`plan_from_dict`
+reads either plan back from its dictionary.
 """
 
 from __future__ import annotations
@@ -36,13 +41,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SplicePlan", "SpliceSchedule", "ddim_timesteps", "CLEAN"]
+__all__ = ["SplicePlan", "SpliceSchedule", "CorrectorPlan", "plan_from_dict", "ddim_timesteps", "CLEAN", "SAMPLERS"]
 
 #: The timestep value that stands for "the clean latent" (after the final step).
 CLEAN = -1
 
 _CRF_OUTPUTS = ("clean", "post")
 _SPACINGS = ("leading", "trailing", "linspace")
+#: The samplers a :class:`CorrectorPlan` can name (diffusers' DDIM, DPM-Solver++ 2M, UniPC).
+SAMPLERS = ("ddim", "dpmpp", "unipc")
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -275,3 +282,72 @@ class SplicePlan:
         if unknown:
             raise ValueError(f"unknown plan fields {sorted(unknown)}; expected a subset of {sorted(names)}")
         return cls(**dict(data))
+
+
+@dataclass(frozen=True)
+class CorrectorPlan:
+    """Sampler ``S`` with spacing ``P`` for ``N`` UNet calls, then the CRF on the final latent.
+
+    The CRF ``M`` is a *corrector*: it receives the sampler's clean latent ``z_0`` (the
+    latent the VAE would decode) and returns the corrected one, ``z_0 <- M(z_0, c)``; it
+    is trained to map that latent to the teacher's (many-step) latent for the same prompt
+    and noise. Cost: ``N`` UNet calls plus one CRF call.
+
+    Example::
+
+        >>> plan = CorrectorPlan("dpmpp", "trailing", 8)
+        >>> plan.unet_calls, plan.describe()
+        (8, 'dpmpp (trailing) 8 + CRF')
+        >>> plan_from_dict(plan.to_dict()) == plan
+        True
+    """
+
+    sampler: str = "dpmpp"
+    spacing: str = "trailing"
+    calls: int = 8
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.spacing not in _SPACINGS:
+            raise ValueError(f"spacing must be one of {_SPACINGS}, got {self.spacing!r}")
+        _check_int("calls", self.calls, 1)
+
+    @property
+    def unet_calls(self) -> int:
+        """UNet calls per image batch: ``calls``."""
+        return self.calls
+
+    def describe(self) -> str:
+        return f"{self.sampler} ({self.spacing}) {self.calls} + CRF"
+
+    def to_dict(self) -> dict:
+        return {"kind": "corrector", **dataclasses.asdict(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> CorrectorPlan:
+        if not isinstance(data, Mapping):
+            raise TypeError(f"plan data must be a mapping, got {type(data).__name__}")
+        data = dict(data)
+        if data.pop("kind", "corrector") != "corrector":
+            raise ValueError("plan data of kind 'corrector' expected")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown plan fields {sorted(unknown)}; expected a subset of {sorted(names)}")
+        return cls(**data)
+
+
+def plan_from_dict(data: Mapping) -> SplicePlan | CorrectorPlan:
+    """A :class:`SplicePlan` or :class:`CorrectorPlan` from its ``to_dict()`` (``kind`` tells which)."""
+    if not isinstance(data, Mapping):
+        raise TypeError(f"plan data must be a mapping, got {type(data).__name__}")
+    kind = data.get("kind", "splice")
+    if kind == "corrector":
+        return CorrectorPlan.from_dict(data)
+    if kind == "splice":
+        return SplicePlan.from_dict({k: v for k, v in data.items() if k != "kind"})
+    raise ValueError(f"plan kind must be 'splice' or 'corrector', got {kind!r}")

@@ -11,7 +11,9 @@ Table 1) can be evaluated end to end offline:
 - :mod:`energycrf.apps.ldm.evaluate`: Frechet distance, class accuracy, Vendi score, ms/image
   (``energycrf evaluate``);
 - :mod:`energycrf.apps.ldm.crf_training`: LatentCRF stage 1 / stage 2 data and settings;
-- :mod:`energycrf.apps.ldm.pretrained`: the shipped pipeline, classifier and LatentCRF;
+- :mod:`energycrf.apps.ldm.corrector`: a LatentCRF corrector for a few-step sampler
+  (``energycrf train-corrector``);
+- :mod:`energycrf.apps.ldm.pretrained`: the shipped pipeline, classifier and LatentCRFs;
 - :mod:`energycrf.apps.ldm.demo`: the picture and the small-sample Table 1 (``energycrf demo``).
 
 ``energycrf.ldm`` and ``energycrf.ldm.pretrained`` are its public names too (the same module
@@ -21,4 +23,4 @@ diffusers/transformers lazily; ``import energycrf.apps.ldm`` is cheap.
 
 from __future__ import annotations
 
-__all__ = ["data", "captions", "text", "train", "classifier", "evaluate", "crf_training", "pretrained", "demo"]
+__all__ = ["data", "captions", "text", "train", "classifier", "evaluate", "crf_training", "corrector", "pretrained", "demo"]

@@ -1,0 +1,106 @@
+"""`energycrf sweep` on a tiny random pipeline: UNet calls by hook, the cache, the outputs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tests.apps.ldm.conftest import needs_text
+
+
+def _crfs(tmp_path):
+    import energycrf as ec
+    from energycrf.integrations.bundle import load_crf, save_crf
+    from energycrf.integrations.plan import CorrectorPlan
+
+    torch.manual_seed(0)
+    crf = ec.LatentCRF(channels=4, cond_dim=384)
+    with torch.no_grad():
+        for p in crf.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_crf(crf, tmp_path / "corr", CorrectorPlan("dpmpp", "trailing", 2))
+    splice = ec.LatentCRF(channels=4, cond_dim=384, normalization="none").eval()
+    return load_crf(tmp_path / "corr"), splice
+
+
+@needs_text
+def test_sweep_counts_calls_by_hook_reuses_the_cache_and_reports(tiny_pipe, tmp_path):
+    from energycrf.apps.ldm import sweep as S
+    from energycrf.apps.ldm.classifier import FashionClassifier
+    from energycrf.integrations.cost import UNetCallCounter
+
+    corr, splice = _crfs(tmp_path)
+    specs = [S.plain("ddim"), S.plain("dpmpp"), S.Spec("crf-splice", "LatentCRF (DDIM splice)", kind="splice", crf=splice),
+             S.Spec("crf-corr", "LatentCRF corr", kind="recorded", crf=corr)]
+    torch.manual_seed(0)
+    clf = FashionClassifier(width=4).eval()
+    ref = np.random.default_rng(0).normal(size=(40, 64))
+    prompts = [("a photo of a bag", 8), ("a coat", 4)]
+    kw = dict(teacher_steps=4, batch_size=4, n_boot=20, cost_repeats=1, cost_batch=2, progress=False)
+    out = tmp_path / "out"
+    with UNetCallCounter(tiny_pipe.unet) as counter:
+        res = S.run_sweep(tiny_pipe, clf, ref, specs, [2, 3], prompts, [[0, 1], [2, 3]], out, **kw)
+    rows = res["rows"]
+    # per seed set: the teacher, ddim 2 / 3, dpmpp 2 / 3, the splice 2 / 3, the corrector at its own 2
+    assert len(rows) == 2 * 8 and {r["images"] for r in rows} == {4}
+    assert all(r["unet_calls_counted"] == r["unet_calls"] for r in rows)
+    timing = 2 * 2  # crf_cost: one warm-up and one timed UNet call per CRF
+    assert counter.calls == sum(r["unet_calls"] for r in rows) + timing
+    assert len(res["generated"]) == 16 and len(list((out / "cache").glob("*.safetensors"))) == 16
+    corr_rows = [r for r in rows if r["method"] == "crf-corr"]
+    assert [r["unet_calls"] for r in corr_rows] == [2, 2] and corr_rows[0]["plan"]["kind"] == "corrector"
+    assert all(r["budget"] == pytest.approx(2 + r["crf_cost"]) and r["crf_cost"] > 0 for r in corr_rows)
+    assert [r["plan"]["pre_run"] for r in rows if r["method"] == "crf-splice"][:2] == [1, 2]
+    teacher = [r for r in rows if r["kind"] == "teacher"][0]
+    assert "latent_mse" not in teacher["estimates"] and "frechet" in teacher["estimates"]
+    e = rows[1]["estimates"]
+    assert set(e) == {"latent_mse", "psnr", "frechet", "accuracy", "vendi"}
+    assert all(v["low"] <= v["value"] <= v["high"] and v["n"] in (4, 2) for v in e.values())
+    same = [c for c in res["comparisons"] if c["rule"] == "same calls"]
+    assert {(c["method"], c["peer"], c["calls"]) for c in same} >= {("crf-corr", "dpmpp-trailing", 2),
+                                                                     ("crf-splice", "ddim", 3)}
+    assert set(same[0]["beats"]) == {"teacher", "frechet", "accuracy_not_lower", "all"}
+    saved = json.loads((out / "sweep.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(rows)) and saved["images_per_row"] == 4
+    md = (out / "sweep.md").read_text()
+    assert "Seed set 1 (seeds 2-3)" in md and "Paired differences" in md and "Verdicts" in md
+    assert (out / "pareto.png").stat().st_size > 5000
+    # a second run generates nothing: only the CRF timing calls the UNet
+    with UNetCallCounter(tiny_pipe.unet) as counter:
+        again = S.run_sweep(tiny_pipe, clf, ref, specs, [2, 3], prompts, [[0, 1], [2, 3]], out, **kw)
+    assert counter.calls == timing and again["generated"] == []
+    assert [r["estimates"]["latent_mse"] for r in again["rows"][1:8]] == [r["estimates"]["latent_mse"] for r in rows[1:8]]
+
+
+def test_splice_plan_for_budget():
+    from energycrf.apps.ldm import sweep as S
+    from energycrf.apps.ldm.train import SCHEDULER_CONFIG
+
+    p20 = S.splice_plan_for(20, SCHEDULER_CONFIG)
+    assert (p20.pre_steps, p20.pre_run, p20.post_run, p20.unet_calls) == (25, 19, 1, 20)
+    assert p20.schedule_for(SCHEDULER_CONFIG).splice_timestep == 201
+    for calls in (2, 6, 8, 12):
+        assert S.splice_plan_for(calls, SCHEDULER_CONFIG).unet_calls == calls
+
+
+def _args(argv):
+    from energycrf.apps.ldm import sweep as S
+
+    p = argparse.ArgumentParser()
+    S.add_arguments(p)
+    return p.parse_args(argv)
+
+
+@pytest.mark.parametrize("bad, needle", [(["--budgets", "6,x"], "--budgets"), (["--budgets", "0"], "--budgets"),
+                                         (["--methods", "euler"], "--methods"), (["--methods", "dpmpp:middle"], "--methods"),
+                                         (["--seeds", "1"], "--seeds"), (["--bootstrap", "3"], "--bootstrap")])
+def test_sweep_refuses_bad_options_before_work(tmp_path, bad, needle):
+    from energycrf.apps.ldm import sweep as S
+
+    with pytest.raises(SystemExit, match=needle):
+        S.run(_args(["--out", str(tmp_path / "x"), *bad]))
+    assert not (tmp_path / "x").exists()

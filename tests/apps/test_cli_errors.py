@@ -45,6 +45,25 @@ def files(tmp_path, monkeypatch):
 
 #: command -> [(arguments, the option named)]: wrong input of each kind the command takes
 WRONG = {
+    "sweep": [
+        (["--budgets", "0"], "--budgets"),
+        (["--budgets", "abc"], "--budgets"),
+        (["--methods", "foo"], "--methods"),
+        (["--methods", ","], "--methods"),
+        (["--seed-sets", "0"], "--seed-sets"),
+        (["--seeds", "1"], "--seeds"),
+        (["--guidance", "-1"], "--guidance"),
+        (["--out", ""], "--out"),
+    ],
+    "train-corrector": [
+        (["--out", "c", "--calls", "0"], "--calls"),
+        (["--out", "c", "--sampler", "foo"], "--sampler"),
+        (["--out", "c", "--spacing", "foo"], "--spacing"),
+        (["--out", "c", "--steps", "-1"], "--steps"),
+        (["--out", "c", "--lr", "0"], "--lr"),
+        (["--out", "c", "--val-fraction", "1"], "--val-fraction"),
+        (["--out", ""], "--out"),
+    ],
     "denoise": [
         (["missing.png", "-o", "out.png"], "IN"),
         (["notes.png", "-o", "out.png"], "IN"),              # a non-image with an image's name

@@ -19,6 +19,8 @@ import shlex
 import time
 from pathlib import Path
 
+from energycrf.apps._command import UsageError
+
 SAMPLERS = ("ddim", "dpmpp", "unipc")
 SPACINGS = ("leading", "trailing", "linspace")
 NORMALIZATIONS = ("batch", "group", "none", "mean_field")
@@ -58,18 +60,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """One-line ``SystemExit`` for a bad option, before any work."""
+    """A :class:`UsageError` (one line, status 2) for a bad option, before any work."""
     for name, choices in (("sampler", SAMPLERS), ("spacing", SPACINGS), ("normalization", NORMALIZATIONS)):
         if getattr(args, name) not in choices:
-            raise SystemExit(f"train-corrector: --{name} must be one of {', '.join(choices)}, got {getattr(args, name)!r}")
+            raise UsageError(f"--{name}", f"one of {', '.join(choices)}", repr(getattr(args, name)))
     for name, low in (("calls", 1), ("images", 2), ("teacher_steps", 1), ("steps", 1), ("batch_size", 1),
                       ("seed_base", 0), ("threads", 0)):
         if getattr(args, name) < low:
-            raise SystemExit(f"train-corrector: --{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+            raise UsageError(f"--{name.replace('_', '-')}", f"an integer >= {low}", str(getattr(args, name)))
     if not 0.0 <= args.val_fraction < 1.0:
-        raise SystemExit(f"train-corrector: --val-fraction must be in [0, 1), got {args.val_fraction}")
-    if not args.lr > 0 or not args.guidance >= 0 or not args.pixel_weight >= 0:
-        raise SystemExit("train-corrector: --lr must be > 0, --guidance and --pixel-weight >= 0")
+        raise UsageError("--val-fraction", "a number in [0, 1)", str(args.val_fraction))
+    for name, ok, expected in (("lr", args.lr > 0, "a number > 0"), ("guidance", args.guidance >= 0, "a number >= 0"),
+                               ("pixel_weight", args.pixel_weight >= 0, "a number >= 0")):
+        if not ok:
+            raise UsageError(f"--{name.replace('_', '-')}", expected, str(getattr(args, name)))
+    if not args.out:
+        raise UsageError("--out", "a folder name", "''")
 
 
 def command_line(args: argparse.Namespace) -> str:

@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from energycrf.apps._command import UsageError
 from energycrf.apps.ldm.sweep_report import markdown, pareto_figure
 
 LABELS = {"ddim": "DDIM", "dpmpp": "DPM-Solver++", "unipc": "UniPC"}
@@ -246,9 +247,9 @@ def parse_budgets(text: str) -> list[int]:
     try:
         budgets = sorted({int(b) for b in text.split(",") if b.strip()})
     except ValueError:
-        raise SystemExit(f"sweep: --budgets must be a comma list of integers, got {text!r}") from None
+        raise UsageError("--budgets", "a comma list of integers >= 1", repr(text)) from None
     if not budgets or budgets[0] < 1:
-        raise SystemExit(f"sweep: --budgets must hold integers >= 1, got {text!r}")
+        raise UsageError("--budgets", "a comma list of integers >= 1", repr(text))
     return budgets
 
 
@@ -261,10 +262,10 @@ def method_tokens(text: str) -> list[str]:
             continue
         if t in ("crf-splice", "correctors") or (head == "crf" and tail):
             continue
-        raise SystemExit(f"sweep: --methods: unknown method {t!r} (ddim, dpmpp, unipc[:SPACING], crf-splice, "
-                         "crf:NAME|PATH, correctors)")
+        raise UsageError("--methods", "ddim, dpmpp, unipc (each with :SPACING), crf-splice, crf:NAME|PATH or "
+                         "correctors", repr(t))
     if not tokens:
-        raise SystemExit("sweep: --methods is empty")
+        raise UsageError("--methods", "at least one method", repr(text))
     return tokens
 
 
@@ -284,8 +285,8 @@ def build_specs(tokens: list[str]) -> list[Spec]:
             for name in names:
                 crf = pretrained.load_crf(name)
                 if crf.plan is None:
-                    raise SystemExit(f"sweep: the CRF {name!r} records no plan (plan.json); train it with "
-                                     "energycrf train-corrector")
+                    raise UsageError("--methods", "CRFs that record their plan (plan.json; energycrf "
+                                     "train-corrector writes it)", f"{name!r}, which records none")
                 key = "crf-" + "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in Path(name).name)
                 specs.append(Spec(key, f"LatentCRF {Path(name).name}", kind="recorded", crf=crf))
     return specs
@@ -297,7 +298,11 @@ def run(args: argparse.Namespace) -> int:
     for name, low in (("per_class", 1), ("seeds", 2), ("seed_sets", 1), ("teacher_steps", 1), ("batch_size", 1),
                       ("bootstrap", 10), ("cost_repeats", 1), ("cost_batch", 1), ("threads", 0)):
         if getattr(args, name) < low:
-            raise SystemExit(f"sweep: --{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
+            raise UsageError(f"--{name.replace('_', '-')}", f"an integer >= {low}", str(getattr(args, name)))
+    if not args.out:
+        raise UsageError("--out", "a folder name", "''")
+    if not math.isfinite(args.guidance) or args.guidance < 0:
+        raise UsageError("--guidance", "a finite number >= 0", str(args.guidance))
     import shlex
 
     import torch

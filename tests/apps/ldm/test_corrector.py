@@ -6,6 +6,8 @@ import argparse
 import json
 
 import pytest
+
+from energycrf.apps._command import UsageError
 import torch
 
 from tests.apps.ldm.conftest import needs_text
@@ -72,6 +74,6 @@ def test_train_corrector_with_a_pixel_term(tiny_pipe, tmp_path):
 def test_train_corrector_refuses_bad_options_before_work(tmp_path, bad, needle):
     from energycrf.apps.ldm import corrector
 
-    with pytest.raises(SystemExit, match=needle):
+    with pytest.raises(UsageError, match=needle):  # one line naming the option, status 2 from the CLI
         corrector.run(_args(["--out", str(tmp_path / "x"), *bad]))
     assert not (tmp_path / "x").exists()

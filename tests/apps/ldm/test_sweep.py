@@ -7,6 +7,8 @@ import json
 
 import numpy as np
 import pytest
+
+from energycrf.apps._command import UsageError
 import torch
 
 from tests.apps.ldm.conftest import needs_text
@@ -101,6 +103,6 @@ def _args(argv):
 def test_sweep_refuses_bad_options_before_work(tmp_path, bad, needle):
     from energycrf.apps.ldm import sweep as S
 
-    with pytest.raises(SystemExit, match=needle):
+    with pytest.raises(UsageError, match=needle):  # one line naming the option, status 2 from the CLI
         S.run(_args(["--out", str(tmp_path / "x"), *bad]))
     assert not (tmp_path / "x").exists()

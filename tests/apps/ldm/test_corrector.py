@@ -6,9 +6,9 @@ import argparse
 import json
 
 import pytest
+import torch
 
 from energycrf.apps._command import UsageError
-import torch
 
 from tests.apps.ldm.conftest import needs_text
 

@@ -7,9 +7,9 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from energycrf.apps._command import UsageError
-import torch
 
 from tests.apps.ldm.conftest import needs_text
 

@@ -362,7 +362,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pipeline", default=None, help="diffusers pipeline directory (default: the shipped ldm-fashion)")
-    parser.add_argument("--crf", default=None, help="LatentCRF directory (default: the shipped one)")
+    parser.add_argument("--crf", default=None, help="LatentCRF directory (default: the shipped DDIM-splice CRF)")
     parser.add_argument("--per-class", type=int, default=1, help="held-out prompts per class (10 classes)")
     parser.add_argument("--seeds", type=int, default=16, help="images per prompt (seeds 0..N-1)")
     parser.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
@@ -387,7 +387,7 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"--rows: unknown {bad}; expected 'all' or a subset of {list(_ROW_KEYS)}")
         rows = [rows[_ROW_KEYS.index(k)] for k in want]
     pipe = pretrained.load_pipeline(args.pipeline)
-    crf = pretrained.load_crf(args.crf) if any(m.plan is not None for m in rows) else None
+    crf = pretrained.load_crf(args.crf or pretrained.SPLICE_CRF) if any(m.plan is not None for m in rows) else None
     prompts = captions.evaluation_prompts(per_class=args.per_class)
     res = run_table(pipe, crf, prompts, range(args.seeds), rows, out_dir=args.out, guidance_scale=args.guidance)
     print(markdown_table(res))

@@ -117,8 +117,8 @@ def run(args: argparse.Namespace) -> int:
 
     t_all = time.perf_counter()
     pipe = pretrained.load_pipeline()
-    crf = pretrained.load_crf()
-    print(f"pipeline: {pretrained.pipeline_dir()} | LatentCRF: {pretrained.crf_dir()} "
+    crf = pretrained.load_crf(pretrained.SPLICE_CRF)  # the paper's splice (Table 1)
+    print(f"pipeline: {pretrained.pipeline_dir()} | LatentCRF: {pretrained.crf_dir(pretrained.SPLICE_CRF)} "
           f"({sum(p.numel() for p in crf.parameters())} parameters)")
 
     with progress_bar(work, "demo", args.progress, unit="UNet call") as bar:

@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     announce("evaluate", f"{plural(len(methods), 'row')} x {plural(len(prompts), 'prompt')} x {plural(args.seeds, 'seed')}, then "
              f"{TIMING_REPEATS} timing rounds: {images} images, {work} UNet calls; {threads}")
     pipe = pretrained.load_pipeline(args.pipeline)
-    crf = pretrained.load_crf(args.crf) if any(m.plan is not None for m in methods) else None
+    crf = pretrained.load_crf(args.crf or pretrained.SPLICE_CRF) if any(m.plan is not None for m in methods) else None
     with progress_bar(work, "evaluate", args.progress, unit="UNet call") as bar:
         res = E.run_table(pipe, crf, prompts, range(args.seeds), methods, out_dir=out, guidance_scale=args.guidance,
                           progress=bar, timing_repeats=TIMING_REPEATS)

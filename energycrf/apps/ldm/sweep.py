@@ -136,11 +136,14 @@ def _budgets_of(spec: Spec, budgets) -> list[int]:
 
 def run_sweep(pipe, classifier, reference, specs, budgets, prompts, seed_sets, out_dir, *, teacher_steps: int = 50,
               guidance: float = 4.0, batch_size: int = 32, n_boot: int = 2000, cost_repeats: int = 9,
-              cost_batch: int = 8, progress: bool = True, command: str | None = None) -> dict:
+              cost_batch: int = 8, progress: bool = True, command: str | None = None,
+              cache_dir: str | Path | None = None) -> dict:
     """Generate (or reuse), measure and report every row; returns what ``sweep.json`` holds.
 
     ``prompts``: ``(text, class)`` pairs; ``seed_sets``: lists of seeds (disjoint sets give
-    independent replications); ``reference``: real images' classifier features.
+    independent replications); ``reference``: real images' classifier features;
+    ``cache_dir``: where the latents are kept (default ``out_dir/cache``; sweeps of other
+    method lists can share one).
     """
     from tqdm.auto import tqdm
 
@@ -148,7 +151,7 @@ def run_sweep(pipe, classifier, reference, specs, budgets, prompts, seed_sets, o
     from energycrf.integrations.cost import crf_cost
 
     out = Path(out_dir)
-    cache = out / "cache"
+    cache = Path(cache_dir) if cache_dir is not None else out / "cache"
     settings = {"guidance": float(guidance), "batch_size": int(batch_size),
                 "scheduler": {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}}
     generated: list[str] = []
@@ -238,7 +241,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cost-repeats", type=int, default=15, help="interleaved timings of CRF and UNet")
     parser.add_argument("--cost-batch", type=int, default=8, help="images per call when timing CRF and UNet")
     parser.add_argument("--pipeline", default=None, help="diffusers pipeline directory (default: the shipped one)")
-    parser.add_argument("--out", default="energycrf-sweep-out", help="output folder (sweep.json, sweep.md, pareto.png, cache/)")
+    parser.add_argument("--out", default="energycrf-sweep-out", help="output folder (sweep.json, sweep.md, pareto.png)")
+    parser.add_argument("--cache", default=None, help="latent cache folder (default: OUT/cache)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: leave as is)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -324,8 +328,7 @@ def run(args: argparse.Namespace) -> int:
     res = run_sweep(pipe, clf, ref, specs, budgets, prompts, disjoint_seed_sets(args.seed_sets, args.seeds), args.out,
                     teacher_steps=args.teacher_steps, guidance=args.guidance, batch_size=args.batch_size,
                     n_boot=args.bootstrap, cost_repeats=args.cost_repeats, cost_batch=args.cost_batch,
-                    progress=not args.no_progress,
-                    command=command)
+                    progress=not args.no_progress, command=command, cache_dir=args.cache)
     print(markdown(res))
     print(f"generated {len(res['generated'])} rows; written: {Path(args.out) / 'sweep.json'}, sweep.md, pareto.png")
     return 0

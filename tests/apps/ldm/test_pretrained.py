@@ -55,7 +55,7 @@ def test_shipped_crf_predicts_the_teachers_final_latent(pipe, tmp_path):
     from energycrf.integrations.distill import generate_distillation_data, load_shards
     from energycrf.integrations.plan import SplicePlan
 
-    crf = pretrained.load_crf()
+    crf = pretrained.load_crf(pretrained.SPLICE_CRF)
     prompts = [p for p, _ in captions.evaluation_prompts(per_class=1, seed=7)[:4]]
     generate_distillation_data(pipe, prompts, tmp_path, SplicePlan.paper(), batch_size=4, seed=12345,
                                guidance_scale=4.0, progress=False)

@@ -75,6 +75,11 @@ def test_sweep_counts_calls_by_hook_reuses_the_cache_and_reports(tiny_pipe, tmp_
     with UNetCallCounter(tiny_pipe.unet) as counter:
         again = S.run_sweep(tiny_pipe, clf, ref, specs, [2, 3], prompts, [[0, 1], [2, 3]], out, **kw)
     assert counter.calls == timing and again["generated"] == []
+    # another output folder sharing the cache: nothing generated either
+    with UNetCallCounter(tiny_pipe.unet) as counter:
+        other = S.run_sweep(tiny_pipe, clf, ref, specs[:2], [2], prompts, [[0, 1]], tmp_path / "out2",
+                            cache_dir=out / "cache", **kw)
+    assert counter.calls == 0 and other["generated"] == [] and (tmp_path / "out2" / "sweep.md").is_file()
     assert [r["estimates"]["latent_mse"] for r in again["rows"][1:8]] == [r["estimates"]["latent_mse"] for r in rows[1:8]]
 
 

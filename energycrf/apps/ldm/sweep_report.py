@@ -90,7 +90,7 @@ def pareto_figure(result: dict, path: str | Path) -> Path:
                 y = [e["value"] for e in est]
                 err = [[e["value"] - e["low"] for e in est], [e["high"] - e["value"] for e in est]]
                 crf = rows[0]["kind"] != "plain"
-                ax.errorbar(x, y, yerr=err, color=colours[m], marker="s" if crf else "o", ms=4, capsize=2, lw=1,
+                ax.errorbar(x, y, yerr=err if k == 0 else None, color=colours[m], marker="s" if crf else "o", ms=4, capsize=2, lw=1,
                             ls="--" if k else "-", mfc="none" if k else colours[m],
                             label=f"{rows[0]['label']}" if k == 0 else None)
         teacher = [r for r in result["rows"] if r["kind"] == "teacher" and key in r["estimates"]]
@@ -104,7 +104,8 @@ def pareto_figure(result: dict, path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     if sets > 1:
-        fig.suptitle("filled/solid: seed set 0; open/dashed: other seed sets (shifted right)", fontsize=8)
+        fig.suptitle("filled, solid, with 95% intervals: seed set 0; open, dashed: the other seed sets (shifted right)",
+                     fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -135,3 +135,49 @@ def test_disjoint_seed_sets():
     assert M.disjoint_seed_sets(1, 3, start=5) == [[5, 6, 7]]
     with pytest.raises(ValueError, match="count"):
         M.disjoint_seed_sets(0, 3)
+
+
+def _paired_sets(seed, n=100, d=6):
+    r = np.random.default_rng(seed)
+    a = r.normal(size=(n, d)) * 1.1 + 0.05
+    b = a * 0.97 + 0.05 * r.normal(size=(n, d))  # a paired method: slightly shrunk, a little noise
+    return a, b
+
+
+def test_frechet_jackknife_matches_the_sampling_spread_and_covers():
+    ref = np.random.default_rng(0).normal(size=(400, 6))
+    diffs = np.array([M.frechet_distance(a, ref) - M.frechet_distance(b, ref)
+                      for a, b in (_paired_sets(100 + k) for k in range(200))])
+    truth, sd = diffs.mean(), diffs.std()
+    hits, widths = 0, []
+    for k in range(60):
+        a, b = _paired_sets(1000 + k)
+        e = M.paired_frechet_jackknife(a, b, ref, reference_groups=0)
+        hits += e.low <= truth <= e.high
+        widths.append((e.high - e.low) / (2 * 1.959964))
+    assert 0.8 * sd < np.mean(widths) < 1.25 * sd, (np.mean(widths), sd)
+    assert hits >= 50, hits  # about 95% of 60
+    # the bootstrap's resamples repeat images and inflate the distance: its interval sits above the value
+    a, b = _paired_sets(7)
+    boot = M.paired_frechet_difference(a, b, ref, n_boot=200, resample_reference=False)
+    assert (boot.low + boot.high) / 2 > boot.value
+    single = M.bootstrap_frechet(a, ref, n_boot=200, resample_reference=False)
+    assert (single.low + single.high) / 2 > single.value
+
+
+def test_frechet_jackknife_identities():
+    rng = np.random.default_rng(4)
+    ref = rng.normal(size=(300, 3))
+    f = rng.normal(size=(120, 3)) + 0.5
+    e = M.jackknife_frechet(f, ref)
+    assert e.value == pytest.approx(M.frechet_distance(f, ref)) and e.low < e.value < e.high and e.n == 120
+    fixed = M.jackknife_frechet(f, ref, reference_groups=0)
+    assert fixed.value == e.value and fixed.high - fixed.low < e.high - e.low
+    z = M.paired_frechet_jackknife(f, f, ref)
+    assert z.value == 0 and z.low == 0 and z.high == 0
+    d = M.paired_frechet_jackknife(f + 0.3, f, ref)
+    assert d.excludes_zero and d.value == pytest.approx(M.frechet_distance(f + 0.3, ref) - M.frechet_distance(f, ref))
+    with pytest.raises(ValueError, match="paired"):
+        M.paired_frechet_jackknife(f[:50], f, ref)
+    with pytest.raises(ValueError, match="at least 3"):
+        M.jackknife_frechet(f[:2], ref)

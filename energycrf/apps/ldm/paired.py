@@ -6,13 +6,15 @@ prompt-major (each prompt with every seed of the set), from final latents. For e
 
 - **latent MSE** to the teacher (the same prompt and seed at 50 DDIM steps), per image;
 - **PSNR** of the decoded image to the teacher's decoded image (range 1), per image;
-- **Frechet distance** of the classifier features to real test photographs (bootstrap
-  over the generated images and the reference images);
+- **Frechet distance** of the classifier features to real test photographs (jackknife
+  interval over the generated images and the reference images: a bootstrap resample's
+  repeated images inflate the distance, see :mod:`energycrf.integrations.metrics`);
 - **class accuracy** of the classifier on the prompted class, per image;
 - **Vendi score** (cosine kernel, per prompt over its seeds; bootstrap over prompts).
 
 :func:`paired_estimates` gives the difference ``a - b`` of two rows on the same images
-for each measure, its interval from resampling the images (prompts for Vendi) jointly.
+for each measure, its interval from resampling the images (prompts for Vendi) jointly,
+or for the Frechet distance from leaving the same image out of both rows.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def row_estimates(m: Measured, teacher: Measured | None, reference: np.ndarray, 
     """Every measure of one row with its 95% interval (``teacher=None``: the teacher's own row)."""
     vals = per_image(m, teacher)
     est = {k: M.bootstrap_mean(v, n_boot=n_boot, seed=seed) for k, v in vals.items()}
-    est["frechet"] = M.bootstrap_frechet(m.features, reference, n_boot=max(10, n_boot // 2), seed=seed)
+    est["frechet"] = M.jackknife_frechet(m.features, reference)
     return {k: est[k] for k in MEASURES if k in est}
 
 
@@ -102,8 +104,7 @@ def paired_estimates(a: Measured, b: Measured, teacher: Measured, reference: np.
     """``a - b`` for every measure, paired by image (by prompt for Vendi), with 95% intervals."""
     va, vb = per_image(a, teacher), per_image(b, teacher)
     est = {k: M.paired_difference(va[k], vb[k], n_boot=n_boot, seed=seed) for k in va}
-    est["frechet"] = M.paired_frechet_difference(a.features, b.features, reference, n_boot=max(10, n_boot // 2),
-                                                 seed=seed)
+    est["frechet"] = M.paired_frechet_jackknife(a.features, b.features, reference)
     return {k: est[k] for k in MEASURES if k in est}
 
 

@@ -237,7 +237,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher-steps", type=int, default=50, help="DDIM steps of the teacher")
     parser.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
     parser.add_argument("--batch-size", type=int, default=32, help="images per pipeline call")
-    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (FD: half as many)")
+    parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (FD: a jackknife instead)")
     parser.add_argument("--cost-repeats", type=int, default=15, help="interleaved timings of CRF and UNet")
     parser.add_argument("--cost-batch", type=int, default=8, help="images per call when timing CRF and UNet")
     parser.add_argument("--pipeline", default=None, help="diffusers pipeline directory (default: the shipped one)")

@@ -45,7 +45,8 @@ def markdown(result: dict) -> str:
             lines.append(f"| {r['label']} | {r['unet_calls']} | {r['crf_cost']:.3f} | {r['budget']:.2f} | {cells} |")
         lines.append("")
     if result["comparisons"]:
-        lines += ["### Paired differences (CRF minus peer; 95% bootstrap intervals over the same images)", "",
+        lines += ["### Paired differences (CRF minus peer; 95% intervals over the same images: bootstrap, "
+                  "jackknife for the Frechet distance)", "",
                   "| seed set | CRF | calls + cost | peer | rule | " + " | ".join(f"d {t}" for _, t, _ in COLUMNS)
                   + " | beats |", "|---:|---|---:|---|---|" + "---:|" * len(COLUMNS) + "---|"]
         for c in result["comparisons"]:
@@ -89,22 +90,22 @@ def pareto_figure(result: dict, path: str | Path) -> Path:
                 y = [e["value"] for e in est]
                 err = [[e["value"] - e["low"] for e in est], [e["high"] - e["value"] for e in est]]
                 crf = rows[0]["kind"] != "plain"
-                ax.errorbar(x, y, yerr=err, color=colours[m], marker="s" if crf else "o", ms=4, capsize=2, lw=1,
+                ax.errorbar(x, y, yerr=err if k == 0 else None, color=colours[m], marker="s" if crf else "o", ms=4, capsize=2, lw=1,
                             ls="--" if k else "-", mfc="none" if k else colours[m],
                             label=f"{rows[0]['label']}" if k == 0 else None)
         teacher = [r for r in result["rows"] if r["kind"] == "teacher" and key in r["estimates"]]
         if teacher:
-            ax.axhline(teacher[0]["estimates"][key]["value"], color="grey", ls=":", lw=1,
-                       label=f"{teacher[0]['label']} (at {teacher[0]['unet_calls']} calls)")
+            line = ax.axhline(teacher[0]["estimates"][key]["value"], color="grey", ls=":", lw=1)
+            ax.legend([line], [f"{teacher[0]['label']}, seed set 0"], fontsize=7, loc="upper right")
         ax.set_xlabel("UNet calls + CRF cost")
         ax.set_title(title, fontsize=9)
         if log:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    axes[2].legend(handles=[h for h in axes[2].get_legend_handles_labels()[0][-1:]], fontsize=7)
     if sets > 1:
-        fig.suptitle("filled/solid: seed set 0; open/dashed: other seed sets (shifted right)", fontsize=8)
+        fig.suptitle("filled, solid, with 95% intervals: seed set 0; open, dashed: the other seed sets (shifted right)",
+                     fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -135,7 +135,8 @@ def crf_cost(pipe, crf: Callable, batch_size: int = 8, *, repeats: int = 9, guid
     if was_training:
         crf.eval()
     try:
-        t_crf, t_unet = interleaved_medians([lambda: crf(z, c), lambda: unet(zu, t, encoder_hidden_states=cu)],
+        c_crf = None if getattr(crf, "cond_dim", 0) is None else c  # an unconditioned LatentCRF takes no c
+        t_crf, t_unet = interleaved_medians([lambda: crf(z, c_crf), lambda: unet(zu, t, encoder_hidden_states=cu)],
                                             repeats=repeats)
     finally:
         if was_training:

@@ -324,7 +324,7 @@ def _vp_scale(kind: str, noise: NoiseSchedule, t: int) -> float:
     return (1.0 + noise.sigma(t) ** 2) ** 0.5
 
 
-def generate(pipe, crf: Callable, plan: SplicePlan | CorrectorPlan | None = None, *, condition="tokens",
+def generate(pipe, crf: Callable, plan: SplicePlan | CorrectorPlan | None = None, *, condition="auto",
              **call_kwargs):
     """Call ``pipe(**call_kwargs)`` with the CRF spliced in per ``plan`` (default: the CRF's own, else the paper's).
 
@@ -340,7 +340,9 @@ def generate(pipe, crf: Callable, plan: SplicePlan | CorrectorPlan | None = None
             may be any). ``None``: the plan recorded with the CRF (``crf.plan``, set by
             :func:`energycrf.integrations.bundle.load_crf`), else the paper's (33 UNet calls).
         condition: what the CRF is conditioned on: ``"tokens"`` (positive prompt token
-            embeddings ``[B, L, D]``), ``"pooled"`` (SDXL pooled ``[B, D]``) or ``None``.
+            embeddings ``[B, L, D]``), ``"pooled"`` (SDXL pooled ``[B, D]``) or ``None``;
+            ``"auto"``: ``None`` for a CRF that declares ``cond_dim=None`` (an unconditioned
+            ``LatentCRF``), else ``"tokens"``.
         **call_kwargs: passed to the pipeline (``prompt``, ``guidance_scale``, ``generator``,
             ``output_type="latent"``, ``callback_on_step_end`` ...). The plan fixes the
             schedule, so ``num_inference_steps``, ``timesteps``, ``sigmas``,
@@ -356,8 +358,10 @@ def generate(pipe, crf: Callable, plan: SplicePlan | CorrectorPlan | None = None
         raise TypeError(f"plan must be a SplicePlan, a CorrectorPlan or None, got {type(plan).__name__}")
     if not callable(crf):
         raise TypeError(f"crf must be callable as crf(z, c), got {type(crf).__name__}")
-    if condition not in _CONDITIONS:
-        raise ValueError(f"condition must be one of {_CONDITIONS}, got {condition!r}")
+    if condition not in _CONDITIONS + ("auto",):
+        raise ValueError(f"condition must be one of {_CONDITIONS + ('auto',)}, got {condition!r}")
+    if condition == "auto":
+        condition = None if getattr(crf, "cond_dim", 0) is None else "tokens"
     clash = [k for k in _SCHEDULE_KWARGS if call_kwargs.get(k) is not None]
     if clash:
         raise ValueError(

@@ -128,7 +128,8 @@ class LatentCRF(nn.Module):
         kernel: the pairwise spatial kernel :math:`W^s` (a ``SpatialKernel`` or its config
             dict); default a learnable Gaussian ``LocalKernel`` (radius 2, sigma 1,
             interior degree 1).
-        num_filters: FoE experts ``M``.
+        num_filters: FoE experts ``M``; ``0`` drops the higher-order term :math:`\xi_{HO}`
+            (the paper's Table 5 ablation).
         kernel_size: FoE filter size ``s`` (odd; 3 or 5).
         zero_center: zero the FoE filters' centre taps (footnote to eq. 9).
         filter_constraint: FoE filter bound: ``None``, ``"normalize"`` or ``"clip"``.
@@ -193,7 +194,7 @@ class LatentCRF(nn.Module):
         if cond_dim is not None:
             cond_dim = check_int("cond_dim", cond_dim, minimum=1)
         num_iterations = check_int("num_iterations", num_iterations, minimum=1)
-        num_filters = check_int("num_filters", num_filters, minimum=1)
+        num_filters = check_int("num_filters", num_filters, minimum=0)
         kernel_size = check_int("kernel_size", kernel_size, minimum=1)
         if kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd (a centred FoE window), got {kernel_size}")
@@ -239,7 +240,7 @@ class LatentCRF(nn.Module):
             filter_constraint=filter_constraint,
             init_scale=filter_init_scale,
             boundary=boundary,
-        )
+        ) if num_filters else None
         self.scales = {"unary": 1.0, "pairwise": 1.0, "field_of_experts": 1.0}
         if compatibility == "mlp":
             self.network = CompatibilityNetwork(channels, hidden_channels, cond_dim, conditioning, attention_dim)

@@ -332,3 +332,25 @@ def test_layer_gradients_match_finite_differences():
     x = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
     c = torch.randn(1, 2, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b: crf(a, b), (x, c), eps=1e-6, atol=1e-6)
+
+
+def test_no_higher_order_term_is_the_layer_with_xi_ho_zero():
+    """``num_filters=0`` (Table 5's ablation) equals the full layer with its FoE term scaled to zero."""
+    import energycrf as ec
+
+    torch.manual_seed(0)
+    full = ec.LatentCRF(channels=3, cond_dim=6, normalization="none").double()
+    with torch.no_grad():
+        for p in full.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    bare = ec.LatentCRF(channels=3, cond_dim=6, normalization="none", num_filters=0).double()
+    state = {k: v for k, v in full.state_dict().items() if not k.startswith("field_of_experts.")}
+    bare.load_state_dict(state, strict=True)
+    assert bare.field_of_experts is None and bare.config["num_filters"] == 0
+    full.scales["field_of_experts"] = 0.0
+    x, c = torch.randn(2, 3, 6, 5, dtype=torch.float64), torch.randn(2, 4, 6, dtype=torch.float64)
+    torch.testing.assert_close(bare(x, c), full(x, c), rtol=1e-12, atol=1e-12)
+    full.scales["field_of_experts"] = 1.0
+    assert not torch.allclose(bare(x, c), full(x, c))  # the term did something
+    with pytest.raises(ValueError, match="num_filters"):
+        ec.LatentCRF(channels=3, num_filters=-1)

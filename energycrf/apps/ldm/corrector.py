@@ -26,14 +26,29 @@ SPACINGS = ("leading", "trailing", "linspace")
 NORMALIZATIONS = ("batch", "group", "none", "mean_field")
 
 
-def corrector_config(normalization: str = "none") -> dict:
-    """The corrector's architecture: ``LatentCRF(channels=4, cond_dim=384, normalization="none")``.
+def corrector_config(normalization: str = "none", *, iterations: int = 5, filters: int = 8, filter_size: int = 3,
+                     hidden: int = 32, text: bool = True) -> dict:
+    """The corrector's architecture: by default ``LatentCRF(channels=4, cond_dim=384, normalization="none")``.
 
     Without a normalisation the untrained layer is the identity, the right start for a
     corrector of a latent that is already close to the target; the default batch norm
     starts at a standardised latent and spends most of a short training getting back.
+    The other arguments are the ablations' knobs (the layer's defaults are left out of
+    the config): ``iterations`` unrolled steps, ``filters`` FoE experts (0: no
+    higher-order term), ``filter_size``, ``hidden`` the compatibility network's width,
+    ``text=False`` an unconditioned layer (no text in the pairwise term).
     """
-    return dict(channels=4, cond_dim=384, normalization=normalization)
+    config = dict(channels=4, cond_dim=384 if text else None, normalization=normalization)
+    for key, value, default in (("num_iterations", iterations, 5), ("num_filters", filters, 8),
+                                ("kernel_size", filter_size, 3), ("hidden_channels", hidden, 32)):
+        if value != default:
+            config[key] = value
+    return config
+
+
+def _architecture(args: argparse.Namespace) -> dict:
+    return corrector_config(args.normalization, iterations=args.iterations, filters=args.filters,
+                            filter_size=args.filter_size, hidden=args.hidden, text=not args.no_text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +67,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pixel-weight", type=float, default=0.0,
                         help="weight of the decoded-image MSE to the teacher's image in the loss (0: latent MSE only)")
     parser.add_argument("--normalization", default="none", help=f"the CRF's psi_N: {', '.join(NORMALIZATIONS)}")
+    parser.add_argument("--iterations", type=int, default=5, help="the CRF's unrolled steps T")
+    parser.add_argument("--filters", type=int, default=8, help="FoE experts M (0: no higher-order term)")
+    parser.add_argument("--filter-size", type=int, default=3, help="FoE filter size s (odd)")
+    parser.add_argument("--hidden", type=int, default=32, help="width of the compatibility network")
+    parser.add_argument("--no-text", action="store_true", help="an unconditioned CRF (no text in the pairwise term)")
     parser.add_argument("--val-fraction", type=float, default=0.1, help="pairs held out for the validation loss")
     parser.add_argument("--seed", type=int, default=0, help="captions, initialisation and batches")
     parser.add_argument("--work", default="energycrf-corrector-cache", help="latent cache (shared by plans)")
@@ -65,9 +85,12 @@ def check_arguments(args: argparse.Namespace) -> None:
         if getattr(args, name) not in choices:
             raise UsageError(f"--{name}", f"one of {', '.join(choices)}", repr(getattr(args, name)))
     for name, low in (("calls", 1), ("images", 2), ("teacher_steps", 1), ("steps", 1), ("batch_size", 1),
-                      ("seed_base", 0), ("threads", 0)):
+                      ("seed_base", 0), ("threads", 0), ("iterations", 1), ("filters", 0), ("filter_size", 1),
+                      ("hidden", 1)):
         if getattr(args, name) < low:
             raise UsageError(f"--{name.replace('_', '-')}", f"an integer >= {low}", str(getattr(args, name)))
+    if args.filter_size % 2 == 0:
+        raise UsageError("--filter-size", "an odd integer", str(args.filter_size))
     if not 0.0 <= args.val_fraction < 1.0:
         raise UsageError("--val-fraction", "a number in [0, 1)", str(args.val_fraction))
     for name, ok, expected in (("lr", args.lr > 0, "a number > 0"), ("guidance", args.guidance >= 0, "a number >= 0"),
@@ -82,7 +105,10 @@ def command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this run, every option written out."""
     parts = ["energycrf", "train-corrector"]
     for key, value in sorted(vars(args).items()):
-        if key.startswith("_") or key in ("command", "no_progress") or value is None:
+        if key.startswith("_") or key in ("command", "no_progress") or value is None or value is False:
+            continue
+        if value is True:
+            parts.append(f"--{key.replace('_', '-')}")
             continue
         parts += [f"--{key.replace('_', '-')}", str(value)]
     return shlex.join(parts)
@@ -131,7 +157,7 @@ def train(args: argparse.Namespace, pipe=None) -> dict:
                            guidance_scale=args.guidance, cache_dir=args.work, progress=not args.no_progress)
     t_data = time.perf_counter() - t0
     torch.manual_seed(args.seed)
-    crf = LatentCRF(**corrector_config(args.normalization))
+    crf = LatentCRF(**_architecture(args))
     t0 = time.perf_counter()
     vae = pipe.vae
     frozen = [p.requires_grad for p in vae.parameters()]
@@ -143,7 +169,8 @@ def train(args: argparse.Namespace, pipe=None) -> dict:
         with torch.no_grad():
             pixel["x_target"] = torch.cat([pixel["decoder"](z) for z in data["z_teacher"].split(64)])
     try:
-        hist = fit_corrector(crf, data["z_in"], data["z_teacher"], data["prompt_embeds"], steps=args.steps,
+        cond = None if args.no_text else data["prompt_embeds"]
+        hist = fit_corrector(crf, data["z_in"], data["z_teacher"], cond, steps=args.steps,
                              batch_size=args.batch_size, lr=args.lr, val_fraction=args.val_fraction, seed=args.seed,
                              progress=not args.no_progress, pixel_weight=args.pixel_weight, **pixel)
     finally:
@@ -154,7 +181,7 @@ def train(args: argparse.Namespace, pipe=None) -> dict:
     record = {
         "command": command_line(args),
         "plan": plan.to_dict(),
-        "crf_config": corrector_config(args.normalization),
+        "crf_config": _architecture(args),
         "data": {"images": args.images, "captions": "training templates (captions.TRAIN_TEMPLATES)",
                  "seeds": f"{args.seed_base}..{args.seed_base + args.images - 1}, one per image",
                  "teacher": f"DDIM {args.teacher_steps} steps (the pipeline's scheduler configuration)",

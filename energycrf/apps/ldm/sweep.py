@@ -15,7 +15,9 @@ Methods: ``ddim`` (the pipeline's spacing), ``dpmpp`` and ``unipc`` (trailing sp
 ``dpmpp:leading`` etc. name another), ``crf-splice`` (the shipped DDIM-splice CRF: N - 1
 DDIM calls to the splice point nearest its training point t = 201, the CRF, one last
 step), ``crf:NAME`` or ``crf:PATH`` (a CRF with its recorded plan, at its own budget), and
-``correctors`` (every shipped corrector).
+``correctors`` (every shipped corrector). The paper's Table 4 on this model:
+``crf-splice-nopost`` (all ``N`` calls before the CRF, no step after it) and
+``crf-splice-nocrf`` (the splice plan with the identity in place of the CRF).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Spec:
     spacing: str | None = None
     kind: str = "plain"  # "plain", "splice" (at every budget) or "recorded" (the CRF's own plan)
     crf: object = field(default=None, compare=False, repr=False)
+    post_run: int = 1  # "splice": DDIM steps after the CRF
 
 
 def plain(sampler: str, spacing: str | None = "default") -> Spec:
@@ -53,17 +56,20 @@ def plain(sampler: str, spacing: str | None = "default") -> Spec:
     return Spec(key, LABELS[sampler] + (f" ({spacing})" if spacing else ""), sampler, spacing)
 
 
-def splice_plan_for(calls: int, config, target: int = SPLICE_TARGET):
-    """The DDIM splice with ``calls`` UNet calls: ``calls - 1`` pre-CRF steps, the CRF, the last of 50.
+def splice_plan_for(calls: int, config, target: int = SPLICE_TARGET, post_run: int = 1):
+    """The DDIM splice with ``calls`` UNet calls: ``calls - post_run`` pre-CRF steps, the CRF, the last
+    ``post_run`` of 50 (``post_run=0``: the CRF's output is the final latent).
 
     Of the pre-CRF grids (``pre_steps`` = ``calls`` .. 1000) the one whose splice timestep
     is nearest ``target`` (ties: the fewer steps); ``calls = 20`` gives 19 of 25 (t = 201).
     """
     from energycrf.integrations.plan import SplicePlan
 
+    if calls - post_run < 1:
+        raise ValueError(f"a splice with {post_run} step(s) after the CRF needs more than {post_run} calls, got {calls}")
     best = None
-    for pre_steps in range(max(2, calls), 1001):
-        plan = SplicePlan(pre_steps=pre_steps, pre_run=calls - 1, post_steps=50, post_run=1)
+    for pre_steps in range(max(2, calls - post_run + 1), 1001):
+        plan = SplicePlan(pre_steps=pre_steps, pre_run=calls - post_run, post_steps=50, post_run=post_run)
         try:
             t_s = plan.schedule_for(config).splice_timestep
         except ValueError:
@@ -73,6 +79,25 @@ def splice_plan_for(calls: int, config, target: int = SPLICE_TARGET):
     if best is None:
         raise ValueError(f"no DDIM splice plan with {calls} UNet calls")
     return best[1]
+
+
+# the DDIM-splice rows: label, DDIM steps after the CRF, identity in place of the CRF (Table 4)
+SPLICE_METHODS = {"crf-splice": ("LatentCRF (DDIM splice)", 1, False),
+                  "crf-splice-nopost": ("LatentCRF (DDIM splice, no post step)", 0, False),
+                  "crf-splice-nocrf": ("DDIM splice without the CRF (identity)", 1, True)}
+
+
+def identity_crf():
+    """``crf(z, c) = z`` as a module: the splice plan without a CRF (the paper's Table 4 "no CRF" row)."""
+    import torch
+
+    class Identity(torch.nn.Module):
+        cond_dim = None  # takes no condition
+
+        def forward(self, z, c=None):
+            return z
+
+    return Identity()
 
 
 def _digest(obj) -> str:
@@ -97,8 +122,8 @@ def _generate(pipe, spec: Spec, calls: int, prompts, seeds, guidance, batch_size
         if spec.kind == "plain":
             z = sample_latents(pipe, prompts, seeds, sampler=spec.sampler, spacing=spec.spacing, steps=calls, **kw)
         elif spec.kind == "splice":
-            z = sample_latents(pipe, prompts, seeds, crf=spec.crf, plan=splice_plan_for(calls, pipe.scheduler.config),
-                               **kw)
+            plan = splice_plan_for(calls, pipe.scheduler.config, post_run=spec.post_run)
+            z = sample_latents(pipe, prompts, seeds, crf=spec.crf, plan=plan, **kw)
         else:
             z = sample_latents(pipe, prompts, seeds, crf=spec.crf, plan=spec.crf.plan, **kw)
     batches = math.ceil(len(prompts) / batch_size)
@@ -187,7 +212,8 @@ def run_sweep(pipe, classifier, reference, specs, budgets, prompts, seed_sets, o
                          "seeds": [seeds[0], seeds[-1]], "unet_calls": calls, "unet_calls_counted": counted,
                          "crf_cost": cost, "budget": calls + cost, "images": len(z),
                          "plan": None if spec.crf is None else (spec.crf.plan.to_dict() if spec.kind == "recorded"
-                                                                else splice_plan_for(calls, pipe.scheduler.config).to_dict()),
+                                                                else splice_plan_for(calls, pipe.scheduler.config,
+                                                                                     post_run=spec.post_run).to_dict()),
                          "estimates": {key: e.to_dict() for key, e in est.items()}})
         comparisons += _compare(specs, budgets, costs, measured, teacher, reference, k, n_boot, paired)
     result = {"command": command, "prompts": [p for p, _ in prompts], "seed_sets": [list(s) for s in seed_sets],
@@ -264,10 +290,10 @@ def method_tokens(text: str) -> list[str]:
         head, _, tail = t.partition(":")
         if head in LABELS and tail in ("", "leading", "trailing", "linspace"):
             continue
-        if t in ("crf-splice", "correctors") or (head == "crf" and tail):
+        if t in SPLICE_METHODS or t == "correctors" or (head == "crf" and tail):
             continue
-        raise UsageError("--methods", "ddim, dpmpp, unipc (each with :SPACING), crf-splice, crf:NAME|PATH or "
-                         "correctors", repr(t))
+        raise UsageError("--methods", f"ddim, dpmpp, unipc (each with :SPACING), {', '.join(SPLICE_METHODS)}, "
+                         "crf:NAME|PATH or correctors", repr(t))
     if not tokens:
         raise UsageError("--methods", "at least one method", repr(text))
     return tokens
@@ -281,9 +307,10 @@ def build_specs(tokens: list[str]) -> list[Spec]:
         head, _, tail = t.partition(":")
         if head in LABELS:
             specs.append(plain(head, tail or "default"))
-        elif t == "crf-splice":
-            specs.append(Spec("crf-splice", "LatentCRF (DDIM splice)", kind="splice",
-                              crf=pretrained.load_crf(pretrained.SPLICE_CRF)))
+        elif t in SPLICE_METHODS:
+            label, post_run, identity = SPLICE_METHODS[t]
+            crf = identity_crf() if identity else pretrained.load_crf(pretrained.SPLICE_CRF)
+            specs.append(Spec(t, label, kind="splice", crf=crf, post_run=post_run))
         else:
             names = pretrained.corrector_names() if t == "correctors" else [tail]
             for name in names:

@@ -70,10 +70,35 @@ def test_train_corrector_with_a_pixel_term(tiny_pipe, tmp_path):
 
 
 @pytest.mark.parametrize("bad, needle", [(["--calls", "0"], "--calls"), (["--sampler", "euler"], "--sampler"),
-                                         (["--val-fraction", "1.0"], "--val-fraction"), (["--lr", "0"], "--lr")])
+                                         (["--val-fraction", "1.0"], "--val-fraction"), (["--lr", "0"], "--lr"),
+                                         (["--filters", "-1"], "--filters"), (["--filter-size", "4"], "--filter-size"),
+                                         (["--iterations", "0"], "--iterations"), (["--hidden", "0"], "--hidden")])
 def test_train_corrector_refuses_bad_options_before_work(tmp_path, bad, needle):
     from energycrf.apps.ldm import corrector
 
     with pytest.raises(UsageError, match=needle):  # one line naming the option, status 2 from the CLI
         corrector.run(_args(["--out", str(tmp_path / "x"), *bad]))
     assert not (tmp_path / "x").exists()
+
+
+@needs_text
+def test_train_corrector_ablation_knobs_reach_the_layer_and_the_record(tiny_pipe, tmp_path):
+    from energycrf.apps.ldm import corrector
+    from energycrf.integrations.bundle import load_crf
+    from energycrf.integrations.diffusers import generate
+
+    argv = _tiny_argv(tmp_path / "a", tmp_path / "cache") + ["--no-text", "--filters", "0", "--iterations", "2",
+                                                             "--hidden", "8", "--filter-size", "5"]
+    rec = corrector.train(_args(argv), pipe=tiny_pipe)
+    assert rec["crf_config"] == {"channels": 4, "cond_dim": None, "normalization": "none", "num_iterations": 2,
+                                 "num_filters": 0, "kernel_size": 5, "hidden_channels": 8}
+    assert "--no-text" in rec["command"].split() and "--filters 0" in rec["command"]
+    crf = load_crf(tmp_path / "a")
+    assert crf.cond_dim is None and crf.field_of_experts is None and crf.num_iterations == 2
+    # the recorded command parses back to the same options
+    again = _args(rec["command"].split()[2:])
+    assert again.no_text and again.filters == 0 and again.iterations == 2
+    # an unconditioned corrector runs in generate() (condition "auto" gives it no text) with its plan's calls
+    gens = [torch.Generator().manual_seed(0)]
+    out = generate(tiny_pipe, crf, prompt=["a bag"], generator=gens, guidance_scale=2.0, output_type="latent").images
+    assert out.shape[0] == 1 and torch.isfinite(out).all()

@@ -111,3 +111,49 @@ def test_sweep_refuses_bad_options_before_work(tmp_path, bad, needle):
     with pytest.raises(UsageError, match=needle):  # one line naming the option, status 2 from the CLI
         S.run(_args(["--out", str(tmp_path / "x"), *bad]))
     assert not (tmp_path / "x").exists()
+
+
+def test_splice_ablation_plans_and_methods():
+    from energycrf.apps.ldm import sweep as S
+    from energycrf.apps.ldm.train import SCHEDULER_CONFIG
+
+    # Table 4 "no post step": every call before the CRF, whose output is the final latent
+    for calls in (2, 6, 8, 12):
+        p = S.splice_plan_for(calls, SCHEDULER_CONFIG, post_run=0)
+        assert (p.pre_run, p.post_run, p.unet_calls) == (calls, 0, calls)
+        with1 = S.splice_plan_for(calls, SCHEDULER_CONFIG)
+        t0 = p.schedule_for(SCHEDULER_CONFIG).splice_timestep
+        t1 = with1.schedule_for(SCHEDULER_CONFIG).splice_timestep
+        assert abs(t0 - S.SPLICE_TARGET) <= abs(t1 - S.SPLICE_TARGET) + 1000 // calls  # nearest grid to t = 201
+    with pytest.raises(ValueError, match="more than 1 calls"):
+        S.splice_plan_for(1, SCHEDULER_CONFIG)
+    assert S.method_tokens("ddim,crf-splice-nopost,crf-splice-nocrf") == ["ddim", "crf-splice-nopost",
+                                                                           "crf-splice-nocrf"]
+    ident = S.identity_crf()
+    z = torch.randn(2, 4, 8, 8)
+    assert ident(z, torch.randn(2, 3, 384)) is z and ident.cond_dim is None and not list(ident.parameters())
+    specs = S.build_specs(["crf-splice", "crf-splice-nopost", "crf-splice-nocrf"])
+    assert [(s.kind, s.post_run) for s in specs] == [("splice", 1), ("splice", 0), ("splice", 1)]
+    assert specs[0].crf is not specs[1].crf and type(specs[2].crf).__name__ == "Identity"
+
+
+@needs_text
+def test_sweep_runs_the_splice_ablations_with_their_call_counts(tiny_pipe, tmp_path):
+    from energycrf.apps.ldm import sweep as S
+    from energycrf.apps.ldm.classifier import FashionClassifier
+
+    _, splice = _crfs(tmp_path)
+    specs = [S.plain("ddim"), S.Spec("crf-splice-nopost", "no post", kind="splice", crf=splice, post_run=0),
+             S.Spec("crf-splice-nocrf", "no CRF", kind="splice", crf=S.identity_crf(), post_run=1)]
+    torch.manual_seed(0)
+    clf = FashionClassifier(width=4).eval()
+    ref = np.random.default_rng(0).normal(size=(40, 64))
+    res = S.run_sweep(tiny_pipe, clf, ref, specs, [3], [("a photo of a bag", 8), ("a coat", 4)], [[0, 1]], tmp_path / "out",
+                      teacher_steps=4, batch_size=4, n_boot=20, cost_repeats=1, cost_batch=2, progress=False)
+    rows = {r["method"]: r for r in res["rows"]}
+    assert all(r["unet_calls_counted"] == 3 for k, r in rows.items() if k != "teacher")  # the hook agrees with the plan
+    assert (rows["crf-splice-nopost"]["plan"]["pre_run"], rows["crf-splice-nopost"]["plan"]["post_run"]) == (3, 0)
+    assert (rows["crf-splice-nocrf"]["plan"]["pre_run"], rows["crf-splice-nocrf"]["plan"]["post_run"]) == (2, 1)
+    # the two rows differ from plain DDIM 3 (the splice changes the trajectory) and from each other
+    mse = {k: r["estimates"]["latent_mse"]["value"] for k, r in rows.items() if k != "teacher"}
+    assert len({round(v, 12) for v in mse.values()}) == 3

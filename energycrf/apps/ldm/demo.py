@@ -10,7 +10,11 @@ offline, shipped in ``energycrf/pretrained/ldm-fashion``) and its LatentCRF, the
    20) on a small sample: Frechet distance on classifier features, class accuracy, Vendi
    diversity, ms per image twice, labelled: the steady state (the fastest of interleaved
    timed runs) and what this run waited per image; prints the table and writes
-   ``table.json`` / ``table.md``.
+   ``table.json`` / ``table.md``;
+3. with the table, the payoff check (:mod:`energycrf.apps.ldm.verdict`): on the same
+   images, the shipped default corrector (11 UniPC calls + the CRF) against DPM-Solver++
+   with one more call, paired against the 50-step teacher; prints the verdict line for
+   that budget and writes ``verdict.json``.
 
 It says first what it will do (images and UNet calls), then shows one progress bar with
 the time left. Default: the picture (4 prompts x 2 seeds) and a table of 10 prompts x 8
@@ -22,6 +26,7 @@ leaves idle (:func:`energycrf.apps._command.threads_for_load`).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -30,6 +35,7 @@ from .evaluate_command import (TABLE_FILES, TIMING_REPEATS, add_run_options, req
                                set_threads, table_size)
 
 PICTURE = "ldm_vs_latentcrf.png"
+VERDICT = "verdict.json"
 GRID_SEEDS = (0, 1)
 FULL = {"per_class": 2, "seeds": 16}  # the table of docs/ldm.md
 DEFAULT = {"per_class": 1, "seeds": 8}  # the small table
@@ -86,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     for key, value in (FULL if args.full else DEFAULT).items():  # what was given stays
         if getattr(args, key) is None:
             setattr(args, key, value)
-    out = check_output_dir(args.out, "--out", (PICTURE,) + (() if args.no_table else TABLE_FILES),
+    out = check_output_dir(args.out, "--out", (PICTURE,) + (() if args.no_table else TABLE_FILES + (VERDICT,)),
                            overwrite=args.overwrite)
     require_ldm()
     threads = set_threads(args.threads)
@@ -99,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
     from . import captions, pretrained
     from . import evaluate as E
+    from . import verdict as V
 
     held = captions.evaluation_prompts(per_class=1)
     prompts = [held[k] for k in (7, 1, 9, 3, 8, 0, 5, 2, 4, 6)][: args.grid_prompts]  # varied classes first
@@ -110,9 +117,10 @@ def run(args: argparse.Namespace) -> int:
         table_methods = E.table_methods()
         eval_prompts = captions.evaluation_prompts(per_class=args.per_class)
         images, table_work = table_size(table_methods, len(eval_prompts), args.seeds)
-        work += table_work
+        check_calls = V.unet_calls(pretrained.load_crf().plan.calls) * len(eval_prompts) * args.seeds
+        work += table_work + check_calls
         what += (f", then Table 1: {len(table_methods)} rows x {len(eval_prompts)} prompts x {args.seeds} seeds "
-                 f"and {TIMING_REPEATS} timing rounds ({images} images)")
+                 f"and {TIMING_REPEATS} timing rounds ({images} images), then the payoff check on the same images")
     announce("demo", f"{what}; {work} UNet calls in all; {threads}")
 
     t_all = time.perf_counter()
@@ -141,6 +149,11 @@ def run(args: argparse.Namespace) -> int:
                                guidance_scale=args.guidance, prompts_per_call=5, progress=bar,
                                timing_repeats=TIMING_REPEATS)
             t_table = time.perf_counter() - t_table
+            clf = pretrained.load_classifier()
+            check = V.payoff_check(pipe, clf, E.reference_features(clf).features, eval_prompts, range(args.seeds),
+                                   guidance=args.guidance, progress=bar)
+            with atomic_path(out / VERDICT) as tmp:
+                tmp.write_text(json.dumps(check, indent=2) + "\n", encoding="utf-8")
     if not args.no_table:
         print(f"\nTable 1 on this model ({len(eval_prompts)} held-out prompts x {args.seeds} seeds, "
               f"guidance {args.guidance}; small sample, see docs/ldm.md for the full run, --full):\n")
@@ -148,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"\n{E.TABLE_LEGEND}")
         print(f"The table took {t_table:.0f} s for {images} images, warm-ups and timing rounds included: "
               f"{1000 * t_table / images:.0f} ms per image waited.")
-        print(f"written: {out / 'table.json'}, {out / 'table.md'}")
+        print(f"written: {out / 'table.json'}, {out / 'table.md'}, {out / VERDICT}")
+        print(f"\n{V.verdict_line(check)}")
     print(f"demo finished in {time.perf_counter() - t_all:.0f} s")
     return 0

@@ -42,15 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "shipped pipeline: its default CRF; required otherwise unless --no-crf")
     parser.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a prompt (repeat for more)")
     parser.add_argument("--prompts", default=None, metavar="FILE", help="text file, one prompt per line")
-    seeds = parser.add_mutually_exclusive_group()
-    seeds.add_argument("--seed", type=integer(minimum=0), default=None, help="one seed for every prompt (default 0)")
-    seeds.add_argument("--seeds", type=seed_list, default=None, metavar="LIST",
+    parser.add_argument("--seed", type=integer(minimum=0), default=None, help="one seed for every prompt (default 0)")
+    parser.add_argument("--seeds", type=seed_list, default=None, metavar="LIST",
                        help="seeds for every prompt: 0,3,5-8 (one image per prompt and seed)")
     parser.add_argument("--out", required=True, help="output folder (created; files in it are never overwritten)")
     parser.add_argument("--latents", action="store_true", help=f"also write the final latents ({LATENTS})")
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--no-crf", action="store_true", help="only the pipeline's sampler, without the CRF")
-    which.add_argument("--compare", action="store_true",
+    parser.add_argument("--no-crf", action="store_true", help="only the pipeline's sampler, without the CRF")
+    parser.add_argument("--compare", action="store_true",
                        help="both, from the same noise: -crf.png, -nocrf.png and -compare.png side by side")
     parser.add_argument("--plan", default=None,
                         help="the CRF's plan instead of the recorded one: a plan.json file or inline JSON")
@@ -96,6 +94,10 @@ def validate(args: argparse.Namespace) -> dict:
     shipped = args.pipeline is None
     pipeline = pretrained.pipeline_dir() if shipped else check_pipeline_dir(args.pipeline)
     shipped = shipped or pipeline_info(pipeline)["class"] == SHIPPED_CLASS
+    if args.seed is not None and args.seeds is not None:
+        raise UsageError("--seeds", "either --seed or --seeds", "both")
+    if args.no_crf and args.compare:
+        raise UsageError("--no-crf", "either --no-crf or --compare (which runs both)", "both")
     crf = None
     if args.no_crf:
         if args.crf is not None or args.plan is not None:

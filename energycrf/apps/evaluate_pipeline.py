@@ -6,8 +6,10 @@ Every image is a ``(prompt, seed)`` pair (each prompt with seeds ``0 .. N-1``), 
 from the same initial noise by every *row*:
 
 - the **teacher**: the pipeline's own scheduler with ``--teacher-steps`` (50) steps;
-- the **baselines**: a sampler without the CRF (``--sampler``, default the pipeline's
-  scheduler) with each of ``--steps`` (default: the CRF plan's UNet calls);
+- the **baselines**: a sampler without the CRF with each of ``--steps`` (default: the CRF
+  plan's UNet calls): ``--sampler``, by default a corrector plan's own sampler and spacing
+  (the same calls without the correction, so the difference is the CRF's), else the
+  pipeline's scheduler;
 - the **LatentCRF**: the CRF with its recorded plan (``--plan`` replaces it), through
   :func:`energycrf.integrations.diffusers.generate`.
 
@@ -165,18 +167,18 @@ def paired_measures(a: Row, b: Row, teacher: Row, fd_a, fd_b, fd_reference, grou
     return est
 
 
-def _sampler_label(pipe, sampler: str) -> str:
-    if sampler == "pipeline":
-        return type(pipe.scheduler).__name__.removesuffix("Scheduler").removesuffix("Multistep")
-    return {"ddim": "DDIM", "dpmpp": "DPM-Solver++", "unipc": "UniPC"}[sampler]
-
-
 def evaluate_pipeline(pipe, prompts: Sequence[tuple[str, str | None]], seeds: Sequence[int], net,
-                      reference: np.ndarray, *, crf=None, plan=None, steps: Sequence[int] = (), sampler: str = "pipeline",
+                      reference: np.ndarray, *, crf=None, plan=None, steps: Sequence[int] = (), sampler: str | None = None,
                       teacher_steps: int = 50, guidance_scale: float | None = None, negative_prompt: str | None = None,
                       batch_size: int = 4, n_boot: int = 2000, progress=None, class_names: Sequence[str] = ()) -> dict:
-    """The rows and paired differences of the module docstring, as a JSON-ready dict."""
-    from .pipelines import describe_plan, render
+    """The rows and paired differences of the module docstring, as a JSON-ready dict.
+
+    ``sampler=None``: the baselines run a corrector plan's own sampler, else the pipeline's
+    scheduler (:func:`energycrf.apps.pipelines.baseline_sampler`).
+    """
+    from .pipelines import baseline_sampler, describe_plan, render, sampler_label
+
+    sampler, spacing = baseline_sampler(sampler, plan if crf is not None else None)
 
     labels_per_prompt = _labels(prompts, net.num_classes, class_names) if net.num_classes else None
     texts = [t for t, _ in prompts for _ in seeds]
@@ -184,12 +186,12 @@ def evaluate_pipeline(pipe, prompts: Sequence[tuple[str, str | None]], seeds: Se
     groups = np.repeat(np.arange(len(prompts)), len(seeds))
     labels = None if labels_per_prompt is None else np.repeat(labels_per_prompt, len(seeds))
     kw = dict(guidance_scale=guidance_scale, negative_prompt=negative_prompt, batch_size=batch_size, progress=progress)
-    teacher_label = _sampler_label(pipe, "pipeline")
+    teacher_label = sampler_label(pipe, "pipeline")
     rows = [Row("teacher", f"{teacher_label} {teacher_steps} (teacher)", teacher_steps,
                 render(pipe, texts, image_seeds, steps=teacher_steps, **kw))]
     for s in steps:
-        rows.append(Row(f"{sampler}-{s}", f"{_sampler_label(pipe, sampler)} {s}", s,
-                        render(pipe, texts, image_seeds, sampler=sampler, steps=s, **kw)))
+        rows.append(Row(f"{sampler}-{s}", f"{sampler_label(pipe, sampler, spacing)} {s}", s,
+                        render(pipe, texts, image_seeds, sampler=sampler, spacing=spacing, steps=s, **kw)))
     if crf is not None:
         rows.append(Row("crf", f"LatentCRF ({describe_plan(plan)})", plan.unet_calls,
                         render(pipe, texts, image_seeds, crf=crf, plan=plan, **kw)))
@@ -215,6 +217,7 @@ def evaluate_pipeline(pipe, prompts: Sequence[tuple[str, str | None]], seeds: Se
         "settings": {"prompts": [t for t, _ in prompts], "labels": [lab for _, lab in prompts], "seeds": list(seeds),
                      "images_per_row": len(texts), "features": net.name, "feature_dim": int(reference.shape[1]),
                      "reference_images": int(len(reference)), "teacher_steps": teacher_steps, "sampler": sampler,
+                     "spacing": spacing,
                      "guidance_scale": guidance_scale, "plan": None if plan is None else plan.to_dict(),
                      "class_accuracy": labels is not None},
         "rows": out_rows,

@@ -6,9 +6,10 @@
 
 With the CRF, the pipeline runs the plan recorded with it (``plan.json`` beside the CRF;
 ``--plan`` replaces it) through :func:`energycrf.integrations.diffusers.generate`.
-Without it (``--no-crf``, or the second half of ``--compare``) the pipeline's sampler runs
-as many steps as the plan has UNet calls (``--steps`` to choose, ``--sampler`` for another
-sampler), from the same initial noise. For each method the command prints the UNet calls
+Without it (``--no-crf``, or the second half of ``--compare``) a sampler runs as many steps
+as the plan has UNet calls (``--steps`` to choose), from the same initial noise: a corrector
+plan's own sampler and spacing (the same calls without the correction), else the
+pipeline's scheduler (``--sampler`` to choose). For each method the command prints the UNet calls
 per image batch, counted by a forward hook on the UNet, and the wall time per image.
 
 Files in ``--out`` (which must not hold any of them: nothing is ever overwritten):
@@ -55,8 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=integer(minimum=1), default=None,
                         help="sampler steps of the run without the CRF (default: the CRF plan's UNet calls; 50 with --no-crf "
                              "and no CRF)")
-    parser.add_argument("--sampler", choices=SAMPLER_CHOICES, default="pipeline",
-                        help="sampler of the run without the CRF (default: the pipeline's scheduler)")
+    parser.add_argument("--sampler", choices=SAMPLER_CHOICES, default=None,
+                        help="sampler of the run without the CRF (default: a corrector plan's own sampler and spacing, "
+                             "else the pipeline's scheduler)")
     parser.add_argument("--guidance", type=number(minimum=0.0), default=None,
                         help="classifier-free guidance scale (default: the pipeline's own; 4 for the shipped model)")
     parser.add_argument("--negative-prompt", default=None)
@@ -146,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from .ldm.evaluate_command import set_threads
-    from .pipelines import check_crf_fits, describe_plan, load_crf, load_pipeline, render
+    from .pipelines import baseline_sampler, check_crf_fits, describe_plan, load_crf, load_pipeline, render, sampler_label
 
     threads = set_threads(args.threads)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -164,15 +166,16 @@ def run(args: argparse.Namespace) -> int:
     steps = args.steps or (plan.unet_calls if plan is not None else 50)
     prompts = [item["prompt"] for item in job["items"]]
     seeds = [item["seed"] for item in job["items"]]
+    sampler, spacing = baseline_sampler(args.sampler, plan)
     what = {"crf": f"LatentCRF, {describe_plan(plan)}" if plan is not None else "",
-            "nocrf": f"{args.sampler} sampler, {steps} steps"}
+            "nocrf": f"{sampler_label(pipe, sampler, spacing)}, {steps} steps"}
     announce("generate", f"{plural(len(prompts), 'image')} ({' and '.join(what[v] for v in job['variants'])}) "
              f"on {device} into {job['out']}; {threads}")
     results = {}
     with progress_bar(len(prompts) * len(job["variants"]), "generate", args.progress, unit="image") as bar:
         for v in job["variants"]:
-            results[v] = render(pipe, prompts, seeds, crf=crf if v == "crf" else None, plan=plan, sampler=args.sampler,
-                                steps=steps, guidance_scale=guidance, negative_prompt=args.negative_prompt,
+            results[v] = render(pipe, prompts, seeds, crf=crf if v == "crf" else None, plan=plan, sampler=sampler,
+                                spacing=spacing, steps=steps, guidance_scale=guidance, negative_prompt=args.negative_prompt,
                                 batch_size=args.batch_size, progress=bar)
     write_outputs(job, results, args.latents)
     summary = {}
@@ -185,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
               f"expected {expected}), {r.ms_per_image:.1f} ms per image")
     record = {"pipeline": str(job["pipeline"]), "crf": None if job["crf"] is None else str(job["crf"]),
               "plan": None if plan is None else plan.to_dict(), "guidance_scale": guidance,
-              "negative_prompt": args.negative_prompt, "sampler": args.sampler, "steps": steps,
+              "negative_prompt": args.negative_prompt, "sampler": sampler, "spacing": spacing, "steps": steps,
               "batch_size": args.batch_size, "device": str(device), "dtype": args.dtype, "methods": summary,
               "images": job["items"]}
     from ._command import write_text

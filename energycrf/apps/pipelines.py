@@ -26,8 +26,9 @@ from pathlib import Path
 from ._command import UsageError, check_input_file
 
 __all__ = ["SHIPPED_CLASS", "SAMPLER_CHOICES", "check_pipeline_dir", "pipeline_info", "read_prompts", "seed_list",
-           "check_crf_dir", "plan_option", "reference_files", "IMAGE_SUFFIXES", "load_pipeline", "load_crf", "check_crf_fits", "render", "Rendered",
-           "describe_plan"]
+           "check_crf_dir", "plan_option", "reference_files", "IMAGE_SUFFIXES", "load_pipeline", "load_crf",
+           "check_crf_fits", "render", "Rendered",
+           "describe_plan", "baseline_sampler", "sampler_label"]
 
 #: The class of the shipped Fashion-MNIST pipeline (its prompts go through the MiniLM encoder).
 SHIPPED_CLASS = "MiniLMStableDiffusionPipeline"
@@ -238,23 +239,43 @@ class _LastLatents:
         return kwargs
 
 
-def _plain_scheduler(pipe, sampler: str):
+def _plain_scheduler(pipe, sampler: str, spacing: str | None = None):
     """A fresh scheduler for a run without the CRF: the pipeline's own class, or a library sampler."""
     from energycrf.integrations.schedulers import make_scheduler
 
     config = pipe.scheduler.config
     if sampler == "pipeline":
         return type(pipe.scheduler).from_config(config)
-    return make_scheduler(config, sampler)
+    return make_scheduler(config, sampler, spacing)
+
+
+def baseline_sampler(sampler: str | None, plan) -> tuple[str, str | None]:
+    """``(sampler, spacing)`` of the runs without the CRF: ``sampler`` when given; else a corrector
+    plan's own sampler and spacing (the same calls without the correction: the difference is the
+    CRF's), else the pipeline's scheduler."""
+    if sampler is not None:
+        return sampler, None
+    if plan is not None and hasattr(plan, "sampler"):
+        return plan.sampler, plan.spacing
+    return "pipeline", None
+
+
+def sampler_label(pipe, sampler: str, spacing: str | None = None) -> str:
+    """``"DDIM"``, ``"EulerDiscrete"`` (the pipeline's scheduler), ``"UniPC (trailing)"`` ..."""
+    if sampler == "pipeline":
+        return type(pipe.scheduler).__name__.removesuffix("Scheduler").removesuffix("Multistep")
+    name = {"ddim": "DDIM", "dpmpp": "DPM-Solver++", "unipc": "UniPC"}[sampler]
+    return name + (f" ({spacing})" if spacing else "")
 
 
 def render(pipe, prompts: Sequence[str], seeds: Sequence[int], *, crf=None, plan=None, sampler: str = "pipeline",
-           steps: int | None = None, guidance_scale: float | None = None, negative_prompt: str | None = None,
-           batch_size: int = 4, progress=None) -> Rendered:
+           spacing: str | None = None, steps: int | None = None, guidance_scale: float | None = None,
+           negative_prompt: str | None = None, batch_size: int = 4, progress=None) -> Rendered:
     """Images ``(prompts[i], seeds[i])`` of one method (see the module docstring), in order.
 
     ``crf`` given: ``generate(pipe, crf, plan)`` (``plan=None``: the CRF's recorded plan);
-    else ``steps`` calls of ``sampler``. ``guidance_scale=None`` keeps the pipeline's default.
+    else ``steps`` calls of ``sampler`` (``spacing``: its timestep spacing, ``None`` the
+    configuration's). ``guidance_scale=None`` keeps the pipeline's default.
     ``progress``: a bar advanced by the images of each batch. The pipeline's scheduler is restored.
     """
     import time
@@ -287,7 +308,7 @@ def render(pipe, prompts: Sequence[str], seeds: Sequence[int], *, crf=None, plan
 
                     images = generate(pipe, crf, plan, **kw).images
                 else:
-                    pipe.scheduler = _plain_scheduler(pipe, sampler)
+                    pipe.scheduler = _plain_scheduler(pipe, sampler, spacing)
                     images = pipe(num_inference_steps=steps, **kw).images
                     pipe.scheduler = original
             out.seconds += time.perf_counter() - t0

@@ -165,6 +165,7 @@ def test_generate_on_sdxl_follows_the_plan_and_its_override(world, tmp_path):
     assert proc.returncode == 0, proc.stderr
     record = json.loads((out / "generate.json").read_text())
     assert record["methods"]["crf"]["unet_calls"] == 3 and record["methods"]["nocrf"]["unet_calls"] == 5
+    assert (record["sampler"], record["spacing"]) == ("dpmpp", "trailing")  # the plan's sampler, without the CRF
     assert sorted(p.name for p in out.iterdir()) == ["000-a-red-bag-seed1-compare.png", "000-a-red-bag-seed1-crf.png",
                                                      "000-a-red-bag-seed1-nocrf.png", "generate.json"]
 
@@ -239,11 +240,13 @@ def test_evaluate_sdxl_with_a_torchscript_inception(world, tmp_path):
                      world["prompts"], "--reference", world["real"], "--seeds", "3", "--teacher-steps", "6",
                      "--steps", "3,5", "--features", "inception", "--features-path", weights, "--out", out)
     assert proc.returncode == 0, proc.stderr
-    result = _check_table(out, ["teacher", "pipeline-3", "pipeline-5", "crf"], [6, 3, 5, 3],
+    result = _check_table(out, ["teacher", "dpmpp-3", "dpmpp-5", "crf"], [6, 3, 5, 3],
                           {"latent_mse", "psnr", "frechet", "vendi"})  # no classes: no accuracy
     assert result["settings"]["features"] == "Inception (inception-2015-12-05.pt)"
     assert result["settings"]["feature_dim"] == 12
-    assert [d["b"] for d in result["differences"]] == ["EulerDiscrete 3", "EulerDiscrete 5"]
+    # the baselines: the corrector plan's own sampler without the CRF, at 3 and 5 calls
+    assert [d["b"] for d in result["differences"]] == ["DPM-Solver++ (trailing) 3", "DPM-Solver++ (trailing) 5"]
+    assert result["rows"][0]["method"] == "EulerDiscrete 6 (teacher)"
     assert "Frechet (Inception" in proc.stdout and "Class accuracy" not in proc.stdout
 
 

@@ -88,7 +88,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--steps", type=steps_type, default=None,
                    help="comma list: baseline rows without the CRF (default: the CRF plan's UNet calls)")
     g.add_argument("--sampler", choices=("pipeline", "ddim", "dpmpp", "unipc"), default=None,
-                   help="sampler of the baseline rows (default: the pipeline's scheduler)")
+                   help="sampler of the baseline rows (default: a corrector plan's own sampler and spacing, "
+                        "else the pipeline's scheduler)")
     g.add_argument("--plan", default=None, help="the CRF's plan instead of the recorded one: a plan.json file or inline JSON")
     g.add_argument("--batch-size", type=integer(minimum=1), default=None, help="images per pipeline call (default 4)")
     g.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
@@ -290,7 +291,7 @@ def run_any_pipeline(args: argparse.Namespace) -> int:
     with progress_bar(len(job["reference"]) + rows * images, "evaluate", args.progress, unit="image") as bar:
         reference = EP.reference_features(job["reference"], net, bar)
         result = EP.evaluate_pipeline(pipe, job["prompts"], list(range(args.seeds)), net, reference, crf=crf, plan=plan,
-                                      steps=steps, sampler=args.sampler or "pipeline", teacher_steps=teacher_steps,
+                                      steps=steps, sampler=args.sampler, teacher_steps=teacher_steps,
                                       guidance_scale=guidance, batch_size=args.batch_size or 4, progress=bar,
                                       class_names=class_names)
     result["settings"].update(pipeline=str(job["pipeline"]), crf=None if crf is None else str(job["crf"]),

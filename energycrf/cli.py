@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "energy-demo": ("energycrf.apps.energy_demo",
                     "an energy on a real photograph with noise: well-posedness, breakdown, solve, picture"),
     "evaluate": ("energycrf.apps.ldm.evaluate_command",
-                 "Table 1 for a text-to-image pipeline: Frechet distance, class accuracy, Vendi, ms/image"),
+                 "Table 1 of the shipped model, or any local pipeline + CRF against its teacher and real images"),
     "compare-solvers": ("energycrf.apps.compare_solvers",
                         "compare inference solvers on a real problem: table and picture"),
     "denoise": ("energycrf.apps.denoise_command", "denoise a grayscale image with a shipped checkpoint"),
@@ -44,6 +44,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "quality against UNet calls + CRF cost for samplers and LatentCRFs, paired intervals, Pareto figure"),
     "distill-data": ("energycrf.apps.distill_data",
                      "write stage-2 distillation shards (z_s, z_f, prompt embeddings) from a local diffusers pipeline"),
+    "generate": ("energycrf.apps.generate",
+                 "images (and latents) from a local diffusers pipeline with its LatentCRF, without it, or both"),
 }
 
 

@@ -78,6 +78,11 @@ USAGE_ERRORS = [
     (["demo", "--seeds", "1"], "--seeds"),
     (["demo", "--out", "img.png"], "--out"),
     (["distill-data", "--pipeline", ".", "--prompts", "prompts.txt", "--out", "o"], "--pipeline"),
+    (["generate", "--pipeline", ".", "--prompt", "a bag", "--out", "o"], "--pipeline"),
+    (["generate", "--prompt", "a bag", "--seeds", "2-1", "--out", "o"], "--seeds"),
+    (["generate", "--prompt", "a bag", "--out", "taken/table.md"], "--out"),
+    (["evaluate", "--prompts", "prompts.txt", "--reference", "taken"], "--steps"),
+    (["evaluate", "--prompts", "prompts.txt", "--reference", "taken", "--steps", "4"], "--prompts"),
     (["denoise", "img.png", "-o", "out.png", "--bogus"], "--bogus"),
 ]
 

@@ -140,6 +140,15 @@ WRONG = {
         (["--crf", "missing"], "--crf"),
         (["--out", "used"], "--out"),
         (["--threads", "-1"], "--threads"),
+        (["--features", "inception"], "--features"),          # an option of the evaluation of any pipeline, alone
+        (["--prompts", "prompts.txt"], "--reference"),
+        (["--reference", "used"], "--prompts"),
+        (["--prompts", "prompts.txt", "--reference", "used", "--rows", "all"], "--rows"),
+        (["--prompts", "prompts.txt", "--reference", "used"], "--steps"),     # no --crf: the rows must be named
+        (["--prompts", "prompts.txt", "--reference", "used", "--plan", "{}"], "--plan"),    # a plan needs its CRF
+        (["--prompts", "prompts.txt", "--reference", "used", "--steps", "4"], "--prompts"),  # one prompt
+        (["--prompts", "prompts.txt", "--reference", "used", "--steps", "0"], "--steps"),
+        (["--prompts", "prompts.txt", "--reference", "used", "--features", "vgg"], "--features"),
     ],
     "demo": [
         (["--seeds", "1"], "--seeds"),
@@ -149,6 +158,29 @@ WRONG = {
         (["--out", "img.png"], "--out"),
         (["--out", ""], "--out"),
         (["--full", "--no-table"], "--full"),                # the full table, or no table
+    ],
+    "generate": [
+        ([], "--out"),
+        (["--out", "o"], "--prompt"),                        # the shipped model, but no prompt
+        (["--prompt", "", "--out", "o"], "--prompt"),
+        (["--prompts", "missing.txt", "--out", "o"], "--prompts"),
+        (["--prompts", "empty.txt", "--out", "o"], "--prompts"),
+        (["--pipeline", "missing", "--prompt", "a", "--out", "o"], "--pipeline"),
+        (["--pipeline", "pipe", "--prompt", "a", "--out", "o"], "--crf"),    # a pipeline of its own needs its CRF
+        (["--pipeline", "pipe", "--crf", "missing", "--prompt", "a", "--out", "o"], "--crf"),
+        (["--prompt", "a", "--seeds", "3-1", "--out", "o"], "--seeds"),
+        (["--prompt", "a", "--seeds", "1,1", "--out", "o"], "--seeds"),
+        (["--prompt", "a", "--seed", "1", "--seeds", "2", "--out", "o"], "--seeds"),
+        (["--prompt", "a", "--seed", "-1", "--out", "o"], "--seed"),
+        (["--prompt", "a", "--no-crf", "--compare", "--out", "o"], "--no-crf"),
+        (["--prompt", "a", "--no-crf", "--crf", "pipe", "--out", "o"], "--no-crf"),
+        (["--prompt", "a", "--steps", "0", "--out", "o"], "--steps"),
+        (["--prompt", "a", "--sampler", "euler", "--out", "o"], "--sampler"),
+        (["--prompt", "a", "--out", "img.png"], "--out"),
+        (["--prompt", "a", "--out", ""], "--out"),
+        (["--prompt", "a", "--plan", "{not json", "--out", "o"], "--plan"),
+        (["--prompt", "a", "--plan", '{"pre_run": 50}', "--out", "o"], "--plan"),
+        (["--prompt", "a", "--device", "foo", "--out", "o"], "--device"),
     ],
     "distill-data": [
         ([], "--pipeline"),

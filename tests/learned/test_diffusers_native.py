@@ -245,3 +245,20 @@ def test_saving_options(tmp_path):
         with pytest.raises(error, match=match):
             crf.save_pretrained(tmp_path / "c", **kwargs)
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.gpu
+def test_device_map_puts_the_layer_on_the_accelerator(tmp_path):
+    crf = _layer()
+    crf.save_pretrained(tmp_path)
+    gpu = LatentCRF.from_pretrained(tmp_path, device_map="cuda", torch_dtype=torch.float16)
+    assert gpu.device.type == "cuda" and _floating(gpu) == {torch.float16}
+    x, c = _inputs()
+    out = gpu(x.cuda().half(), c.cuda().half())
+    assert out.device.type == "cuda" and out.dtype == torch.float16
+    torch.testing.assert_close(out.float().cpu(), crf(x, c), atol=2e-2, rtol=2e-2)
+    assert LatentCRF.from_pretrained(tmp_path, device_map={"": 0}).device == torch.device("cuda", 0)
+    on_gpu = LatentCRF.from_pretrained(tmp_path, map_location="cuda")
+    assert on_gpu.dtype == torch.float32
+    torch.testing.assert_close(on_gpu(x.cuda(), c.cuda()).cpu(), crf.cuda()(x.cuda(), c.cuda()).cpu(),
+                               rtol=1e-6, atol=1e-6)

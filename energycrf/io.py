@@ -25,11 +25,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
@@ -289,24 +290,65 @@ def _carry_over(old: Path, new: Path, skip: Iterable[str]) -> None:
 
 
 # --------------------------------------------------------------------------- save_pretrained pair
+def _public(config: Mapping[str, Any]) -> dict[str, Any]:
+    # what describes the architecture: the entries not named with a leading underscore
+    return {k: v for k, v in config.items() if not str(k).startswith("_")}
+
+
+def _vouched_weights(target: Path, config: Mapping[str, Any], weights_name: str, pattern: str | None,
+                     drop: set[str]) -> dict[str, str]:
+    """The other weights files of ``target`` (those its ``config.json`` records, and those named
+    like ``pattern``) that stay: name -> recorded sha256. A file stays when the old config
+    records it and describes the same architecture as ``config``; the others join ``drop``."""
+    try:
+        old = read_json(target / CONFIG_NAME)
+    except (FileNotFoundError, IntegrityError):
+        old = None
+    integrity = old.pop(INTEGRITY_KEY, None) if isinstance(old, dict) else None
+    recorded = integrity if isinstance(integrity, dict) else {}
+    same = isinstance(old, dict) and _public(old) == _public(config)
+    names = {n for n in recorded if n != "config"}
+    if pattern is not None:
+        names |= {p.name for p in target.iterdir() if p.is_file() and re.fullmatch(pattern, p.name)}
+    kept = {}
+    for name in sorted(names - {weights_name} - drop):
+        if Path(name).name != name:  # a recorded name is data read from disk: never a path
+            continue
+        sha = recorded.get(name)
+        if same and isinstance(sha, str) and (target / name).is_file():
+            kept[name] = sha
+        else:
+            drop.add(name)
+    return kept
+
+
 def write_pretrained(directory: str | os.PathLike, config: Mapping[str, Any],
                      tensors: Mapping[str, torch.Tensor], *,
-                     extra_files: Mapping[str, str] | None = None) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (+ ``extra_files``, name -> text) as one unit.
+                     extra_files: Mapping[str, str] | None = None, weights_name: str = WEIGHTS_NAME,
+                     weights_pattern: str | None = None, drop: Iterable[str] = ()) -> Path:
+    """Write ``config.json`` + the weights ``weights_name`` (+ ``extra_files``, name -> text) as one unit.
 
-    The pair (the huggingface_hub layout) is built in a hidden sibling directory and
-    swapped into place (see the module docstring): after a crash at any point the
-    directory loads as the old or the new content. Other entries already in the
-    directory are carried over (hard links, copies where links fail). ``config.json``
-    gains an ``"_integrity"`` entry, the sha256 of the weights and the digest of the
-    rest of the config, that :func:`read_pretrained` checks and removes. Non-finite
-    tensors are refused by name and nothing is written.
+    The pair (the huggingface_hub layout; ``weights_name`` defaults to ``model.safetensors``)
+    is built in a hidden sibling directory and swapped into place (see the module
+    docstring): after a crash at any point the directory loads as the old or the new
+    content. Other entries already in the directory are carried over (hard links, copies
+    where links fail), except the names in ``drop``. ``config.json`` gains an
+    ``"_integrity"`` entry, the sha256 of the weights and the digest of the rest of the
+    config, that :func:`read_pretrained` checks and removes. The other weights files (those
+    the old ``config.json`` records, and those whose names match the regular expression
+    ``weights_pattern``: variants such as ``diffusion_pytorch_model.fp16.safetensors``) keep
+    their recorded sha256 when the old config records them and describes the same
+    architecture (equal entries, those named ``_...`` aside); the others are removed, so a
+    directory never holds weights its config does not vouch for. Non-finite tensors are
+    refused by name and nothing is written.
     """
     from safetensors.torch import save_file
 
     extra = dict(extra_files or {})
+    if Path(weights_name).name != weights_name or weights_name.startswith(".") or weights_name == CONFIG_NAME:
+        raise ValueError(f"weights_name: expected a plain file name other than {CONFIG_NAME!r}, got {weights_name!r}")
     for name in extra:
-        if name in (CONFIG_NAME, WEIGHTS_NAME) or Path(name).name != name or name.startswith("."):
+        if name in (CONFIG_NAME, weights_name) or Path(name).name != name or name.startswith("."):
             raise ValueError(f"extra_files: {name!r} is not a plain file name other than the config and weights")
     config = dict(config)
     if INTEGRITY_KEY in config:
@@ -317,15 +359,17 @@ def write_pretrained(directory: str | os.PathLike, config: Mapping[str, Any],
     if target.exists() and not target.is_dir():
         raise FileExistsError(f"directory: {str(target)!r} exists and is not a directory")
     settle_directory(target, CONFIG_NAME)
+    drop = set(drop)
+    kept = _vouched_weights(target, config, weights_name, weights_pattern, drop) if target.is_dir() else {}
     staged = stage_directory(target)
     try:
         if target.is_dir():
-            _carry_over(target, staged, skip=(CONFIG_NAME, WEIGHTS_NAME, *extra))
-        save_file(state, str(staged / WEIGHTS_NAME), metadata={"format": "pt"})
-        weights_sha = finish_file(staged / WEIGHTS_NAME)
+            _carry_over(target, staged, skip=(CONFIG_NAME, weights_name, *extra, *drop))
+        save_file(state, str(staged / weights_name), metadata={"format": "pt"})
+        weights_sha = finish_file(staged / weights_name)
         for name, text in extra.items():
             _write_text(staged / name, text)
-        config[INTEGRITY_KEY] = {"config": json_digest(config), WEIGHTS_NAME: weights_sha}
+        config[INTEGRITY_KEY] = {"config": json_digest(config), weights_name: weights_sha, **kept}
         _write_text(staged / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")  # the marker: last
         replace_directory(staged, target)
     except BaseException:
@@ -334,33 +378,41 @@ def write_pretrained(directory: str | os.PathLike, config: Mapping[str, Any],
     return Path(directory)
 
 
-def read_pretrained(directory: str | os.PathLike, *, map_location: str | torch.device = "cpu"
+def read_pretrained(directory: str | os.PathLike, *, map_location: str | torch.device = "cpu",
+                    weights_name: str | Sequence[str] = WEIGHTS_NAME
                     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Read and verify what :func:`write_pretrained` wrote: ``(config, state_dict)``.
 
-    A directory written before checksums existed loads unchecked (it has no
-    ``"_integrity"`` entry); every other check (readable files, finite weights) applies.
-    The config comes back without ``"_integrity"``; the caller checks ``_class_name``.
+    ``weights_name`` names the weights file, or lists the names to try in order (the first
+    that exists is read). A directory written before checksums existed loads unchecked (it
+    has no ``"_integrity"`` entry); every other check (readable files, finite weights)
+    applies, and a weights file that a checksummed ``config.json`` does not record is
+    refused. The config comes back without ``"_integrity"``; the caller checks ``_class_name``.
     """
+    names = [weights_name] if isinstance(weights_name, str) else list(weights_name)
+    if not names:
+        raise ValueError("weights_name: expected a file name or a non-empty list of them, got an empty list")
     path = Path(directory)
     if not path.is_dir():
         found = recovered_directory(path, CONFIG_NAME)
         if found is None:
             raise FileNotFoundError(
                 f"from_pretrained: {str(directory)!r} is not a directory; it loads a local directory written by "
-                "save_pretrained (config.json + model.safetensors) and never downloads"
+                f"save_pretrained (config.json + {names[0]}) and never downloads"
             )
         warnings.warn(f"from_pretrained: {str(path)!r} is missing because a save was interrupted between its two "
                       f"renames; loading the complete copy {str(found)!r} (the next save puts it back in place)",
                       IntegrityWarning, stacklevel=2)
         path = found
-    config_file, weights_file = path / CONFIG_NAME, path / WEIGHTS_NAME
+    config_file = path / CONFIG_NAME
+    weights_file = next((path / n for n in names if (path / n).is_file()), path / names[0])
     if not config_file.is_file():
         raise FileNotFoundError(f"from_pretrained: {str(config_file)!r} is missing")
     if not weights_file.is_file():
+        others = " or ".join(repr(n) for n in names[1:])
         raise FileNotFoundError(
-            f"from_pretrained: {str(weights_file)!r} is missing (only safetensors weights are loaded, never "
-            "pickle files such as pytorch_model.bin)"
+            f"from_pretrained: {str(weights_file)!r} is missing{f' (and so is {others})' if others else ''} "
+            "(only safetensors weights are loaded, never pickle files such as pytorch_model.bin)"
         )
     config = read_json(config_file)
     if not isinstance(config, dict):
@@ -368,12 +420,18 @@ def read_pretrained(directory: str | os.PathLike, *, map_location: str | torch.d
     integrity = config.pop(INTEGRITY_KEY, None)
     weights_sha = None
     if integrity is not None:
-        if not (isinstance(integrity, dict) and isinstance(integrity.get("config"), str)
-                and isinstance(integrity.get(WEIGHTS_NAME), str)):
+        if not (isinstance(integrity, dict) and all(isinstance(v, str) for v in integrity.values())
+                and isinstance(integrity.get("config"), str)):
             raise IntegrityError(f"{str(config_file)!r} is damaged: its {INTEGRITY_KEY!r} entry is malformed")
         if json_digest(config) != integrity["config"]:
             raise IntegrityError(f"{str(config_file)!r} is damaged: its content differs from the digest recorded "
                                  "when it was written")
-        weights_sha = integrity[WEIGHTS_NAME]
+        weights_sha = integrity.get(weights_file.name)
+        if weights_sha is None:
+            raise IntegrityError(
+                f"{str(weights_file)!r} is not one of the weights files {str(config_file)!r} records a sha256 for "
+                f"({sorted(k for k in integrity if k != 'config')}): it was not written with this config; "
+                "save the layer again"
+            )
     state = read_safetensors(weights_file, sha256=weights_sha, device=str(map_location), finite=True)
     return config, state

@@ -2,7 +2,8 @@
 ``load_pretrained``); diffusers is imported only to load.
 
 A CRF alone records the plan it was trained for with :func:`save_crf` (``plan.json``
-beside ``config.json`` and ``model.safetensors``, written as one unit with them);
+beside ``config.json`` and ``diffusion_pytorch_model.safetensors``, written as one unit
+with them; a CRF saved by energycrf 0.1 has ``model.safetensors`` and still loads);
 :func:`load_crf` loads it with the plan as ``crf.plan``, which
 :func:`energycrf.integrations.diffusers.generate` uses when it is given no plan.
 """
@@ -66,22 +67,21 @@ def load_pretrained(directory, pipeline_cls=None, crf_cls=None, **pipeline_kwarg
 
 
 def save_crf(crf, directory, plan: SplicePlan | CorrectorPlan, *, extra_files: dict[str, str] | None = None):
-    """Write ``crf`` (``config.json`` + ``model.safetensors``) with ``plan.json`` and ``extra_files``.
+    """Write ``crf`` (``crf.save_pretrained``: ``config.json`` + ``diffusion_pytorch_model.safetensors``)
+    with ``plan.json`` and ``extra_files``.
 
     The files are one unit (:func:`energycrf.io.write_pretrained`: staged, swapped into
     place); ``extra_files`` maps plain file names to text (a training record, a README).
     """
-    from energycrf import __version__
-    from energycrf.io import write_pretrained
+    from energycrf.learned.pretrained import PretrainedModel
 
     if not isinstance(plan, _PLANS):
         raise TypeError(f"plan must be a SplicePlan or a CorrectorPlan, got {type(plan).__name__}")
-    config = getattr(crf, "config", None)
-    if not isinstance(config, dict) or not hasattr(crf, "state_dict"):
-        raise TypeError(f"crf must be a LatentCRF (a module with a config), got {type(crf).__name__}")
+    if not isinstance(crf, PretrainedModel):
+        raise TypeError(f"crf must be a LatentCRF (a layer with save_pretrained and a config), "
+                        f"got {type(crf).__name__}")
     files = {CRF_PLAN_FILE: json.dumps(plan.to_dict(), indent=2, sort_keys=True) + "\n", **(extra_files or {})}
-    header = {"_class_name": type(crf).__name__, "_energycrf_version": __version__, **config}
-    return write_pretrained(directory, header, crf.state_dict(), extra_files=files)
+    return crf.save_pretrained(directory, extra_files=files)
 
 
 def read_plan(directory) -> SplicePlan | CorrectorPlan | None:

@@ -28,8 +28,6 @@ curvature). :meth:`LatentCRF.from_energy` builds that layer from an energy.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,16 +40,16 @@ from ..energies.kernels import DenseKernel, LocalKernel, LongRangeKernel, Spatia
 from ..energies.pairwise import Pairwise
 from ..energies.potentials import ReLUExpert
 from ..energies.unary import Unary
-from .. import __version__
 from .compatibility_network import CompatibilityNetwork
+# ModelMixin is named here because diffusers' pipeline loader looks the base classes up in the
+# module a component's class comes from (model_index.json names energycrf.learned.latent_crf)
+from .pretrained import CONFIG_NAME, LEGACY_WEIGHTS_NAME, WEIGHTS_NAME, ModelMixin, PretrainedModel  # noqa: F401
 
 __all__ = ["LatentCRF", "CompatibilityNetwork"]
 
 COMPATIBILITIES = ("mlp", "linear")
 NORMALIZATIONS = ("batch", "group", "none", "mean_field")
 CONDITIONINGS = ("film", "cross_attention", "both")
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 # ---------------------------------------------------------------------------------------
@@ -116,7 +114,7 @@ def _check_finite(name: str, t: Tensor) -> None:
 # the layer
 
 
-class LatentCRF(nn.Module):
+class LatentCRF(PretrainedModel):
     r"""The LatentCRF inference layer :math:`\mathcal{M}` (paper Algorithm 1, eq. 11).
 
     Args:
@@ -157,6 +155,14 @@ class LatentCRF(nn.Module):
     message adds nothing yet and the layer starts at :math:`\psi_N(x + \xi_{HO})`, close to
     :math:`\psi_N(x)`: the identity for ``"none"`` (and for ``"batch"`` in eval mode with
     fresh statistics); a per-channel standardisation of ``x`` for ``"batch"`` in training mode.
+
+    Saving and loading: a ``diffusers.ModelMixin`` + ``ConfigMixin`` when diffusers can be
+    imported (else the same API without it: :mod:`energycrf.learned.pretrained`). The
+    constructor arguments are registered with ``register_to_config`` (the kernel as its spec
+    dict), so ``crf.config`` rebuilds the layer and ``save_pretrained(dir, variant=...)`` /
+    ``from_pretrained(dir, subfolder=..., torch_dtype=...)`` work as for a diffusers UNet,
+    with atomic, checksummed safetensors files. ``from_pretrained`` may override
+    ``num_iterations`` and ``return_all``.
 
     Example:
         >>> import torch, energycrf as ec
@@ -255,7 +261,7 @@ class LatentCRF(nn.Module):
             self.norm = None
         # the condition when c is None, and an always-present attention slot (unit scale: it is layer-normalised)
         self.null_condition = nn.Parameter(torch.randn(cond_dim)) if cond_dim is not None else None
-        self._config: dict | None = {
+        config = {
             "channels": channels, "cond_dim": cond_dim, "num_iterations": num_iterations,
             "kernel": kernel_spec, "num_filters": num_filters, "kernel_size": kernel_size,
             "zero_center": bool(zero_center), "filter_constraint": filter_constraint,
@@ -264,8 +270,10 @@ class LatentCRF(nn.Module):
             "normalization": normalization, "num_groups": num_groups, "unary_weight": float(unary_weight),
             "learn_unary_weight": bool(learn_unary_weight), "boundary": boundary, "return_all": return_all,
         }
-        if kernel_spec is None:
-            self._config = None  # a custom kernel class: save_pretrained cannot describe it
+        if kernel_spec is not None:  # a custom kernel class has no spec: no config, and save_pretrained refuses
+            # registered by hand, not with diffusers' @register_to_config: that would record the
+            # arguments before they are checked, and a kernel object that JSON cannot hold
+            self.register_to_config(**config)
 
     # ------------------------------------------------------------------ faithful layer
     @classmethod
@@ -312,8 +320,8 @@ class LatentCRF(nn.Module):
         if channels is None:
             raise ValueError("from_energy cannot tell the number of channels: give Unary a [C] weight or add a Pairwise term")
 
-        layer = cls.__new__(cls)
-        nn.Module.__init__(layer)
+        layer = cls.__new__(cls)  # no constructor arguments describe it: nothing is registered, no config
+        super(LatentCRF, layer).__init__()
         layer.channels, layer.num_iterations, layer.return_all = channels, num_iterations, bool(return_all)
         layer.compatibility, layer.normalization = "linear", "mean_field"
         layer.unary = unary
@@ -322,7 +330,6 @@ class LatentCRF(nn.Module):
         layer.cond_dim = layer.pairwise.cond_dim if layer.pairwise is not None else None
         layer.scales = {k: (found[k][0] if k in found else 1.0) for k in ("unary", "pairwise", "field_of_experts")}
         layer.network, layer.gate, layer.norm, layer.null_condition = None, None, None, None
-        layer._config = None
         return layer
 
     # ------------------------------------------------------------------ pieces
@@ -450,50 +457,6 @@ class LatentCRF(nn.Module):
         )
 
     # ------------------------------------------------------------------ saving and loading
-    @property
-    def config(self) -> dict:
-        """The constructor arguments (JSON-able) that rebuild this layer's architecture."""
-        if self._config is None:
-            raise TypeError(
-                "this LatentCRF cannot be described by a config (built with from_energy or a custom kernel class); "
-                "save its state_dict with safetensors.torch.save_file instead"
-            )
-        return dict(self._config)
-
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (created if needed).
-
-        The huggingface_hub layout (``PyTorchModelHubMixin``): weights in safetensors, never
-        pickle. Each file is written to a temporary name in the directory and moved into
-        place with ``os.replace``, so a reader never sees a partial file.
-        """
-        from ..io import write_pretrained
-
-        config = {"_class_name": type(self).__name__, "_energycrf_version": __version__, **self.config}
-        return write_pretrained(directory, config, self.state_dict())
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, map_location: str | torch.device = "cpu",
-                        **overrides: Any) -> "LatentCRF":
-        """Load a layer written by :meth:`save_pretrained` from a *local* directory.
-
-        Reads ``config.json`` and ``model.safetensors`` only (no pickle is ever loaded,
-        nothing is downloaded). ``overrides`` replace config entries that do not change
-        the weights' shapes (``num_iterations``, ``return_all``).
-        """
-        from ..io import read_pretrained
-
-        config, state = read_pretrained(directory, map_location=map_location)
-        config_file = Path(directory) / CONFIG_NAME
-        name = config.pop("_class_name", cls.__name__)
-        if name != cls.__name__:
-            raise ValueError(f"{str(config_file)!r} describes a {name}, not a {cls.__name__}")
-        config.pop("_energycrf_version", None)
-        allowed = {"num_iterations", "return_all"}
-        bad = set(overrides) - allowed
-        if bad:
-            raise TypeError(f"from_pretrained can override {sorted(allowed)} only, got {sorted(bad)}")
-        config.update(overrides)
-        model = cls(**config)
-        model.load_state_dict(state, strict=True)
-        return model.to(map_location)
+    # config, save_pretrained and from_pretrained: energycrf.learned.pretrained.PretrainedModel
+    _load_overrides = frozenset({"num_iterations", "return_all"})
+    _no_config_reason = "built with from_energy or a custom kernel class"

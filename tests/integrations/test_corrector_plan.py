@@ -94,8 +94,8 @@ def test_generate_uses_the_plan_recorded_with_the_crf(sd_pipe, tiny, tmp_path):
             p.add_(0.05 * torch.randn_like(p))
     plan = CorrectorPlan("dpmpp", "trailing", 2)
     save_crf(crf, tmp_path / "c", plan, extra_files={"training.json": "{}\n"})
-    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["config.json", "model.safetensors", CRF_PLAN_FILE,
-                                                                    "training.json"]
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors",
+                                                                    CRF_PLAN_FILE, "training.json"]
     assert read_plan(tmp_path / "c") == plan and read_plan(tmp_path) is None
     loaded = load_crf(tmp_path / "c")
     assert loaded.plan == plan and not loaded.training

@@ -12,6 +12,7 @@ import torch
 from energycrf.energies import DenseKernel, Pairwise, Unary
 from energycrf.energies.kernels import LocalKernel, LongRangeKernel
 from energycrf.learned.latent_crf import LatentCRF
+from energycrf.learned.pretrained import WEIGHTS_NAME
 
 def _touch(path):
     Path(path).write_text("unpickled!")
@@ -51,7 +52,7 @@ def _trained_layer(**kwargs):
 def test_round_trip_gives_identical_outputs(tmp_path, kwargs):
     crf = _trained_layer(**kwargs)
     crf.save_pretrained(tmp_path / "ckpt")
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", WEIGHTS_NAME]
     loaded = LatentCRF.from_pretrained(tmp_path / "ckpt").eval()
     x = torch.randn(2, 4, 8, 8)
     c = torch.randn(2, 5, 16) if kwargs.get("cond_dim") else None
@@ -80,7 +81,7 @@ def test_overrides_and_overwrite(tmp_path):
     crf = _trained_layer(cond_dim=16)
     crf.save_pretrained(tmp_path)
     crf.save_pretrained(tmp_path)  # overwriting is fine, and leaves no temporary files
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", WEIGHTS_NAME]
     loaded = LatentCRF.from_pretrained(tmp_path, num_iterations=4, return_all=True)
     assert loaded(torch.randn(1, 4, 8, 8)).shape == (4, 1, 4, 8, 8)
     with pytest.raises(TypeError, match="override"):
@@ -93,12 +94,12 @@ def test_missing_directory_and_files_give_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         LatentCRF.from_pretrained(tmp_path)
     LatentCRF(channels=4).save_pretrained(tmp_path)
-    (tmp_path / "model.safetensors").unlink()
+    (tmp_path / WEIGHTS_NAME).unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors.*never pickle"):
         LatentCRF.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel"}))
     LatentCRF(channels=4).save_pretrained(tmp_path / "ok")
-    (tmp_path / "model.safetensors").write_bytes((tmp_path / "ok" / "model.safetensors").read_bytes())
+    (tmp_path / WEIGHTS_NAME).write_bytes((tmp_path / "ok" / WEIGHTS_NAME).read_bytes())
     with pytest.raises(ValueError, match="UNet2DModel"):
         LatentCRF.from_pretrained(tmp_path)
 
@@ -127,7 +128,7 @@ def test_a_planted_pickle_is_never_loaded(tmp_path, monkeypatch):
     x = torch.randn(1, 4, 8, 8)
     assert torch.equal(loaded(x), crf(x))
     # with the safetensors file gone the pickle is not a fallback
-    (tmp_path / "ckpt" / "model.safetensors").unlink()
+    (tmp_path / "ckpt" / WEIGHTS_NAME).unlink()
     with pytest.raises(FileNotFoundError):
         LatentCRF.from_pretrained(tmp_path / "ckpt")
     assert not marker.exists()

@@ -36,8 +36,8 @@ def test_train_corrector_records_plan_and_command_and_is_reproducible(tiny_pipe,
     args = _args(_tiny_argv(tmp_path / "a", tmp_path / "cache"))
     rec = corrector.train(args, pipe=tiny_pipe)
     out = tmp_path / "a"
-    assert {p.name for p in out.iterdir()} >= {"config.json", "model.safetensors", "plan.json", "training.json",
-                                               "loss.csv", "loss.png"}
+    assert {p.name for p in out.iterdir()} >= {"config.json", "diffusion_pytorch_model.safetensors", "plan.json",
+                                               "training.json", "loss.csv", "loss.png"}
     crf = load_crf(out)
     assert crf.plan == CorrectorPlan("dpmpp", "trailing", 2)
     saved = json.loads((out / "training.json").read_text())

@@ -44,6 +44,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "quality against UNet calls + CRF cost for samplers and LatentCRFs, paired intervals, Pareto figure"),
     "distill-data": ("energycrf.apps.distill_data",
                      "write stage-2 distillation shards (z_s, z_f, prompt embeddings) from a local diffusers pipeline"),
+    "train": ("energycrf.apps.train_command",
+              "train a LatentCRF for your own diffusers pipeline: stage 1 on images or latents, stage 2 on shards"),
 }
 
 

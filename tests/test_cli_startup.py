@@ -78,6 +78,7 @@ USAGE_ERRORS = [
     (["demo", "--seeds", "1"], "--seeds"),
     (["demo", "--out", "img.png"], "--out"),
     (["distill-data", "--pipeline", ".", "--prompts", "prompts.txt", "--out", "o"], "--pipeline"),
+    (["train", "--stage", "1", "--pipeline", ".", "--out", "o"], "--pipeline"),
     (["denoise", "img.png", "-o", "out.png", "--bogus"], "--bogus"),
 ]
 

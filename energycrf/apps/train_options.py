@@ -64,61 +64,71 @@ def widths(text: str) -> tuple[int, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("what to train")
-    g.add_argument("--stage", type=stages, required=True, help="1, 2 or 1,2 (stage 2 starts from stage 1's weights)")
-    g.add_argument("--pipeline", type=path, required=True,
+    g.add_argument("--stage", type=stages, metavar="1|2|1,2", required=True,
+                   help="1, 2 or 1,2 (stage 2 starts from stage 1's weights)")
+    g.add_argument("--pipeline", type=path, metavar="DIR", required=True,
                    help="local diffusers pipeline directory (model_index.json): its VAE, text encoder, channels, "
                         "text width and noise schedule")
-    g.add_argument("--out", type=path, required=True, help="output folder: the CRF, its plan, log, plot, checkpoints")
+    g.add_argument("--out", type=path, metavar="DIR", required=True,
+                   help="output folder: the CRF, its plan, log, plot, checkpoints")
     g = parser.add_argument_group("data")
-    g.add_argument("--images", type=path, help="stage 1: a folder of images (PNG, JPEG, WebP, BMP, TIFF)")
-    g.add_argument("--latents", type=path, help="stage 1: a folder of safetensors files with 'latents' "
-                                                "(and optionally 'prompt_embeds')")
-    g.add_argument("--caption", default="", help="the caption of an image without its own (default: the empty prompt)")
-    g.add_argument("--resolution", type=integer(minimum=8), default=None,
+    g.add_argument("--images", type=path, metavar="DIR",
+                   help="stage 1: a folder of images (PNG, JPEG, WebP, BMP, TIFF)")
+    g.add_argument("--latents", type=path, metavar="DIR",
+                   help="stage 1: a folder of safetensors files with 'latents' (and optionally 'prompt_embeds')")
+    g.add_argument("--caption", default="", metavar="TEXT",
+                   help="the caption of an image without its own (default: the empty prompt)")
+    g.add_argument("--resolution", metavar="N", type=integer(minimum=8), default=None,
                    help="side of the square the images are cut to (default: the pipeline's)")
-    g.add_argument("--shards", type=path, help="stage 2: the shards written by energycrf distill-data")
-    g.add_argument("--init", type=path, help="stage 2 alone: start from this saved CRF (e.g. a stage-1 --out)")
+    g.add_argument("--shards", type=path, metavar="DIR", help="stage 2: the shards written by energycrf distill-data")
+    g.add_argument("--init", type=path, metavar="DIR",
+                   help="stage 2 alone: start from this saved CRF (e.g. a stage-1 --out)")
     g = parser.add_argument_group("plan (default: the shards' plan, else the paper's: 31 of 40, CRF, last 2 of 50)")
-    g.add_argument("--plan", type=path, help="a plan.json (as written beside a CRF)")
-    g.add_argument("--pre-steps", type=integer(minimum=2), default=None)
-    g.add_argument("--pre-run", type=integer(minimum=1), default=None)
-    g.add_argument("--post-steps", type=integer(minimum=1), default=None)
-    g.add_argument("--post-run", type=integer(minimum=0), default=None)
-    g.add_argument("--crf-output", choices=["clean", "post"], default=None)
-    g.add_argument("--noise-window", type=integer(minimum=0), default=100,
-                   help="stage 1 noises to timesteps t_s - W .. t_s + W around the splice timestep t_s")
+    g.add_argument("--plan", type=path, metavar="FILE", help="a plan.json (as written beside a CRF)")
+    g.add_argument("--pre-steps", metavar="N", type=integer(minimum=2), help="steps of the pre-CRF schedule (40)")
+    g.add_argument("--pre-run", metavar="N", type=integer(minimum=1), help="of which run before the CRF (31)")
+    g.add_argument("--post-steps", metavar="N", type=integer(minimum=1), help="steps of the post-CRF schedule (50)")
+    g.add_argument("--post-run", metavar="N", type=integer(minimum=0), help="its last ones run after the CRF (2)")
+    g.add_argument("--crf-output", choices=["clean", "post"],
+                   help="what M(z_s) stands for: the clean latent or the first post-CRF one (clean)")
+    g.add_argument("--noise-window", metavar="N", type=integer(minimum=0), default=100,
+                   help="stage 1 noises to timesteps t_s - N .. t_s + N around the splice timestep t_s")
     g = parser.add_argument_group("the LatentCRF (defaults: the shipped model's; with --init: the init's own)")
-    g.add_argument("--iterations", type=integer(minimum=1), help="unrolled mean-field steps (5)")
-    g.add_argument("--filters", type=integer(minimum=1), help="Field of Experts filters (8)")
-    g.add_argument("--kernel-size", type=integer(minimum=1, odd=True), help="their size (3)")
-    g.add_argument("--hidden-channels", type=integer(minimum=1), help="the compatibility MLP's width (32)")
-    g.add_argument("--attention-dim", type=integer(minimum=1), help="the cross-attention's width (32)")
+    g.add_argument("--iterations", metavar="N", type=integer(minimum=1), help="unrolled mean-field steps (5)")
+    g.add_argument("--filters", metavar="N", type=integer(minimum=1), help="Field of Experts filters (8)")
+    g.add_argument("--kernel-size", metavar="N", type=integer(minimum=1, odd=True), help="their size (3)")
+    g.add_argument("--hidden-channels", metavar="N", type=integer(minimum=1), help="the compatibility MLP's width (32)")
+    g.add_argument("--attention-dim", metavar="N", type=integer(minimum=1), help="the cross-attention's width (32)")
     g.add_argument("--conditioning", choices=["film", "cross_attention", "both"], help="how the text enters (both)")
     g.add_argument("--compatibility", choices=["mlp", "linear"], help="psi_C (mlp)")
     g.add_argument("--normalization", choices=NORMALIZATIONS, help="psi_N (none: the untrained layer is the identity)")
     g = parser.add_argument_group("optimisation (one value, or STAGE1,STAGE2)")
-    g.add_argument("--steps", type=per_stage(int, "an integer >= 1", minimum=1), default=(800, 2000))
-    g.add_argument("--lr", type=per_stage(float, "a number > 0", positive=True), default=(1e-3, 1e-3),
-                   help="AdamW peak rate (linear warm-up, cosine decay)")
-    g.add_argument("--batch-size", type=per_stage(int, "an integer >= 1", minimum=1), default=(64, 32),
-                   help="per process")
-    g.add_argument("--warmup", type=per_stage(int, "an integer >= 0", minimum=0), default=(50, 20))
-    g.add_argument("--grad-clip", type=number(minimum=0.0), default=1.0, help="gradient norm bound (0: none)")
-    g.add_argument("--adv-weight", type=number(minimum=0.0), default=0.1,
-                   help="weight of the adversarial term of eq. 13 (0: no discriminator)")
-    g.add_argument("--disc-channels", type=widths, default=(32, 32, 64), help="the discriminator's widths")
+    g.add_argument("--steps", metavar="S1[,S2]", type=per_stage(int, "an integer >= 1", minimum=1),
+                   default=(800, 2000), help="optimiser steps (800,2000)")
+    g.add_argument("--lr", metavar="S1[,S2]", type=per_stage(float, "a number > 0", positive=True),
+                   default=(1e-3, 1e-3), help="AdamW peak rate, linear warm-up then cosine decay (1e-3)")
+    g.add_argument("--batch-size", metavar="S1[,S2]", type=per_stage(int, "an integer >= 1", minimum=1),
+                   default=(64, 32), help="per process (64,32)")
+    g.add_argument("--warmup", metavar="S1[,S2]", type=per_stage(int, "an integer >= 0", minimum=0),
+                   default=(50, 20), help="warm-up steps (50,20)")
+    g.add_argument("--grad-clip", metavar="X", type=number(minimum=0.0), default=1.0,
+                   help="gradient norm bound (1; 0: none)")
+    g.add_argument("--adv-weight", metavar="X", type=number(minimum=0.0), default=0.1,
+                   help="weight of the adversarial term of eq. 13 (0.1; 0: no discriminator)")
+    g.add_argument("--disc-channels", metavar="W,W,W", type=widths, default=(32, 32, 64),
+                   help="the discriminator's widths (32,32,64)")
     g.add_argument("--amp", choices=["none", "float16", "bfloat16"], default="none",
                    help="mixed precision on CUDA (CPU runs stay float32)")
-    g.add_argument("--seed", type=integer(minimum=0), default=0)
+    g.add_argument("--seed", metavar="N", type=integer(minimum=0), default=0)
     g = parser.add_argument_group("the run")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
-    g.add_argument("--checkpoint-every", type=integer(minimum=0), default=100,
+    g.add_argument("--checkpoint-every", metavar="N", type=integer(minimum=0), default=100,
                    help="steps between checkpoints (0: only when a stage ends or stops)")
-    g.add_argument("--log-every", type=integer(minimum=1), default=10, help="steps between log records")
-    g.add_argument("--stop-after", type=integer(minimum=1), default=None,
+    g.add_argument("--log-every", metavar="N", type=integer(minimum=1), default=10, help="steps between log records")
+    g.add_argument("--stop-after", metavar="N", type=integer(minimum=1), default=None,
                    help="stop after this many steps of this invocation (checkpointed; continue with --resume)")
-    g.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when available, else cpu")
-    g.add_argument("--threads", type=integer(minimum=0), default=0,
+    g.add_argument("--device", metavar="DEVICE", default=None, help="default: cuda:LOCAL_RANK when available, else cpu")
+    g.add_argument("--threads", metavar="N", type=integer(minimum=0), default=0,
                    help="torch threads (0: the cores the load average leaves idle)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -46,6 +46,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                      "write stage-2 distillation shards (z_s, z_f, prompt embeddings) from a local diffusers pipeline"),
     "generate": ("energycrf.apps.generate",
                  "images (and latents) from a local diffusers pipeline with its LatentCRF, without it, or both"),
+    "train": ("energycrf.apps.train_command",
+              "train a LatentCRF for your own diffusers pipeline: stage 1 on images or latents, stage 2 on shards"),
 }
 
 

@@ -83,6 +83,7 @@ USAGE_ERRORS = [
     (["generate", "--prompt", "a bag", "--out", "taken/table.md"], "--out"),
     (["evaluate", "--prompts", "prompts.txt", "--reference", "taken"], "--steps"),
     (["evaluate", "--prompts", "prompts.txt", "--reference", "taken", "--steps", "4"], "--prompts"),
+    (["train", "--stage", "1", "--pipeline", ".", "--out", "o"], "--pipeline"),
     (["denoise", "img.png", "-o", "out.png", "--bogus"], "--bogus"),
 ]
 

@@ -82,7 +82,9 @@ def world(tmp_path_factory):
     for k in range(8):  # sizes differ: every image is resized for the feature network
         Image.fromarray((rng.random((20 + k, 24, 3)) * 255).astype(np.uint8)).save(root / "real" / f"{k}.png")
     (root / "prompts.txt").write_text("a red bag\n# a comment line\n\na cat on a sofa\n", encoding="utf-8")
-    return {"sd": tiny_sd_pipeline(root / "sd"), "sdxl": tiny_sdxl_pipeline(root / "sdxl"), "root": root,
+    tiny_sd_pipeline(root / "sd")
+    tiny_sdxl_pipeline(root / "sdxl")
+    return {"sd": root / "sd", "sdxl": root / "sdxl", "root": root,
             "crf-sd": root / "crf-sd", "crf-sdxl": root / "crf-sdxl", "real": root / "real",
             "prompts": root / "prompts.txt"}
 

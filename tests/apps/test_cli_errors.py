@@ -194,6 +194,18 @@ WRONG = {
         (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--device", "cuda:99"], "--device"),
         (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--device", "cuda:-1"], "--device"),
     ],
+    "train": [
+        ([], "--stage"),
+        (["--stage", "3", "--pipeline", "pipe", "--out", "o"], "--stage"),
+        (["--stage", "1", "--pipeline", "missing", "--out", "o", "--images", "."], "--pipeline"),
+        (["--stage", "1", "--pipeline", "pipe", "--out", "o"], "--images"),
+        (["--stage", "1", "--pipeline", "pipe", "--out", "o", "--images", "missing"], "--images"),
+        (["--stage", "2", "--pipeline", "pipe", "--out", "o"], "--shards"),
+        (["--stage", "1", "--pipeline", "pipe", "--out", "img.png", "--images", "."], "--out"),
+        (["--stage", "1", "--pipeline", "pipe", "--out", "o", "--images", ".", "--steps", "0"], "--steps"),
+        (["--stage", "1", "--pipeline", "pipe", "--out", "o", "--images", ".", "--kernel-size", "4"], "--kernel-size"),
+        (["--stage", "2", "--pipeline", "pipe", "--out", "o", "--shards", "pipe"], "--pipeline"),
+    ],
 }
 CASES = [(command, argv, option) for command, table in WRONG.items() for argv, option in table]
 

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import torch
 
+from energycrf.learned.pretrained import WEIGHTS_NAME
+
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
@@ -200,7 +202,7 @@ def test_an_interrupted_run_resumed_equals_the_uninterrupted_run(work, capsys):
     assert run(parts, "--resume", "--stop-after", "2") == 0  # across the stages
     assert "at step 1 of 3 of stage 2" in capsys.readouterr().out
     assert run(parts, "--resume") == 0
-    a, b = load_file(str(whole / "model.safetensors")), load_file(str(parts / "model.safetensors"))
+    a, b = load_file(str(whole / WEIGHTS_NAME)), load_file(str(parts / WEIGHTS_NAME))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
     assert _log(whole) == _log(parts)
     record = (parts / "training.json").read_bytes()
@@ -332,7 +334,7 @@ def test_two_processes_match_one(work):
                launcher=("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"))
     one, two = work["root"] / "one", work["root"] / "two"
     assert json.loads((two / "training.json").read_text())["processes"] == 2
-    a, b = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
+    a, b = load_file(str(one / WEIGHTS_NAME)), load_file(str(two / WEIGHTS_NAME))
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6)
     for ra, rb in zip(_log(one), _log(two)):

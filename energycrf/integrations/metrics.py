@@ -212,6 +212,11 @@ def _values(v, name: str) -> np.ndarray:
     a = np.asarray(_numpy(v), dtype=np.float64).reshape(-1)
     if len(a) < 2:
         raise ValueError(f"{name} must hold at least 2 values, got {len(a)}")
+    bad = int((~np.isfinite(a)).sum())
+    if bad:
+        raise ValueError(f"{name} must be finite, got {bad} infinite or NaN value{'s' if bad > 1 else ''} of {len(a)} "
+                         "(a PSNR is infinite for an image identical to the teacher's: a row that is the teacher "
+                         "itself has no paired measures)")
     return a
 
 

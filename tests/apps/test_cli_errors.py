@@ -54,8 +54,11 @@ WRONG = {
         (["--seeds", "1"], "--seeds"),
         (["--guidance", "-1"], "--guidance"),
         (["--out", ""], "--out"),
+        (["--budgets", "6,50", "--methods", "ddim"], "--budgets"),  # the teacher's own row
     ],
     "train-corrector": [
+        (["--out", "c", "--filter-size", "4"], "--filter-size"),
+        (["--out", "c", "--filters", "-1"], "--filters"),
         (["--out", "c", "--calls", "0"], "--calls"),
         (["--out", "c", "--sampler", "foo"], "--sampler"),
         (["--out", "c", "--spacing", "foo"], "--spacing"),
@@ -148,6 +151,7 @@ WRONG = {
         (["--prompts", "prompts.txt", "--reference", "used", "--plan", "{}"], "--plan"),    # a plan needs its CRF
         (["--prompts", "prompts.txt", "--reference", "used", "--steps", "4"], "--prompts"),  # one prompt
         (["--prompts", "prompts.txt", "--reference", "used", "--steps", "0"], "--steps"),
+        (["--prompts", "prompts.txt", "--reference", "used", "--steps", "8,50"], "--steps"),  # the teacher itself
         (["--prompts", "prompts.txt", "--reference", "used", "--features", "vgg"], "--features"),
     ],
     "demo": [

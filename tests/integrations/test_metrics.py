@@ -181,3 +181,14 @@ def test_frechet_jackknife_identities():
         M.paired_frechet_jackknife(f[:50], f, ref)
     with pytest.raises(ValueError, match="at least 3"):
         M.jackknife_frechet(f[:2], ref)
+
+
+def test_intervals_refuse_non_finite_values_with_the_reason():
+    """An image identical to the teacher's has an infinite PSNR: the summaries say so instead of a NaN interval."""
+    x = np.random.default_rng(0).random((4, 1, 4, 4))
+    p = M.psnr(x, x.copy())
+    assert np.isinf(p).all()
+    with pytest.raises(ValueError, match="values must be finite, got 4 infinite or NaN values of 4.*teacher"):
+        M.bootstrap_mean(p)
+    with pytest.raises(ValueError, match="a must be finite, got 1 infinite or NaN value of 3"):
+        M.paired_difference(np.array([1.0, np.nan, 2.0]), np.ones(3))

@@ -212,6 +212,11 @@ def check_any_pipeline(args: argparse.Namespace) -> dict:
         raise UsageError("--plan", "--crf with it (the plan of that CRF)", "no --crf")
     if crf is None and args.steps is None:
         raise UsageError("--steps", "the sampler steps of the rows to evaluate (no --crf given)", "none")
+    teacher_steps = args.teacher_steps or 50
+    if args.steps is not None and teacher_steps in args.steps and (args.sampler in (None, "pipeline") and crf is None
+                                                                   or args.sampler == "pipeline"):
+        raise UsageError("--steps", f"steps other than the teacher's {teacher_steps} for the pipeline's own sampler "
+                         "(that row would be the teacher itself: no paired measures)", repr(args.steps))
     prompts = read_prompts(args.prompts)
     if len(prompts) < 2:
         raise UsageError("--prompts", "at least 2 prompts (the Vendi score's interval is over prompts)",

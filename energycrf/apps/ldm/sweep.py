@@ -228,7 +228,8 @@ def run_sweep(pipe, classifier, reference, specs, budgets, prompts, seed_sets, o
 
 
 def _compare(specs, budgets, costs, measured, teacher, reference, k, n_boot, paired) -> list[dict]:
-    """Each CRF row against each plain sampler at the same calls and at the cheapest budget >= its cost."""
+    """Each CRF row against each plain sampler at the same calls, at the cheapest budget >= its cost ("same
+    cost") and at the next budget measured above that one ("next budget": a margin of one budget step)."""
     out = []
     peers = [s for s in specs if s.kind == "plain"]
     for spec in (s for s in specs if s.crf is not None):
@@ -238,7 +239,9 @@ def _compare(specs, budgets, costs, measured, teacher, reference, k, n_boot, pai
             for peer in peers:
                 have = sorted(c for (key, c) in measured if key == peer.key)
                 same_cost = next((c for c in have if c >= calls + cost), None)
-                for rule, c in (("same calls", calls if calls in have else None), ("same cost", same_cost)):
+                above = next((c for c in have if same_cost is not None and c > same_cost), None)
+                for rule, c in (("same calls", calls if calls in have else None), ("same cost", same_cost),
+                                ("next budget", above)):
                     if c is None:
                         continue
                     d = paired.paired_estimates(a, measured[(peer.key, c)], teacher, reference, n_boot=n_boot)
@@ -332,6 +335,10 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--{name.replace('_', '-')}", f"an integer >= {low}", str(getattr(args, name)))
     if not args.out:
         raise UsageError("--out", "a folder name", "''")
+    if args.teacher_steps in budgets and any(t.partition(":")[0] == "ddim" and t in ("ddim", "ddim:leading")
+                                             for t in tokens):
+        raise UsageError("--budgets", f"budgets other than the teacher's {args.teacher_steps} steps when ddim is a "
+                         "method (that row is the teacher itself)", repr(args.budgets))
     if not math.isfinite(args.guidance) or args.guidance < 0:
         raise UsageError("--guidance", "a finite number >= 0", str(args.guidance))
     import shlex

@@ -104,7 +104,8 @@ def _args(argv):
 
 @pytest.mark.parametrize("bad, needle", [(["--budgets", "6,x"], "--budgets"), (["--budgets", "0"], "--budgets"),
                                          (["--methods", "euler"], "--methods"), (["--methods", "dpmpp:middle"], "--methods"),
-                                         (["--seeds", "1"], "--seeds"), (["--bootstrap", "3"], "--bootstrap")])
+                                         (["--seeds", "1"], "--seeds"), (["--bootstrap", "3"], "--bootstrap"),
+                                         (["--budgets", "6,50", "--methods", "ddim,dpmpp"], "teacher's 50 steps")])
 def test_sweep_refuses_bad_options_before_work(tmp_path, bad, needle):
     from energycrf.apps.ldm import sweep as S
 
@@ -148,9 +149,15 @@ def test_sweep_runs_the_splice_ablations_with_their_call_counts(tiny_pipe, tmp_p
     torch.manual_seed(0)
     clf = FashionClassifier(width=4).eval()
     ref = np.random.default_rng(0).normal(size=(40, 64))
-    res = S.run_sweep(tiny_pipe, clf, ref, specs, [3], [("a photo of a bag", 8), ("a coat", 4)], [[0, 1]], tmp_path / "out",
-                      teacher_steps=4, batch_size=4, n_boot=20, cost_repeats=1, cost_batch=2, progress=False)
-    rows = {r["method"]: r for r in res["rows"]}
+    res = S.run_sweep(tiny_pipe, clf, ref, specs, [2, 3, 4], [("a photo of a bag", 8), ("a coat", 4)], [[0, 1]],
+                      tmp_path / "out", teacher_steps=5, batch_size=4, n_boot=20, cost_repeats=1, cost_batch=2,
+                      progress=False)
+    # each CRF row against DDIM at the cheapest budget >= its cost and at the next budget above that
+    rules = {(c["method"], c["calls"], c["rule"]): c["peer_calls"] for c in res["comparisons"]}
+    for method in ("crf-splice-nopost", "crf-splice-nocrf"):
+        assert rules[(method, 2, "same cost")] == 3 and rules[(method, 2, "next budget")] == 4
+        assert (method, 3, "next budget") not in rules and (method, 4, "same cost") not in rules
+    rows = {r["method"]: r for r in res["rows"] if r["unet_calls"] in (3, 50)}
     assert all(r["unet_calls_counted"] == 3 for k, r in rows.items() if k != "teacher")  # the hook agrees with the plan
     assert (rows["crf-splice-nopost"]["plan"]["pre_run"], rows["crf-splice-nopost"]["plan"]["post_run"]) == (3, 0)
     assert (rows["crf-splice-nocrf"]["plan"]["pre_run"], rows["crf-splice-nocrf"]["plan"]["post_run"]) == (2, 1)

@@ -7,7 +7,10 @@ The pipeline directory is loaded with ``local_files_only=True`` (nothing is down
 An ``--out`` that holds shards is refused unless ``--resume`` (complete shards of an
 earlier run with the same settings are kept) or ``--overwrite``; each shard is written
 atomically.
-The plan defaults to the paper's (31 of 40, CRF, last 2 of 50). See
+The plan defaults to the paper's (31 of 40, CRF, last 2 of 50). The teacher is DDIM: a
+pipeline saved with another scheduler (Stable Diffusion 1.5's PNDM, SDXL's Euler) is refused
+before any work unless ``--ddim`` (DDIM on the same noise schedule). The guidance scale
+defaults to the pipeline's own, the one ``energycrf generate`` and ``evaluate`` use. See
 :mod:`energycrf.integrations.distill` for the shard format.
 """
 
@@ -38,7 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=integer(minimum=1), default=4)
     parser.add_argument("--shard-size", type=integer(minimum=1), default=256)
     parser.add_argument("--seed", type=integer(minimum=0), default=0)
-    parser.add_argument("--guidance-scale", type=number(minimum=0.0), default=7.5)
+    parser.add_argument("--guidance-scale", type=number(minimum=0.0), default=None,
+                        help="classifier-free guidance of the teacher (default: the pipeline's own, 7.5 for Stable "
+                             "Diffusion, 5 for SDXL, 4 for the shipped model: what generate and evaluate use)")
     parser.add_argument("--negative-prompt", default=None)
     parser.add_argument("--ddim", action="store_true", help="replace the pipeline's scheduler by DDIM (same config)")
     parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when available, else cpu")
@@ -75,7 +80,37 @@ def validate(args: argparse.Namespace):
                          " ".join(str(err).split())) from None
     if args.device is not None:
         check_device(args.device, "--device")
+    scheduler = _scheduler_class(Path(args.pipeline))
+    if scheduler not in (None, "DDIMScheduler") and not args.ddim:
+        raise UsageError("--pipeline", "a pipeline with a DDIMScheduler (the teacher is DDIM, the paper's sampler)",
+                         f"{scheduler} in {args.pipeline!r}",
+                         "pass --ddim to run the teacher with DDIM on the same noise schedule")
     return plan, prompts, out
+
+
+def _scheduler_class(pipeline: Path) -> str | None:
+    """The scheduler's class name in the pipeline's ``scheduler/scheduler_config.json``; ``None`` if unreadable."""
+    import json
+
+    try:
+        return json.loads((pipeline / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))["_class_name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def default_guidance(pipe) -> float:
+    """The guidance scale ``energycrf generate`` and ``evaluate`` use with ``pipe``: 4 for the shipped
+    model, else the default of the pipeline's ``__call__`` (7.5 if it has none), so that the
+    CRF is distilled from the trajectories it will meet."""
+    import inspect
+
+    from .pipelines import SHIPPED_CLASS
+
+    if type(pipe).__name__ == SHIPPED_CLASS:
+        return 4.0
+    param = inspect.signature(type(pipe).__call__).parameters.get("guidance_scale")
+    default = None if param is None else param.default
+    return float(default) if isinstance(default, (int, float)) and not isinstance(default, bool) else 7.5
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,20 +120,22 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     import torch
-    from diffusers import DDIMScheduler, DiffusionPipeline
+    from diffusers import DDIMScheduler
 
     from ..integrations.distill import generate_distillation_data, rank_and_world_size
+    from .pipelines import load_pipeline
 
     rank, world = rank_and_world_size()
     device = args.device
     if device is None:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    pipe = load_pipeline(args.pipeline, device, args.dtype)  # offline, without the loading bars
+    guidance = args.guidance_scale if args.guidance_scale is not None else default_guidance(pipe)
     mine = len(range(rank, len(prompts), world))
     announce("distill-data", f"{mine} of {len(prompts)} prompts (rank {rank} of {world}), DDIM teacher "
-             f"'{args.teacher}' on {device}, in shards of up to {args.shard_size} prompts in {out}")
-    pipe = DiffusionPipeline.from_pretrained(args.pipeline, local_files_only=True)
-    pipe = pipe.to(device, getattr(torch, args.dtype))
+             f"'{args.teacher}' with guidance {guidance:g} on {device}, in shards of up to {args.shard_size} prompts "
+             f"in {out}")
     if args.ddim:
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     extra = {"negative_prompt": args.negative_prompt} if args.negative_prompt else {}
@@ -111,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         shard_size=args.shard_size,
         seed=args.seed,
-        guidance_scale=args.guidance_scale,
+        guidance_scale=guidance,
         rank=rank,
         world_size=world,
         progress=not args.no_progress,

@@ -148,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from .ldm.evaluate_command import set_threads
-    from .pipelines import baseline_sampler, check_crf_fits, describe_plan, load_crf, load_pipeline, render, sampler_label
+    from .pipelines import (baseline_sampler, check_crf_fits, check_scheduler_fits, describe_plan, load_crf,
+                            load_pipeline, render, sampler_label)
 
     threads = set_threads(args.threads)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -162,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
             from energycrf.integrations.plan import SplicePlan
 
             plan = SplicePlan()  # a CRF saved without a plan: the paper's, as generate() does
+        check_scheduler_fits(pipe, plan)
     guidance = args.guidance if args.guidance is not None else (4.0 if job["shipped"] else None)
     steps = args.steps or (plan.unet_calls if plan is not None else 50)
     prompts = [item["prompt"] for item in job["items"]]

@@ -27,7 +27,7 @@ from ._command import UsageError, check_input_file
 
 __all__ = ["SHIPPED_CLASS", "SAMPLER_CHOICES", "check_pipeline_dir", "pipeline_info", "read_prompts", "seed_list",
            "check_crf_dir", "plan_option", "reference_files", "IMAGE_SUFFIXES", "load_pipeline", "load_crf",
-           "check_crf_fits", "render", "Rendered",
+           "check_crf_fits", "check_scheduler_fits", "render", "Rendered",
            "describe_plan", "baseline_sampler", "sampler_label"]
 
 #: The class of the shipped Fashion-MNIST pipeline (its prompts go through the MiniLM encoder).
@@ -201,6 +201,25 @@ def check_crf_fits(crf, pipe, option: str = "--crf") -> None:
     if bad:
         raise UsageError(option, "a LatentCRF for this pipeline (" + ", ".join(f"{k}={want[k]}" for k in want) + ")",
                          ", ".join(f"{k}={got[k]}" for k in want))
+
+
+def check_scheduler_fits(pipe, plan, option: str = "--pipeline") -> None:
+    """A splice plan runs on the pipeline's own scheduler: DDIM, Euler or DPM-Solver(++) (a corrector
+    plan brings its own sampler). Stable Diffusion 1.5 is saved with PNDM: refused here, before any image."""
+    from energycrf.integrations.diffusers import check_scheduler
+    from energycrf.integrations.plan import SplicePlan
+
+    if not isinstance(plan, SplicePlan):
+        return
+    try:
+        check_scheduler(pipe.scheduler)
+    except ValueError as err:
+        name = type(pipe.scheduler).__name__
+        why = " ".join(str(err).split()).split(". ")[0].removeprefix(name).strip()  # the reason, not the API advice
+        raise UsageError(option, "a pipeline whose scheduler the CRF's splice plan can run on (DDIMScheduler, "
+                         "EulerDiscreteScheduler or DPMSolverMultistepScheduler with its default timesteps)",
+                         f"{name} ({why})", "save the pipeline with pipe.scheduler = DDIMScheduler.from_config("
+                         "pipe.scheduler.config) before pipe.save_pretrained(DIR)") from None
 
 
 # --------------------------------------------------------------------------- one pass of images

@@ -201,16 +201,23 @@ def encode_images(facts: PipelineFacts, files: list[Path], size: tuple[int, int]
 
 @contextmanager
 def quiet_loading():
-    """No "Loading pipeline components" / "Loading weights" bars (the command has its own)."""
+    """No "Loading pipeline components" / "Loading weights" bars (the command has its own), and
+    not transformers' notices that an image processor the pipeline does not use needs torchvision."""
+    import logging
+
     from diffusers.utils import logging as dl
     from transformers.utils import logging as tl
 
+    notices = logging.getLogger("transformers.utils.import_utils")
+    quiet = lambda record: "requires torchvision (not installed)" not in record.getMessage()  # noqa: E731
     was = dl.is_progress_bar_enabled(), tl.is_progress_bar_enabled()
     dl.disable_progress_bar()
     tl.disable_progress_bar()
+    notices.addFilter(quiet)
     try:
         yield
     finally:
+        notices.removeFilter(quiet)
         if was[0]:
             dl.enable_progress_bar()
         if was[1]:

@@ -258,7 +258,7 @@ def run_any_pipeline(args: argparse.Namespace) -> int:
 
     from .. import evaluate_pipeline as EP
     from ..features import load_features
-    from ..pipelines import check_crf_fits, describe_plan, load_crf, load_pipeline
+    from ..pipelines import check_crf_fits, check_scheduler_fits, describe_plan, load_crf, load_pipeline
 
     threads = set_threads(args.threads)
     device = job["device"] or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -285,6 +285,7 @@ def run_any_pipeline(args: argparse.Namespace) -> int:
             from energycrf.integrations.plan import SplicePlan
 
             plan = SplicePlan()
+        check_scheduler_fits(pipe, plan)  # before the teacher's images, not after them
     steps = list(args.steps) if args.steps is not None else [plan.unet_calls]
     teacher_steps = args.teacher_steps or 50
     guidance = args.guidance if args.guidance is not None else (4.0 if job["shipped"] else None)

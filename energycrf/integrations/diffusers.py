@@ -338,7 +338,8 @@ def generate(pipe, crf: Callable, plan: SplicePlan | CorrectorPlan | None = None
         plan: a :class:`SplicePlan`, or a :class:`CorrectorPlan` (its sampler runs all
             its calls, then the CRF corrects the final latent; the pipeline's scheduler
             may be any). ``None``: the plan recorded with the CRF (``crf.plan``, set by
-            :func:`energycrf.integrations.bundle.load_crf`), else the paper's (33 UNet calls).
+            :func:`energycrf.integrations.bundle.load_crf`, or ``plan.json`` beside the weights of a
+            layer loaded with ``from_pretrained``), else the paper's (33 UNet calls).
         condition: what the CRF is conditioned on: ``"tokens"`` (positive prompt token
             embeddings ``[B, L, D]``), ``"pooled"`` (SDXL pooled ``[B, D]``) or ``None``;
             ``"auto"``: ``None`` for a CRF that declares ``cond_dim=None`` (an unconditioned
@@ -353,6 +354,11 @@ def generate(pipe, crf: Callable, plan: SplicePlan | CorrectorPlan | None = None
     """
     if plan is None:
         recorded = getattr(crf, "plan", None)
+        folder = getattr(crf, "pretrained_dir", None)  # set by from_pretrained: the plan.json beside the weights
+        if not hasattr(crf, "plan") and folder is not None:  # crf.plan = None (set by load_crf): none recorded
+            from .bundle import read_plan
+
+            recorded = read_plan(folder)
         plan = recorded if isinstance(recorded, (SplicePlan, CorrectorPlan)) else SplicePlan()
     if not isinstance(plan, (SplicePlan, CorrectorPlan)):
         raise TypeError(f"plan must be a SplicePlan, a CorrectorPlan or None, got {type(plan).__name__}")

@@ -395,6 +395,7 @@ class PretrainedModel(ModelMixin, ConfigMixin):
             nn.Module.to(model, dtype=torch_dtype)
         nn.Module.to(model, device)
         model.eval()
+        model.pretrained_dir = path  # where it came from: generate() reads the plan recorded beside it
         if output_loading_info:
             return model, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
         return model

@@ -99,7 +99,12 @@ def test_generate_uses_the_plan_recorded_with_the_crf(sd_pipe, tiny, tmp_path):
     assert read_plan(tmp_path / "c") == plan and read_plan(tmp_path) is None
     loaded = load_crf(tmp_path / "c")
     assert loaded.plan == plan and not loaded.training
-    assert isinstance(ec.LatentCRF.from_pretrained(tmp_path / "c"), ec.LatentCRF)  # still a plain LatentCRF directory
+    fresh = ec.LatentCRF.from_pretrained(tmp_path / "c")  # still a plain LatentCRF directory
+    assert isinstance(fresh, ec.LatentCRF) and fresh.pretrained_dir == tmp_path / "c"
+    with UNetCallCounter(sd_pipe.unet) as counter:  # from_pretrained alone: generate() reads plan.json beside it
+        implicit = generate(sd_pipe, fresh, **_kw()).images
+        torch.testing.assert_close(implicit, generate(sd_pipe, loaded, plan, **_kw()).images)
+    assert counter.calls == 2 + 2
     with UNetCallCounter(sd_pipe.unet) as counter:
         implicit = generate(sd_pipe, loaded, **_kw()).images
     assert counter.calls == 2

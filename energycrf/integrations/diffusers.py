@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -359,6 +360,10 @@ def generate(pipe, crf: Callable, plan: SplicePlan | CorrectorPlan | None = None
             from .bundle import read_plan
 
             recorded = read_plan(folder)
+            if recorded is None:
+                warnings.warn(f"generate: no plan recorded with this CRF (no plan.json in {str(folder)!r}); running "
+                              f"the paper's plan ({SplicePlan().unet_calls} UNet calls); pass plan= to choose one",
+                              UserWarning, stacklevel=2)
         plan = recorded if isinstance(recorded, (SplicePlan, CorrectorPlan)) else SplicePlan()
     if not isinstance(plan, (SplicePlan, CorrectorPlan)):
         raise TypeError(f"plan must be a SplicePlan, a CorrectorPlan or None, got {type(plan).__name__}")

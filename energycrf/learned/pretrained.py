@@ -52,6 +52,7 @@ HAS_DIFFUSERS = _DiffusersModelMixin is not None
 CONFIG_NAME = "config.json"
 #: diffusers' name for a model's safetensors weights (``SAFETENSORS_WEIGHTS_NAME``).
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
+PLAN_FILE = "plan.json"  # the plan a layer was trained for, beside its weights (see _carried_files)
 #: The weights' name in the directories written by energycrf 0.1; still read.
 LEGACY_WEIGHTS_NAME = "model.safetensors"
 # every weights file of this layout: the current name with or without a variant, and the legacy name
@@ -277,6 +278,8 @@ class PretrainedModel(ModelMixin, ConfigMixin):
                 (cast it first: ``layer.half().save_pretrained(d, variant="fp16")``).
             max_shard_size: accepted and ignored (the layers are small and never sharded).
             extra_files: more files to write with the layer, as one unit: plain name -> text.
+                ``plan.json`` is written without being asked when the layer carries a plan
+                (``layer.plan``) or was loaded from a folder with one (see ``_carried_files``).
             save_function, safe_serialization, push_to_hub: only their defaults (the files are
                 safetensors, and nothing is uploaded).
 
@@ -298,12 +301,32 @@ class PretrainedModel(ModelMixin, ConfigMixin):
         name = weights_name(variant)
         if not is_main_process:
             return Path(save_directory)
+        extra_files = {**self._carried_files(save_directory), **dict(extra_files or {})}
         config = {"_class_name": type(self).__name__, "_energycrf_version": __version__,
                   **({"_diffusers_version": _DIFFUSERS_VERSION} if HAS_DIFFUSERS else {}),
                   **{k: v for k, v in self.config.items() if not str(k).startswith("_")}}
         return write_pretrained(save_directory, config, self.state_dict(), extra_files=extra_files,
                                 weights_name=name, weights_pattern=_WEIGHTS_PATTERN,
                                 drop=(LEGACY_WEIGHTS_NAME,) if variant is None else ())
+
+    def _carried_files(self, save_directory) -> dict[str, str]:
+        """The files that say how the layer is used, kept with it when it is saved elsewhere.
+
+        ``plan.json`` (the plan it was trained for; written by the integrations, read by
+        ``generate``): from ``self.plan`` when the layer carries one (``to_dict()``), else
+        copied from the folder it was loaded from (:attr:`pretrained_dir`). Without this a
+        layer loaded and saved again would lose its plan, and ``generate`` would run another.
+        """
+        import json
+
+        plan = getattr(self, "plan", None)
+        if hasattr(plan, "to_dict"):
+            return {PLAN_FILE: json.dumps(plan.to_dict(), indent=2, sort_keys=True) + "\n"}
+        source = getattr(self, "pretrained_dir", None)
+        if plan is None and not hasattr(self, "plan") and source is not None and (Path(source) / PLAN_FILE).is_file():
+            if Path(os.path.abspath(source)) != Path(os.path.abspath(save_directory)):
+                return {PLAN_FILE: (Path(source) / PLAN_FILE).read_text(encoding="utf-8")}
+        return {}
 
     @staticmethod
     def _refuse(name: str, value: Any, why: str):
@@ -395,7 +418,7 @@ class PretrainedModel(ModelMixin, ConfigMixin):
             nn.Module.to(model, dtype=torch_dtype)
         nn.Module.to(model, device)
         model.eval()
-        model.pretrained_dir = path  # where it came from: generate() reads the plan recorded beside it
+        model.pretrained_dir = Path(os.path.abspath(path))  # where it came from: generate() reads the plan beside it
         if output_loading_info:
             return model, {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
         return model

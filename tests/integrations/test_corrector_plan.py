@@ -155,3 +155,39 @@ def test_crf_cost_in_unet_calls(sd_pipe, tiny):
         crf_cost(sd_pipe, crf, batch_size=3, prompt_embeds=emb)
     with pytest.raises(ValueError, match="repeats"):
         interleaved_medians([lambda: None], repeats=0)
+
+
+def test_the_plan_travels_with_a_layer_saved_again_and_is_found_from_any_directory(sd_pipe, tmp_path, monkeypatch):
+    """Load, save elsewhere (or as a variant), change directory: generate() still runs the trained plan."""
+    import energycrf as ec
+
+    torch.manual_seed(0)
+    plan = CorrectorPlan("dpmpp", "trailing", 2)
+    save_crf(ec.LatentCRF(channels=4, cond_dim=32), tmp_path / "c", plan)
+    monkeypatch.chdir(tmp_path)
+    crf = ec.LatentCRF.from_pretrained("c")  # a relative path
+    assert crf.pretrained_dir == tmp_path / "c"
+    crf.save_pretrained(tmp_path / "again")
+    crf.half().save_pretrained(tmp_path / "again", variant="fp16")
+    assert read_plan(tmp_path / "again") == plan
+    monkeypatch.chdir(tmp_path / "again")  # elsewhere: the recorded folder is absolute
+    for loaded in (crf.float(), ec.LatentCRF.from_pretrained(tmp_path / "again"),
+                   ec.LatentCRF.from_pretrained(tmp_path / "again", variant="fp16", torch_dtype=torch.float32)):
+        with UNetCallCounter(sd_pipe.unet) as counter:
+            generate(sd_pipe, loaded, **_kw())
+        assert counter.calls == 2
+    # a plan set on the layer is what a save records; load_crf's crf.plan = None records none
+    other = load_crf(tmp_path / "c")
+    other.plan = CorrectorPlan("unipc", "trailing", 3)
+    other.save_pretrained(tmp_path / "set")
+    assert read_plan(tmp_path / "set") == other.plan
+    bare = load_crf(tmp_path / "c")
+    bare.plan = None
+    bare.save_pretrained(tmp_path / "none")
+    assert read_plan(tmp_path / "none") is None
+    # a loaded layer without any recorded plan: the paper's plan, and a warning that says so
+    (tmp_path / "none" / CRF_PLAN_FILE).unlink(missing_ok=True)
+    with pytest.warns(UserWarning, match="no plan recorded with this CRF.*paper's plan \\(33 UNet calls\\)"):
+        with UNetCallCounter(sd_pipe.unet) as counter:
+            generate(sd_pipe, ec.LatentCRF.from_pretrained(tmp_path / "none"), **_kw())
+    assert counter.calls == 33

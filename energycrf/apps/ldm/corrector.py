@@ -19,9 +19,10 @@ import shlex
 import time
 from pathlib import Path
 
-from energycrf.apps._command import UsageError
+from energycrf.apps._command import UsageError, check_output_dir
 
 SAMPLERS = ("ddim", "dpmpp", "unipc")
+OUTPUTS = ("config.json", "diffusion_pytorch_model.safetensors", "plan.json", "training.json", "loss.csv", "loss.png")
 SPACINGS = ("leading", "trailing", "linspace")
 NORMALIZATIONS = ("batch", "group", "none", "mean_field")
 
@@ -76,6 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="captions, initialisation and batches")
     parser.add_argument("--work", default="energycrf-corrector-cache", help="latent cache (shared by plans)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: leave as is)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a corrector already in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -97,15 +99,19 @@ def check_arguments(args: argparse.Namespace) -> None:
                                ("pixel_weight", args.pixel_weight >= 0, "a number >= 0")):
         if not ok:
             raise UsageError(f"--{name.replace('_', '-')}", expected, str(getattr(args, name)))
-    if not args.out:
-        raise UsageError("--out", "a folder name", "''")
+    check_output_dir(args.out, "--out", OUTPUTS, overwrite=args.overwrite)
+    work = Path(args.work)
+    if work.exists() and not work.is_dir():
+        raise UsageError("--work", "a folder (the latent cache)", f"{args.work!r} (a file)")
+    if work.resolve() == Path(args.out).resolve():
+        raise UsageError("--work", "a folder other than --out (the cache is shared by plans)", repr(args.work))
 
 
 def command_line(args: argparse.Namespace) -> str:
     """The command that reproduces this run, every option written out."""
     parts = ["energycrf", "train-corrector"]
     for key, value in sorted(vars(args).items()):
-        if key.startswith("_") or key in ("command", "no_progress") or value is None or value is False:
+        if key.startswith("_") or key in ("command", "no_progress", "overwrite") or value is None or value is False:
             continue
         if value is True:
             parts.append(f"--{key.replace('_', '-')}")

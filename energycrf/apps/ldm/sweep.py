@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from energycrf.apps._command import UsageError
+from energycrf.apps._command import UsageError, check_output_dir
 from energycrf.apps.ldm.sweep_report import markdown, pareto_figure
 
 LABELS = {"ddim": "DDIM", "dpmpp": "DPM-Solver++", "unipc": "UniPC"}
@@ -259,7 +259,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budgets", default="6,7,8,9,12,13", help="comma list of UNet-call budgets")
     parser.add_argument("--methods", default="ddim,dpmpp,unipc,crf-splice,correctors",
                         help="comma list: ddim, dpmpp, unipc (SAMPLER:SPACING for another spacing), crf-splice, "
-                             "crf:NAME or crf:PATH, correctors (all shipped)")
+                             "crf-splice-nopost, crf-splice-nocrf (Table 4), crf:NAME or crf:PATH, correctors (all "
+                             "shipped); the samplers and splices run at every budget, a CRF with a recorded plan at "
+                             "its own calls only")
     parser.add_argument("--per-class", type=int, default=2, help="held-out prompts per class (10 classes)")
     parser.add_argument("--seeds", type=int, default=16, help="seeds per seed set")
     parser.add_argument("--seed-sets", type=int, default=2, help="disjoint seed sets (0..S-1, S..2S-1, ...)")
@@ -273,7 +275,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="energycrf-sweep-out", help="output folder (sweep.json, sweep.md, pareto.png)")
     parser.add_argument("--cache", default=None, help="latent cache folder (default: OUT/cache)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: leave as is)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+OUTPUTS = ("sweep.json", "sweep.md", "pareto.png")
+
+
+def check_crfs(specs: list[Spec], channels: int = 4, cond_dim: int = 384) -> None:
+    """Each CRF fits the shipped pipeline's latents and text (a :class:`UsageError` naming --methods)."""
+    for s in specs:
+        crf = s.crf
+        if crf is None or s.key == "crf-splice-nocrf":
+            continue
+        got_c, got_d = getattr(crf, "channels", channels), getattr(crf, "cond_dim", cond_dim)
+        if got_c != channels or got_d not in (None, cond_dim):
+            raise UsageError("--methods", f"CRFs for this pipeline ({channels} latent channels, text width {cond_dim} "
+                             "or none)", f"{s.label} with channels={got_c}, cond_dim={got_d}")
 
 
 def parse_budgets(text: str) -> list[int]:
@@ -317,7 +335,11 @@ def build_specs(tokens: list[str]) -> list[Spec]:
         else:
             names = pretrained.corrector_names() if t == "correctors" else [tail]
             for name in names:
-                crf = pretrained.load_crf(name)
+                try:
+                    crf = pretrained.load_crf(name)
+                except (FileNotFoundError, ValueError) as err:
+                    raise UsageError("--methods", "crf:NAME of a shipped CRF or crf:PATH of a saved one",
+                                     repr(t), " ".join(str(err).split())) from None
                 if crf.plan is None:
                     raise UsageError("--methods", "CRFs that record their plan (plan.json; energycrf "
                                      "train-corrector writes it)", f"{name!r}, which records none")
@@ -333,8 +355,9 @@ def run(args: argparse.Namespace) -> int:
                       ("bootstrap", 10), ("cost_repeats", 1), ("cost_batch", 1), ("threads", 0)):
         if getattr(args, name) < low:
             raise UsageError(f"--{name.replace('_', '-')}", f"an integer >= {low}", str(getattr(args, name)))
-    if not args.out:
-        raise UsageError("--out", "a folder name", "''")
+    check_output_dir(args.out, "--out", OUTPUTS, overwrite=args.overwrite)
+    if args.cache is not None and Path(args.cache).exists() and not Path(args.cache).is_dir():
+        raise UsageError("--cache", "a folder (the latent cache)", f"{args.cache!r} (a file)")
     if args.teacher_steps in budgets and any(t.partition(":")[0] == "ddim" and t in ("ddim", "ddim:leading")
                                              for t in tokens):
         raise UsageError("--budgets", f"budgets other than the teacher's {args.teacher_steps} steps when ddim is a "
@@ -352,6 +375,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     specs = build_specs(tokens)
+    check_crfs(specs)
     pipe = pretrained.load_pipeline(args.pipeline)
     clf = pretrained.load_classifier()
     ref = reference_features(clf).features

@@ -102,3 +102,20 @@ def test_train_corrector_ablation_knobs_reach_the_layer_and_the_record(tiny_pipe
     gens = [torch.Generator().manual_seed(0)]
     out = generate(tiny_pipe, crf, prompt=["a bag"], generator=gens, guidance_scale=2.0, output_type="latent").images
     assert out.shape[0] == 1 and torch.isfinite(out).all()
+
+
+def test_train_corrector_keeps_a_finished_corrector_and_checks_the_cache_folder(tmp_path):
+    from energycrf.apps.ldm import corrector
+
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "training.json").write_text("{}\n")
+    (tmp_path / "cache.txt").write_text("a file\n")
+    new = str(tmp_path / "n")
+    for argv, needle in ((["--out", str(done)], "--out: expected a folder without earlier results"),
+                         (["--out", new, "--work", str(tmp_path / "cache.txt")], "--work: expected a folder"),
+                         (["--out", new, "--work", new], "--work: expected a folder other")):
+        with pytest.raises(UsageError, match=needle):
+            corrector.run(_args(argv))
+    assert (done / "training.json").read_text() == "{}\n" and not (tmp_path / "n").exists()
+    assert "--overwrite" not in corrector.command_line(_args(["--out", "x", "--overwrite"]))

@@ -164,3 +164,30 @@ def test_sweep_runs_the_splice_ablations_with_their_call_counts(tiny_pipe, tmp_p
     # the two rows differ from plain DDIM 3 (the splice changes the trajectory) and from each other
     mse = {k: r["estimates"]["latent_mse"]["value"] for k, r in rows.items() if k != "teacher"}
     assert len({round(v, 12) for v in mse.values()}) == 3
+
+
+def test_sweep_keeps_an_earlier_run_and_checks_paths_and_crfs_before_work(tmp_path, capsys):
+    from energycrf import cli
+
+    out = tmp_path / "done"
+    out.mkdir()
+    (out / "sweep.md").write_text("an earlier run\n")
+    (tmp_path / "cache.txt").write_text("a file\n")
+    for argv, option in ((["--out", str(out)], "--out"),
+                         (["--out", str(tmp_path / "new"), "--cache", str(tmp_path / "cache.txt")], "--cache"),
+                         (["--out", str(tmp_path / "new"), "--methods", "dpmpp,crf:nope"], "--methods")):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["sweep", "--budgets", "6", *argv])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.count("\n") == 1 and f"error: {option}: expected" in err, err
+    assert (out / "sweep.md").read_text() == "an earlier run\n" and not (tmp_path / "new").exists()
+
+
+def test_check_crfs_refuses_a_crf_of_another_pipeline():
+    import energycrf as ec
+    from energycrf.apps.ldm import sweep as S
+
+    ok = S.Spec("crf-a", "a", kind="recorded", crf=ec.LatentCRF(channels=4, cond_dim=384))
+    S.check_crfs([ok, S.Spec("crf-b", "b", kind="recorded", crf=ec.LatentCRF(channels=4, cond_dim=None))])
+    with pytest.raises(UsageError, match="--methods: expected CRFs for this pipeline.*cond_dim=32"):
+        S.check_crfs([ok, S.Spec("crf-c", "c", kind="recorded", crf=ec.LatentCRF(channels=4, cond_dim=32))])

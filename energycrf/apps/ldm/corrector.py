@@ -31,7 +31,7 @@ def corrector_config(normalization: str = "none", *, iterations: int = 5, filter
                      hidden: int = 32, text: bool = True) -> dict:
     """The corrector's architecture: by default ``LatentCRF(channels=4, cond_dim=384, normalization="none")``.
 
-    Without a normalisation the untrained layer is the identity, the right start for a
+    Without a normalisation the untrained layer is close to the identity, the right start for a
     corrector of a latent that is already close to the target; the default batch norm
     starts at a standardised latent and spends most of a short training getting back.
     The other arguments are the ablations' knobs (the layer's defaults are left out of

@@ -159,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
               f"guidance {args.guidance}; small sample, see docs/ldm.md for the full run, --full):\n")
         print(E.markdown_table(rows))
         print(f"\n{E.TABLE_LEGEND}")
+        print("The LatentCRF rows and the picture use the paper's DDIM splice with the shipped `latent-crf`; "
+              "the payoff check below uses the default corrector (docs/payoff.md compares both).")
         print(f"The table took {t_table:.0f} s for {images} images, warm-ups and timing rounds included: "
               f"{1000 * t_table / images:.0f} ms per image waited.")
         print(f"written: {out / 'table.json'}, {out / 'table.md'}, {out / VERDICT}")

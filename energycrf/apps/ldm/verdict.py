@@ -62,7 +62,8 @@ def payoff_check(pipe, classifier, reference, prompts, seeds, *, guidance: float
     done(peer_calls)
     teacher, a, b = (paired.measure(pipe, classifier, z, labels, groups) for z in (z_teacher, z_crf, z_peer))
     diff = paired.paired_estimates(a, b, teacher, reference, n_boot=n_boot)
-    return {"crf_plan": crf.plan.to_dict(), "crf_calls": calls, "crf_cost": cost, "peer": "DPM-Solver++ (trailing)",
+    folder = getattr(crf, "pretrained_dir", None)
+    return {"crf": folder.name if folder is not None else None, "crf_plan": crf.plan.to_dict(), "crf_calls": calls, "crf_cost": cost, "peer": "DPM-Solver++ (trailing)",
             "peer_calls": peer_calls, "images": n, "difference": {k: e.to_dict() for k, e in diff.items()},
             "beats": paired.beats(diff)}
 
@@ -75,7 +76,8 @@ def verdict_line(check: dict) -> str:
     """One line: who wins at this budget on this run's images, and how sure it is."""
     d, b = check["difference"], check["beats"]
     budget = check["crf_calls"] + check["crf_cost"]
-    head = (f"Verdict at {check['peer_calls']} UNet calls ({check['images']} paired images): LatentCRF corrector "
+    name = f" {check['crf']}" if check.get("crf") else ""
+    head = (f"Verdict at {check['peer_calls']} UNet calls ({check['images']} paired images): LatentCRF corrector{name} "
             f"({check['crf_calls']} calls + {check['crf_cost']:.2f} = {budget:.2f}) minus {check['peer']} "
             f"{check['peer_calls']}: latent MSE {_fmt(d['latent_mse'])}, PSNR {_fmt(d['psnr'])} dB, "
             f"Frechet {_fmt(d['frechet'])}")

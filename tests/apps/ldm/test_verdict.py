@@ -42,7 +42,7 @@ def test_verdict_line_says_who_wins_and_how_sure(mse, psnr, fd, tail):
 def test_payoff_check_pairs_the_images_and_counts_the_calls(tiny_pipe, tmp_path):
     import energycrf as ec
     from energycrf.apps.ldm.classifier import FashionClassifier
-    from energycrf.apps.ldm.verdict import payoff_check, unet_calls
+    from energycrf.apps.ldm.verdict import payoff_check, unet_calls, verdict_line
     from energycrf.integrations.bundle import load_crf, save_crf
     from energycrf.integrations.corrector import sample_latents
     from energycrf.integrations.cost import UNetCallCounter
@@ -61,6 +61,7 @@ def test_payoff_check_pairs_the_images_and_counts_the_calls(tiny_pipe, tmp_path)
     with UNetCallCounter(tiny_pipe.unet) as counter:
         check = payoff_check(tiny_pipe, clf, ref, prompts, [0, 1], teacher_steps=4, n_boot=50, cost_repeats=1, crf=crf)
     assert check["images"] == 4 and check["crf_calls"] == 2 and check["peer_calls"] == 3  # ceil(2 + cost < 1)
+    assert check["crf"] == "c" and "LatentCRF corrector c (2 calls + " in verdict_line(check)
     cost_calls = 2  # one warm-up and one timed UNet call
     assert counter.calls == unet_calls(2, teacher_steps=4) * 1 + cost_calls  # the 4 images go in one batch
     # the latent-MSE difference is the mean of the per-image differences against the teacher's latents

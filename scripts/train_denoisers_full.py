@@ -260,6 +260,14 @@ def finished_step(phase_dir: Path) -> int:
     return int(latest.read_text().strip().split("-")[-1]) if latest.is_file() else 0
 
 
+def cost(phase: dict) -> float:
+    """A phase's relative cost per step: ``t`` stages forward and one backward (greedy), or all ``T``
+    both ways (about three forwards each; joint); 1 for the one-phase FoE run."""
+    if phase["stages"] is None:
+        return 1.0
+    return phase["stages"] + 2.0 if phase["trains"] is not None else 3.0 * phase["stages"]
+
+
 def run_phase(den, k: int, phase: dict, plan: list[dict], args, recipe: dict, dist, budget: list) -> bool:
     """Train one phase to its end (or until the step budget of this invocation runs out): returns
     whether the phase is complete."""
@@ -315,7 +323,8 @@ def run_phase(den, k: int, phase: dict, plan: list[dict], args, recipe: dict, di
         if budget[0] is not None:
             budget[0] -= done
         rate = (time.perf_counter() - t0) / max(done, 1)
-        left = phase["steps"] - trainer.step + sum(p["steps"] for p in plan[k + 1:])
+        # the rest of the run at this rate, each phase weighted by its cost relative to this one's
+        left = (phase["steps"] - trainer.step) + sum(p["steps"] * cost(p) / cost(phase) for p in plan[k + 1:])
         print(json.dumps({"phase": phase["name"], "step": trainer.step, "global_step": offset + trainer.step,
                           "loss": out["loss"], "lr": trainer.optimizer.param_groups[0]["lr"],
                           "s_per_step": round(rate, 3), "eta_h_at_this_rate": round(left * rate / 3600, 2)}),

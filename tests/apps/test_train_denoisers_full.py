@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from energycrf.apps.denoise import FoEEnergyDenoiser
+from energycrf.apps.denoise import FoEEnergyDenoiser, load_denoiser
 
 TINY = {
     "staged": ["num_stages=2", "num_filters=3", "kernel_size=3", "num_knots=9", "greedy_steps=4", "joint_steps=4",
@@ -59,6 +59,10 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, load_script, capsy
     assert (tmp_path / "b" / "learning_curve.png").stat().st_size > 0
     info = json.loads((tmp_path / "b" / "final" / "denoiser.json").read_text())["info"]
     assert info["validation"]["global_step"] == (12 if model == "staged" else 4)
+    den = load_denoiser(checkpoint=tmp_path / "b" / "final")  # the shipped form: float32, loads by config
+    assert all(p.dtype == torch.float32 for p in den.parameters())
+    x = torch.rand(1, 1, 20, 20)
+    assert torch.isfinite(den(x)).all() and den(x).shape == x.shape
 
 
 def test_greedy_phase_trains_its_own_stage_only(tmp_path, load_script):

@@ -122,3 +122,19 @@ def test_foe_implicit_gradient_matches_finite_differences():
         y_train = den(x)
         den.eval()
         torch.testing.assert_close(den(x), y_train, rtol=0, atol=1e-4)
+
+
+def test_benchmark_measures_an_extra_checkpoint(tmp_path, load_script):
+    """benchmarks/denoising.py --extra NAME=DIR adds a run's denoiser ({sigma} filled in) to the table."""
+    from energycrf.apps.denoise import PixelDenoiser, StagedFoEDenoiser
+
+    den = PixelDenoiser(StagedFoEDenoiser(num_stages=1, num_filters=2, kernel_size=3), sigma=25, kind="staged_foe")
+    den.save_pretrained(tmp_path / "sigma25")
+    mod = load_script("benchmarks/denoising.py")
+    out = mod.methods(25, {"tv_weight_factor": 1.0, "nlm_h_factor": 1.0}, {"mine": str(tmp_path / "sigma{sigma}")})
+    x = torch.rand(16, 16).double().numpy()
+    y = out["mine"](x)
+    assert y.shape == x.shape
+    with torch.no_grad():
+        expected = den.eval()(torch.from_numpy(x).float()[None, None])[0, 0].numpy()
+    assert abs(y - expected).max() < 1e-6

@@ -68,10 +68,14 @@ def tune(sigma: float) -> dict[str, float]:
     return {"tv_weight_factor": tv, "nlm_h_factor": nlm}
 
 
-def methods(sigma: float, tuned: dict[str, float]):
-    import bm3d
-
+def methods(sigma: float, tuned: dict[str, float], extra: dict[str, str] | None = None):
     s = sigma / 255
+
+    def bm3d_denoise(x):
+        import bm3d  # imported when measured: the table's other rows need no bm3d
+
+        return bm3d.bm3d(x, sigma_psd=s)
+
     out = {}
     staged = load_denoiser(sigma, model="staged")
     foe = load_denoiser(sigma, model="foe")
@@ -79,7 +83,10 @@ def methods(sigma: float, tuned: dict[str, float]):
     out["Staged FoE (ours)"] = lambda x: denoise(x.astype(np.float32), denoiser=staged)
     out["FoE energy (ours)"] = lambda x: denoise(x.astype(np.float32), denoiser=foe)
     out["LatentCRF (ours)"] = lambda x: denoise(x.astype(np.float32), denoiser=crf)
-    out["BM3D"] = lambda x: bm3d.bm3d(x, sigma_psd=s)
+    for name, directory in (extra or {}).items():  # a checkpoint outside the package, e.g. a run's final/
+        den = load_denoiser(checkpoint=directory.format(sigma=int(sigma)))
+        out[name] = lambda x, den=den: denoise(x.astype(np.float32), denoiser=den)
+    out["BM3D"] = bm3d_denoise
     out["NL-means"] = lambda x: denoise_nl_means(x, h=tuned["nlm_h_factor"] * s, sigma=s, patch_size=5,
                                                  patch_distance=6, fast_mode=True)
     out["TV"] = lambda x: denoise_tv_chambolle(x, weight=tuned["tv_weight_factor"] * s)
@@ -95,7 +102,16 @@ def main(argv=None) -> int:
     p.add_argument("--figure", default=None, help="write the picture (noisy, each method, clean) here")
     p.add_argument("--figure-image", default="camera")
     p.add_argument("--figure-sigma", type=float, default=25)
+    p.add_argument("--extra", nargs="+", default=[], metavar="NAME=DIR",
+                   help="also measure the denoiser in DIR ({sigma} is replaced by the noise level), "
+                        "e.g. 'Staged 7x7=/work/runs/denoise/staged-sigma{sigma}/final'")
     args = p.parse_args(argv)
+    extra = {}
+    for item in args.extra:
+        name, sep, directory = item.partition("=")
+        if not sep or not name or not directory:
+            p.error(f"--extra: expected NAME=DIR, got {item!r}")
+        extra[name] = directory
     torch.set_num_threads(1)
     print(f"machine: {machine()}")
     print(f"test photographs: {', '.join(args.images)}")
@@ -104,7 +120,7 @@ def main(argv=None) -> int:
     for sigma in args.sigmas:
         tuned = tune(sigma)
         rows = {}
-        for name, fn in methods(sigma, tuned).items():
+        for name, fn in methods(sigma, tuned, extra).items():
             per = []
             for img in args.images:
                 clean, noisy = heldout_pair(img, sigma)

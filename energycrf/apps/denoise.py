@@ -192,19 +192,30 @@ class FoEEnergyDenoiser(_ConfiguredModel):
 
     .. math::
 
-        E(y, x) = w \|y - x\|^2 + \sum_m \sum_k \alpha \log\big(1 + \tfrac12 (J_m \odot y)_k^2\big)
+        E(y, x) = w \|y - x\|^2 + \sum_m \sum_k \alpha_m \log\big(1 + \tfrac12 (J_m \odot y)_k^2\big)
 
     (``Unary`` + ``FieldOfExperts`` with Student-t experts, paper eqs. 4-6 with a classic
-    expert), and ``M(x)`` = ``num_iterations`` steps of the solver ``method`` from
-    ``y = x`` (the shared site-wise update ``y_i <- y_i - A_i^{-1} g_i``; for
-    ``"mean_field"`` all sites at once), through :class:`energycrf.learned.unrolled.Unrolled`,
-    which backpropagates through the steps: training learns ``w`` and the filters ``J_m``
-    (started from random zero-mean filters, or the DCT basis with ``filter_init="dct"``).
+    expert; one shared :math:`\alpha_m = \alpha`, or with ``expert_weights="learned"`` a
+    learned weight per filter as in Chen et al.'s opt-MRF). Training learns ``w``, the
+    filters ``J_m`` (started from random zero-mean filters, or the DCT basis with
+    ``filter_init="dct"``) and the weights through
+    :class:`energycrf.learned.unrolled.Unrolled`:
+
+    - ``differentiation="backprop"``: ``M(x)`` is ``num_iterations`` steps of the solver
+      ``method`` from ``y = x``, and training backpropagates through them;
+    - ``differentiation="implicit"``: ``M(x)`` is the minimiser :math:`y^\star` itself,
+      the solver run until :math:`\|\nabla E\| \le \mathrm{gtol} \|\nabla E(x)\|` (at
+      most ``num_iterations`` steps), and training differentiates it implicitly,
+      :math:`\partial y^\star/\partial\theta = -H^{-1}\partial_\theta \nabla_y E` (a
+      bilevel problem; ``Unrolled``'s implicit mode, its conjugate gradients to ``cg_tol``).
+      In eval mode the minimiser is
+      ``ec.solve(self.energy, x, method, max_iters=num_iterations, gtol=gtol)``.
     """
 
     def __init__(self, num_filters: int = 24, kernel_size: int = 5, alpha: float = 1.0,
                  num_iterations: int = 6, method: str = "mean_field", unary_weight: float = 1.0,
-                 init_scale: float = 1.0, filter_init: str = "random"):
+                 init_scale: float = 1.0, filter_init: str = "random", expert_weights: str = "shared",
+                 differentiation: str = "backprop", gtol: float | None = None, cg_tol: float = 1e-10):
         super().__init__()
         from ..energies import FieldOfExperts, Unary
         from ..energies.potentials import StudentT
@@ -215,22 +226,38 @@ class FoEEnergyDenoiser(_ConfiguredModel):
         if filter_init == "dct" and num_filters > kernel_size**2 - 1:
             raise ValueError(f"filter_init: 'dct' gives {kernel_size**2 - 1} filters of size {kernel_size}, "
                              f"num_filters={num_filters} asks for more")
+        if expert_weights not in ("shared", "learned"):
+            raise ValueError(f"expert_weights: expected 'shared' or 'learned', got {expert_weights!r}")
         self.config = {"num_filters": int(num_filters), "kernel_size": int(kernel_size), "alpha": float(alpha),
                        "num_iterations": int(num_iterations), "method": str(method),
                        "unary_weight": float(unary_weight), "init_scale": float(init_scale),
-                       "filter_init": filter_init}
+                       "filter_init": filter_init, "expert_weights": expert_weights,
+                       "differentiation": differentiation, "gtol": None if gtol is None else float(gtol),
+                       "cg_tol": float(cg_tol)}
+        potential = (StudentT(alpha) if expert_weights == "shared"
+                     else StudentT(alpha, num_experts=num_filters, learnable=True))
         foe = FieldOfExperts(channels=1, num_filters=num_filters, kernel_size=kernel_size,
-                             potential=StudentT(alpha), init_scale=init_scale)
+                             potential=potential, init_scale=init_scale)
         if filter_init == "dct":
             with torch.no_grad():
                 foe.weight.copy_(init_scale * dct_filters(kernel_size, num_filters)[:, None])
         energy = Unary(weight=unary_weight, learnable=True) + foe
-        self.layer = Unrolled(energy, method, num_iterations=num_iterations)
+        self.layer = Unrolled(energy, method, num_iterations=num_iterations, differentiation=differentiation,
+                              gtol=gtol, cg_tol=cg_tol)
 
     @property
     def energy(self):
         """The learned energy (an :class:`energycrf.Energy`): solve it with any solver."""
         return self.layer.energy
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        if self.training or self.config["differentiation"] != "implicit":
+            return self.layer(x)
+        from ..solvers.api import solve
+
+        cfg = self.config
+        options = {} if cfg["gtol"] is None else {"gtol": cfg["gtol"]}
+        return solve(self.energy, x, method=cfg["method"], max_iters=cfg["num_iterations"], **options).y
 
 
 class StagedFoEDenoiser(_ConfiguredModel):

@@ -88,28 +88,67 @@ class StudentT(Potential):
 
     :math:`\rho'(u) = \alpha u / (1 + u^2/2)`, :math:`\min \rho'' = -\alpha/8` (at :math:`u^2 = 6`),
     half-quadratic weight :math:`\alpha / (1 + u^2/2)`.
+
+    With ``num_experts = M`` every expert has its own weight :math:`\alpha_m` (acting on dimension
+    1 of the responses ``[B, M, H, W]``), the per-filter weights of a learned Field of Experts
+    (Chen et al.'s opt-MRF); with ``learnable=True`` the weights are a parameter,
+    ``log_alpha`` (so they stay positive). With neither, ``alpha`` is a plain float.
+
+    Args:
+        alpha: the (starting) weight, positive.
+        num_experts: ``M`` (own weights per expert) or ``None`` (one shared weight).
+        learnable: make the weight(s) a parameter.
     """
 
-    def __init__(self, alpha: float = 1.0):
+    def __init__(self, alpha: float = 1.0, num_experts: int | None = None, learnable: bool = False):
         super().__init__()
         check_positive("alpha", alpha, allow_tensor=False)
-        self.alpha = float(alpha)
+        if num_experts is not None and (isinstance(num_experts, bool) or not isinstance(num_experts, int)
+                                        or num_experts < 1):
+            raise ValueError(f"num_experts: expected None or an int >= 1, got {num_experts!r}")
+        if not isinstance(learnable, bool):
+            raise TypeError(f"learnable: expected a bool, got {type(learnable).__name__}")
+        self.num_experts, self.learnable = num_experts, learnable
+        self.alpha = float(alpha)  # the starting weight (the weight itself when nothing is learned or per expert)
+        if num_experts is not None or learnable:
+            log_alpha = torch.full(() if num_experts is None else (num_experts,), math.log(self.alpha))
+            if learnable:
+                self.log_alpha = nn.Parameter(log_alpha)
+            else:
+                self.register_buffer("log_alpha", log_alpha)
+
+    def _weight(self, u: Tensor) -> Tensor | float:
+        """:math:`\alpha` shaped to broadcast against the responses ``u`` (per expert along dimension 1)."""
+        if not hasattr(self, "log_alpha"):
+            return self.alpha
+        a = self.log_alpha.exp().to(dtype=u.dtype, device=u.device)
+        if self.num_experts is None:
+            return a
+        if u.dim() < 2 or u.shape[1] != self.num_experts:
+            raise ValueError(f"u: expected responses [B, {self.num_experts}, ...] (num_experts={self.num_experts}), "
+                             f"got shape {tuple(u.shape)}")
+        return a.view(1, -1, *([1] * (u.dim() - 2)))
 
     @property
     def min_curvature(self):  # type: ignore[override]
-        return -self.alpha / 8
+        if not hasattr(self, "log_alpha"):
+            return -self.alpha / 8
+        return -float(self.log_alpha.detach().exp().max()) / 8
 
     def rho(self, u):
-        return self.alpha * torch.log1p(0.5 * u**2)
+        return self._weight(u) * torch.log1p(0.5 * u**2)
 
     def rho_prime(self, u):
-        return self.alpha * u / (1 + 0.5 * u**2)
+        return self._weight(u) * u / (1 + 0.5 * u**2)
 
     def majorizer_weight(self, u):
-        return self.alpha / (1 + 0.5 * u**2)
+        return self._weight(u) / (1 + 0.5 * u**2)
 
     def extra_repr(self):
-        return f"alpha={self.alpha:g}"
+        if not hasattr(self, "log_alpha"):
+            return f"alpha={self.alpha:g}"
+        experts = "shared" if self.num_experts is None else self.num_experts
+        return f"alpha={self.alpha:g} (start), experts={experts}, learnable={self.learnable}"
 
 
 class Charbonnier(Potential):

@@ -214,6 +214,15 @@ def foe_student_t_circular(case: Case):
     return _foe(case, potential=_ec().StudentT(alpha=_u(case, 0.3, 2.0, 20)), boundary="circular")
 
 
+def foe_student_t_per_expert(case: Case):
+    """Own, uneven weights per expert (learnable ``log_alpha``)."""
+    experts = 1 + case.seed % 3  # the FoE factory's num_filters
+    potential = _ec().StudentT(alpha=_u(case, 0.3, 2.0, 19), num_experts=experts, learnable=True)
+    with case.seeded(), torch.no_grad():
+        potential.log_alpha.add_(0.5 * torch.randn_like(potential.log_alpha))
+    return _foe(case, potential=potential)
+
+
 def foe_charbonnier(case: Case):
     return _foe(case, potential=_ec().Charbonnier(eps=_u(case, 0.05, 0.5, 21)))
 
@@ -306,6 +315,7 @@ _BASE: list[Spec] = [
     Spec("field_of_experts/kernel5", "field_of_experts", foe_kernel5),
     Spec("potentials/student_t", "potentials", foe_student_t),
     Spec("potentials/student_t_circular", "potentials", foe_student_t_circular, min_size=3),
+    Spec("potentials/student_t_per_expert", "potentials", foe_student_t_per_expert),
     Spec("potentials/charbonnier", "potentials", foe_charbonnier),
     Spec("potentials/huber", "potentials", foe_huber),
     Spec("potentials/piecewise_linear", "potentials", foe_piecewise_linear),

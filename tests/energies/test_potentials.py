@@ -94,3 +94,28 @@ def test_relu_expert_values():
 def test_bad_arguments(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make()
+
+
+def test_student_t_per_expert_weights():
+    """num_experts=M gives expert m the weight alpha_m (dimension 1 of the responses), learnable
+    through log_alpha; a response tensor with another expert count is refused; min_curvature is
+    the largest weight's."""
+    pot = P.StudentT(alpha=0.5, num_experts=3, learnable=True)
+    with torch.no_grad():
+        pot.log_alpha.copy_(torch.tensor([0.5, 1.0, 2.0]).log())
+    u = torch.randn(2, 3, 4, 5)
+    weights = torch.tensor([0.5, 1.0, 2.0]).view(1, 3, 1, 1)
+    torch.testing.assert_close(pot.rho(u), weights * torch.log1p(0.5 * u**2))
+    torch.testing.assert_close(pot.rho_prime(u), weights * u / (1 + 0.5 * u**2))
+    torch.testing.assert_close(pot.majorizer_weight(u), weights / (1 + 0.5 * u**2))
+    assert pot.min_curvature == pytest.approx(-2.0 / 8)
+    pot.rho(u).sum().backward()
+    assert pot.log_alpha.grad is not None and pot.log_alpha.grad.shape == (3,)
+    with pytest.raises(ValueError, match=r"u: expected responses \[B, 3, \.\.\.\]"):
+        pot.rho(torch.randn(2, 4, 4, 5))
+    with pytest.raises(ValueError, match="num_experts: expected None or an int >= 1, got 0"):
+        P.StudentT(num_experts=0)
+    with pytest.raises(TypeError, match="learnable: expected a bool, got int"):
+        P.StudentT(learnable=1)
+    shared = P.StudentT(alpha=1.7)  # the plain form keeps a float weight and no parameter
+    assert shared.alpha == 1.7 and not list(shared.parameters())

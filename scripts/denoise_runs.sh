@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Start, or resume, the long denoiser runs of scripts/train_denoisers_full.py in the background, at
+# the lowest CPU priority on one torch thread, each in its own folder under $RUNS (outside the
+# repository). A run that is still going (its pid file names a live process of this run) is left
+# alone; a finished one (final/ written) is skipped. Run it again in every session: the runs end
+# with the session and go on from their last checkpoint.
+#
+#   scripts/denoise_runs.sh                       # staged-25 and foe-25 (the default)
+#   scripts/denoise_runs.sh staged:15 staged:50   # others, MODEL:SIGMA
+#   DEVICE=cuda scripts/denoise_runs.sh staged:25 # on a GPU machine
+#   scripts/denoise_runs.sh --status              # last progress line and validation of each run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-/work/runs/denoise}
+DEVICE=${DEVICE:-cpu}
+if [[ ${1:-} == --status ]]; then
+    for dir in "$RUNS"/*/; do
+        [[ -f $dir/run.json ]] || continue
+        echo "== $dir $( [[ -d $dir/final ]] && echo finished)"
+        grep -v '^{"validation"' "$dir/stdout.log" 2>/dev/null | tail -n 1 || true
+        grep '^{"validation"' "$dir/stdout.log" 2>/dev/null | tail -n 1 || true
+    done
+    exit 0
+fi
+for spec in "${@:-staged:25 foe:25}"; do
+    for item in $spec; do
+        model=${item%%:*} sigma=${item##*:}
+        dir=$RUNS/$model-sigma$sigma
+        mkdir -p "$dir"
+        if [[ -d $dir/final ]]; then echo "$dir: finished"; continue; fi
+        if [[ -f $dir/pid ]] && kill -0 "$(cat "$dir/pid")" 2>/dev/null \
+                && grep -q -- "$dir" "/proc/$(cat "$dir/pid")/cmdline" 2>/dev/null; then
+            echo "$dir: running (pid $(cat "$dir/pid"))"; continue
+        fi
+        nohup nice -n 19 env OMP_NUM_THREADS=1 PYTHONPATH="$PWD" python scripts/train_denoisers_full.py \
+            --model "$model" --sigma "$sigma" --run-dir "$dir" --device "$DEVICE" --resume --no-progress \
+            >> "$dir/stdout.log" 2>&1 &
+        echo $! > "$dir/pid"
+        echo "$dir: started (pid $!)"
+    done
+done

@@ -19,7 +19,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._command import UsageError, announce, check_device, check_input_file, integer, number, require
+from ._command import (UsageError, announce, check_device, check_input_file, check_out_of_inputs, integer, number,
+                       require)
 
 DIFFUSERS_EXTRA = 'the diffusers extra: pip install "energycrf[diffusers]"'
 
@@ -66,6 +67,7 @@ def validate(args: argparse.Namespace):
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError("--out", "a folder", f"{args.out!r} (a file)")
+    check_out_of_inputs(out, "--out", {"--pipeline": args.pipeline})
     shards = sorted(out.glob("rank*-of-*.safetensors")) if out.is_dir() else []
     if shards and not (args.resume or args.overwrite):
         raise UsageError("--out", "a folder without shards", f"{args.out!r}, which holds {len(shards)} shards",

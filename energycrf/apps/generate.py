@@ -26,7 +26,8 @@ import json
 import re
 from pathlib import Path
 
-from ._command import UsageError, announce, check_device, integer, number, plural, progress_bar, require
+from ._command import (UsageError, announce, check_device, check_out_of_inputs, integer, number, plural, progress_bar,
+                       require)
 from .pipelines import (DIFFUSERS_EXTRA, SAMPLER_CHOICES, SHIPPED_CLASS, check_crf_dir, check_pipeline_dir,
                         pipeline_info, read_prompts, seed_list)
 
@@ -126,6 +127,7 @@ def validate(args: argparse.Namespace) -> dict:
         raise UsageError("--out", "a folder name", "''")
     if out.exists() and not out.is_dir():
         raise UsageError("--out", "a folder", f"{args.out!r} (a file)")
+    check_out_of_inputs(out, "--out", {"--pipeline": pipeline, "--crf": crf})
     taken = [n for n in names if (out / n).exists()]
     if taken:
         raise UsageError("--out", "a folder without the files this run writes",

@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .._command import (UsageError, announce, check_device, check_input_file, check_output_dir, integer, number,
-                        plural, progress_bar, require, threads_for_load)
+from .._command import (UsageError, announce, check_device, check_input_file, check_out_of_inputs, check_output_dir,
+                        integer, number, plural, progress_bar, require, threads_for_load)
 
 ROW_KEYS = ("ldm50", "ldm33", "crf33", "ldm20", "crf20", "dpm33", "dpm20")
 TABLE_FILES = ("table.json", "table.md")
@@ -231,6 +231,7 @@ def check_any_pipeline(args: argparse.Namespace) -> dict:
     elif args.features_path is not None:
         raise UsageError("--features-path", "--features inception with it", f"--features {features}")
     refs = reference_files(args.reference, limit=args.reference_limit)
+    check_out_of_inputs(args.out, "--out", {"--pipeline": pipeline, "--crf": crf, "--reference": args.reference})
     out = check_output_dir(args.out, "--out", TABLE_FILES, inputs=[args.prompts, *refs], overwrite=args.overwrite)
     device = check_device(args.device) if args.device is not None else None
     return {"pipeline": pipeline, "shipped": info["class"] == SHIPPED_CLASS, "crf": crf, "prompts": prompts,

@@ -204,6 +204,7 @@ WRONG = {
         (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "pipe"], "--out"),
         (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "pipe/shards"], "--out"),  # inside an input
         (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "pipe", "--overwrite"], "--out"),
+        (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--resume", "--overwrite"], "--resume"),
         (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--pre-run", "41"], "--pre-steps"),
         (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--batch-size", "0"], "--batch-size"),
         (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--device", "foo"], "--device"),

@@ -29,7 +29,7 @@ from pathlib import Path
 from ._command import (UsageError, announce, check_device, check_out_of_inputs, integer, number, plural, progress_bar,
                        require)
 from .pipelines import (DIFFUSERS_EXTRA, SAMPLER_CHOICES, SHIPPED_CLASS, check_crf_dir, check_pipeline_dir,
-                        pipeline_info, read_prompts, seed_list)
+                        check_plan_path, pipeline_info, read_prompts, seed_list)
 
 RECORD = "generate.json"
 LATENTS = "latents.safetensors"
@@ -111,6 +111,8 @@ def validate(args: argparse.Namespace) -> dict:
         crf = pretrained.crf_dir()
     else:
         raise UsageError("--crf", "a LatentCRF directory for this pipeline (or --no-crf)", "none")
+    if args.plan is not None:
+        check_plan_path(args.plan)
     prompts = [p.strip() for p in args.prompt]
     if any(not p for p in prompts):
         raise UsageError("--prompt", "a non-empty prompt", repr(""))
@@ -166,7 +168,10 @@ def run(args: argparse.Namespace) -> int:
 
             plan = SplicePlan()  # a CRF saved without a plan: the paper's, as generate() does
         check_scheduler_fits(pipe, plan)
-    guidance = args.guidance if args.guidance is not None else (4.0 if job["shipped"] else None)
+    from .distill_data import default_guidance
+
+    # the scale the pipeline uses when none is given (4 for the shipped model), said and recorded as used
+    guidance = args.guidance if args.guidance is not None else default_guidance(pipe)
     steps = args.steps or (plan.unet_calls if plan is not None else 50)
     prompts = [item["prompt"] for item in job["items"]]
     seeds = [item["seed"] for item in job["items"]]

@@ -158,6 +158,8 @@ WRONG = {
         (["--prompts", "prompts.txt", "--reference", "used", "--steps", "4"], "--prompts"),  # one prompt
         (["--prompts", "prompts.txt", "--reference", "used", "--steps", "0"], "--steps"),
         (["--prompts", "prompts.txt", "--reference", "used", "--steps", "8,50"], "--steps"),  # the teacher itself
+        (["--pipeline", "pipe", "--crf", "crf", "--prompts", "two_prompts.txt", "--reference", "refs", "--plan",
+          "nope.json", "--out", "o"], "--plan"),
         *[(["--pipeline", "pipe", "--crf", "crf", "--prompts", "two_prompts.txt", "--reference", "refs", "--out", out,
             "--overwrite"], "--out") for out in ("crf", "refs", "refs/eval", "pipe/eval")],  # an input, or inside one
         (["--prompts", "prompts.txt", "--reference", "used", "--features", "vgg"], "--features"),
@@ -175,6 +177,7 @@ WRONG = {
         ([], "--out"),
         (["--pipeline", "pipe", "--crf", "crf", "--prompt", "a", "--out", "crf"], "--out"),  # an input folder
         (["--pipeline", "pipe", "--crf", "crf", "--prompt", "a", "--out", "pipe/pics"], "--out"),  # inside one
+        (["--pipeline", "pipe", "--crf", "crf", "--prompt", "a", "--plan", "nope.json", "--out", "o"], "--plan"),
         (["--out", "o"], "--prompt"),                        # the shipped model, but no prompt
         (["--prompt", "", "--out", "o"], "--prompt"),
         (["--prompts", "missing.txt", "--out", "o"], "--prompts"),
@@ -243,6 +246,8 @@ def test_wrong_input_is_one_line_naming_the_option(command, argv, option, files,
     message = err.removeprefix(f"energycrf {command}: error: ")
     assert message.split(":")[0].split(", ")[0].split("/")[0] == option, message
     assert "expected" in message and "got" in message, message
+    if "nope.json" in argv:  # a missing file is said as such (not as JSON that does not parse)
+        assert "'nope.json' (no such file)" in message, message
     assert "energycrf" not in out  # nothing announced: no work began
     assert sorted(p.name for p in files.iterdir()) == before  # and nothing was written
 

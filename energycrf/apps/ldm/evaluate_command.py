@@ -193,8 +193,8 @@ def run(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- any pipeline
 def check_any_pipeline(args: argparse.Namespace) -> dict:
     """The checks of the evaluation of any pipeline, before any work; returns what the run needs."""
-    from ..pipelines import (SHIPPED_CLASS, check_crf_dir, check_pipeline_dir, pipeline_info, read_prompts,
-                             reference_files)
+    from ..pipelines import (SHIPPED_CLASS, check_crf_dir, check_pipeline_dir, check_plan_path, pipeline_info,
+                             read_prompts, reference_files)
     from . import pretrained  # light: paths only
 
     for option, value in (("--prompts", args.prompts), ("--reference", args.reference)):
@@ -210,6 +210,8 @@ def check_any_pipeline(args: argparse.Namespace) -> dict:
     crf = None if args.crf is None else check_crf_dir(args.crf)
     if args.plan is not None and crf is None:
         raise UsageError("--plan", "--crf with it (the plan of that CRF)", "no --crf")
+    if args.plan is not None:
+        check_plan_path(args.plan)
     if crf is None and args.steps is None:
         raise UsageError("--steps", "the sampler steps of the rows to evaluate (no --crf given)", "none")
     teacher_steps = args.teacher_steps or 50
@@ -289,7 +291,9 @@ def run_any_pipeline(args: argparse.Namespace) -> int:
         check_scheduler_fits(pipe, plan)  # before the teacher's images, not after them
     steps = list(args.steps) if args.steps is not None else [plan.unet_calls]
     teacher_steps = args.teacher_steps or 50
-    guidance = args.guidance if args.guidance is not None else (4.0 if job["shipped"] else None)
+    from ..distill_data import default_guidance
+
+    guidance = args.guidance if args.guidance is not None else default_guidance(pipe)  # recorded as used
     images = len(job["prompts"]) * args.seeds
     rows = 1 + len(steps) + (crf is not None)
     announce("evaluate", f"{plural(rows, 'row')} (teacher {teacher_steps} steps, "

@@ -37,23 +37,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue an earlier run in --out: its complete shards with the same settings are kept")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into an --out that holds shards (those this run writes are replaced)")
-    parser.add_argument("--pre-steps", type=integer(minimum=1), default=40)
-    parser.add_argument("--pre-run", type=integer(minimum=1), default=31)
-    parser.add_argument("--post-steps", type=integer(minimum=1), default=50)
-    parser.add_argument("--post-run", type=integer(minimum=1), default=2)
-    parser.add_argument("--crf-output", choices=["clean", "post"], default="clean")
-    parser.add_argument("--teacher", choices=["plan", "full"], default="plan")
-    parser.add_argument("--batch-size", type=integer(minimum=1), default=4)
-    parser.add_argument("--shard-size", type=integer(minimum=1), default=256)
-    parser.add_argument("--seed", type=integer(minimum=0), default=0)
+    parser.add_argument("--pre-steps", type=integer(minimum=1), default=40,
+                        help="the plan: steps of the schedule before the CRF (default 40)")
+    parser.add_argument("--pre-run", type=integer(minimum=1), default=31,
+                        help="the plan: of those, the steps run before the CRF replaces the rest (default 31)")
+    parser.add_argument("--post-steps", type=integer(minimum=1), default=50,
+                        help="the plan: steps of the schedule after the CRF (default 50)")
+    parser.add_argument("--post-run", type=integer(minimum=1), default=2,
+                        help="the plan: of those, the last steps run after the CRF (default 2)")
+    parser.add_argument("--crf-output", choices=["clean", "post"], default="clean",
+                        help="what the CRF learns to output: the final clean latent (default) or the latent at the "
+                             "first post-CRF step")
+    parser.add_argument("--teacher", choices=["plan", "full"], default="plan",
+                        help="teacher trajectory: 'plan' follows the plan's own steps to the splice (what the CRF "
+                             "meets; default), 'full' the whole post-CRF schedule (the paper's data)")
+    parser.add_argument("--batch-size", type=integer(minimum=1), default=4, help="prompts per pipeline call (default 4)")
+    parser.add_argument("--shard-size", type=integer(minimum=1), default=256,
+                        help="prompts per shard file (default 256)")
+    parser.add_argument("--seed", type=integer(minimum=0), default=0,
+                        help="prompt i uses the noise of seed SEED + i, whatever the rank (default 0)")
     parser.add_argument("--guidance-scale", type=number(minimum=0.0), default=None,
                         help="classifier-free guidance of the teacher (default: the pipeline's own, 7.5 for Stable "
                              "Diffusion, 5 for SDXL, 4 for the shipped model: what generate and evaluate use)")
-    parser.add_argument("--negative-prompt", default=None)
+    parser.add_argument("--negative-prompt", default=None, help="negative prompt of the teacher (default none)")
     parser.add_argument("--ddim", action="store_true", help="replace the pipeline's scheduler by DDIM (same config)")
     parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when available, else cpu")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                        help="weights' dtype of the pipeline (default float32; the shards are float32)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def validate(args: argparse.Namespace):

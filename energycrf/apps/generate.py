@@ -62,10 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "else the pipeline's scheduler)")
     parser.add_argument("--guidance", type=number(minimum=0.0), default=None,
                         help="classifier-free guidance scale (default: the pipeline's own; 4 for the shipped model)")
-    parser.add_argument("--negative-prompt", default=None)
+    parser.add_argument("--negative-prompt", default=None, help="negative prompt (default none)")
     parser.add_argument("--batch-size", type=integer(minimum=1), default=4, help="images per pipeline call")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                        help="weights' dtype of the pipeline (default float32)")
     parser.add_argument("--threads", type=integer(minimum=0), default=0,
                         help="torch threads (default 0: the cores the load average leaves idle, at least 1)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

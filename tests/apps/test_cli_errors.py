@@ -337,3 +337,14 @@ def test_argparse_messages_in_the_commands_form():
     assert cli.rephrase("the following arguments are required: IN, -o/--output") == \
         "IN, --output: expected a value, got none (required)"
     assert cli.rephrase("argument --n: invalid int value: 'x'") == "--n: expected an integer, got 'x'"
+
+
+@pytest.mark.parametrize("command", ["distill-data", "generate", "evaluate", "train"])
+def test_every_option_of_the_four_commands_says_what_it_is(command):
+    import argparse
+    import importlib
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(cli.COMMANDS[command][0]).add_arguments(parser)
+    silent = [action.option_strings[0] for action in parser._actions if not (action.help or "").strip()]
+    assert not silent, f"energycrf {command} --help: no help text for {', '.join(silent)}"

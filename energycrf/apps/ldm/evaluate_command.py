@@ -93,7 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--plan", default=None, help="the CRF's plan instead of the recorded one: a plan.json file or inline JSON")
     g.add_argument("--batch-size", type=integer(minimum=1), default=None, help="images per pipeline call (default 4)")
     g.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
+    g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                   help="weights' dtype of the pipeline (default float32)")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:

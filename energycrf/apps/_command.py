@@ -21,7 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["UsageError", "MissingDependency", "integer", "number", "one_of", "path", "check_input_file",
-           "check_output_file", "check_output_dir", "check_out_of_inputs", "atomic_path", "threads_for_load", "announce",
+           "check_output_file", "check_output_dir", "check_out_of_inputs", "atomic_path", "threads_for_load",
+           "announce",
            "progress_bar", "require", "plural", "check_non_quadratic_methods",
            "check_device"]
 

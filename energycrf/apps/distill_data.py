@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", choices=["plan", "full"], default="plan",
                         help="teacher trajectory: 'plan' follows the plan's own steps to the splice (what the CRF "
                              "meets; default), 'full' the whole post-CRF schedule (the paper's data)")
-    parser.add_argument("--batch-size", type=integer(minimum=1), default=4, help="prompts per pipeline call (default 4)")
+    parser.add_argument("--batch-size", type=integer(minimum=1), default=4,
+                        help="prompts per pipeline call (default 4)")
     parser.add_argument("--shard-size", type=integer(minimum=1), default=256,
                         help="prompts per shard file (default 256)")
     parser.add_argument("--seed", type=integer(minimum=0), default=0,

@@ -22,9 +22,7 @@ from pathlib import Path
 
 __all__ = ["UsageError", "MissingDependency", "integer", "number", "one_of", "path", "check_input_file",
            "check_output_file", "check_output_dir", "check_out_of_inputs", "atomic_path", "threads_for_load",
-           "announce",
-           "progress_bar", "require", "plural", "check_non_quadratic_methods",
-           "check_device"]
+           "announce", "progress_bar", "require", "plural", "check_non_quadratic_methods", "check_device"]
 
 
 class UsageError(ValueError):

@@ -21,9 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["UsageError", "MissingDependency", "integer", "number", "one_of", "path", "check_input_file",
-           "check_output_file", "check_output_dir", "atomic_path", "threads_for_load", "announce",
-           "progress_bar", "require", "plural", "check_non_quadratic_methods",
-           "check_device"]
+           "check_output_file", "check_output_dir", "check_out_of_inputs", "atomic_path", "threads_for_load",
+           "announce", "progress_bar", "require", "plural", "check_non_quadratic_methods", "check_device"]
 
 
 class UsageError(ValueError):
@@ -179,6 +178,21 @@ def check_output_dir(path: str | os.PathLike, option: str, names: Iterable[str],
         raise UsageError(option, "a folder without earlier results", f"{text!r}, which holds {', '.join(existing)}",
                          "pass --overwrite to replace them, or choose another folder")
     return p
+
+
+def check_out_of_inputs(path: str | os.PathLike, option: str, inputs: dict[str, str | os.PathLike | None]) -> None:
+    """Refuse an output folder ``path`` that is, or is inside, one of the input folders
+    ``inputs`` (``{option: path}``; ``None`` and missing paths are skipped): the command
+    would write into its own inputs. Checked before any work, as ``energycrf train`` does."""
+    out = Path(os.path.abspath(path)).resolve()
+    for name, source in inputs.items():
+        if source is None or not Path(source).exists():
+            continue
+        src = Path(os.path.abspath(source)).resolve()
+        if out == src or src in out.parents:
+            where = "an input itself" if out == src else "inside an input"
+            raise UsageError(option, "a folder other than the inputs",
+                             f"{os.fspath(path)!r}, {where} ({name} {os.fspath(source)!r})")
 
 
 @contextmanager

@@ -26,9 +26,10 @@ import json
 import re
 from pathlib import Path
 
-from ._command import UsageError, announce, check_device, integer, number, plural, progress_bar, require
+from ._command import (UsageError, announce, check_device, check_out_of_inputs, integer, number, plural, progress_bar,
+                       require)
 from .pipelines import (DIFFUSERS_EXTRA, SAMPLER_CHOICES, SHIPPED_CLASS, check_crf_dir, check_pipeline_dir,
-                        pipeline_info, read_prompts, seed_list)
+                        check_plan_path, pipeline_info, read_prompts, seed_list)
 
 RECORD = "generate.json"
 LATENTS = "latents.safetensors"
@@ -61,10 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "else the pipeline's scheduler)")
     parser.add_argument("--guidance", type=number(minimum=0.0), default=None,
                         help="classifier-free guidance scale (default: the pipeline's own; 4 for the shipped model)")
-    parser.add_argument("--negative-prompt", default=None)
+    parser.add_argument("--negative-prompt", default=None, help="negative prompt (default none)")
     parser.add_argument("--batch-size", type=integer(minimum=1), default=4, help="images per pipeline call")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                        help="weights' dtype of the pipeline (default float32)")
     parser.add_argument("--threads", type=integer(minimum=0), default=0,
                         help="torch threads (default 0: the cores the load average leaves idle, at least 1)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
@@ -110,6 +112,8 @@ def validate(args: argparse.Namespace) -> dict:
         crf = pretrained.crf_dir()
     else:
         raise UsageError("--crf", "a LatentCRF directory for this pipeline (or --no-crf)", "none")
+    if args.plan is not None:
+        check_plan_path(args.plan)
     prompts = [p.strip() for p in args.prompt]
     if any(not p for p in prompts):
         raise UsageError("--prompt", "a non-empty prompt", repr(""))
@@ -126,6 +130,7 @@ def validate(args: argparse.Namespace) -> dict:
         raise UsageError("--out", "a folder name", "''")
     if out.exists() and not out.is_dir():
         raise UsageError("--out", "a folder", f"{args.out!r} (a file)")
+    check_out_of_inputs(out, "--out", {"--pipeline": pipeline, "--crf": crf})
     taken = [n for n in names if (out / n).exists()]
     if taken:
         raise UsageError("--out", "a folder without the files this run writes",
@@ -164,7 +169,10 @@ def run(args: argparse.Namespace) -> int:
 
             plan = SplicePlan()  # a CRF saved without a plan: the paper's, as generate() does
         check_scheduler_fits(pipe, plan)
-    guidance = args.guidance if args.guidance is not None else (4.0 if job["shipped"] else None)
+    from .distill_data import default_guidance
+
+    # the scale the pipeline uses when none is given (4 for the shipped model), said and recorded as used
+    guidance = args.guidance if args.guidance is not None else default_guidance(pipe)
     steps = args.steps or (plan.unet_calls if plan is not None else 50)
     prompts = [item["prompt"] for item in job["items"]]
     seeds = [item["seed"] for item in job["items"]]

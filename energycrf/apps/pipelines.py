@@ -114,10 +114,21 @@ def seed_list(text: str) -> list[int]:
     return seeds
 
 
+def check_plan_path(text: str, option: str = "--plan") -> None:
+    """Before any work (light): a ``--plan`` that is not inline JSON (``{...}``) must be an existing
+    file, refused as "no such file" like every other missing path (not as JSON that does not parse)."""
+    source = Path(text)
+    if text.strip().startswith("{") or source.is_file():
+        return
+    raise UsageError(option, "a plan.json file or inline JSON",
+                     f"{text!r} ({'not a file' if source.exists() else 'no such file'})")
+
+
 def plan_option(text: str, option: str = "--plan"):
     """A plan from ``--plan``: a JSON file (a CRF's ``plan.json``) or inline JSON (imports the integrations: torch)."""
     from energycrf.integrations.plan import plan_from_dict
 
+    check_plan_path(text, option)
     source = Path(text)
     try:
         data = json.loads(source.read_text(encoding="utf-8") if source.is_file() else text)

@@ -119,7 +119,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="the discriminator's widths (32,32,64)")
     g.add_argument("--amp", choices=["none", "float16", "bfloat16"], default="none",
                    help="mixed precision on CUDA (CPU runs stay float32)")
-    g.add_argument("--seed", metavar="N", type=integer(minimum=0), default=0)
+    g.add_argument("--seed", metavar="N", type=integer(minimum=0), default=0,
+                   help="seed of the initial weights, the batches and the noise (default 0)")
     g = parser.add_argument_group("the run")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     g.add_argument("--checkpoint-every", metavar="N", type=integer(minimum=0), default=100,

@@ -94,7 +94,8 @@ def check_resume(out: Path, now: dict) -> bool:
         if (out / "training.json").is_file() or (out / "checkpoints").exists():
             raise UsageError("--resume", f"a run of energycrf train in --out (with checkpoints/{RUN_JSON})",
                              f"{os.fspath(out)!r} without it")
-        return False
+        raise UsageError("--resume", "an earlier run in --out", f"none in {os.fspath(out)!r}",
+                         "leave --resume out to start a new run")
     try:
         then = read_json(record)
     except ValueError as err:
@@ -254,6 +255,10 @@ def run_stage(stage: int, crf, data, args, dist, noise: dict | None, init, budge
     elif init is not None:
         trainer.init_from(init)
     start = trainer.step
+    if args.resume and dist.is_main and start < cfg.max_steps and not getattr(args, "_resumed", False):
+        announce("train", f"resuming from step {start} of stage {stage}"
+                 + (f" ({os.fspath(found[0])})" if found is not None else ""))
+        args._resumed = True  # said once, for the first stage with steps left
     trainer.fit(stop_after=budget, resume=False)
     return trainer, start
 
@@ -291,7 +296,8 @@ def train(args, files: dict) -> int:
     run = prepare(args, files, world)
     if run["finished"]:
         if rank == 0:
-            announce("train", f"the run in {os.fspath(args.out)} is finished (training.json); nothing to do")
+            announce("train", f"the run in {os.fspath(args.out)} is finished (training.json); the CRF is in "
+                              f"{os.fspath(args.out)} (LatentCRF.from_pretrained, or generate --crf); nothing to do")
         return 0
     threads = set_threads(args.threads)
     noise = noise_level(args, run) if 1 in args.stage else None

@@ -4,6 +4,7 @@ subprocesses of ``python -m energycrf``."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -138,6 +139,9 @@ def test_generate_with_and_without_the_crf_on_stable_diffusion(world, tmp_path):
     assert z["crf"].shape == z["nocrf"].shape == (6, 4, 8, 8)
     # the same images as the library gives, image by image, from the seed's noise
     pipe, crf = _load(world["sd"]), load_crf(world["crf-sd"])
+    # the guidance used (the pipeline's default, not given) is recorded, not null
+    default = inspect.signature(type(pipe).__call__).parameters["guidance_scale"].default
+    assert record["guidance_scale"] == float(default)
     k = 3  # ("a red bag" from the file, seed 3)
     prompt, seed = items[k]["prompt"], items[k]["seed"]
     with torch.no_grad():
@@ -221,6 +225,8 @@ def test_evaluate_stable_diffusion_with_efficientnet_features(world, tmp_path):
     result = _check_table(out, ["teacher", "pipeline-4", "crf"], [8, 4, 4],
                           {"latent_mse", "psnr", "frechet", "vendi", "accuracy"})
     st = result["settings"]
+    default = inspect.signature(type(_load(world["sd"])).__call__).parameters["guidance_scale"].default
+    assert st["guidance_scale"] == float(default)  # the guidance used (the pipeline's default), not null
     assert st["features"].startswith("efficientnet-lite0") and st["feature_dim"] == 1280
     assert st["reference_images"] == 8 and st["images_per_row"] == 6 and st["class_accuracy"]
     (diff,) = result["differences"]

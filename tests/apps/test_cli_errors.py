@@ -36,6 +36,12 @@ def files(tmp_path, monkeypatch):
     (tmp_path / "pipe").mkdir()
     (tmp_path / "pipe" / "model_index.json").write_text("{}")
     (tmp_path / "pipe" / "rank000-of-001-00000.safetensors").write_bytes(b"")
+    (tmp_path / "crf").mkdir()  # a LatentCRF's description (its weights are read after the checks)
+    (tmp_path / "crf" / "config.json").write_text("{}")
+    (tmp_path / "refs").mkdir()
+    for k in range(2):
+        Image.fromarray(np.full((8, 8), 40 * k, np.uint8)).save(tmp_path / "refs" / f"{k}.png")
+    (tmp_path / "two_prompts.txt").write_text("a bag\na shoe\n")
     (tmp_path / "foe50").mkdir()  # a checkpoint's description (its weights are read after the checks)
     (tmp_path / "foe50" / "denoiser.json").write_text(json.dumps({"kind": "foe_energy", "sigma": 50.0}))
     (tmp_path / "broken").mkdir()
@@ -152,6 +158,10 @@ WRONG = {
         (["--prompts", "prompts.txt", "--reference", "used", "--steps", "4"], "--prompts"),  # one prompt
         (["--prompts", "prompts.txt", "--reference", "used", "--steps", "0"], "--steps"),
         (["--prompts", "prompts.txt", "--reference", "used", "--steps", "8,50"], "--steps"),  # the teacher itself
+        (["--pipeline", "pipe", "--crf", "crf", "--prompts", "two_prompts.txt", "--reference", "refs", "--plan",
+          "nope.json", "--out", "o"], "--plan"),
+        *[(["--pipeline", "pipe", "--crf", "crf", "--prompts", "two_prompts.txt", "--reference", "refs", "--out", out,
+            "--overwrite"], "--out") for out in ("crf", "refs", "refs/eval", "pipe/eval")],  # an input, or inside one
         (["--prompts", "prompts.txt", "--reference", "used", "--features", "vgg"], "--features"),
     ],
     "demo": [
@@ -165,6 +175,9 @@ WRONG = {
     ],
     "generate": [
         ([], "--out"),
+        (["--pipeline", "pipe", "--crf", "crf", "--prompt", "a", "--out", "crf"], "--out"),  # an input folder
+        (["--pipeline", "pipe", "--crf", "crf", "--prompt", "a", "--out", "pipe/pics"], "--out"),  # inside one
+        (["--pipeline", "pipe", "--crf", "crf", "--prompt", "a", "--plan", "nope.json", "--out", "o"], "--plan"),
         (["--out", "o"], "--prompt"),                        # the shipped model, but no prompt
         (["--prompt", "", "--out", "o"], "--prompt"),
         (["--prompts", "missing.txt", "--out", "o"], "--prompts"),
@@ -192,6 +205,9 @@ WRONG = {
         (["--pipeline", "pipe", "--prompts", "missing.txt", "--out", "o"], "--prompts"),
         (["--pipeline", "pipe", "--prompts", "empty.txt", "--out", "o"], "--prompts"),
         (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "pipe"], "--out"),
+        (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "pipe/shards"], "--out"),  # inside an input
+        (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "pipe", "--overwrite"], "--out"),
+        (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--resume", "--overwrite"], "--resume"),
         (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--pre-run", "41"], "--pre-steps"),
         (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--batch-size", "0"], "--batch-size"),
         (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--device", "foo"], "--device"),
@@ -230,6 +246,8 @@ def test_wrong_input_is_one_line_naming_the_option(command, argv, option, files,
     message = err.removeprefix(f"energycrf {command}: error: ")
     assert message.split(":")[0].split(", ")[0].split("/")[0] == option, message
     assert "expected" in message and "got" in message, message
+    if "nope.json" in argv:  # a missing file is said as such (not as JSON that does not parse)
+        assert "'nope.json' (no such file)" in message, message
     assert "energycrf" not in out  # nothing announced: no work began
     assert sorted(p.name for p in files.iterdir()) == before  # and nothing was written
 
@@ -319,3 +337,14 @@ def test_argparse_messages_in_the_commands_form():
     assert cli.rephrase("the following arguments are required: IN, -o/--output") == \
         "IN, --output: expected a value, got none (required)"
     assert cli.rephrase("argument --n: invalid int value: 'x'") == "--n: expected an integer, got 'x'"
+
+
+@pytest.mark.parametrize("command", ["distill-data", "generate", "evaluate", "train"])
+def test_every_option_of_the_four_commands_says_what_it_is(command):
+    import argparse
+    import importlib
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(cli.COMMANDS[command][0]).add_arguments(parser)
+    silent = [action.option_strings[0] for action in parser._actions if not (action.help or "").strip()]
+    assert not silent, f"energycrf {command} --help: no help text for {', '.join(silent)}"

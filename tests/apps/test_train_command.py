@@ -200,13 +200,23 @@ def test_an_interrupted_run_resumed_equals_the_uninterrupted_run(work, capsys):
     assert "stopped after 3 steps (--stop-after) at step 3 of 4 of stage 1" in capsys.readouterr().out
     assert not (parts / "training.json").exists() and len(_log(parts)) == 3
     assert run(parts, "--resume", "--stop-after", "2") == 0  # across the stages
-    assert "at step 1 of 3 of stage 2" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "resuming from step 3 of stage 1" in said and "at step 1 of 3 of stage 2" in said
     assert run(parts, "--resume") == 0
+    said = capsys.readouterr().out
+    assert "resuming from step 1 of stage 2" in said and "resuming from step 4 of stage 1" not in said
     a, b = load_file(str(whole / WEIGHTS_NAME)), load_file(str(parts / WEIGHTS_NAME))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
     assert _log(whole) == _log(parts)
     record = (parts / "training.json").read_bytes()
-    assert run(parts, "--resume") == 0 and "is finished" in capsys.readouterr().out
+    assert run(parts, "--resume") == 0
+    said = capsys.readouterr().out.strip().splitlines()
+    assert len(said) == 1 and "is finished" in said[0] and f"the CRF is in {parts}" in said[0], said
+    with pytest.raises(SystemExit) as exit_info:  # no earlier run: refused, not a silent fresh start
+        run(work["root"] / "never", "--resume")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--resume: expected an earlier run in --out, got none" in err, err
+    assert not (work["root"] / "never").exists()
     assert (parts / "training.json").read_bytes() == record  # a finished run is left as it is
 
 

@@ -197,3 +197,42 @@ def test_stage2_trainer_dataset_reads_the_shards(shards):
     for i in (0, 3, 4):
         for key in ("z_s", "z_f", "prompt_embeds"):
             torch.testing.assert_close(data[i][key], ours[i][key])
+
+
+def _distill_args(tmp_path, *extra):
+    import argparse
+
+    from energycrf.apps import distill_data as cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    return parser.parse_args([
+        "--pipeline", str(tmp_path / "pipe"), "--prompts", str(tmp_path / "prompts.txt"), "--out", str(tmp_path / "out"),
+        "--post-run", "1", "--guidance-scale", "5", "--no-progress", "--ddim", "--batch-size", "2", *extra,
+    ])
+
+
+def test_cli_resume_with_other_settings_is_refused_and_overwrite_removes_stale_shards(sd_pipe, tmp_path):
+    from energycrf.apps import distill_data as cli
+    from energycrf.apps._command import UsageError
+
+    sd_pipe.save_pretrained(str(tmp_path / "pipe"))
+    (tmp_path / "prompts.txt").write_text("a red cube\nthe sea\n")
+    assert cli.run(_distill_args(tmp_path, "--shard-size", "1")) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    assert len(before) == 2
+    for extra, option in ((["--pre-run", "34"], "--pre-steps/--pre-run"), (["--shard-size", "2"], "--shard-size"),
+                          (["--seed", "3"], "--seed"), (["--teacher", "full"], "--teacher"),
+                          (["--guidance-scale", "6"], "--guidance-scale")):
+        with pytest.raises(UsageError, match="^--resume: expected the settings of the shards in --out, got other "
+                           + option):
+            cli.run(_distill_args(tmp_path, "--shard-size", "1", "--resume", *extra))
+        assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before  # nothing rewritten
+    assert cli.run(_distill_args(tmp_path, "--shard-size", "1", "--resume")) == 0  # the same settings: kept
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+    (tmp_path / "out" / "notes.safetensors").write_bytes(b"not a shard")  # not of the command's naming: kept
+    assert cli.run(_distill_args(tmp_path, "--shard-size", "2", "--overwrite")) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["notes.safetensors",
+                                                                   "rank000-of-001-00000.safetensors"]
+    data = DistillationShards([tmp_path / "out" / "rank000-of-001-00000.safetensors"])
+    assert len(data) == 2 and data.metadata[0]["prompts"] == ["a red cube", "the sea"]

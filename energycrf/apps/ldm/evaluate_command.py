@@ -21,8 +21,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .._command import (UsageError, announce, check_device, check_input_file, check_output_dir, integer, number,
-                        plural, progress_bar, require, threads_for_load)
+from .._command import (UsageError, announce, check_device, check_input_file, check_out_of_inputs, check_output_dir,
+                        integer, number, plural, progress_bar, require, threads_for_load)
 
 ROW_KEYS = ("ldm50", "ldm33", "crf33", "ldm20", "crf20", "dpm33", "dpm20")
 TABLE_FILES = ("table.json", "table.md")
@@ -93,7 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--plan", default=None, help="the CRF's plan instead of the recorded one: a plan.json file or inline JSON")
     g.add_argument("--batch-size", type=integer(minimum=1), default=None, help="images per pipeline call (default 4)")
     g.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
+    g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                   help="weights' dtype of the pipeline (default float32)")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -193,8 +194,8 @@ def run(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- any pipeline
 def check_any_pipeline(args: argparse.Namespace) -> dict:
     """The checks of the evaluation of any pipeline, before any work; returns what the run needs."""
-    from ..pipelines import (SHIPPED_CLASS, check_crf_dir, check_pipeline_dir, pipeline_info, read_prompts,
-                             reference_files)
+    from ..pipelines import (SHIPPED_CLASS, check_crf_dir, check_pipeline_dir, check_plan_path, pipeline_info,
+                             read_prompts, reference_files)
     from . import pretrained  # light: paths only
 
     for option, value in (("--prompts", args.prompts), ("--reference", args.reference)):
@@ -210,6 +211,8 @@ def check_any_pipeline(args: argparse.Namespace) -> dict:
     crf = None if args.crf is None else check_crf_dir(args.crf)
     if args.plan is not None and crf is None:
         raise UsageError("--plan", "--crf with it (the plan of that CRF)", "no --crf")
+    if args.plan is not None:
+        check_plan_path(args.plan)
     if crf is None and args.steps is None:
         raise UsageError("--steps", "the sampler steps of the rows to evaluate (no --crf given)", "none")
     teacher_steps = args.teacher_steps or 50
@@ -231,6 +234,7 @@ def check_any_pipeline(args: argparse.Namespace) -> dict:
     elif args.features_path is not None:
         raise UsageError("--features-path", "--features inception with it", f"--features {features}")
     refs = reference_files(args.reference, limit=args.reference_limit)
+    check_out_of_inputs(args.out, "--out", {"--pipeline": pipeline, "--crf": crf, "--reference": args.reference})
     out = check_output_dir(args.out, "--out", TABLE_FILES, inputs=[args.prompts, *refs], overwrite=args.overwrite)
     device = check_device(args.device) if args.device is not None else None
     return {"pipeline": pipeline, "shipped": info["class"] == SHIPPED_CLASS, "crf": crf, "prompts": prompts,
@@ -288,7 +292,9 @@ def run_any_pipeline(args: argparse.Namespace) -> int:
         check_scheduler_fits(pipe, plan)  # before the teacher's images, not after them
     steps = list(args.steps) if args.steps is not None else [plan.unet_calls]
     teacher_steps = args.teacher_steps or 50
-    guidance = args.guidance if args.guidance is not None else (4.0 if job["shipped"] else None)
+    from ..distill_data import default_guidance
+
+    guidance = args.guidance if args.guidance is not None else default_guidance(pipe)  # recorded as used
     images = len(job["prompts"]) * args.seeds
     rows = 1 + len(steps) + (crf is not None)
     announce("evaluate", f"{plural(rows, 'row')} (teacher {teacher_steps} steps, "

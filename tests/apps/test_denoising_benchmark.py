@@ -1,0 +1,27 @@
+"""benchmarks/denoising.py --outside: photographs outside skimage, loaded offline, with a fixed noisy copy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def test_outside_photographs_are_grey_crops_with_a_repeatable_noisy_copy(load_script):
+    mod = load_script("benchmarks/denoising.py")
+    from energycrf.apps.photographs import PHOTOGRAPHS, load_photograph
+
+    skimage_sets = [load_photograph(n) for n in PHOTOGRAPHS]
+    for name in mod.OUTSIDE:
+        clean, noisy = mod.noisy_pair(name, 25)
+        assert clean.shape == (mod.CROP, mod.CROP) and clean.dtype == np.float64
+        assert 0.0 <= clean.min() and clean.max() <= 1.0 and clean.std() > 0.05  # a real photograph, not a flat field
+        assert not any(p.shape == clean.shape and np.allclose(p, clean) for p in skimage_sets)
+        again = mod.noisy_pair(name, 25)
+        assert np.array_equal(again[1], noisy)  # the same noisy copy every run
+        assert abs((noisy - clean).std() - 25 / 255) < 0.004  # sigma on the 0-255 scale
+        assert not np.array_equal(mod.noisy_pair(name, 15)[1] - clean, (noisy - clean) * 15 / 25)
+    a, b = (mod.noisy_pair(n, 25) for n in ("china", "flower"))
+    assert not np.allclose(a[1] - a[0], b[1] - b[0])  # each photograph its own noise
+    assert np.array_equal(mod.noisy_pair("camera", 25)[1], mod.heldout_pair("camera", 25)[1])  # the test set unchanged
+    with pytest.raises(ValueError, match="name must be one of"):
+        mod.outside_photograph("lena")

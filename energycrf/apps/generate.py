@@ -153,22 +153,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from .ldm.evaluate_command import set_threads
-    from .pipelines import (baseline_sampler, check_crf_fits, check_scheduler_fits, describe_plan, load_crf,
-                            load_pipeline, render, sampler_label)
+    from .pipelines import baseline_sampler, describe_plan, load_crf_for, load_pipeline, render, sampler_label
 
     threads = set_threads(args.threads)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pipe = load_pipeline(job["pipeline"], device, args.dtype)
     crf = None
     if job["crf"] is not None:
-        crf = load_crf(job["crf"], device)
-        check_crf_fits(crf, pipe)
-        plan = plan or crf.plan
-        if plan is None:
-            from energycrf.integrations.plan import SplicePlan
-
-            plan = SplicePlan()  # a CRF saved without a plan: the paper's, as generate() does
-        check_scheduler_fits(pipe, plan)
+        crf, plan = load_crf_for(job["crf"], pipe, device, plan)
     from .distill_data import default_guidance
 
     # the scale the pipeline uses when none is given (4 for the shipped model), said and recorded as used

@@ -202,6 +202,23 @@ def load_crf(path: str | os.PathLike, device=None):
     return crf.to(device) if device is not None else crf
 
 
+def load_crf_for(path: str | os.PathLike, pipe, device=None, plan=None, option: str = "--crf"):
+    """``(crf, plan)``: the CRF at ``path`` checked against ``pipe``, and the plan to run: ``plan``, else
+    the one recorded with the CRF, else the paper's (said in one line: no ``plan.json`` beside it),
+    checked against the pipeline's scheduler before any image."""
+    crf = load_crf(path, device)
+    check_crf_fits(crf, pipe, option)
+    plan = plan or crf.plan
+    if plan is None:
+        from energycrf.integrations.plan import SplicePlan
+
+        plan = SplicePlan()
+        print(f"{option}: no plan recorded with {str(path)!r} (no plan.json); running the paper's plan "
+              f"({plan.unet_calls} UNet calls)", flush=True)
+    check_scheduler_fits(pipe, plan)
+    return crf, plan
+
+
 def check_crf_fits(crf, pipe, option: str = "--crf") -> None:
     """The CRF's latent channels and condition width are the pipeline's (UNet channels, text width)."""
     cfg, unet = getattr(crf, "config", {}) or {}, pipe.unet.config

@@ -1,4 +1,4 @@
-"""Tiny diffusers pipelines built from configs (random weights, no hub), and CRF stand-ins.
+"""Tiny diffusers pipelines (energycrf.testing.tiny_pipelines: random weights, no hub), and CRF stand-ins.
 
 The scheduler settings are Stable Diffusion 1.5's (scaled_linear 0.00085-0.012,
 steps_offset 1, leading spacing), so the paper's plan runs at 976, ..., 226, 21, 1.
@@ -6,7 +6,6 @@ steps_offset 1, leading spacing), so the paper's plan runs at 976, ..., 226, 21,
 
 from __future__ import annotations
 
-import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -18,156 +17,30 @@ import torch
 
 # diffusers/transformers are imported inside the builders: the test modules that need
 # them call pytest.importorskip, the others run without the `diffusers` extra.
-
-SD15_SCHEDULER = dict(
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    clip_sample=False,
-    set_alpha_to_one=False,
-    steps_offset=1,
-    timestep_spacing="leading",
-    num_train_timesteps=1000,
-)
-TOKENS = 16  # tokenizer length (77 in SD; short here)
-
-
-def _byte_unicode() -> list[str]:
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = keep[:], 0
-    for b in range(256):
-        if b not in keep:
-            keep.append(b)
-            chars.append(256 + extra)
-            extra += 1
-    return [chr(c) for c in chars]
+from energycrf.testing.tiny_pipelines import SD15_SCHEDULER, TOKENS  # noqa: E402  (the builders live there)
 
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory):
-    """A byte-level CLIP vocabulary (no merges): every byte is a token."""
-    d = tmp_path_factory.mktemp("tokenizer")
-    vocab: dict[str, int] = {}
-    for c in _byte_unicode():
-        vocab[c] = len(vocab)
-    for c in _byte_unicode():
-        vocab[c + "</w>"] = len(vocab)
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (d / "vocab.json").write_text(json.dumps(vocab))
-    (d / "merges.txt").write_text("#version: 0.2\n")
-    return d
+    """Kept for the tests' call form ``build_sd(tokenizer_dir)``: the tokenizer is built by the builders."""
+    return tmp_path_factory.mktemp("tokenizer")
 
 
-def make_tokenizer(tokenizer_dir):
-    from transformers import CLIPTokenizer
+def build_sd(tokenizer_dir=None, scheduler_cls=None):
+    """:func:`energycrf.testing.tiny_pipelines.tiny_sd_pipeline` (DDIM), with ``scheduler_cls`` instead if given."""
+    from energycrf.testing.tiny_pipelines import tiny_sd_pipeline
 
-    return CLIPTokenizer(str(tokenizer_dir / "vocab.json"), str(tokenizer_dir / "merges.txt"), model_max_length=TOKENS)
-
-
-def _text_config(hidden=32, projection=None):
-    from transformers import CLIPTextConfig
-
-    kw = dict(
-        hidden_size=hidden,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        vocab_size=514,
-        max_position_embeddings=TOKENS,
-        bos_token_id=512,
-        eos_token_id=513,
-        pad_token_id=513,
-    )
-    if projection is not None:
-        kw["projection_dim"] = projection
-    return CLIPTextConfig(**kw)
-
-
-def _vae():
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        block_out_channels=(32, 64),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=16,
-    )
-
-
-def build_sd(tokenizer_dir, scheduler_cls=None):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-    )
-    vae = _vae()
-    text = CLIPTextModel(_text_config())
-    sched = (scheduler_cls or DDIMScheduler)(**SD15_SCHEDULER)
-    pipe = StableDiffusionPipeline(
-        unet=unet,
-        vae=vae,
-        text_encoder=text,
-        tokenizer=make_tokenizer(tokenizer_dir),
-        scheduler=sched,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_sd_pipeline()
+    if scheduler_cls is not None:
+        pipe.scheduler = scheduler_cls(**SD15_SCHEDULER)
     return pipe
 
 
-def build_sdxl(tokenizer_dir):
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+def build_sdxl(tokenizer_dir=None):
+    """:func:`energycrf.testing.tiny_pipelines.tiny_sdxl_pipeline` (Euler)."""
+    from energycrf.testing.tiny_pipelines import tiny_sdxl_pipeline
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        transformer_layers_per_block=(1, 1),
-        projection_class_embeddings_input_dim=80,  # 32 (pooled) + 6 * 8 (time ids)
-        cross_attention_dim=64,  # 32 + 32 (two text encoders)
-    )
-    sched = EulerDiscreteScheduler(
-        **{k: v for k, v in SD15_SCHEDULER.items() if k not in ("clip_sample", "set_alpha_to_one")}
-    )
-    pipe = StableDiffusionXLPipeline(
-        vae=_vae(),
-        text_encoder=CLIPTextModel(_text_config()),
-        text_encoder_2=CLIPTextModelWithProjection(_text_config(projection=32)),
-        tokenizer=make_tokenizer(tokenizer_dir),
-        tokenizer_2=make_tokenizer(tokenizer_dir),
-        unet=unet,
-        scheduler=sched,
-        force_zeros_for_empty_prompt=True,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return tiny_sdxl_pipeline()
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -262,7 +262,7 @@ def run_any_pipeline(args: argparse.Namespace) -> int:
 
     from .. import evaluate_pipeline as EP
     from ..features import load_features
-    from ..pipelines import check_crf_fits, check_scheduler_fits, describe_plan, load_crf, load_pipeline
+    from ..pipelines import describe_plan, load_crf_for, load_pipeline
 
     threads = set_threads(args.threads)
     device = job["device"] or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -282,14 +282,7 @@ def run_any_pipeline(args: argparse.Namespace) -> int:
     pipe = load_pipeline(job["pipeline"], device, args.dtype or "float32")
     crf = None
     if job["crf"] is not None:
-        crf = load_crf(job["crf"], device)
-        check_crf_fits(crf, pipe)
-        plan = plan or crf.plan
-        if plan is None:
-            from energycrf.integrations.plan import SplicePlan
-
-            plan = SplicePlan()
-        check_scheduler_fits(pipe, plan)  # before the teacher's images, not after them
+        crf, plan = load_crf_for(job["crf"], pipe, device, plan)  # the scheduler checked before the teacher's images
     steps = list(args.steps) if args.steps is not None else [plan.unet_calls]
     teacher_steps = args.teacher_steps or 50
     from ..distill_data import default_guidance

@@ -282,16 +282,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 OUTPUTS = ("sweep.json", "sweep.md", "pareto.png")
 
 
-def check_crfs(specs: list[Spec], channels: int = 4, cond_dim: int = 384) -> None:
-    """Each CRF fits the shipped pipeline's latents and text (a :class:`UsageError` naming --methods)."""
+def check_crfs(specs: list[Spec], pipe) -> None:
+    """Each CRF fits the pipeline's latents and text (:func:`energycrf.apps.pipelines.check_crf_fits`,
+    naming --methods), before any image."""
+    from energycrf.apps.pipelines import check_crf_fits
+
     for s in specs:
-        crf = s.crf
-        if crf is None or s.key == "crf-splice-nocrf":
-            continue
-        got_c, got_d = getattr(crf, "channels", channels), getattr(crf, "cond_dim", cond_dim)
-        if got_c != channels or got_d not in (None, cond_dim):
-            raise UsageError("--methods", f"CRFs for this pipeline ({channels} latent channels, text width {cond_dim} "
-                             "or none)", f"{s.label} with channels={got_c}, cond_dim={got_d}")
+        if s.crf is not None and s.key != "crf-splice-nocrf":
+            check_crf_fits(s.crf, pipe, "--methods")
 
 
 def parse_budgets(text: str) -> list[int]:
@@ -375,8 +373,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     specs = build_specs(tokens)
-    check_crfs(specs)
     pipe = pretrained.load_pipeline(args.pipeline)
+    check_crfs(specs, pipe)
     clf = pretrained.load_classifier()
     ref = reference_features(clf).features
     prompts = captions.evaluation_prompts(per_class=args.per_class)

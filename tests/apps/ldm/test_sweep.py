@@ -184,10 +184,14 @@ def test_sweep_keeps_an_earlier_run_and_checks_paths_and_crfs_before_work(tmp_pa
 
 
 def test_check_crfs_refuses_a_crf_of_another_pipeline():
+    from types import SimpleNamespace
+
     import energycrf as ec
     from energycrf.apps.ldm import sweep as S
 
+    pipe = SimpleNamespace(unet=SimpleNamespace(config=SimpleNamespace(in_channels=4, cross_attention_dim=384)))
     ok = S.Spec("crf-a", "a", kind="recorded", crf=ec.LatentCRF(channels=4, cond_dim=384))
-    S.check_crfs([ok, S.Spec("crf-b", "b", kind="recorded", crf=ec.LatentCRF(channels=4, cond_dim=None))])
-    with pytest.raises(UsageError, match="--methods: expected CRFs for this pipeline.*cond_dim=32"):
-        S.check_crfs([ok, S.Spec("crf-c", "c", kind="recorded", crf=ec.LatentCRF(channels=4, cond_dim=32))])
+    S.check_crfs([ok, S.Spec("crf-b", "b", kind="recorded", crf=ec.LatentCRF(channels=4, cond_dim=None)),
+                  S.Spec("crf-splice-nocrf", "no CRF", kind="splice", crf=S.identity_crf())], pipe)
+    with pytest.raises(UsageError, match="--methods: expected a LatentCRF for this pipeline.*cond_dim=32"):
+        S.check_crfs([ok, S.Spec("crf-c", "c", kind="recorded", crf=ec.LatentCRF(channels=4, cond_dim=32))], pipe)

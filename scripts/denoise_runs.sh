@@ -7,6 +7,7 @@
 #
 #   scripts/denoise_runs.sh                       # staged-25 and foe-25 (the default)
 #   scripts/denoise_runs.sh staged:15 staged:50   # others, MODEL:SIGMA
+#   scripts/denoise_runs.sh staged:15:from25      # a joint-phase fine-tune (1000 steps) of staged-sigma25/final
 #   DEVICE=cuda scripts/denoise_runs.sh staged:25 # on a GPU machine
 #   scripts/denoise_runs.sh --status              # last progress line and validation of each run
 set -euo pipefail
@@ -24,8 +25,14 @@ if [[ ${1:-} == --status ]]; then
 fi
 for spec in "${@:-staged:25 foe:25}"; do
     for item in $spec; do
-        model=${item%%:*} sigma=${item##*:}
+        IFS=: read -r model sigma from <<< "$item"
         dir=$RUNS/$model-sigma$sigma
+        extra=()
+        if [[ -n ${from:-} ]]; then
+            start=$RUNS/$model-sigma${from#from}/final
+            [[ -d $start ]] || { echo "$dir: waits for $start"; continue; }
+            extra=(--init "$start" --set greedy_steps=0 --set joint_steps=1000)
+        fi
         mkdir -p "$dir"
         if [[ -d $dir/final ]]; then echo "$dir: finished"; continue; fi
         if [[ -f $dir/pid ]] && kill -0 "$(cat "$dir/pid")" 2>/dev/null \
@@ -33,7 +40,7 @@ for spec in "${@:-staged:25 foe:25}"; do
             echo "$dir: running (pid $(cat "$dir/pid"))"; continue
         fi
         nohup nice -n 19 env OMP_NUM_THREADS=1 PYTHONPATH="$PWD" python scripts/train_denoisers_full.py \
-            --model "$model" --sigma "$sigma" --run-dir "$dir" --device "$DEVICE" --resume --no-progress \
+            --model "$model" --sigma "$sigma" --run-dir "$dir" --device "$DEVICE" --resume --no-progress "${extra[@]}" \
             >> "$dir/stdout.log" 2>&1 &
         echo $! > "$dir/pid"
         echo "$dir: started (pid $!)"

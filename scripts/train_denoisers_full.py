@@ -38,11 +38,19 @@ uninterrupted run on the same device and thread count), also on a GPU
 
     python scripts/train_denoisers_full.py --model staged --sigma 25 --run-dir /work/runs/denoise/staged-sigma25
     python scripts/train_denoisers_full.py --model staged --sigma 25 --run-dir /work/runs/denoise/staged-sigma25 --resume
+
+``--init DIR`` starts from a trained denoiser of the same kind and architecture (a run's
+``final/``) instead of the DCT start: another noise level is then a fine-tune of the joint
+phase only (Chen and Pock train every sigma from scratch; this costs a fifth)::
+
+    python scripts/train_denoisers_full.py --model staged --sigma 15 --run-dir /work/runs/denoise/staged-sigma15 \
+        --init /work/runs/denoise/staged-sigma25/final --set greedy_steps=0 --set joint_steps=1000
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import shlex
@@ -227,12 +235,40 @@ def shipped_reference(model: str, sigma: float, images, crop: int) -> float | No
     return float(np.mean([scores[i] for i in images])) if all(i in scores for i in images) else None
 
 
-def start_run(args, arch: dict, recipe: dict, argv: list[str]) -> dict:
+def read_init(path: str | None, model: str, den: PixelDenoiser) -> dict | None:
+    """Check the ``--init`` folder (a trained denoiser of this kind and architecture) and name it by
+    path and the SHA-256 of its weights, so that ``--resume`` can tell it is still the same start."""
+    if path is None:
+        return None
+    folder = Path(path)
+    weights = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    if not (folder / "denoiser.json").is_file() or not weights:
+        raise SystemExit(f"error: --init: expected a trained denoiser folder (a run's final/, safetensors and "
+                         f"JSON), got {path!r}")
+    try:
+        start = PixelDenoiser.from_pretrained(folder)
+    except (ValueError, OSError, KeyError) as err:
+        raise SystemExit(f"error: --init: {path!r} could not be loaded: {err}") from None
+    if start.kind != den.kind:
+        raise SystemExit(f"error: --init: expected a {den.kind!r} denoiser for --model {model}, got a {start.kind!r} "
+                         f"one in {path!r}")
+    mine, theirs = den.model.state_dict(), start.model.state_dict()
+    wrong = sorted(k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape)
+    if wrong or set(theirs) - set(mine):
+        raise SystemExit(f"error: --init: {path!r} has another architecture than this run's (first difference: "
+                         f"{(wrong or sorted(set(theirs) - set(mine)))[0]!r}); pass the same --set entries")
+    den.model.load_state_dict(theirs)
+    digest = hashlib.sha256(b"".join(w.read_bytes() for w in weights)).hexdigest()
+    return {"path": str(folder.resolve()), "sha256": digest, "sigma": start.sigma}
+
+
+def start_run(args, arch: dict, recipe: dict, argv: list[str], init: dict | None = None) -> dict:
     """Create or check ``run.json``: a new run needs an empty folder, ``--resume`` the same settings."""
     run_dir = Path(args.run_dir)
     meta_path = run_dir / "run.json"
     settings = {"model": args.model, "sigma": args.sigma, "arch": arch, "recipe": recipe, "seed": args.seed,
-                "val_images": list(args.val_images), "train_images": list(TRAIN_IMAGES)}
+                "val_images": list(args.val_images), "train_images": list(TRAIN_IMAGES),
+                **({"init": init} if init else {})}
     command = {"command": "python scripts/train_denoisers_full.py " + shlex.join(argv),
                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "device": args.device, "threads": args.threads,
                "torch": torch.__version__}
@@ -357,6 +393,8 @@ def main(argv=None) -> int:
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--export", default=None, help="also write the final denoiser to this folder")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--init", default=None, metavar="DIR",
+                   help="start from this trained denoiser (same kind and architecture, e.g. another sigma's final/)")
     args = p.parse_args(argv)
     arch, recipe = dict(ARCH[args.model]), dict(RECIPES[args.model])
     if args.model == "foe":
@@ -377,10 +415,15 @@ def main(argv=None) -> int:
         p.error(f"--max-steps-now: expected an int >= 0, got {args.max_steps_now}")
     torch.set_num_threads(args.threads)
     dist = init_distributed(device=args.device)
-    meta = start_run(args, arch, recipe, argv)
+    den = build(args.model, args.sigma, arch, recipe)
+    recorded = Path(args.run_dir) / "run.json"
+    if args.resume and args.init is None and recorded.is_file():  # the start the run was made with
+        args.init = json.loads(recorded.read_text()).get("settings", {}).get("init", {}).get("path")
+    init = read_init(args.init, args.model, den)  # the first phase starts from den's weights
+    den = den.to(getattr(torch, recipe["dtype"]))
+    meta = start_run(args, arch, recipe, argv, init)
     run_dir = Path(args.run_dir)
     plan = phases(args.model, arch, recipe)
-    den = build(args.model, args.sigma, arch, recipe).to(getattr(torch, recipe["dtype"]))
     budget = [args.max_steps_now]
     t0 = time.process_time()
     for k, phase in enumerate(plan):
@@ -394,7 +437,7 @@ def main(argv=None) -> int:
     val = read_jsonl(run_dir / "validation.jsonl")
     den.info = {"train_images": list(TRAIN_IMAGES), "test_images": list(args.val_images), "arch": arch,
                 "recipe": recipe, "phases": [{k: ph[k] for k in ("name", "steps", "lr")} for ph in plan],
-                "seed": args.seed, "validation": val[-1] if val else None,
+                "seed": args.seed, **({"init": init} if init else {}), "validation": val[-1] if val else None,
                 "train_cpu_s_last_invocation": round(time.process_time() - t0, 1),
                 "commands": [c["command"] for c in meta["commands"]]}
     if not recipe["val_crop"]:

@@ -138,3 +138,52 @@ def test_benchmark_measures_an_extra_checkpoint(tmp_path, load_script):
     with torch.no_grad():
         expected = den.eval()(torch.from_numpy(x).float()[None, None])[0, 0].numpy()
     assert abs(y - expected).max() < 1e-6
+
+
+def test_init_starts_from_a_trained_denoiser_and_resumes_without_repeating_it(tmp_path, load_script):
+    """--init DIR: the run starts from DIR's weights (another sigma's final/), records DIR by path and
+    weights hash, and a --resume without --init goes on from the recorded start."""
+    mod = load_script("scripts/train_denoisers_full.py")
+    _run(mod, "staged", tmp_path / "a")
+    fine = ["--sigma", "15", "--init", str(tmp_path / "a" / "final"), "--set", "greedy_steps=0",
+            "--set", "joint_steps=2", "--set", "joint_lr=1e-12"]  # Adam moves each weight by ~lr: the start shows
+    _run(mod, "staged", tmp_path / "c", *fine, "--max-steps-now", "1")
+    _run(mod, "staged", tmp_path / "c", "--sigma", "15", "--set", "greedy_steps=0", "--set", "joint_steps=2",
+         "--set", "joint_lr=1e-12", "--resume")
+    start, end = (load_file(tmp_path / r / "final" / "model.safetensors") for r in ("a", "c"))
+    dct = mod.build("staged", 15.0, *_settings(mod)).model.state_dict()
+    assert start.keys() == end.keys()
+    for key in start:
+        torch.testing.assert_close(end[key], start[key], rtol=0, atol=1e-9, msg=key)
+    assert any(not torch.allclose(start[k], dct[k].to(start[k].dtype), atol=1e-6) for k in start)
+    meta = json.loads((tmp_path / "c" / "run.json").read_text())
+    init = meta["settings"]["init"]
+    assert init["path"] == str((tmp_path / "a" / "final").resolve()) and init["sigma"] == 25.0
+    assert len(init["sha256"]) == 64
+    info = json.loads((tmp_path / "c" / "final" / "denoiser.json").read_text())
+    assert info["sigma"] == 15.0 and info["info"]["init"] == init
+    assert [p["name"] for p in info["info"]["phases"]] == ["joint"]
+
+
+def test_init_refuses_what_is_not_the_same_model(tmp_path, load_script):
+    mod = load_script("scripts/train_denoisers_full.py")
+    with pytest.raises(SystemExit, match="--init: expected a trained denoiser folder"):
+        _run(mod, "staged", tmp_path / "r", "--init", str(tmp_path / "nothing"))
+    _run(mod, "staged", tmp_path / "a")
+    with pytest.raises(SystemExit, match="another architecture"):
+        _run(mod, "staged", tmp_path / "b", "--init", str(tmp_path / "a" / "final"), "--set", "num_filters=4")
+    with pytest.raises(SystemExit, match="expected a 'foe_energy' denoiser"):
+        _run(mod, "foe", tmp_path / "c", "--init", str(tmp_path / "a" / "final"))
+    _run(mod, "staged", tmp_path / "d", "--init", str(tmp_path / "a" / "final"), "--max-steps-now", "0")
+    (tmp_path / "a" / "final" / "model.safetensors").write_bytes(
+        (tmp_path / "a" / "final" / "model.safetensors").read_bytes())  # same bytes: still the same start
+    _run(mod, "staged", tmp_path / "d", "--resume", "--max-steps-now", "0")
+    from energycrf.apps.denoise import PixelDenoiser
+
+    other = PixelDenoiser.from_pretrained(tmp_path / "a" / "final")
+    with torch.no_grad():
+        for w in other.parameters():
+            w.add_(0.01)
+    other.save_pretrained(tmp_path / "a" / "final")  # another start in the recorded folder: refused
+    with pytest.raises(SystemExit, match=r"other settings \(init differ\)"):
+        _run(mod, "staged", tmp_path / "d", "--resume")

@@ -26,7 +26,8 @@ clipped to [0, 1]) averaged over the test photographs, and the CPU time
 
 ``--outside`` measures on photographs that ship with other installed packages instead
 (:data:`OUTSIDE`: matplotlib's ``grace_hopper.jpg``, scikit-learn's ``china.jpg`` and
-``flower.jpg``), grey, the central 256 x 256 crop, never used in training or tuning.
+``flower.jpg``), grey, the central 256 x 256 crop (``--crop 0``: the whole photograph), never used
+in training or tuning.
 """
 
 from __future__ import annotations
@@ -54,7 +55,16 @@ from machine_info import cpu_name  # noqa: E402  (benchmarks/ is the script's fo
 
 
 def machine() -> str:
-    return f"{cpu_name()}, {os.cpu_count()} logical cores visible, torch {torch.__version__} ({torch.get_num_threads()} thread)"
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"{cpu_name()}, {os.cpu_count()} logical cores visible, torch {torch.__version__} "
+            f"({torch.get_num_threads()} thread), load average {load}")
+
+
+def paired_vs(rows: dict, name: str, reference: str = "BM3D") -> str:
+    """Method ``name`` against ``reference`` image by image: the mean PSNR difference, its
+    smallest and largest per-image value, and on how many images it is ahead."""
+    diff = np.array([a["psnr"] - b["psnr"] for a, b in zip(rows[name]["per_image"], rows[reference]["per_image"])])
+    return f"{diff.mean():+.2f} [{diff.min():+.2f}, {diff.max():+.2f}] ({int((diff > 0).sum())}/{diff.size})"
 
 
 def tune(sigma: float) -> dict[str, float]:
@@ -105,8 +115,9 @@ OUTSIDE = {"grace_hopper": ("matplotlib", "grace_hopper.jpg"), "china": ("sklear
 CROP = 256
 
 
-def outside_photograph(name: str) -> np.ndarray:
-    """An :data:`OUTSIDE` photograph as float64 grey in ``[0, 1]``, its central ``CROP x CROP`` part."""
+def outside_photograph(name: str, crop: int = CROP) -> np.ndarray:
+    """An :data:`OUTSIDE` photograph as float64 grey in ``[0, 1]``, its central ``crop x crop`` part
+    (``crop=0``: the whole photograph)."""
     from skimage.color import rgb2gray
 
     if name not in OUTSIDE:
@@ -123,18 +134,28 @@ def outside_photograph(name: str) -> np.ndarray:
 
         rgb = load_sample_image(file)
     grey = rgb2gray(rgb).astype(np.float64)
-    top, left = (grey.shape[0] - CROP) // 2, (grey.shape[1] - CROP) // 2
-    return grey[top : top + CROP, left : left + CROP]
+    if isinstance(crop, bool) or not isinstance(crop, int) or not 0 <= crop <= min(grey.shape):
+        raise ValueError(f"crop: expected an int in [0, {min(grey.shape)}] (0: the whole photograph), got {crop!r}")
+    if crop == 0:
+        return grey
+    top, left = (grey.shape[0] - crop) // 2, (grey.shape[1] - crop) // 2
+    return grey[top : top + crop, left : left + crop]
 
 
-def noisy_pair(name: str, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+def noisy_pair(name: str, sigma: float, crop: int = CROP) -> tuple[np.ndarray, np.ndarray]:
     """``(clean, noisy)``: the skimage test set's own pair, or an outside photograph with noise seeded by
     sigma and the name (the same noisy copy in every run)."""
     if name not in OUTSIDE:
         return heldout_pair(name, sigma)
-    clean = outside_photograph(name)
+    clean = outside_photograph(name, crop)
     rng = np.random.default_rng([int(round(sigma)), sorted(OUTSIDE).index(name), 25])
     return clean, clean + rng.normal(0.0, sigma / 255.0, clean.shape)
+
+
+def input_psnr(name: str, sigma: float, crop: int = CROP) -> float:
+    """PSNR of the noisy input itself (clipped to [0, 1] like every output)."""
+    clean, noisy = noisy_pair(name, sigma, crop)
+    return float(peak_signal_noise_ratio(clean, np.clip(noisy, 0, 1), data_range=1.0))
 
 
 def main(argv=None) -> int:
@@ -142,6 +163,7 @@ def main(argv=None) -> int:
     p.add_argument("--sigmas", type=float, nargs="+", default=list(SIGMAS))
     p.add_argument("--images", nargs="+", default=None, help="skimage test photographs (default: the test set)")
     p.add_argument("--outside", action="store_true", help="the photographs outside skimage (OUTSIDE) instead")
+    p.add_argument("--crop", type=int, default=CROP, help="--outside: the central crop's size (0: whole photographs)")
     p.add_argument("--json", default=None, help="write per-image results here")
     p.add_argument("--figure", default=None, help="write the picture (noisy, each method, clean) here")
     p.add_argument("--figure-image", default="camera")
@@ -150,6 +172,8 @@ def main(argv=None) -> int:
                    help="also measure the denoiser in DIR ({sigma} is replaced by the noise level), "
                         "e.g. 'Staged 7x7=/work/runs/denoise/staged-sigma{sigma}/final'")
     args = p.parse_args(argv)
+    if args.crop < 0:
+        p.error(f"--crop: expected an int >= 0 (0: the whole photograph), got {args.crop}")
     if args.images is None:
         args.images = sorted(OUTSIDE) if args.outside else list(TEST_IMAGES)
     extra = {}
@@ -160,8 +184,10 @@ def main(argv=None) -> int:
         extra[name] = directory
     torch.set_num_threads(1)
     print(f"machine: {machine()}")
-    print(f"test photographs: {', '.join(args.images)}")
-    results: dict = {"machine": machine(), "images": args.images, "sigmas": {}}
+    print(f"test photographs: {', '.join(args.images)}"
+          + (f" ({'whole' if args.crop == 0 else f'central {args.crop} x {args.crop}'})" if args.outside else ""))
+    results: dict = {"machine": machine(), "images": args.images, "crop": args.crop if args.outside else None,
+                     "sigmas": {}}
     shown: dict[str, np.ndarray] = {}
     for sigma in args.sigmas:
         tuned = tune(sigma)
@@ -169,7 +195,7 @@ def main(argv=None) -> int:
         for name, fn in methods(sigma, tuned, extra).items():
             per = []
             for img in args.images:
-                clean, noisy = noisy_pair(img, sigma)
+                clean, noisy = noisy_pair(img, sigma, args.crop)
                 t0 = time.process_time()
                 est = np.asarray(fn(noisy), dtype=np.float64)
                 cpu = time.process_time() - t0
@@ -182,16 +208,17 @@ def main(argv=None) -> int:
             rows[name] = {"psnr": float(np.mean([r["psnr"] for r in per])),
                           "ssim": float(np.mean([r["ssim"] for r in per])),
                           "cpu_s": float(np.mean([r["cpu_s"] for r in per])), "per_image": per}
-        noisy_psnr = float(np.mean([peak_signal_noise_ratio(noisy_pair(i, sigma)[0], np.clip(noisy_pair(i, sigma)[1], 0, 1),
-                                                            data_range=1.0) for i in args.images]))
+        noisy_psnr = float(np.mean([input_psnr(i, sigma, args.crop) for i in args.images]))
         results["sigmas"][str(int(sigma))] = {"tuned": tuned, "noisy_psnr": noisy_psnr, "methods": rows}
         bm = rows["BM3D"]["cpu_s"]
         print(f"\nsigma = {sigma:g} (noisy input: {noisy_psnr:.2f} dB; TV weight {tuned['tv_weight_factor']:g} sigma, "
               f"NL-means h {tuned['nlm_h_factor']:g} sigma)")
-        print("| method | PSNR (dB) | SSIM | CPU s / image | CPU vs BM3D |")
-        print("|---|---:|---:|---:|---:|")
+        print("| method | PSNR (dB) | SSIM | CPU s / image | CPU vs BM3D | PSNR - BM3D's, per image: mean [min, max] "
+              "(images ahead) |")
+        print("|---|---:|---:|---:|---:|---|")
         for name, r in rows.items():
-            print(f"| {name} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['cpu_s']:.3f} | {r['cpu_s'] / bm:.3f}x |")
+            paired = "" if name == "BM3D" else paired_vs(rows, name)
+            print(f"| {name} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['cpu_s']:.3f} | {r['cpu_s'] / bm:.3f}x | {paired} |")
         sys.stdout.flush()
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

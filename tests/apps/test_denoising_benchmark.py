@@ -25,3 +25,21 @@ def test_outside_photographs_are_grey_crops_with_a_repeatable_noisy_copy(load_sc
     assert np.array_equal(mod.noisy_pair("camera", 25)[1], mod.heldout_pair("camera", 25)[1])  # the test set unchanged
     with pytest.raises(ValueError, match="name must be one of"):
         mod.outside_photograph("lena")
+
+
+def test_whole_outside_photographs_and_the_paired_comparison(load_script):
+    mod = load_script("benchmarks/denoising.py")
+    whole = mod.outside_photograph("china", 0)
+    crop = mod.outside_photograph("china")
+    assert whole.shape == (427, 640)
+    top, left = (427 - mod.CROP) // 2, (640 - mod.CROP) // 2
+    assert np.array_equal(whole[top:top + mod.CROP, left:left + mod.CROP], crop)
+    clean, noisy = mod.noisy_pair("china", 25, 0)
+    assert clean.shape == whole.shape and abs((noisy - clean).std() - 25 / 255) < 0.002
+    for bad in (-1, 428, 2.5, True):
+        with pytest.raises(ValueError, match="crop: expected an int in"):
+            mod.outside_photograph("china", bad)
+    rows = {"BM3D": {"per_image": [{"psnr": 30.0}, {"psnr": 28.0}, {"psnr": 33.0}]},
+            "mine": {"per_image": [{"psnr": 30.5}, {"psnr": 27.9}, {"psnr": 33.3}]}}
+    assert mod.paired_vs(rows, "mine") == "+0.23 [-0.10, +0.50] (2/3)"
+    assert "load average" in mod.machine()

@@ -41,7 +41,7 @@ uninterrupted run on the same device and thread count), also on a GPU
 
 ``--init DIR`` starts from a trained denoiser of the same kind and architecture (a run's
 ``final/``) instead of the DCT start: another noise level is then a fine-tune of the joint
-phase only (Chen and Pock train every sigma from scratch; this costs a ninth)::
+phase only (Chen and Pock train every sigma from scratch; about a seventh of the cost)::
 
     python scripts/train_denoisers_full.py --model staged --sigma 15 --run-dir /work/runs/denoise/staged-sigma15 \
         --init /work/runs/denoise/staged-sigma25/final --set greedy_steps=0 --set joint_steps=600

@@ -302,15 +302,21 @@ class PiecewiseLinear(Potential):
 
     def rho_prime(self, u):
         # rho' = a_k + b_k u on segment k (b_k the slope, a_k = v_k - b_k mu_k), and constant
-        # beyond the end knots, i.e. rho'(u) = rho'(clamp(u, -S, S)): two table lookups per element
+        # beyond the end knots, i.e. rho'(u) = rho'(clamp(u, -S, S)): one lookup of the pair
+        # (a_k, b_k) per element (an embedding row), then a fused multiply-add
         table = self.values.to(dtype=u.dtype, device=u.device).view(-1, self.num_knots)
         slope = self._slopes(table)
         left_knots = torch.arange(self.num_knots - 1, dtype=u.dtype, device=u.device) * self.step - self.span
-        intercept = table[:, :-1] - slope * left_knots
+        pairs = torch.stack([table[:, :-1] - slope * left_knots, slope], dim=-1).reshape(-1, 2)
         inside = u.clamp(-self.span, self.span)
-        segment = ((inside.detach() + self.span) / self.step).floor_().clamp_(max=self.num_knots - 2)
-        index = self._flat_index(segment, self.num_knots - 1)  # rows of the [M, J-1] tables
-        return torch.addcmul(_lookup(intercept, index), _lookup(slope, index), inside)
+        # inside + S >= 0, so the integer conversion is the floor; int32 rows halve the index traffic
+        segment = torch.add(inside.detach(), self.span).div_(self.step).to(torch.int32)
+        segment.clamp_(max=self.num_knots - 2)
+        if self.num_experts is not None:  # row m of the [M, J-1] tables
+            rows = torch.arange(self.num_experts, dtype=torch.int32, device=u.device) * (self.num_knots - 1)
+            segment += self._per_expert(rows, segment)
+        found = F.embedding(segment, pairs)
+        return torch.addcmul(found[..., 0], found[..., 1], inside)
 
     def _antiderivative_table(self, v: Tensor) -> Tensor:
         r""":math:`C_k = \int_{\mu_0}^{\mu_k} \rho'` for every knot, flat like ``v``."""

@@ -307,16 +307,32 @@ class PiecewiseLinear(Potential):
         table = self.values.to(dtype=u.dtype, device=u.device).view(-1, self.num_knots)
         slope = self._slopes(table)
         left_knots = torch.arange(self.num_knots - 1, dtype=u.dtype, device=u.device) * self.step - self.span
-        pairs = torch.stack([table[:, :-1] - slope * left_knots, slope], dim=-1).reshape(-1, 2)
+        pairs = torch.stack([table[:, :-1] - slope * left_knots, slope], dim=-1)  # [M or 1, J-1, 2]
+        if self.num_experts is not None:
+            self._per_expert(pairs[:, 0, 0], u)  # checks u's experts dimension
+        graph = torch.is_grad_enabled() and (u.requires_grad or pairs.requires_grad)
+        if graph or u.dim() < 3 or u[0, 0].numel() < _CACHED_PLANE:
+            rows = None if self.num_experts is None else self._per_expert(
+                torch.arange(self.num_experts, dtype=torch.int32, device=u.device) * (self.num_knots - 1), u)
+            return self._affine_lookup(u, pairs.reshape(-1, 2), rows)
+        # no graph, large planes: plane by plane, so that the passes over a plane stay in the
+        # cache instead of streaming the whole response tensor through memory each time
+        out = torch.empty_like(u)
+        for b in range(u.shape[0]):
+            for m in range(u.shape[1]):
+                self._affine_lookup(u[b, m], pairs[m if self.num_experts is not None else 0], None, out=out[b, m])
+        return out
+
+    def _affine_lookup(self, u: Tensor, pairs: Tensor, rows: Tensor | None, out: Tensor | None = None) -> Tensor:
+        """``a_k + b_k clamp(u)`` with ``(a_k, b_k) = pairs[k + rows]``, ``k`` the segment of ``u``."""
         inside = u.clamp(-self.span, self.span)
         # inside + S >= 0, so the integer conversion is the floor; int32 rows halve the index traffic
         segment = torch.add(inside.detach(), self.span).div_(self.step).to(torch.int32)
         segment.clamp_(max=self.num_knots - 2)
-        if self.num_experts is not None:  # row m of the [M, J-1] tables
-            rows = torch.arange(self.num_experts, dtype=torch.int32, device=u.device) * (self.num_knots - 1)
-            segment += self._per_expert(rows, segment)
+        if rows is not None:
+            segment += rows
         found = F.embedding(segment, pairs)
-        return torch.addcmul(found[..., 0], found[..., 1], inside)
+        return torch.addcmul(found[..., 0], found[..., 1], inside, out=out)
 
     def _antiderivative_table(self, v: Tensor) -> Tensor:
         r""":math:`C_k = \int_{\mu_0}^{\mu_k} \rho'` for every knot, flat like ``v``."""
@@ -354,6 +370,11 @@ class PiecewiseLinear(Potential):
     def extra_repr(self):
         experts = "shared" if self.num_experts is None else self.num_experts
         return f"num_knots={self.num_knots}, span={self.span:g}, experts={experts}"
+
+
+#: Elements of one response plane from which :meth:`PiecewiseLinear.rho_prime` without a graph
+#: goes plane by plane (2.5x on ``[1, 48, 572, 572]`` on one CPU thread; docs/denoising.md).
+_CACHED_PLANE = 1 << 16
 
 
 def _lookup(table: Tensor, index: Tensor) -> Tensor:

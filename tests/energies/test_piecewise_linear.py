@@ -60,6 +60,32 @@ def test_per_expert_tables_act_on_dimension_one(experts, knots, seed):
         torch.testing.assert_close(pot.majorizer_weight(u)[:, m], single.majorizer_weight(u[:, m]))
 
 
+@pytest.mark.parametrize("experts", [None, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_planes_without_a_graph_give_the_interpolant(experts, dtype):
+    """Without a graph and with planes of at least _CACHED_PLANE elements, rho' goes plane by
+    plane: the same values as numpy's interpolation, and as the one-pass evaluation with a graph."""
+    from energycrf.energies import potentials
+
+    pot = _random(7, 2.0, experts, 5).to(dtype)
+    side = int(np.ceil(np.sqrt(potentials._CACHED_PLANE)))
+    g = torch.Generator().manual_seed(1)
+    u = 3 * torch.randn(2, experts or 2, side, side, generator=g, dtype=dtype)
+    u[0, 0, 0, :9] = torch.linspace(-2, 2, 7 + 2, dtype=dtype)[:9]  # knots and between
+    u[1, -1, 0, :3] = torch.tensor([-2.0, 2.0, 9.0], dtype=dtype)  # the ends and beyond
+    with torch.no_grad():
+        planes = pot.rho_prime(u)
+    one_pass = pot.rho_prime(u.clone().requires_grad_()).detach()
+    torch.testing.assert_close(planes, one_pass, rtol=0, atol=0)
+    grid = np.linspace(-2, 2, 7)
+    tables = pot.values.detach().double().numpy().reshape(-1, 7)
+    for b in range(2):
+        for m in range(u.shape[1]):
+            want = np.interp(u[b, m].double().numpy(), grid, tables[m if experts else 0])
+            np.testing.assert_allclose(planes[b, m].double().numpy(), want, rtol=0,
+                                       atol=1e-12 if dtype == torch.float64 else 1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_many_experts_in_half_precision_look_up_their_own_rows(dtype):
     """The staged denoiser's 24 experts x 63 knots (and 48 x 63): the flat row offsets pass 256

@@ -187,3 +187,23 @@ def test_init_refuses_what_is_not_the_same_model(tmp_path, load_script):
     other.save_pretrained(tmp_path / "a" / "final")  # another start in the recorded folder: refused
     with pytest.raises(SystemExit, match=r"other settings \(init differ\)"):
         _run(mod, "staged", tmp_path / "d", "--resume")
+
+
+def test_foe_prior_moves_to_another_sigma_by_the_map_weight(tmp_path, load_script):
+    """--init of an FoE energy trained at another sigma keeps the prior (filters, expert weights)
+    and multiplies the data weight w by (sigma_init / sigma)^2; with no steps the run measures
+    that energy and writes it."""
+    mod = load_script("scripts/train_denoisers_full.py")
+    _run(mod, "foe", tmp_path / "a")
+    _run(mod, "foe", tmp_path / "c", "--sigma", "50", "--init", str(tmp_path / "a" / "final"), "--set", "steps=0")
+    start, moved = (load_file(tmp_path / r / "final" / "model.safetensors") for r in ("a", "c"))
+    key = next(k for k in start if k.endswith("log_weight"))
+    for k in start:
+        if k == key:
+            torch.testing.assert_close(moved[k].exp(), start[k].exp() / 4, rtol=1e-6, atol=0)
+        else:
+            torch.testing.assert_close(moved[k], start[k], rtol=0, atol=0, msg=k)
+    meta = json.loads((tmp_path / "c" / "final" / "denoiser.json").read_text())
+    assert meta["sigma"] == 50.0 and meta["info"]["init"]["unary_weight_times"] == 0.25
+    assert meta["info"]["phases"] == [] and meta["info"]["validation"]["global_step"] == 0
+    assert not (tmp_path / "c" / "train").exists()

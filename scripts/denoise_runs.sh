@@ -8,6 +8,7 @@
 #   scripts/denoise_runs.sh                       # staged-25 and foe-25 (the default)
 #   scripts/denoise_runs.sh staged:15 staged:50   # others, MODEL:SIGMA
 #   scripts/denoise_runs.sh staged:15:from25      # a joint-phase fine-tune (600 steps) of staged-sigma25/final
+#   scripts/denoise_runs.sh foe:50:from25         # foe-sigma25/final's prior with the data weight for sigma 50
 #   DEVICE=cuda scripts/denoise_runs.sh staged:25 # on a GPU machine
 #   scripts/denoise_runs.sh --status              # last progress line and validation of each run
 set -euo pipefail
@@ -31,7 +32,11 @@ for spec in "${@:-staged:25 foe:25}"; do
         if [[ -n ${from:-} ]]; then
             start=$RUNS/$model-sigma${from#from}/final
             [[ -d $start ]] || { echo "$dir: waits for $start"; continue; }
-            extra=(--init "$start" --set greedy_steps=0 --set joint_steps=600)
+            if [[ $model == staged ]]; then
+                extra=(--init "$start" --set greedy_steps=0 --set joint_steps=600)
+            else  # the FoE prior as it is, its data weight rescaled to this sigma (no steps)
+                extra=(--init "$start" --set steps=0)
+            fi
         fi
         mkdir -p "$dir"
         if [[ -d $dir/final ]]; then echo "$dir: finished"; continue; fi

@@ -83,7 +83,14 @@ def tune(sigma: float) -> dict[str, float]:
     return {"tv_weight_factor": tv, "nlm_h_factor": nlm}
 
 
-def methods(sigma: float, tuned: dict[str, float], extra: dict[str, str] | None = None):
+#: The shipped models' rows: name -> load_denoiser(model=...).
+SHIPPED = {"Staged FoE (ours)": "staged", "FoE energy (ours)": "foe", "LatentCRF (ours)": "latentcrf"}
+CLASSICS = ("BM3D", "NL-means", "TV", "wavelet")
+
+
+def methods(sigma: float, tuned: dict[str, float], extra: dict[str, str] | None = None,
+            only: list[str] | None = None):
+    """name -> denoising function for every row (``only``: those rows and BM3D), models loaded here."""
     s = sigma / 255
 
     def bm3d_denoise(x):
@@ -92,20 +99,21 @@ def methods(sigma: float, tuned: dict[str, float], extra: dict[str, str] | None 
         return bm3d.bm3d(x, sigma_psd=s)
 
     out = {}
-    staged = load_denoiser(sigma, model="staged")
-    foe = load_denoiser(sigma, model="foe")
-    crf = load_denoiser(sigma, model="latentcrf")
-    out["Staged FoE (ours)"] = lambda x: denoise(x.astype(np.float32), denoiser=staged)
-    out["FoE energy (ours)"] = lambda x: denoise(x.astype(np.float32), denoiser=foe)
-    out["LatentCRF (ours)"] = lambda x: denoise(x.astype(np.float32), denoiser=crf)
+    wanted = (lambda name: True) if only is None else (lambda name: name in only or name == "BM3D")
+    loaders = {name: (lambda model=model: load_denoiser(sigma, model=model)) for name, model in SHIPPED.items()}
     for name, directory in (extra or {}).items():  # a checkpoint outside the package, e.g. a run's final/
-        den = load_denoiser(checkpoint=directory.format(sigma=int(sigma)))
-        out[name] = lambda x, den=den: denoise(x.astype(np.float32), denoiser=den)
-    out["BM3D"] = bm3d_denoise
-    out["NL-means"] = lambda x: denoise_nl_means(x, h=tuned["nlm_h_factor"] * s, sigma=s, patch_size=5,
-                                                 patch_distance=6, fast_mode=True)
-    out["TV"] = lambda x: denoise_tv_chambolle(x, weight=tuned["tv_weight_factor"] * s)
-    out["wavelet"] = lambda x: denoise_wavelet(x, sigma=s, method="BayesShrink", mode="soft", rescale_sigma=True)
+        loaders[name] = lambda directory=directory: load_denoiser(checkpoint=directory.format(sigma=int(sigma)))
+    for name, load in loaders.items():
+        if wanted(name):
+            out[name] = lambda x, den=load(): denoise(x.astype(np.float32), denoiser=den)
+    classics = {
+        "BM3D": bm3d_denoise,
+        "NL-means": lambda x: denoise_nl_means(x, h=tuned["nlm_h_factor"] * s, sigma=s, patch_size=5,
+                                               patch_distance=6, fast_mode=True),
+        "TV": lambda x: denoise_tv_chambolle(x, weight=tuned["tv_weight_factor"] * s),
+        "wavelet": lambda x: denoise_wavelet(x, sigma=s, method="BayesShrink", mode="soft", rescale_sigma=True),
+    }
+    out.update({name: fn for name, fn in classics.items() if wanted(name)})
     return out
 
 
@@ -168,6 +176,8 @@ def main(argv=None) -> int:
     p.add_argument("--figure", default=None, help="write the picture (noisy, each method, clean) here")
     p.add_argument("--figure-image", default="camera")
     p.add_argument("--figure-sigma", type=float, default=25)
+    p.add_argument("--methods", nargs="+", default=None, metavar="NAME",
+                   help="measure only these rows (BM3D, the reference, always runs); default: all")
     p.add_argument("--extra", nargs="+", default=[], metavar="NAME=DIR",
                    help="also measure the denoiser in DIR ({sigma} is replaced by the noise level), "
                         "e.g. 'Staged 7x7=/work/runs/denoise/staged-sigma{sigma}/final'")
@@ -182,6 +192,10 @@ def main(argv=None) -> int:
         if not sep or not name or not directory:
             p.error(f"--extra: expected NAME=DIR, got {item!r}")
         extra[name] = directory
+    known = list(SHIPPED) + list(extra) + list(CLASSICS)
+    unknown = [m for m in args.methods or [] if m not in known]
+    if unknown:
+        p.error(f"--methods: expected names among {known}, got {unknown}")
     torch.set_num_threads(1)
     print(f"machine: {machine()}")
     print(f"test photographs: {', '.join(args.images)}"
@@ -192,7 +206,7 @@ def main(argv=None) -> int:
     for sigma in args.sigmas:
         tuned = tune(sigma)
         rows = {}
-        for name, fn in methods(sigma, tuned, extra).items():
+        for name, fn in methods(sigma, tuned, extra, args.methods).items():
             per = []
             for img in args.images:
                 clean, noisy = noisy_pair(img, sigma, args.crop)

@@ -43,3 +43,17 @@ def test_whole_outside_photographs_and_the_paired_comparison(load_script):
             "mine": {"per_image": [{"psnr": 30.5}, {"psnr": 27.9}, {"psnr": 33.3}]}}
     assert mod.paired_vs(rows, "mine") == "+0.23 [-0.10, +0.50] (2/3)"
     assert "load average" in mod.machine()
+
+
+def test_methods_subset_loads_and_runs_only_those_rows_and_bm3d(load_script, tmp_path):
+    from energycrf.apps.denoise import PixelDenoiser, StagedFoEDenoiser
+
+    PixelDenoiser(StagedFoEDenoiser(num_stages=1, num_filters=2, kernel_size=3), sigma=25,
+                  kind="staged_foe").save_pretrained(tmp_path / "s25")
+    mod = load_script("benchmarks/denoising.py")
+    tuned = {"tv_weight_factor": 1.0, "nlm_h_factor": 1.0}
+    rows = mod.methods(25, tuned, {"mine": str(tmp_path / "s{sigma}")}, ["mine", "TV"])
+    assert list(rows) == ["mine", "BM3D", "TV"]
+    assert list(mod.methods(25, tuned)) == list(mod.SHIPPED) + list(mod.CLASSICS)
+    with pytest.raises(SystemExit):
+        mod.main(["--methods", "nothing-like-this", "--sigmas", "25"])

@@ -302,37 +302,39 @@ class PiecewiseLinear(Potential):
 
     def rho_prime(self, u):
         # rho' = a_k + b_k u on segment k (b_k the slope, a_k = v_k - b_k mu_k), and constant
-        # beyond the end knots, i.e. rho'(u) = rho'(clamp(u, -S, S)): one lookup of the pair
-        # (a_k, b_k) per element (an embedding row), then a fused multiply-add
+        # beyond the end knots, i.e. rho'(u) = rho'(clamp(u, -S, S)): two table lookups per
+        # element (int32 indices), then a fused multiply-add
         table = self.values.to(dtype=u.dtype, device=u.device).view(-1, self.num_knots)
         slope = self._slopes(table)
         left_knots = torch.arange(self.num_knots - 1, dtype=u.dtype, device=u.device) * self.step - self.span
-        pairs = torch.stack([table[:, :-1] - slope * left_knots, slope], dim=-1)  # [M or 1, J-1, 2]
+        intercept = table[:, :-1] - slope * left_knots  # [M or 1, J-1], like slope
         if self.num_experts is not None:
-            self._per_expert(pairs[:, 0, 0], u)  # checks u's experts dimension
-        graph = torch.is_grad_enabled() and (u.requires_grad or pairs.requires_grad)
+            self._per_expert(slope[:, 0], u)  # checks u's experts dimension
+        graph = torch.is_grad_enabled() and (u.requires_grad or slope.requires_grad)
         if graph or u.dim() < 3 or u[0, 0].numel() < _CACHED_PLANE:
             rows = None if self.num_experts is None else self._per_expert(
                 torch.arange(self.num_experts, dtype=torch.int32, device=u.device) * (self.num_knots - 1), u)
-            return self._affine_lookup(u, pairs.reshape(-1, 2), rows)
+            return self._affine_lookup(u, intercept.reshape(-1), slope.reshape(-1), rows)
         # no graph, large planes: plane by plane, so that the passes over a plane stay in the
         # cache instead of streaming the whole response tensor through memory each time
         out = torch.empty_like(u)
         for b in range(u.shape[0]):
             for m in range(u.shape[1]):
-                self._affine_lookup(u[b, m], pairs[m if self.num_experts is not None else 0], None, out=out[b, m])
+                row = m if self.num_experts is not None else 0
+                self._affine_lookup(u[b, m], intercept[row], slope[row], None, out=out[b, m])
         return out
 
-    def _affine_lookup(self, u: Tensor, pairs: Tensor, rows: Tensor | None, out: Tensor | None = None) -> Tensor:
-        """``a_k + b_k clamp(u)`` with ``(a_k, b_k) = pairs[k + rows]``, ``k`` the segment of ``u``."""
+    def _affine_lookup(self, u: Tensor, intercept: Tensor, slope: Tensor, rows: Tensor | None,
+                       out: Tensor | None = None) -> Tensor:
+        """``a_k + b_k clamp(u)`` with ``a_k = intercept[k + rows]``, ``b_k = slope[k + rows]``,
+        ``k`` the segment of ``u``."""
         inside = u.clamp(-self.span, self.span)
         # inside + S >= 0, so the integer conversion is the floor; int32 rows halve the index traffic
         segment = torch.add(inside.detach(), self.span).div_(self.step).to(torch.int32)
         segment.clamp_(max=self.num_knots - 2)
         if rows is not None:
             segment += rows
-        found = F.embedding(segment, pairs)
-        return torch.addcmul(found[..., 0], found[..., 1], inside, out=out)
+        return torch.addcmul(_lookup(intercept, segment), _lookup(slope, segment), inside, out=out)
 
     def _antiderivative_table(self, v: Tensor) -> Tensor:
         r""":math:`C_k = \int_{\mu_0}^{\mu_k} \rho'` for every knot, flat like ``v``."""

@@ -282,7 +282,7 @@ def start_run(args, arch: dict, recipe: dict, argv: list[str], init: dict | None
     run_dir = Path(args.run_dir)
     meta_path = run_dir / "run.json"
     settings = {"model": args.model, "sigma": args.sigma, "arch": arch, "recipe": recipe, "seed": args.seed,
-                "val_images": list(args.val_images), "train_images": list(TRAIN_IMAGES),
+                "val_images": list(args.val_images), "train_images": list(args.train_images),
                 **({"init": init} if init else {})}
     command = {"command": "python scripts/train_denoisers_full.py " + shlex.join(argv),
                "started": time.strftime("%Y-%m-%d %H:%M:%S"), "device": args.device, "threads": args.threads,
@@ -329,7 +329,7 @@ def run_phase(den, k: int, phase: dict, plan: list[dict], args, recipe: dict, di
     offset = sum(p["steps"] for p in plan[:k])
     torch.manual_seed(args.seed + 1000 * k)
     freeze_for(den, phase)
-    ds = ImagePatches([skimage_gray(n) for n in TRAIN_IMAGES], patch_size=recipe["patch_size"],
+    ds = ImagePatches([skimage_gray(n) for n in args.train_images], patch_size=recipe["patch_size"],
                       length=phase["steps"] * recipe["batch_size"], seed=args.seed + k)
     cfg = TrainConfig(output_dir=str(phase_dir), stage=1, max_steps=phase["steps"], batch_size=recipe["batch_size"],
                       lr=phase["lr"], weight_decay=0.0, warmup_steps=min(recipe["warmup"], phase["steps"]),
@@ -403,6 +403,8 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe or architecture entry (JSON value), e.g. --set joint_steps=4000")
     p.add_argument("--val-images", nargs="+", default=list(TEST_IMAGES))
+    p.add_argument("--train-images", nargs="+", default=list(TRAIN_IMAGES),
+                   help="the training photographs (a subset of TRAIN_IMAGES; default: all of them)")
     p.add_argument("--max-steps-now", type=int, default=None,
                    help="stop after this many steps in this invocation (a checkpoint is written); resume later")
     p.add_argument("--log-every", type=int, default=10)
@@ -423,6 +425,10 @@ def main(argv=None) -> int:
         except json.JSONDecodeError:
             parsed = value
         (arch if key in arch else recipe)[key] = parsed
+    unknown = [n for n in args.train_images if n not in TRAIN_IMAGES]
+    if unknown or not args.train_images:
+        p.error(f"--train-images: expected names among {list(TRAIN_IMAGES)} (never the held-out photographs), "
+                f"got {unknown or 'none'}")
     if recipe["validate_every"] % recipe["checkpoint_every"]:
         p.error(f"validate_every ({recipe['validate_every']}) must be a multiple of checkpoint_every "
                 f"({recipe['checkpoint_every']})")
@@ -458,7 +464,7 @@ def main(argv=None) -> int:
             return 0
     den = den.cpu().float().eval()  # the last phase ran (or was restored) above: den holds its final weights
     val = read_jsonl(run_dir / "validation.jsonl")
-    den.info = {"train_images": list(TRAIN_IMAGES), "test_images": list(args.val_images), "arch": arch,
+    den.info = {"train_images": list(args.train_images), "test_images": list(args.val_images), "arch": arch,
                 "recipe": recipe, "phases": [{k: ph[k] for k in ("name", "steps", "lr")} for ph in plan],
                 "seed": args.seed, **({"init": init} if init else {}), "validation": val[-1] if val else None,
                 "train_cpu_s_last_invocation": round(time.process_time() - t0, 1),

@@ -207,3 +207,14 @@ def test_foe_prior_moves_to_another_sigma_by_the_map_weight(tmp_path, load_scrip
     assert meta["sigma"] == 50.0 and meta["info"]["init"]["unary_weight_times"] == 0.25
     assert meta["info"]["phases"] == [] and meta["info"]["validation"]["global_step"] == 0
     assert not (tmp_path / "c" / "train").exists()
+
+
+def test_train_images_subset_is_recorded_and_held_out_photographs_are_refused(tmp_path, load_script):
+    mod = load_script("scripts/train_denoisers_full.py")
+    _run(mod, "staged", tmp_path / "r", "--train-images", "astronaut", "coffee", "--max-steps-now", "0")
+    meta = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert meta["settings"]["train_images"] == ["astronaut", "coffee"]
+    with pytest.raises(SystemExit, match=r"other settings \(train_images differ\)"):
+        _run(mod, "staged", tmp_path / "r", "--resume")
+    with pytest.raises(SystemExit):
+        _run(mod, "staged", tmp_path / "s", "--train-images", "camera")  # a held-out photograph

@@ -11,6 +11,7 @@
 #   scripts/denoise_runs.sh foe:50:from25         # foe-sigma25/final's prior with the data weight for sigma 50
 #   DEVICE=cuda scripts/denoise_runs.sh staged:25 # on a GPU machine
 #   scripts/denoise_runs.sh --status              # last progress line and validation of each run
+#   EXPORT=energycrf/pretrained scripts/denoise_runs.sh staged:25 staged:15:from25   # ship finished runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-/work/runs/denoise}
@@ -39,7 +40,17 @@ for spec in "${@:-staged:25 foe:25}"; do
             fi
         fi
         mkdir -p "$dir"
-        if [[ -d $dir/final ]]; then echo "$dir: finished"; continue; fi
+        if [[ -d $dir/final ]]; then
+            if [[ -n ${EXPORT:-} ]]; then  # write the finished run's denoiser where the package ships it
+                env OMP_NUM_THREADS=1 PYTHONPATH="$PWD" python scripts/train_denoisers_full.py --model "$model" \
+                    --sigma "$sigma" --run-dir "$dir" --resume --no-progress "${extra[@]}" \
+                    --export "$EXPORT/denoise-sigma$sigma/$model" > /dev/null
+                echo "$dir: finished, exported to $EXPORT/denoise-sigma$sigma/$model"
+            else
+                echo "$dir: finished"
+            fi
+            continue
+        fi
         if [[ -f $dir/pid ]] && kill -0 "$(cat "$dir/pid")" 2>/dev/null \
                 && grep -q -- "$dir" "/proc/$(cat "$dir/pid")/cmdline" 2>/dev/null; then
             echo "$dir: running (pid $(cat "$dir/pid"))"; continue

@@ -1,5 +1,9 @@
 #!/usr/bin/env python
-"""Reproduce the shipped grayscale denoisers (energycrf/pretrained/denoise-sigma{S}/{staged,foe,latentcrf}/).
+"""Short recipes for the grayscale denoisers: the shipped LatentCRF ones (energycrf/pretrained/denoise-sigma{S}/latentcrf/).
+
+The shipped ``staged`` and ``foe`` checkpoints are the full-size models of the long runs of
+``scripts/train_denoisers_full.py`` (docs/denoising.md); this script's ``staged`` and ``foe``
+recipes are the earlier small models (24 filters of 5x5), trained only into another ``--out``.
 
 For each sigma (0-255 scale) and model, the stage-1 trainer learns from random patches of
 the scikit-image training photographs (energycrf.apps.denoise.TRAIN_IMAGES) corrupted by
@@ -18,7 +22,8 @@ AdamW and warm-up + cosine decay. Models:
 Each is then measured (PSNR) on the held-out photographs (energycrf.apps.denoise.TEST_IMAGES)
 and saved with save_pretrained.
 
-    python scripts/train_denoisers.py                      # everything (2-20 min per run, 1 CPU thread)
+    python scripts/train_denoisers.py                      # the LatentCRF checkpoints (a few min per sigma)
+    python scripts/train_denoisers.py --models staged foe --out /tmp/small   # the small models (2-20 min per run)
     python scripts/train_denoisers.py --models foe --sigmas 25 --steps 100 --out /tmp/try
 
 Everything is seeded; on the same machine and thread count the run is repeatable.
@@ -118,7 +123,7 @@ def train_one(model: str, sigma: float, args) -> PixelDenoiser:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    p.add_argument("--models", nargs="+", choices=sorted(RECIPES), default=["staged", "foe", "latentcrf"])
+    p.add_argument("--models", nargs="+", choices=sorted(RECIPES), default=["latentcrf"])
     p.add_argument("--sigmas", type=float, nargs="+", default=[15, 25, 50])
     p.add_argument("--steps", type=int, default=None, help="override the recipe's number of steps")
     p.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
@@ -146,6 +151,10 @@ def main(argv=None) -> int:
     if staged_only and "staged" not in args.models:
         p.error(f"{', '.join(staged_only)}: only the staged model has them, and --models {' '.join(args.models)} "
                 "does not train it")
+    small = [m for m in args.models if m != "latentcrf"]
+    if small and Path(args.out).resolve() == PRETRAINED_ROOT.resolve():
+        p.error(f"--models {' '.join(small)}: the shipped staged and foe checkpoints are the full-size models of "
+                "scripts/train_denoisers_full.py; this short recipe would replace them: pass --out DIR")
     args.argv = list(argv) if argv is not None else __import__("sys").argv[1:]
     torch.set_num_threads(args.threads)
     for model in args.models:

@@ -197,3 +197,13 @@ def test_train_denoisers_refuses_staged_options_without_the_staged_model(capsys,
         mod.main(["--models", "foe", "latentcrf", "--stages", "3", "--kernel-size", "5"])
     assert stop.value.code == 2
     assert "--stages, --kernel-size: only the staged model has them" in capsys.readouterr().err
+
+
+def test_train_denoisers_keeps_the_shipped_full_size_models(capsys, load_script):
+    """The short recipes of staged and foe would write over the shipped full-size models: refused
+    unless --out names another folder (before any training)."""
+    mod = load_script("scripts/train_denoisers.py")
+    with pytest.raises(SystemExit) as stop:
+        mod.main(["--models", "staged", "--sigmas", "25"])
+    assert stop.value.code == 2
+    assert "this short recipe would replace them: pass --out DIR" in capsys.readouterr().err

@@ -5,11 +5,12 @@ One run, same noisy inputs for every method (energycrf.apps.denoise.heldout_pair
 {15, 25, 50} on the 0-255 scale. Methods:
 
 - ``Staged FoE``: the shipped energycrf/pretrained/denoise-sigma{S}/staged/, one gradient
-  step on each of 5 Field-of-Experts energies with learned filters and piecewise-linear
-  influence functions (1 torch thread);
+  step on each of 5 Field-of-Experts energies with 48 learned 7x7 filters and
+  piecewise-linear influence functions (1 torch thread);
 - ``FoE energy``: the shipped energycrf/pretrained/denoise-sigma{S}/foe/, a Unary +
-  Field-of-Experts (Student-t) energy learned through the unrolled solver and minimised
-  by 6 mean-field steps (1 torch thread);
+  Field-of-Experts (Student-t) energy minimised by its solver (at sigma 25 the 7x7 energy
+  learned through its L-BFGS minimiser; at 15 and 50 the earlier 5x5 one, 6 mean-field
+  steps; 1 torch thread);
 - ``LatentCRF``: the shipped energycrf/pretrained/denoise-sigma{S}/latentcrf/ (1 torch thread);
 - ``BM3D`` (the ``bm3d`` package, ``sigma_psd`` = the true sigma);
 - ``NL-means``, ``TV`` (Chambolle) and ``wavelet`` (BayesShrink) from scikit-image, with

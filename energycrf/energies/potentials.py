@@ -311,7 +311,7 @@ class PiecewiseLinear(Potential):
         if self.num_experts is not None:
             self._per_expert(slope[:, 0], u)  # checks u's experts dimension
         graph = torch.is_grad_enabled() and (u.requires_grad or slope.requires_grad)
-        if graph or u.dim() < 3 or u[0, 0].numel() < _CACHED_PLANE:
+        if graph or u.dim() < 3 or math.prod(u.shape[2:]) < _CACHED_PLANE:
             rows = None if self.num_experts is None else self._per_expert(
                 torch.arange(self.num_experts, dtype=torch.int32, device=u.device) * (self.num_knots - 1), u)
             return self._affine_lookup(u, intercept.reshape(-1), slope.reshape(-1), rows)

@@ -3,6 +3,14 @@
 Under ``torchrun`` the environment holds ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and
 the rendezvous address; :func:`init_distributed` starts the process group from it
 (NCCL on GPUs, gloo on CPU) and is a no-op in a plain single process.
+
+The tensors that :func:`all_reduce_mean` and :func:`max_over_ranks` hand to a collective are
+buffers kept for the life of the process. A gloo worker thread drops its last reference to a
+collective's tensors a moment after the caller has the result (and a later ``barrier`` keeps
+them until it is itself dropped). If the tensor's Python object has died by then, dropping it
+needs the GIL; while the interpreter exits, a thread that asks for the GIL is ended and the
+process aborts ("terminate called without an active exception", SIGABRT, seen on a finished
+2-process run). With the Python object alive, the thread only lowers a reference count.
 """
 
 from __future__ import annotations
@@ -118,13 +126,25 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
+# (numel, dtype, device) -> the buffer its collectives use; never freed (see the module docstring)
+_BUFFERS: dict[tuple[int, torch.dtype, str], torch.Tensor] = {}
+
+
+def _buffer(numel: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    key = (numel, dtype, str(torch.device(device)))
+    if key not in _BUFFERS:
+        _BUFFERS[key] = torch.empty(numel, dtype=dtype, device=device)
+    return _BUFFERS[key]
+
+
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     """Mean of ``value`` over processes (identity without a process group)."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return value
-    out = value.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out / dist.get_world_size()
+    buf = _buffer(value.numel(), value.dtype, value.device)
+    buf.copy_(value.detach().reshape(-1))
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return (buf / dist.get_world_size()).reshape(value.shape)
 
 
 def max_over_ranks(values: list[int], device: torch.device) -> list[int]:
@@ -132,9 +152,10 @@ def max_over_ranks(values: list[int], device: torch.device) -> list[int]:
     itself without a process group): what the ranks agree on before a step."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return list(values)
-    t = torch.tensor(values, dtype=torch.int64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.tolist()
+    buf = _buffer(len(values), torch.int64, device)
+    buf.copy_(torch.tensor(values, dtype=torch.int64))
+    dist.all_reduce(buf, op=dist.ReduceOp.MAX)
+    return buf.tolist()
 
 
 def barrier() -> None:

@@ -94,3 +94,33 @@ def test_a_malformed_torchrun_variable_is_named(monkeypatch, name, value):
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError, match=f"environment variable {name}: expected an integer"):
         init_distributed(device="cpu")
+
+
+def test_collective_tensors_outlive_the_calls_that_hand_them_to_gloo(monkeypatch):
+    """A gloo thread may drop a collective's tensor after the caller moved on (during interpreter
+    exit that aborted a finished run): the tensors ``all_reduce_mean`` and ``max_over_ranks`` hand
+    over stay alive in Python, and the results are still the mean and the maximum."""
+    import gc
+    import weakref
+
+    from energycrf.training import distributed
+
+    handed = []
+
+    def fake_all_reduce(t, op):  # the other rank contributes 3 x t (SUM) or 5 everywhere (MAX)
+        handed.append(weakref.ref(t))
+        if op == dist.ReduceOp.SUM:
+            t.mul_(4)
+        else:
+            t.clamp_(min=5)
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "all_reduce", fake_all_reduce)
+    value = torch.tensor([[1.0, -2.0], [0.5, 4.0]])
+    for _ in range(2):  # the buffers are reused: a second call is not polluted by the first
+        torch.testing.assert_close(distributed.all_reduce_mean(value), 2 * value)
+        assert distributed.max_over_ranks([1, 7, 0], torch.device("cpu")) == [5, 7, 5]
+    assert distributed.all_reduce_mean(torch.tensor(3.0)).shape == ()
+    gc.collect()
+    assert len(handed) == 5 and all(ref() is not None for ref in handed)

@@ -52,7 +52,8 @@ def test_sigterm_reaching_the_ranks_at_different_steps_stops_both_after_the_same
 
 def test_workers_exit_when_torchrun_is_killed(tmp_path):
     """``kill -9`` of torchrun: its workers notice, stop after the same step, write the final
-    checkpoint and exit (they would otherwise train on, orphaned, until ``max_steps``)."""
+    checkpoint and exit (they would otherwise train on, orphaned, until ``max_steps``), without
+    aborting on the way out."""
     root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
@@ -78,6 +79,9 @@ def test_workers_exit_when_torchrun_is_killed(tmp_path):
         steps = [json.loads((tmp_path / f"done-{r}.json").read_text())["step"] for r in (0, 1)]
         assert steps[0] == steps[1] >= 3
         assert (tmp_path / "run" / "latest").read_text().strip() == f"step-{steps[0]:07d}"
+        log.flush()
+        printed = (tmp_path / "torchrun.log").read_text(errors="replace")
+        assert "terminate called" not in printed, f"a worker aborted while exiting:\n{printed}"
     finally:
         kill_all(pids)
         if proc.poll() is None:

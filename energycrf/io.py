@@ -44,6 +44,7 @@ __all__ = [
     "read_json",
     "check_finite",
     "read_safetensors",
+    "save_safetensors",
     "stage_directory",
     "replace_directory",
     "settle_directory",
@@ -149,6 +150,30 @@ def check_finite(tensors: Mapping[str, torch.Tensor], where: str) -> None:
     for name, t in tensors.items():
         if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
             raise IntegrityError(f"{where}: tensor {name!r} holds non-finite values (NaN or inf)")
+
+
+def _umask() -> int:
+    try:  # Linux shows it without changing it
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: Mapping[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file``, the file's permissions then set by the umask as for any
+    other file (safetensors creates it readable by its owner only, so a shared model or
+    checkpoint would be unreadable to the rest of a group)."""
+    from safetensors.torch import save_file
+
+    save_file(dict(tensors), os.fspath(path), metadata=None if metadata is None else dict(metadata))
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def read_safetensors(path: str | os.PathLike, *, sha256: str | None = None, device: str = "cpu",
@@ -342,8 +367,6 @@ def write_pretrained(directory: str | os.PathLike, config: Mapping[str, Any],
     directory never holds weights its config does not vouch for. Non-finite tensors are
     refused by name and nothing is written.
     """
-    from safetensors.torch import save_file
-
     extra = dict(extra_files or {})
     if Path(weights_name).name != weights_name or weights_name.startswith(".") or weights_name == CONFIG_NAME:
         raise ValueError(f"weights_name: expected a plain file name other than {CONFIG_NAME!r}, got {weights_name!r}")
@@ -365,7 +388,7 @@ def write_pretrained(directory: str | os.PathLike, config: Mapping[str, Any],
     try:
         if target.is_dir():
             _carry_over(target, staged, skip=(CONFIG_NAME, weights_name, *extra, *drop))
-        save_file(state, str(staged / weights_name), metadata={"format": "pt"})
+        save_safetensors(state, staged / weights_name, metadata={"format": "pt"})
         weights_sha = finish_file(staged / weights_name)
         for name, text in extra.items():
             _write_text(staged / name, text)

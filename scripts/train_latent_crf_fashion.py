@@ -67,9 +67,9 @@ def main(argv=None) -> int:
             images, labels = data.load_fashion_mnist("train")
             z = train.encode_latents(vae, data.to_model_range(images))
             y = torch.as_tensor(labels)
-            from safetensors.torch import save_file
+            from energycrf.io import save_safetensors
 
-            save_file({"z": z.contiguous(), "y": y}, str(lat_path))
+            save_safetensors({"z": z.contiguous(), "y": y}, lat_path)
         bank = train.caption_bank()
         sched_cfg = train.build_scheduler().config
         t_s = plan.schedule_for(sched_cfg).splice_timestep

@@ -226,8 +226,8 @@ def write_outputs(job: dict, results: dict, latents: bool) -> None:
             with atomic_path(out / item["files"]["compare"]) as tmp:
                 _to_pil(pair).save(tmp, format="PNG")
     if latents:
-        from safetensors.torch import save_file
+        from ..io import save_safetensors
 
         meta = {"order": json.dumps([[i["prompt"], i["seed"]] for i in job["items"]])}
         with atomic_path(out / LATENTS) as tmp:
-            save_file({v: r.latents.contiguous() for v, r in results.items()}, str(tmp), metadata=meta)
+            save_safetensors({v: r.latents.contiguous() for v, r in results.items()}, tmp, metadata=meta)

@@ -182,7 +182,7 @@ def stage1_data(args, run: dict, dist, progress: bool):
     """Stage 1's latents and caption encodings: built by rank 0 into ``--out/work`` (reused by a
     resumed run with the same settings), then read by every rank."""
     from safetensors import safe_open
-    from safetensors.torch import save_file
+    from ..io import save_safetensors
 
     from ..training.distributed import barrier
 
@@ -212,7 +212,7 @@ def stage1_data(args, run: dict, dist, progress: bool):
             del pipe
         data = D.assemble(zs, embeds, s1["texts"], encoded)
         with atomic_path(cache) as tmp:
-            save_file(data.tensors(), str(tmp), metadata={"key": key})
+            save_safetensors(data.tensors(), tmp, metadata={"key": key})
     barrier()
     from safetensors.torch import load_file
 

@@ -114,7 +114,9 @@ def _digest(obj) -> str:
 
 def _cached(cache_dir, name: str, key: dict, make):
     """``make()`` -> dict of tensors, stored in ``cache_dir/name-<digest of key>.safetensors``."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
+
+    from ..io import save_safetensors
 
     if cache_dir is None:
         return make()
@@ -124,7 +126,7 @@ def _cached(cache_dir, name: str, key: dict, make):
     tensors = {k: v.contiguous() for k, v in make().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"key": json.dumps(key, sort_keys=True, default=str)})
+    save_safetensors(tensors, tmp, metadata={"key": json.dumps(key, sort_keys=True, default=str)})
     os.replace(tmp, path)
     return tensors
 

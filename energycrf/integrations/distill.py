@@ -52,9 +52,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
+from ..io import save_safetensors
 from .plan import CLEAN, SplicePlan
 
 __all__ = [
@@ -104,7 +104,7 @@ def write_shard(path: str | os.PathLike, tensors: dict[str, Tensor], metadata: d
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     meta = {"energycrf": json.dumps({"format": FORMAT, **metadata, "count": int(n)}, default=str)}
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    save_safetensors({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=meta)
     os.replace(tmp, path)
     return path
 

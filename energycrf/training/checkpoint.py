@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
 from ..io import (
     IntegrityError,
@@ -54,6 +53,7 @@ from ..io import (
     recovered_directory,
     remove_directory,
     replace_directory,
+    save_safetensors,
     settle_directory,
     stage_directory,
 )
@@ -226,9 +226,9 @@ def save_checkpoint(
     try:
         sha = {}
         for name, sd in weights.items():
-            save_file(sd, str(tmp / f"{name}.safetensors"))
+            save_safetensors(sd, tmp / f"{name}.safetensors")
             sha[f"{name}.safetensors"] = finish_file(tmp / f"{name}.safetensors")
-        save_file(tensors, str(tmp / "state.safetensors"))
+        save_safetensors(tensors, tmp / "state.safetensors")
         sha["state.safetensors"] = finish_file(tmp / "state.safetensors")
         doc = {"format": FORMAT, "modules": sorted(modules), "state": meta}
         doc["integrity"] = {"sha256": sha, "json": json_digest(doc)}

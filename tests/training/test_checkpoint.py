@@ -97,7 +97,7 @@ def test_failed_write_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ck, "save_file", boom)
+    monkeypatch.setattr(ck, "save_safetensors", boom)
     with torch.no_grad():
         model.weight.add_(1)
     with pytest.raises(OSError):

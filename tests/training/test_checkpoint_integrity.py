@@ -7,6 +7,7 @@ import re
 import warnings
 
 import pytest
+import safetensors.torch
 import torch
 from safetensors.torch import save_file
 
@@ -140,7 +141,7 @@ def _content(directory):
 
 def test_a_save_killed_at_any_point_leaves_the_old_or_the_new_checkpoint(tmp_path, monkeypatch):
     """Re-save a checkpoint over an existing one; kill the process at every file operation."""
-    switch = KillSwitch(monkeypatch, extra=((ck, "save_file"),))
+    switch = KillSwitch(monkeypatch, extra=((safetensors.torch, "save_file"),))
     old_mods, new_mods = _modules(0), _modules(1)
     old_w, new_w = old_mods["model"].weight.detach().clone(), new_mods["model"].weight.detach().clone()
     ck.save_checkpoint(tmp_path / "probe" / "c", old_mods, _state(1))

@@ -222,3 +222,20 @@ def test_a_save_killed_at_any_point_leaves_the_old_or_the_new_pair(tmp_path, mon
         assert sorted(p.name for p in parent.iterdir()) == ["d"]
         assert sorted(p.name for p in (parent / "d").iterdir()) == ["config.json", "model.safetensors", "notes.txt"]
     assert {("old", False), ("new", False)} <= seen and any(w for _, w in seen)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027, 0o077], ids=oct)
+def test_saved_files_take_their_permissions_from_the_umask(tmp_path, umask):
+    """A model or checkpoint shared with a group is readable as the umask allows: the weights
+    (which safetensors alone creates owner-only) get the same mode as the JSON beside them."""
+    from energycrf.training import checkpoint as ck
+
+    old = os.umask(umask)
+    try:
+        Tiny().save_pretrained(tmp_path / "model")
+        ck.save_checkpoint(tmp_path / "ckpt", {"model": nn.Linear(2, 2)}, {"step": 1})
+    finally:
+        os.umask(old)
+    modes = {f"{d}/{p.name}": p.stat().st_mode & 0o777 for d in ("model", "ckpt") for p in (tmp_path / d).iterdir()}
+    assert any(name.endswith(".safetensors") for name in modes) and any(name.endswith(".json") for name in modes)
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)

@@ -9,6 +9,7 @@ import json
 import re
 
 import pytest
+import safetensors.torch
 import torch
 
 from energycrf.training import ImagePatches, TrainConfig, Trainer, read_log
@@ -186,7 +187,7 @@ def test_a_run_killed_at_any_point_of_a_checkpoint_save_loses_nothing(tmp_path, 
     the uninterrupted one, weights bit for bit and the same logged losses."""
     kw = dict(max_steps=6, checkpoint_every=2, keep_checkpoints=1)
     whole = _run(tmp_path / "whole", [6], **kw)
-    switch = KillSwitch(monkeypatch, extra=((ck, "save_file"),))
+    switch = KillSwitch(monkeypatch, extra=((safetensors.torch, "save_file"),))
     save = trainer_module.Trainer.save_checkpoint
 
     def save_and_maybe_die(self):

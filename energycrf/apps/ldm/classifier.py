@@ -106,12 +106,12 @@ def accuracy(model: FashionClassifier, x: torch.Tensor, y: torch.Tensor, batch_s
 
 def save_classifier(model: FashionClassifier, path: str | os.PathLike, info: dict | None = None) -> Path:
     """Write ``model.safetensors`` + ``config.json`` in directory ``path`` (atomic file writes)."""
-    from safetensors.torch import save_file
+    from ...io import save_safetensors
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tmp = path / "model.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    save_safetensors({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
     os.replace(tmp, path / "model.safetensors")
     (path / "config.json").write_text(json.dumps({**model.config, **(info or {})}, indent=2) + "\n", encoding="utf-8")
     return path

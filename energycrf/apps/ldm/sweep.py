@@ -133,7 +133,7 @@ def _generate(pipe, spec: Spec, calls: int, prompts, seeds, guidance, batch_size
 def _row_latents(pipe, cache: Path, spec: Spec, calls: int, prompts, seeds, settings, progress, log):
     """Cached latents of one row (``log`` counts generated rows); checks the hook's count against the plan."""
     from safetensors import safe_open
-    from safetensors.torch import save_file
+    from ...io import save_safetensors
 
     key = {"method": spec.key, "calls": calls, "prompts": prompts, "seeds": seeds, **settings}
     if spec.crf is not None:
@@ -149,7 +149,7 @@ def _row_latents(pipe, cache: Path, spec: Spec, calls: int, prompts, seeds, sett
         raise RuntimeError(f"{spec.label}: the UNet hook counted {counted} calls per pipeline call, the plan says {calls}")
     cache.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file({"z": z.contiguous()}, str(tmp), metadata={"info": json.dumps({"key": key, "counted": counted})})
+    save_safetensors({"z": z.contiguous()}, tmp, metadata={"info": json.dumps({"key": key, "counted": counted})})
     tmp.replace(path)
     log.append(path.name)
     return z, counted

@@ -226,12 +226,12 @@ def load_pipeline(path: str | os.PathLike, dtype: torch.dtype = torch.float32):
 
 
 def _save_state(module: torch.nn.Module | dict, path: Path, meta: dict | None = None) -> None:
-    from safetensors.torch import save_file
+    from ...io import save_safetensors
 
     state = module if isinstance(module, dict) else module.state_dict()
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(state, str(tmp), metadata={k: str(v) for k, v in (meta or {}).items()})
+    save_safetensors(state, tmp, metadata={k: str(v) for k, v in (meta or {}).items()})
     os.replace(tmp, path)
 
 

@@ -393,23 +393,25 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, choices=sorted(RECIPES))
+    p.add_argument("--model", required=True, choices=sorted(RECIPES),
+                   help="staged: the 5-stage model (TNRD); foe: one FoE energy learned through its minimiser")
     p.add_argument("--sigma", type=float, required=True, help="noise level, 0-255 scale (15, 25, 50 are shipped)")
     p.add_argument("--run-dir", required=True, help="the run's folder (checkpoints, logs, plot, final model)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the same run can move between them)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the training patches and of any random start")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe or architecture entry (JSON value), e.g. --set joint_steps=4000")
-    p.add_argument("--val-images", nargs="+", default=list(TEST_IMAGES))
+    p.add_argument("--val-images", nargs="+", default=list(TEST_IMAGES),
+                   help="photographs the learning curve is measured on (the held-out ones by default)")
     p.add_argument("--train-images", nargs="+", default=list(TRAIN_IMAGES),
                    help="the training photographs (a subset of TRAIN_IMAGES; default: all of them)")
     p.add_argument("--max-steps-now", type=int, default=None,
                    help="stop after this many steps in this invocation (a checkpoint is written); resume later")
-    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--log-every", type=int, default=10, help="write the loss to the phase's log.jsonl every N steps")
     p.add_argument("--export", default=None, help="also write the final denoiser to this folder")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     p.add_argument("--init", default=None, metavar="DIR",
                    help="start from this trained denoiser (same kind and architecture, e.g. another sigma's final/)")
     args = p.parse_args(argv)

@@ -100,7 +100,8 @@ def path(text: str) -> Path:
 
 
 # --------------------------------------------------------------------------- paths
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file (by inode when both exist, else by resolved path)."""
     try:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist (yet)
@@ -148,7 +149,7 @@ def check_output_file(path: str | os.PathLike, option: str, suffixes: Iterable[s
         raise UsageError(option, "a file in an existing folder", f"{text!r} (no folder {str(p.parent)!r})")
     _writable_folder(p.parent, option, text)
     for source in inputs:
-        if _same_file(p, Path(source)):
+        if same_file(p, Path(source)):
             raise UsageError(option, "a file other than the input", f"{text!r}, the input itself")
     if p.exists() and not overwrite:
         raise UsageError(option, "a file that does not exist yet", f"{text!r}, which exists",
@@ -170,7 +171,7 @@ def check_output_dir(path: str | os.PathLike, option: str, names: Iterable[str],
     targets = [p / name for name in names]
     for target in targets:
         for source in inputs:
-            if _same_file(target, Path(source)):
+            if same_file(target, Path(source)):
                 raise UsageError(option, "a folder where no input would be overwritten",
                                  f"{text!r}, where {target.name} is the input {str(source)!r}")
     existing = [t.name for t in targets if t.exists()]

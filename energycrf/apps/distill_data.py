@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 
 from ._command import (UsageError, announce, check_device, check_input_file, check_out_of_inputs, integer, number,
-                       require)
+                       require, same_file)
 
 DIFFUSERS_EXTRA = 'the diffusers extra: pip install "energycrf[diffusers]"'
 
@@ -86,6 +86,10 @@ def validate(args: argparse.Namespace):
     check_out_of_inputs(out, "--out", {"--pipeline": args.pipeline})
     if args.resume and args.overwrite:
         raise UsageError("--resume", "either --resume (keep the earlier shards) or --overwrite (replace them)", "both")
+    for shard in shard_files(out, temporary=True):  # --overwrite removes them, a resume rewrites unreadable ones
+        if same_file(shard, source):
+            raise UsageError("--out", "a folder where no input would be overwritten",
+                             f"{args.out!r}, where the shard name {shard.name} is the input --prompts {args.prompts!r}")
     shards = shard_files(out)
     if shards and not (args.resume or args.overwrite):
         raise UsageError("--out", "a folder without shards", f"{args.out!r}, which holds {len(shards)} shards",

@@ -36,6 +36,8 @@ def files(tmp_path, monkeypatch):
     (tmp_path / "pipe").mkdir()
     (tmp_path / "pipe" / "model_index.json").write_text("{}")
     (tmp_path / "pipe" / "rank000-of-001-00000.safetensors").write_bytes(b"")
+    (tmp_path / "shards").mkdir()  # prompts under a shard's name, in the folder the shards go to
+    (tmp_path / "shards" / "rank000-of-001-00000.safetensors").write_text("a bag\n")
     (tmp_path / "crf").mkdir()  # a LatentCRF's description (its weights are read after the checks)
     (tmp_path / "crf" / "config.json").write_text("{}")
     (tmp_path / "refs").mkdir()
@@ -208,6 +210,10 @@ WRONG = {
         (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "pipe/shards"], "--out"),  # inside an input
         (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "pipe", "--overwrite"], "--out"),
         (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--resume", "--overwrite"], "--resume"),
+        (["--pipeline", "pipe", "--prompts", "shards/rank000-of-001-00000.safetensors", "--out", "shards",
+          "--overwrite"], "--out"),  # --overwrite would remove the prompts
+        (["--pipeline", "pipe", "--prompts", "shards/rank000-of-001-00000.safetensors", "--out", "shards",
+          "--resume"], "--out"),  # a resume would regenerate the unreadable "shard"
         (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--pre-run", "41"], "--pre-steps"),
         (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--batch-size", "0"], "--batch-size"),
         (["--pipeline", "pipe", "--prompts", "prompts.txt", "--out", "o", "--device", "foo"], "--device"),

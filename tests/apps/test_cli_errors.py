@@ -72,6 +72,11 @@ WRONG = {
         (["--out", "c", "--spacing", "foo"], "--spacing"),
         (["--out", "c", "--steps", "-1"], "--steps"),
         (["--out", "c", "--lr", "0"], "--lr"),
+        (["--out", "c", "--lr", "inf"], "--lr"),
+        (["--out", "c", "--guidance", "inf"], "--guidance"),
+        (["--out", "c", "--pixel-weight", "nan"], "--pixel-weight"),
+        (["--out", "c", "--calls", "50"], "--calls"),                         # as many as the default teacher
+        (["--out", "c", "--calls", "8", "--teacher-steps", "6"], "--calls"),
         (["--out", "c", "--val-fraction", "1"], "--val-fraction"),
         (["--out", ""], "--out"),
     ],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import time
 from pathlib import Path
@@ -95,9 +96,13 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise UsageError("--filter-size", "an odd integer", str(args.filter_size))
     if not 0.0 <= args.val_fraction < 1.0:
         raise UsageError("--val-fraction", "a number in [0, 1)", str(args.val_fraction))
-    for name, ok, expected in (("lr", args.lr > 0, "a number > 0"), ("guidance", args.guidance >= 0, "a number >= 0"),
-                               ("pixel_weight", args.pixel_weight >= 0, "a number >= 0")):
-        if not ok:
+    if args.calls >= args.teacher_steps:  # the student is the cheaper sampler the CRF corrects
+        raise UsageError("--calls", f"fewer UNet calls than the teacher's --teacher-steps ({args.teacher_steps})",
+                         str(args.calls))
+    for name, ok, expected in (("lr", args.lr > 0, "a finite number > 0"),
+                               ("guidance", args.guidance >= 0, "a finite number >= 0"),
+                               ("pixel_weight", args.pixel_weight >= 0, "a finite number >= 0")):
+        if not (ok and math.isfinite(getattr(args, name))):
             raise UsageError(f"--{name.replace('_', '-')}", expected, str(getattr(args, name)))
     check_output_dir(args.out, "--out", OUTPUTS, overwrite=args.overwrite)
     work = Path(args.work)

@@ -36,8 +36,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..io import read_safetensors
-from .checkpoint import (STATE_JSON, atomic_write_text, capture_rng_state, load_checkpoint, prune_checkpoints,
-                         save_checkpoint)
+from .checkpoint import (STATE_JSON, atomic_write_text, capture_rng_state, latest_checkpoint, load_checkpoint,
+                         prune_checkpoints, save_checkpoint)
 from .config import TrainConfig
 from .data import NoiseSpec, ResumableDistributedSampler, collate
 from .distributed import DistInfo, all_reduce_mean, barrier, init_distributed, max_over_ranks
@@ -350,8 +350,12 @@ class Trainer:
         restore(self, path, modules, st)
 
     def init_from(self, path: str | Path, strict: bool = True) -> None:
-        """Load only the model weights of a checkpoint (stage 2 starts from stage 1)."""
+        """Load only the model weights of a checkpoint (stage 2 starts from stage 1): a
+        checkpoint folder, a run's ``output_dir`` (its newest checkpoint, as ``latest`` names
+        it), a ``.safetensors`` file or a folder holding one."""
         path = Path(path)
+        if path.is_dir() and not (path / STATE_JSON).is_file():
+            path = latest_checkpoint(path) or path  # a run folder: its newest checkpoint
         if (path / STATE_JSON).is_file():
             modules, _ = load_checkpoint(path)
             sd = modules["model"]

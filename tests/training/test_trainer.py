@@ -185,3 +185,28 @@ def test_stage1_on_latent_shards_feeds_the_papers_noised_latents(tmp_path):
         n, a = spec.draw((4, 6, 6), idx, seed=3, epoch=0)
         assert bool(((a >= 0.2) & (a <= 0.8)).all())
         torch.testing.assert_close(x, add_noise(z[idx], a, noise=n))
+
+
+def test_init_from_takes_the_weights_of_a_run_a_checkpoint_or_a_weights_file(tmp_path):
+    """Stage 2 starts from stage 1: ``init_from`` accepts the stage-1 run folder (the checkpoint
+    ``latest`` names, not an older one), one checkpoint, or a weights file; an empty folder is
+    refused by name."""
+    ds = ImagePatches(toy_images(2, 24), patch_size=8, length=16, seed=1)
+    torch.manual_seed(0)
+    stage1 = Trainer(ToyDenoiser(), _cfg(tmp_path / "s1", max_steps=4, checkpoint_every=2, keep_checkpoints=0), ds)
+    stage1.fit()
+    assert (tmp_path / "s1" / "latest").read_text().strip() == "step-0000004"
+    final = {k: v.clone() for k, v in stage1.model.state_dict().items()}
+    older = load_file(str(tmp_path / "s1" / "step-0000002" / "model.safetensors"))
+    assert any(not torch.equal(final[k], older[k]) for k in final)  # the two checkpoints differ
+    save_file(final, str(tmp_path / "weights.safetensors"))
+    for source, expected in ((tmp_path / "s1", final), (tmp_path / "s1" / "step-0000002", older),
+                             (tmp_path / "weights.safetensors", final)):
+        torch.manual_seed(1)
+        stage2 = Trainer(ToyDenoiser(), _cfg(tmp_path / "s2"), ds)
+        stage2.init_from(source)
+        got = stage2.model.state_dict()
+        assert all(torch.equal(got[k], expected[k]) for k in expected), source
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="path: no checkpoint or .safetensors weights at .*empty"):
+        stage2.init_from(tmp_path / "empty")

@@ -37,7 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                  "Table 1 of the shipped model, or any local pipeline + CRF against its teacher and real images"),
     "compare-solvers": ("energycrf.apps.compare_solvers",
                         "compare inference solvers on a real problem: table and picture"),
-    "denoise": ("energycrf.apps.denoise_command", "denoise a grayscale image with a shipped checkpoint"),
+    "denoise": ("energycrf.apps.denoise_command", "denoise a grey or colour image with a shipped checkpoint"),
     "train-corrector": ("energycrf.apps.ldm.corrector",
                         "train a LatentCRF corrector of a few-step sampler (DPM-Solver++, UniPC, DDIM) of the shipped model"),
     "sweep": ("energycrf.apps.ldm.sweep",

@@ -1,4 +1,4 @@
-"""Denoise a grayscale image with a shipped checkpoint (the ``energycrf denoise`` command).
+"""Denoise a grey or colour image (channel by channel) with a checkpoint (the ``energycrf denoise`` command).
 
     energycrf denoise noisy.png --sigma 25 -o clean.png
     energycrf denoise noisy.npy --sigma 50 -o clean.npy     # float arrays, values outside [0, 1] allowed
@@ -118,15 +118,16 @@ def validate(args: argparse.Namespace):
 
 def check_checkpoint(args: argparse.Namespace) -> None:
     """``--checkpoint``: a denoiser directory whose readable ``denoiser.json`` sets ``args.model``
-    and ``args.sigma``; an explicit ``--model`` or ``--sigma`` that disagrees with it is refused.
-    (An unknown ``kind`` is left to the loader, which names it.)"""
+    and ``args.sigma``; an explicit ``--model`` or ``--sigma`` that disagrees with it is refused,
+    and so is a ``kind`` the loader does not know. (Its weights are read after the checks.)"""
     import json
 
     ckpt = Path(args.checkpoint)
     meta_path = ckpt / DENOISER_JSON
     if not meta_path.is_file():
         raise UsageError("--checkpoint", f"a denoiser directory holding {DENOISER_JSON}",
-                         f"{str(ckpt)!r}" + ("" if ckpt.is_dir() else " (no such directory)"))
+                         f"{str(ckpt)!r}" + ("" if ckpt.is_dir() else " (a file)" if ckpt.exists()
+                                             else " (no such directory)"))
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -136,13 +137,14 @@ def check_checkpoint(args: argparse.Namespace) -> None:
         raise UsageError("--checkpoint", f"a denoiser directory whose {DENOISER_JSON} is a JSON object",
                          f"{str(meta_path)!r} ({type(meta).__name__})")
     model = KIND_MODELS.get(meta.get("kind"))
-    if model is not None:
-        if args.model is not None and args.model != model:
-            raise UsageError("--model", f"the checkpoint's model {model!r} (or no --model)",
-                             f"{args.model!r}, but {str(meta_path)!r} holds {model!r}")
-        args.model = model
-    elif args.model is None:
-        args.model = DEFAULT_MODEL
+    if model is None:
+        got = f"kind {meta['kind']!r}" if "kind" in meta else "no \"kind\""
+        raise UsageError("--checkpoint", f"a denoiser directory whose {DENOISER_JSON} names its \"kind\", one of "
+                         f"{', '.join(KIND_MODELS)}", f"{str(meta_path)!r} with {got}")
+    if args.model is not None and args.model != model:
+        raise UsageError("--model", f"the checkpoint's model {model!r} (or no --model)",
+                         f"{args.model!r}, but {str(meta_path)!r} holds {model!r}")
+    args.model = model
     sigma = meta.get("sigma")
     if isinstance(sigma, (int, float)) and not isinstance(sigma, bool):
         if args.sigma is not None and float(args.sigma) != float(sigma):

@@ -48,6 +48,9 @@ def files(tmp_path, monkeypatch):
     (tmp_path / "foe50" / "denoiser.json").write_text(json.dumps({"kind": "foe_energy", "sigma": 50.0}))
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "denoiser.json").write_text('{"kind": "foe_energy", ')
+    for name, meta in (("kindless", {"sigma": 25.0}), ("unknown", {"kind": "nonsense", "sigma": 25.0})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "denoiser.json").write_text(json.dumps(meta))
     return tmp_path
 
 
@@ -97,6 +100,9 @@ WRONG = {
         (["img.png", "-o", "out.png", "--model", "gauss"], "--model"),
         (["img.png", "-o", "out.png", "--checkpoint", "pipe"], "--checkpoint"),
         (["img.png", "-o", "out.png", "--checkpoint", "broken"], "--checkpoint"),  # not JSON
+        (["img.png", "-o", "out.png", "--checkpoint", "kindless"], "--checkpoint"),  # no "kind"
+        (["img.png", "-o", "out.png", "--checkpoint", "unknown"], "--checkpoint"),   # a kind no loader has
+        (["img.png", "-o", "out.png", "--checkpoint", "img.png"], "--checkpoint"),   # a file
         (["img.png", "-o", "out.png", "--checkpoint", "foe50", "--model", "staged"], "--model"),
         (["img.png", "-o", "out.png", "--checkpoint", "foe50", "--sigma", "15"], "--sigma"),
         (["img.png", "-o", "out.png", "--threads", "0"], "--threads"),
@@ -315,18 +321,18 @@ def test_an_empty_path_is_reported_as_given(argv, files, capsys):
 
 
 def test_a_failure_is_one_line_with_status_1_and_debug_shows_the_traceback(files, capsys):
-    """A checkpoint folder that passes the checks but names an unknown model fails while loading."""
+    """A checkpoint folder that passes the checks but has no weights fails while loading."""
     (files / "ckpt").mkdir()
-    (files / "ckpt" / "denoiser.json").write_text(json.dumps({"kind": "nonsense"}))
+    (files / "ckpt" / "denoiser.json").write_text(json.dumps({"kind": "foe_energy", "sigma": 25.0}))
     argv = ["denoise", "img.png", "-o", "out.png", "--checkpoint", "ckpt"]
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)
     err = capsys.readouterr().err
-    assert exit_info.value.code == 1 and err.count("\n") == 1 and "nonsense" in err
+    assert exit_info.value.code == 1 and err.count("\n") == 1 and "config.json' is missing" in err
     assert err.startswith("energycrf denoise: error: ") and err.rstrip().endswith("(--debug shows the traceback)")
     assert not (files / "out.png").exists()
     for debug in (["--debug", *argv], [*argv, "--debug"]):  # before or after the command
-        with pytest.raises(ValueError, match="nonsense"):
+        with pytest.raises(FileNotFoundError, match="config.json' is missing"):
             cli.main(debug)
 
 

@@ -45,8 +45,11 @@ BORDER_NOTE = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", choices=IMAGES, default="camera", help="skimage.data photograph (default: camera)")
-    parser.add_argument("--size", type=integer(minimum=1), default=512,
-                        help="resize so the longer side has this many pixels (default: 512, camera's own size)")
+    # below 16 pixels the filters' border (kernel_size // 2 each side) leaves too little to measure; the
+    # upper bound keeps the solvers' filter responses within a few GB
+    parser.add_argument("--size", type=integer(minimum=16, maximum=4096), default=512,
+                        help="resize so the longer side has this many pixels, 16 to 4096 (default: 512, camera's "
+                             "own size)")
     parser.add_argument("--sigma", type=number(minimum=0.0), default=25.0,
                         help="noise standard deviation in 1/255 units (default: 25)")
     parser.add_argument("--seed", type=integer(minimum=0), default=0, help="seed of the noise (default: 0)")

@@ -143,6 +143,8 @@ WRONG = {
         (["--method", "fft"], "--method"),
         (["--method", "conjugate_gradient"], "--method"),
         (["--size", "0"], "--size"),
+        (["--size", "3"], "--size"),        # smaller than the filters' border allows
+        (["--size", "100000"], "--size"),   # tens of GB
         (["--sigma", "-1"], "--sigma"),
         (["--image", "nope"], "--image"),
         (["--expert", "gauss"], "--expert"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from hypothesis import strategies as st
 
 import energycrf as ec
 from energycrf.energies import potentials
@@ -20,6 +21,39 @@ def random_compat(channels: int, seed: int) -> torch.Tensor:
     """A well-conditioned ``P`` (``C x C``): identity plus a small random part."""
     g = torch.Generator().manual_seed(seed)
     return torch.eye(channels) + 0.3 * torch.randn(channels, channels, generator=g)
+
+
+def unary_pairwise_energy(channels, radius, boundary, weights, strength, compat, seed):
+    """Unary (one weight or one per channel) + Pairwise (LocalKernel; identity, matrix or text compatibility)."""
+    kernel = ec.energies.LocalKernel(radius=radius, sigma=1.0 + 0.3 * seed % 2, strength=strength, boundary=boundary)
+    compatibility = {"identity": None, "matrix": random_compat(channels, seed), "text": "text"}[compat]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        pairwise = ec.energies.Pairwise(channels=channels, kernel=kernel, compatibility=compatibility,
+                                            **({"cond_dim": 3} if compat == "text" else {}))
+    unary = ec.energies.Unary(weight=weights[0] if len(weights) == 1 else weights[:channels])
+    return (unary + pairwise).double()
+
+
+unary_pairwise_params = st.fixed_dictionaries({
+    "channels": st.integers(1, 3),
+    "radius": st.integers(1, 2),
+    "boundary": st.sampled_from(["zeros", "circular"]),
+    "weights": st.lists(st.floats(0.05, 3.0), min_size=3, max_size=3).map(lambda w: w[:1] if w[0] > 1.5 else w),
+    "strength": st.floats(0.1, 4.0),
+    "compat": st.sampled_from(["identity", "matrix", "text"]),
+    "seed": st.integers(0, 1000),
+})
+
+
+def unary_pairwise_case(params, extra_h, extra_w, batch=2):
+    E = unary_pairwise_energy(**params)
+    s = 2 * params["radius"] + 1
+    H, W = s + extra_h, s + extra_w
+    g = torch.Generator().manual_seed(params["seed"])
+    x = torch.randn(batch, params["channels"], H, W, generator=g, dtype=F64)
+    c = torch.randn(batch, 3, generator=g, dtype=F64) if params["compat"] == "text" else None
+    return E, x, c
 
 
 def quadratic_energy(channels=2, radius=1, strength=1.0, boundary="zeros", weight=1.0, seed=0, dtype=F64):

@@ -3,7 +3,8 @@ enclose the Hessian's spectrum (against ``eigvalsh`` of the explicit Hessian), t
 the Chebyshev polynomial of the quadratic part's Hessian (against ``numpy``'s Chebyshev
 polynomials of the explicit matrix), symmetric positive definite with the stated accuracy,
 its degree is the smallest that meets the accuracy, the quadratic terms' prepared Hessian
-operators equal their products, and L-BFGS and CG with it reach the reference minima."""
+operators equal their products, and L-BFGS and CG with it reach the reference minima. The
+quadratic part it is built on (anchors, sums, the start) is tested in ``test_quadratic_part.py``."""
 
 from __future__ import annotations
 
@@ -20,57 +21,23 @@ import energycrf as ec
 from energycrf.solvers.base import Problem
 from energycrf.solvers.hessian import HessianOperator
 from energycrf.solvers.preconditioners import chebyshev as cheb
-from energycrf.solvers.quadratic_part import _KEPT_PARTS, quadratic_part
-from energycrf.solvers.start import gradient_at_data, quadratic_start
+from energycrf.solvers.start import quadratic_start
 from energycrf.apps.compare_solvers import default_energy, noisy_photograph
 
 from solver_problems import (BoxSmooth, SiteWeightedUnary, convex_energy, dense_operator, exact_quadratic_minimiser,
-                             explicit_hessian, foe, random_compat)
+                             explicit_hessian, foe, random_compat, unary_pairwise_case, unary_pairwise_params)
 
 K = ec.energies
 F64 = torch.float64
-
-
-def _energy(channels, radius, boundary, weights, strength, compat, seed):
-    """Unary (one weight or one per channel) + Pairwise (LocalKernel; identity, matrix or text compatibility)."""
-    kernel = K.LocalKernel(radius=radius, sigma=1.0 + 0.3 * seed % 2, strength=strength, boundary=boundary)
-    compatibility = {"identity": None, "matrix": random_compat(channels, seed), "text": "text"}[compat]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        pairwise = K.Pairwise(channels=channels, kernel=kernel, compatibility=compatibility,
-                              **({"cond_dim": 3} if compat == "text" else {}))
-    unary = K.Unary(weight=weights[0] if len(weights) == 1 else weights[:channels])
-    return (unary + pairwise).double()
-
-
-energies = st.fixed_dictionaries({
-    "channels": st.integers(1, 3),
-    "radius": st.integers(1, 2),
-    "boundary": st.sampled_from(["zeros", "circular"]),
-    "weights": st.lists(st.floats(0.05, 3.0), min_size=3, max_size=3).map(lambda w: w[:1] if w[0] > 1.5 else w),
-    "strength": st.floats(0.1, 4.0),
-    "compat": st.sampled_from(["identity", "matrix", "text"]),
-    "seed": st.integers(0, 1000),
-})
-
-
-def _case(params, extra_h, extra_w, batch=2):
-    E = _energy(**params)
-    s = 2 * params["radius"] + 1
-    H, W = s + extra_h, s + extra_w
-    g = torch.Generator().manual_seed(params["seed"])
-    x = torch.randn(batch, params["channels"], H, W, generator=g, dtype=F64)
-    c = torch.randn(batch, 3, generator=g, dtype=F64) if params["compat"] == "text" else None
-    return E, x, c
 
 
 def _spectrum(E, x, c, b=0):
     return torch.linalg.eigvalsh(explicit_hessian(E, x[b:b + 1], x[b:b + 1], None if c is None else c[b:b + 1]).detach())
 
 
-@given(params=energies, extra_h=st.integers(0, 5), extra_w=st.integers(0, 5))
+@given(params=unary_pairwise_params, extra_h=st.integers(0, 5), extra_w=st.integers(0, 5))
 def test_convexity_margin_and_curvature_bound_enclose_the_hessian_spectrum(params, extra_h, extra_w):
-    E, x, c = _case(params, extra_h, extra_w)
+    E, x, c = unary_pairwise_case(params, extra_h, extra_w)
     H, W = x.shape[-2:]
     lower, upper = E.convexity_margin(c), E.curvature_bound(H, W, c)
     for b in range(x.shape[0]):
@@ -160,9 +127,9 @@ def _chebyshev_reference(Hm, lower, upper, m, v):
     return torch.from_numpy(V @ (p * (V.T @ v.reshape(-1).numpy()))), float(1 / T(theta / delta))
 
 
-@given(params=energies, extra_h=st.integers(0, 3), extra_w=st.integers(0, 3), degree=st.integers(1, 9))
+@given(params=unary_pairwise_params, extra_h=st.integers(0, 3), extra_w=st.integers(0, 3), degree=st.integers(1, 9))
 def test_chebyshev_operator_is_the_chebyshev_polynomial_of_the_hessian(params, extra_h, extra_w, degree):
-    E, x, c = _case(params, extra_h, extra_w, batch=1)
+    E, x, c = unary_pairwise_case(params, extra_h, extra_w, batch=1)
     P = cheb.ChebyshevPreconditioner(E, x, c, x, degree)
     assert (P.lower, P.upper) == pytest.approx((E.convexity_margin(c), E.curvature_bound(*x.shape[-2:], c)))
     Hm = explicit_hessian(E, x, x, c).detach()
@@ -181,12 +148,12 @@ def test_chebyshev_operator_is_the_chebyshev_polynomial_of_the_hessian(params, e
     assert float(residual) <= accuracy * (1 + 1e-8) + 1e-12
 
 
-@given(params=energies, degree=st.integers(1, cheb.HORNER_DEGREE), seed=st.integers(0, 100))
+@given(params=unary_pairwise_params, degree=st.integers(1, cheb.HORNER_DEGREE), seed=st.integers(0, 100))
 def test_horner_rule_equals_the_recurrence(params, degree, seed):
     """Degrees up to ``HORNER_DEGREE`` apply the monomial form: the same operator as the semi-iteration
     (float64, tight), and in float32 within a small multiple of round-off (its terms cancel by at
     most ~6x at these degrees)."""
-    E, x, c = _case(params, 2, 1)
+    E, x, c = unary_pairwise_case(params, 2, 1)
     P = cheb.ChebyshevPreconditioner(E, x, c, x, degree)
     v = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=F64)
     assert P.monomial is not None and len(P.monomial) == P.degree
@@ -248,140 +215,6 @@ def test_prepared_hessian_operator_equals_the_hessian(make):
     assert torch.equal(v, v_before)
     Hm = explicit_hessian(E, x, x).detach()
     torch.testing.assert_close(got[0].reshape(-1), Hm @ v[0].reshape(-1), rtol=1e-10, atol=1e-10)
-
-
-def test_a_kept_shifted_diagonal_does_not_cut_the_graph():
-    """A shifted diagonal kept without a graph is not reused while autograd records: the product's
-    gradient in a learnable weight stays exact (against autograd of the explicit formula)."""
-    E = (K.Unary(weight=0.6, learnable=True) + K.Pairwise(channels=2)).double()
-    x = torch.randn(1, 2, 5, 4, generator=torch.Generator().manual_seed(8), dtype=F64)
-    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(9), dtype=F64)
-    operator = HessianOperator.of_energy(E, x, None)  # its diagonal 2 w + 2 d records w
-    with torch.no_grad():
-        operator(v, 0.5, 0.2)
-    (w_grad,) = torch.autograd.grad(operator(v, 0.5, 0.2).sum(), E.terms[0].log_weight)
-    w = E.terms[0].log_weight.detach().exp()
-    torch.testing.assert_close(w_grad, (0.5 * 2 * w * v).sum().reshape(w_grad.shape), rtol=1e-12, atol=1e-12)
-
-
-class AnchoredBoxSmooth(BoxSmooth):
-    quadratic_anchor = "zero"  # a homogeneous quadratic form: its gradient at 0 is 0
-
-
-class AnchoredSiteUnary(SiteWeightedUnary):
-    quadratic_anchor = "data"  # minimised at x, but its prepared operator is the bare product (no diagonal)
-
-
-@given(params=energies, extra_h=st.integers(0, 3), extra_w=st.integers(0, 3), scale=st.floats(0.2, 3.0))
-def test_quadratic_anchors_are_where_the_gradient_vanishes(params, extra_h, extra_w, scale):
-    """A term anchored at ``"data"`` has a zero gradient at ``y = x``, one anchored at ``"zero"`` at
-    ``y = 0`` (autograd of the energy, any compatibility, boundary and scale): so its gradient is
-    ``H (y - x)`` or ``H y``. A sum declares the common anchor, or none."""
-    E, x, c = _case(params, extra_h, extra_w)
-    unary, pairwise = E.terms
-    for term in (unary, pairwise, scale * unary, scale * pairwise):
-        anchor = {"data": x, "zero": torch.zeros_like(x)}[term.quadratic_anchor]
-        g = torch.func.grad(lambda y: term.energy(y, x, c).sum())(anchor).detach()
-        assert float(g.abs().max()) <= 1e-12 * (1 + float(x.abs().max()))
-    assert (unary.quadratic_anchor, pairwise.quadratic_anchor) == ("data", "zero")
-    assert E.quadratic_anchor is None and (pairwise + 0.5 * pairwise).quadratic_anchor == "zero"
-    assert ec.Energy.quadratic_anchor is None and K.FieldOfExperts(channels=1).quadratic_anchor is None
-
-
-@given(params=energies, extra_h=st.integers(0, 3), extra_w=st.integers(0, 3), scale=st.floats(0.2, 3.0))
-def test_gradient_at_data_is_one_product_of_the_prepared_operator(params, extra_h, extra_w, scale):
-    """``gradient_at_data`` equals autograd's gradient of the quadratic part at ``y = x`` (any
-    weights, kernel boundary, compatibility, scale), by the prepared operator alone: the energy's
-    gradient is never called."""
-    E, x, c = _case(params, extra_h, extra_w)
-    E = scale * E if scale != 1.0 else E
-    ref = torch.func.grad(lambda y: E.energy(y, x, c).sum())(x).detach()
-    operator = HessianOperator.of_energy(E, x, c)
-    with mock.patch.object(type(E), "grad", side_effect=AssertionError("E.grad called")):
-        got = gradient_at_data(E, operator, x, c)
-    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10 * (1 + float(ref.abs().max())))
-
-
-class OwnOperatorSum(ec.energies.SumEnergy):
-    """A sum whose Hessian structure is its bare product: no per-term parts to pick from."""
-
-    def _hessian_structure(self, x, c):
-        return K.HessianStructure.of_product(lambda v: self._hessian_vector_product(x, x, c, v))
-
-
-@pytest.mark.parametrize("make, product", [
-    (lambda: K.Unary(weight=0.7) + AnchoredBoxSmooth(0.5), True),  # a user term anchored at zero
-    (lambda: K.Unary(weight=0.7) + BoxSmooth(0.5), False),  # no anchor: the energy's gradient
-    (lambda: AnchoredSiteUnary(5, 6) + K.Pairwise(channels=2), True),  # at the data (not diagonal): nothing at x
-    (lambda: K.Unary(weight=[0.5, 2.0]) + 2.0 * K.Unary(weight=0.3), True),  # data only: zero, no product
-    (lambda: AnchoredSiteUnary(5, 6), True),  # one term at the data: zero
-    (lambda: K.Pairwise(channels=2), True),  # one term at zero: its own operator
-    (lambda: OwnOperatorSum([K.Unary(weight=0.7), K.Pairwise(channels=2)]), False),  # no parts: the gradient
-])
-def test_gradient_at_data_falls_back_to_the_gradient(make, product):
-    """The zero-anchored terms' own operators give the gradient at the data (data-anchored terms
-    add nothing there, diagonal or not); without anchors or per-term operators, the gradient."""
-    E = make().double()
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(2, 2, 5, 6, generator=g, dtype=F64)
-    ref = torch.func.grad(lambda y: E.energy(y, x).sum())(x)
-    with mock.patch.object(type(E), "grad", wraps=E.grad) as grad:
-        got = gradient_at_data(E, HessianOperator.of_energy(E, x, None), x, None)
-    assert grad.called != product
-    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
-
-
-def test_a_sum_of_prepared_operators_keeps_its_parts():
-    """``HessianStructure.sum`` applies the sum (through the solvers' operator), and keeps the
-    structures it was made of."""
-    E = (K.Unary(weight=[0.5, 2.0]) + K.Pairwise(channels=2) + AnchoredBoxSmooth(0.5)).double()
-    x = torch.randn(2, 2, 5, 6, generator=torch.Generator().manual_seed(4), dtype=F64)
-    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=F64)
-    ops = [t._hessian_structure(x, None) for t in E.terms]
-    total = HessianOperator(K.HessianStructure.sum(ops))
-    assert total.parts == tuple(ops) and ops[0].parts is None
-    torch.testing.assert_close(total(v, 0.3, 0.2), 0.3 * E._hessian_vector_product(x, x, None, v) + 0.2 * v,
-                               rtol=1e-12, atol=1e-12)
-    one = HessianOperator(K.HessianStructure.sum(ops[1:2]))  # a single rest: the same product
-    torch.testing.assert_close(one(v), E.terms[1]._hessian_vector_product(x, x, None, v), rtol=1e-12, atol=1e-12)
-
-
-def test_the_quadratic_part_of_a_sum_is_made_once_and_follows_its_terms():
-    """The sum of the quadratic terms is kept for the energy: the same module while they are its
-    terms (their parameter changes show through it), a copy's own after ``deepcopy``, a new one
-    when a term is replaced; never a submodule or state of the energy."""
-    E = K.Unary(weight=0.7) + K.Pairwise(channels=2) + K.FieldOfExperts(channels=2)
-    x = torch.randn(1, 2, 6, 6, generator=torch.Generator().manual_seed(6))
-    keys, modules = list(E.state_dict()), len(list(E.modules()))
-    cheb.check_chebyshev(Problem(E, torch.zeros(1, 2, 6, 6)))  # validation keeps nothing for the solve
-    assert _KEPT_PARTS.get(E) is None and quadratic_part(E, keep=False) is not quadratic_part(E, keep=False)
-    part = quadratic_part(E)
-    assert quadratic_part(E) is part and list(part.terms) == list(E.terms)[:2]
-    assert list(E.state_dict()) == keys and len(list(E.modules())) == modules
-    before = part(x + 1, x)
-    with torch.no_grad():
-        E.terms[0].fixed_weight.mul_(2.0)
-    torch.testing.assert_close(part(x + 1, x) - before, E.terms[0](x + 1, x) / 2)
-    twin = copy.deepcopy(E)
-    twin_part = quadratic_part(twin)
-    assert twin_part is not part and all(a is b for a, b in zip(twin_part.terms, list(twin.terms)[:2]))
-    E.terms[1] = K.Pairwise(channels=2, kernel=K.LocalKernel(radius=1))
-    assert quadratic_part(E) is not part and quadratic_part(E).terms[1] is E.terms[1]
-
-
-@given(params=energies, extra=st.integers(0, 4), degree=st.integers(1, 5))
-def test_quadratic_start_error_shrinks_by_the_accuracy_in_the_energy_norm(params, extra, degree):
-    """``y0 = x - P grad E_q(x)``: its error is ``(I - P H)(x - y*)``, so in the ``H``-norm it is at
-    most ``accuracy`` times the error of ``x``."""
-    E, x, c = _case(params, extra, extra)
-    problem = Problem(E, x, c)
-    P = cheb.chebyshev_preconditioner(problem, x, degree)
-    y0 = quadratic_start(problem, P)
-    y_star = exact_quadratic_minimiser(E, x, c).detach()
-    for b in range(x.shape[0]):
-        Hm = explicit_hessian(E, x[b:b + 1], x[b:b + 1], None if c is None else c[b:b + 1]).detach()
-        norm = lambda e: float(e.reshape(-1) @ Hm @ e.reshape(-1)) ** 0.5  # noqa: E731
-        assert norm(y0[b] - y_star[b]) <= P.accuracy * norm(x[b] - y_star[b]) * (1 + 1e-8) + 1e-12
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
@@ -496,11 +329,11 @@ def test_chebyshev_refusals_name_the_alternatives():
         ec.solve(E, x, method="lbfgs", precondition="chebychev")
 
 
-@given(params=energies, degree=st.integers(1, 5), seed=st.integers(0, 100))
+@given(params=unary_pairwise_params, degree=st.integers(1, 5), seed=st.integers(0, 100))
 def test_autograd_through_the_operator_is_the_operator(params, degree, seed):
     """``P`` is linear and symmetric, so the gradient of ``<w, P v>`` in ``v`` is ``P w``: autograd
     through the out-of-place path (taken when ``v`` requires a gradient) must give it."""
-    E, x, c = _case(params, 1, 2, batch=1)
+    E, x, c = unary_pairwise_case(params, 1, 2, batch=1)
     P = cheb.ChebyshevPreconditioner(E, x, c, x, degree)
     g = torch.Generator().manual_seed(seed)
     v = torch.randn(x.shape, generator=g, dtype=F64).requires_grad_(True)

@@ -70,6 +70,16 @@ def paired_vs(rows: dict, name: str, reference: str = "BM3D") -> str:
     return f"{diff.mean():+.2f} [{diff.min():+.2f}, {diff.max():+.2f}] ({int((diff > 0).sum())}/{diff.size})"
 
 
+def per_draw_vs(rows: dict, name: str, reference: str = "BM3D") -> str:
+    """Method ``name`` against ``reference``: the mean PSNR difference over the photographs, one
+    figure per noise draw (does a difference hold on other noise?)."""
+    pairs = zip(rows[name]["per_image"], rows[reference]["per_image"])
+    by_draw: dict[int, list[float]] = {}
+    for a, b in pairs:
+        by_draw.setdefault(a.get("draw", 0), []).append(a["psnr"] - b["psnr"])
+    return ", ".join(f"draw {d}: {np.mean(v):+.2f}" for d, v in sorted(by_draw.items()))
+
+
 def tune(sigma: float) -> dict[str, float]:
     """TV weight and NL-means h factor maximising PSNR on a 256x256 astronaut crop."""
     clean = skimage_gray("astronaut")[64:320, 128:384]
@@ -153,19 +163,19 @@ def outside_photograph(name: str, crop: int = CROP) -> np.ndarray:
     return grey[top : top + crop, left : left + crop]
 
 
-def noisy_pair(name: str, sigma: float, crop: int = CROP) -> tuple[np.ndarray, np.ndarray]:
+def noisy_pair(name: str, sigma: float, crop: int = CROP, draw: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(clean, noisy)``: the skimage test set's own pair, or an outside photograph with noise seeded by
-    sigma and the name (the same noisy copy in every run)."""
+    sigma, the name and the noise draw (the same noisy copy in every run; draw 0 is the docs' tables')."""
     if name not in OUTSIDE:
-        return heldout_pair(name, sigma)
+        return heldout_pair(name, sigma, draw)
     clean = outside_photograph(name, crop)
-    rng = np.random.default_rng([int(round(sigma)), sorted(OUTSIDE).index(name), 25])
+    rng = np.random.default_rng([int(round(sigma)), sorted(OUTSIDE).index(name), 25] + ([draw] if draw else []))
     return clean, clean + rng.normal(0.0, sigma / 255.0, clean.shape)
 
 
-def input_psnr(name: str, sigma: float, crop: int = CROP) -> float:
+def input_psnr(name: str, sigma: float, crop: int = CROP, draw: int = 0) -> float:
     """PSNR of the noisy input itself (clipped to [0, 1] like every output)."""
-    clean, noisy = noisy_pair(name, sigma, crop)
+    clean, noisy = noisy_pair(name, sigma, crop, draw)
     return float(peak_signal_noise_ratio(clean, np.clip(noisy, 0, 1), data_range=1.0))
 
 
@@ -181,12 +191,17 @@ def main(argv=None) -> int:
     p.add_argument("--figure-sigma", type=float, default=25)
     p.add_argument("--methods", nargs="+", default=None, metavar="NAME",
                    help="measure only these rows (BM3D, the reference, always runs); default: all")
+    p.add_argument("--draws", type=int, default=1, metavar="N",
+                   help="measure each photograph under N independent noise draws (0 .. N-1; draw 0 is the "
+                        "docs' tables'); the paired differences then run over every (photograph, draw)")
     p.add_argument("--extra", nargs="+", default=[], metavar="NAME=DIR",
                    help="also measure the denoiser in DIR ({sigma} is replaced by the noise level), "
                         "e.g. 'Staged 7x7=/work/runs/denoise/staged-sigma{sigma}/final'")
     args = p.parse_args(argv)
     if args.crop < 0:
         p.error(f"--crop: expected an int >= 0 (0: the whole photograph), got {args.crop}")
+    if args.draws < 1:
+        p.error(f"--draws: expected an int >= 1, got {args.draws}")
     if args.images is None:
         args.images = sorted(OUTSIDE) if args.outside else list(TEST_IMAGES)
     extra = {}
@@ -212,21 +227,22 @@ def main(argv=None) -> int:
         for name, fn in methods(sigma, tuned, extra, args.methods).items():
             fn(noisy_pair(args.images[0], sigma, args.crop)[1][:64, :64])  # one-off warm-up, not timed
             per = []
-            for img in args.images:
-                clean, noisy = noisy_pair(img, sigma, args.crop)
+            for img, draw in ((i, d) for d in range(args.draws) for i in args.images):
+                clean, noisy = noisy_pair(img, sigma, args.crop, draw)
                 t0 = time.process_time()
                 est = np.asarray(fn(noisy), dtype=np.float64)
                 cpu = time.process_time() - t0
                 est = np.clip(est, 0, 1)
-                per.append({"image": img, "psnr": peak_signal_noise_ratio(clean, est, data_range=1.0),
+                per.append({"image": img, "draw": draw, "psnr": peak_signal_noise_ratio(clean, est, data_range=1.0),
                             "ssim": structural_similarity(clean, est, data_range=1.0), "cpu_s": cpu})
-                if sigma == args.figure_sigma and img == args.figure_image:
+                if sigma == args.figure_sigma and img == args.figure_image and draw == 0:
                     shown[name] = est
                     shown["noisy"], shown["clean"] = noisy, clean
             rows[name] = {"psnr": float(np.mean([r["psnr"] for r in per])),
                           "ssim": float(np.mean([r["ssim"] for r in per])),
                           "cpu_s": float(np.mean([r["cpu_s"] for r in per])), "per_image": per}
-        noisy_psnr = float(np.mean([input_psnr(i, sigma, args.crop) for i in args.images]))
+        noisy_psnr = float(np.mean([input_psnr(i, sigma, args.crop, d)
+                                    for d in range(args.draws) for i in args.images]))
         results["sigmas"][str(int(sigma))] = {"tuned": tuned, "noisy_psnr": noisy_psnr, "methods": rows}
         bm = rows["BM3D"]["cpu_s"]
         print(f"\nsigma = {sigma:g} (noisy input: {noisy_psnr:.2f} dB; TV weight {tuned['tv_weight_factor']:g} sigma, "
@@ -237,6 +253,10 @@ def main(argv=None) -> int:
         for name, r in rows.items():
             paired = "" if name == "BM3D" else paired_vs(rows, name)
             print(f"| {name} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['cpu_s']:.3f} | {r['cpu_s'] / bm:.3f}x | {paired} |")
+        if args.draws > 1:
+            for name in rows:
+                if name != "BM3D":
+                    print(f"{name} - BM3D, mean per noise draw: {per_draw_vs(rows, name)}")
         sys.stdout.flush()
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -57,3 +57,40 @@ def test_methods_subset_loads_and_runs_only_those_rows_and_bm3d(load_script, tmp
     assert list(mod.methods(25, tuned)) == list(mod.SHIPPED) + list(mod.CLASSICS)
     with pytest.raises(SystemExit):
         mod.main(["--methods", "nothing-like-this", "--sigmas", "25"])
+
+
+def test_noise_draws_are_independent_copies_and_draw_zero_is_the_recorded_one(load_script):
+    """Draw 0 is the pair the runs validate on and the docs report; further draws are new noise of
+    the same sigma on the same photograph, for the skimage test set and outside it."""
+    mod = load_script("benchmarks/denoising.py")
+    from energycrf.apps.denoise import heldout_pair
+
+    for name, crop in (("camera", mod.CROP), ("china", mod.CROP), ("flower", 0)):
+        clean, first = mod.noisy_pair(name, 25, crop)
+        assert np.array_equal(mod.noisy_pair(name, 25, crop, 0)[1], first)
+        draws = [mod.noisy_pair(name, 25, crop, d) for d in (1, 2)]
+        for d, (c, noisy) in zip((1, 2), draws):
+            assert np.array_equal(c, clean) and np.array_equal(mod.noisy_pair(name, 25, crop, d)[1], noisy)
+            assert abs((noisy - clean).std() - 25 / 255) < 0.004
+            # independent of draw 0: the noise fields are uncorrelated, not shifted copies
+            assert abs(np.corrcoef((noisy - clean).ravel(), (first - clean).ravel())[0, 1]) < 0.02
+        assert abs(np.corrcoef((draws[0][1] - clean).ravel(), (draws[1][1] - clean).ravel())[0, 1]) < 0.02
+    clean, noisy = heldout_pair("camera", 25)  # the recorded copy is unchanged by the new argument
+    rng = np.random.default_rng(25 * 1000 + 13)  # sigma * 1000 + camera's index after the 13 training photographs
+    assert np.array_equal(noisy, clean + rng.normal(0.0, 25 / 255, clean.shape))
+    for bad in (-1, 1.5, True, "1"):
+        with pytest.raises(ValueError, match="draw: expected an int >= 0"):
+            heldout_pair("camera", 25, bad)
+
+
+def test_per_draw_differences_and_the_draws_option(load_script):
+    mod = load_script("benchmarks/denoising.py")
+    rows = {"BM3D": {"per_image": [{"draw": 0, "psnr": 30.0}, {"draw": 0, "psnr": 28.0},
+                                   {"draw": 1, "psnr": 31.0}, {"draw": 1, "psnr": 29.0}]},
+            "mine": {"per_image": [{"draw": 0, "psnr": 30.5}, {"draw": 0, "psnr": 27.9},
+                                   {"draw": 1, "psnr": 30.0}, {"draw": 1, "psnr": 29.2}]}}
+    assert mod.per_draw_vs(rows, "mine") == "draw 0: +0.20, draw 1: -0.40"
+    assert mod.paired_vs(rows, "mine") == "-0.10 [-1.00, +0.50] (2/4)"
+    for bad in ("0", "-2"):
+        with pytest.raises(SystemExit):
+            mod.main(["--draws", bad, "--sigmas", "25"])

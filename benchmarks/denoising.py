@@ -54,6 +54,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from skimage.restoration import denoise_nl_means, denoise_tv_chambolle, denoise_wavelet
 
 from energycrf.apps.denoise import SIGMAS, TEST_IMAGES, denoise, heldout_pair, load_denoiser, skimage_gray
+from energycrf.apps.photographs import PHOTOGRAPHS
 from machine_info import cpu_name  # noqa: E402  (benchmarks/ is the script's folder)
 
 
@@ -214,6 +215,24 @@ def main(argv=None) -> int:
     unknown = [m for m in args.methods or [] if m not in known]
     if unknown:
         p.error(f"--methods: expected names among {known}, got {unknown}")
+    photographs = sorted(OUTSIDE) if args.outside else sorted(PHOTOGRAPHS)
+    unknown = [i for i in args.images if i not in photographs]
+    if unknown:
+        p.error(f"--images: expected names among {photographs}{'' if args.outside else ' (skimage)'}, got {unknown}")
+    bad = [s for s in args.sigmas if not 0 < s < float("inf")]
+    if bad:
+        p.error(f"--sigmas: expected positive noise levels (0-255 scale), got {bad}")
+    shipped_rows = [m for m in (args.methods or SHIPPED) if m in SHIPPED]
+    unshipped = [s for s in args.sigmas if float(s) not in SIGMAS]
+    if shipped_rows and unshipped:
+        p.error(f"--sigmas: the shipped rows {shipped_rows} exist for sigma in {SIGMAS}, got {unshipped} "
+                "(measure other levels with --methods and --extra)")
+    for name, directory in extra.items():
+        for sigma in args.sigmas:
+            folder = Path(directory.format(sigma=int(sigma)))
+            if not (folder / "denoiser.json").is_file():
+                p.error(f"--extra: expected a denoiser folder (denoiser.json) for {name!r} at sigma {sigma:g}, "
+                        f"got {str(folder)!r}")
     torch.set_num_threads(1)
     print(f"machine: {machine()}")
     print(f"test photographs: {', '.join(args.images)}"

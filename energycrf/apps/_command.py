@@ -151,8 +151,9 @@ def check_output_file(path: str | os.PathLike, option: str, suffixes: Iterable[s
     for source in inputs:
         if same_file(p, Path(source)):
             raise UsageError(option, "a file other than the input", f"{text!r}, the input itself")
-    if p.exists() and not overwrite:
-        raise UsageError(option, "a file that does not exist yet", f"{text!r}, which exists",
+    if os.path.lexists(p) and not overwrite:  # a dangling link is something the user made: not replaced unasked
+        raise UsageError(option, "a file that does not exist yet",
+                         f"{text!r}, which exists" + ("" if p.exists() else " (a broken symbolic link)"),
                          "pass --overwrite to replace it")
     return p
 

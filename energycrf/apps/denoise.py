@@ -12,8 +12,9 @@ Checkpoints live in ``energycrf/pretrained/denoise-sigma{15,25,50}/{staged,foe,l
 it was trained and measured) next to the model's own ``config.json`` + ``model.safetensors``.
 ``staged`` (the default) is one gradient step on each of five Field-of-Experts energies
 with learned filters and influence functions (:class:`StagedFoEDenoiser`); ``foe`` is one
-Field-of-Experts energy (Student-t experts) minimised by the mean-field solver, learned
-through the unrolled solver; ``latentcrf`` is the LatentCRF layer.
+Field-of-Experts energy (Student-t experts) minimised by its solver (at sigma 25 L-BFGS, the
+energy learned through its minimiser by implicit differentiation; at 15 and 50 the earlier
+energies, 6 mean-field steps, learned through them); ``latentcrf`` is the LatentCRF layer.
 
 Command line (``energycrf denoise``; its arguments, checks and image files are in
 :mod:`energycrf.apps.denoise_command`, which imports no torch)::
@@ -24,6 +25,8 @@ Command line (``energycrf denoise``; its arguments, checks and image files are i
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .denoise_checkpoints import DEFAULT_MODEL, DENOISER_JSON, MODELS, SIGMAS
+from .denoise_checkpoints import DEFAULT_MODEL, DEFAULT_SIGMA, DENOISER_JSON, KIND_MODELS, MODELS, SIGMAS
 
 __all__ = [
     "SIGMAS",
@@ -147,13 +150,26 @@ class PixelDenoiser(nn.Module):
         meta_path = directory / DENOISER_JSON
         if not meta_path.is_file():
             raise FileNotFoundError(f"directory: {str(directory)!r} holds no {DENOISER_JSON}")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"directory: {str(meta_path)!r} is not valid JSON ({' '.join(str(err).split())})") from None
+        if not isinstance(meta, dict):
+            raise ValueError(f"directory: {str(meta_path)!r} is not a JSON object")
         kind = meta.get("kind")
         if kind not in _LOADERS:
             raise ValueError(f"directory: {str(meta_path)!r} names an unknown model kind {kind!r}")
+        for key, positive in (("sigma", True), ("offset", False), ("scale", True)):
+            value = meta.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or (positive and value <= 0):
+                raise ValueError(f"directory: {str(meta_path)!r}: {key!r} must be a {'positive ' if positive else ''}"
+                                 f"finite number, got {value!r}" + (" (missing)" if key not in meta else ""))
+        pad = meta.get("pad", 0)
+        if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+            raise ValueError(f"directory: {str(meta_path)!r}: 'pad' must be an int >= 0, got {pad!r}")
         model = _LOADERS[kind](directory)
-        return cls(model, meta["sigma"], meta["offset"], meta["scale"], kind=kind, info=meta.get("info"),
-                   pad=int(meta.get("pad", 0)))
+        return cls(model, meta["sigma"], meta["offset"], meta["scale"], kind=kind, info=meta.get("info"), pad=pad)
 
 
 def dct_filters(size: int, count: int) -> torch.Tensor:
@@ -329,7 +345,7 @@ def pretrained_dir(sigma: int | float, model: str = DEFAULT_MODEL) -> Path:
     """The shipped checkpoint directory for ``sigma`` (one of :data:`SIGMAS`) and ``model``
     (``"staged"``: one gradient step on each of 5 learned Field-of-Experts energies, the default;
     ``"foe"``: one Field-of-Experts energy minimised by its solver; ``"latentcrf"``: the LatentCRF layer)."""
-    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or float(sigma) not in SIGMAS:
+    if isinstance(sigma, bool) or not isinstance(sigma, numbers.Real) or float(sigma) not in SIGMAS:
         raise ValueError(f"sigma: shipped checkpoints exist for sigma in {SIGMAS} (0-255 scale), got {sigma!r}; "
                          "train one with scripts/train_denoisers.py and pass its directory as checkpoint")
     if model not in MODELS:
@@ -337,28 +353,59 @@ def pretrained_dir(sigma: int | float, model: str = DEFAULT_MODEL) -> Path:
     return PRETRAINED_ROOT / f"denoise-sigma{int(sigma)}" / model
 
 
-def load_denoiser(sigma: int | float = 25, checkpoint: str | os.PathLike | None = None,
-                  model: str = DEFAULT_MODEL) -> PixelDenoiser:
-    """The shipped denoiser for ``sigma`` and ``model``, or the one in ``checkpoint``, in eval mode."""
-    path = Path(checkpoint) if checkpoint is not None else pretrained_dir(sigma, model)
-    return PixelDenoiser.from_pretrained(path).eval()
+def load_denoiser(sigma: int | float | None = None, checkpoint: str | os.PathLike | None = None,
+                  model: str | None = None) -> PixelDenoiser:
+    """The shipped denoiser for ``sigma`` (default 25) and ``model`` (default ``"staged"``), or the one
+    in ``checkpoint``, in eval mode. With a checkpoint, ``sigma`` and ``model`` may be left out; given,
+    they must be the checkpoint's own (a checkpoint is trained for one noise level)."""
+    if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, numbers.Real)):
+        raise TypeError(f"sigma: expected a number (0-255 scale), got {type(sigma).__name__}")
+    if model is not None and model not in MODELS:
+        raise ValueError(f"model: expected one of {MODELS}, got {model!r}")
+    if checkpoint is None:
+        return PixelDenoiser.from_pretrained(pretrained_dir(DEFAULT_SIGMA if sigma is None else float(sigma),
+                                                            model or DEFAULT_MODEL)).eval()
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        raise TypeError(f"checkpoint: expected a directory path (str or os.PathLike), got {type(checkpoint).__name__}")
+    den = PixelDenoiser.from_pretrained(Path(checkpoint)).eval()
+    if sigma is not None and float(sigma) != den.sigma:
+        raise ValueError(f"sigma: the checkpoint {str(checkpoint)!r} was trained for sigma {den.sigma:g}, "
+                         f"got {float(sigma):g} (leave sigma out to use the checkpoint's)")
+    if model is not None and KIND_MODELS.get(den.kind) != model:
+        raise ValueError(f"model: the checkpoint {str(checkpoint)!r} holds {KIND_MODELS.get(den.kind, den.kind)!r}, "
+                         f"got {model!r} (leave model out to use the checkpoint's)")
+    return den
 
 
 @torch.no_grad()
-def denoise(image: np.ndarray, sigma: int | float = 25, denoiser: PixelDenoiser | None = None) -> np.ndarray:
-    """Denoise ``image`` (``[H, W]`` or ``[H, W, C]``, float pixel values, nominally in ``[0, 1]``).
+def denoise(image: np.ndarray, sigma: int | float | None = None, denoiser: PixelDenoiser | None = None) -> np.ndarray:
+    """Denoise ``image`` (``[H, W]`` or ``[H, W, C]``, channels last, float pixel values on the
+    ``[0, 1]`` scale, noise included) with ``denoiser``, or the shipped default for ``sigma``
+    (default 25). A ``sigma`` given with a ``denoiser`` must be the one it was trained for.
 
     Channels are denoised one by one with the one-channel model. Returns float32, same
     shape, not clipped.
     """
+    from .denoise_command import check_channels_last, check_pixel_values
+
+    if denoiser is not None and not isinstance(denoiser, PixelDenoiser):
+        raise TypeError(f"denoiser: expected a PixelDenoiser (load_denoiser(...)) or None, "
+                        f"got {type(denoiser).__name__}")
+    if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, numbers.Real)):
+        raise TypeError(f"sigma: expected a number (0-255 scale), got {type(sigma).__name__}")
+    if denoiser is not None and sigma is not None and float(sigma) != denoiser.sigma:
+        raise ValueError(f"sigma: the denoiser was trained for sigma {denoiser.sigma:g}, got {float(sigma):g} "
+                         "(leave sigma out, or load the denoiser for this sigma)")
+    if not isinstance(image, (np.ndarray, torch.Tensor, list, tuple)):
+        raise TypeError(f"image: expected a float array [H, W] or [H, W, C], got {type(image).__name__}")
     arr = np.asarray(image)
-    if arr.ndim not in (2, 3) or arr.size == 0:
-        raise ValueError(f"image: expected a non-empty [H, W] or [H, W, C] array, got shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.floating):
         raise TypeError(f"image: expected float pixel values (scale integers to [0, 1] first), got {arr.dtype}")
+    check_channels_last(arr, "image")
     if not np.isfinite(arr).all():
         raise ValueError("image: contains NaN or infinite values")
     den = denoiser if denoiser is not None else load_denoiser(sigma)
+    check_pixel_values(arr, den.sigma, "image")
     planes = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
     x = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32))[:, None]
     y = den(x)[:, 0].numpy()

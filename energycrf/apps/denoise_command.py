@@ -21,14 +21,19 @@ from pathlib import Path
 from .denoise_checkpoints import DEFAULT_MODEL, DEFAULT_SIGMA, DENOISER_JSON, KIND_MODELS, MODELS, SIGMAS
 from ._command import UsageError, atomic_path, check_input_file, check_output_file, integer, number
 
-__all__ = ["SIGMAS", "MODELS", "DEFAULT_MODEL", "IMAGE_SUFFIXES", "read_image", "write_image",
-           "add_arguments", "run", "main"]
+__all__ = ["SIGMAS", "MODELS", "DEFAULT_MODEL", "IMAGE_SUFFIXES", "read_image", "write_image", "image_channels",
+           "check_pixel_values", "check_channels_last", "add_arguments", "run", "main"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-def read_image(path: str | os.PathLike):
-    """Read PNG / JPEG (to float in ``[0, 1]``) or ``.npy`` (float, values kept as they are)."""
+def read_image(path: str | os.PathLike, *, alpha: bool = False):
+    """Read PNG / JPEG (to float in ``[0, 1]``) or ``.npy`` (float, values kept as they are).
+
+    A grey file (8 or 16 bit, or 1 bit) gives ``[H, W]``, a colour one ``[H, W, 3]``. An alpha
+    channel (grey + alpha, RGBA, a palette with transparency) is not an image channel: it is
+    dropped, or with ``alpha=True`` returned apart, ``(image, alpha)`` (``alpha`` is ``None``
+    when there is none), so that it can be written back unchanged."""
     import numpy as np
 
     path = Path(path)
@@ -39,36 +44,84 @@ def read_image(path: str | os.PathLike):
         arr = np.load(path, allow_pickle=False)
         if not np.issubdtype(arr.dtype, np.floating):
             raise TypeError(f"IN: a .npy input must hold floats (pixel values, [0, 1] nominal), got {arr.dtype}")
-        return arr.astype(np.float32)
-    if suffix in IMAGE_SUFFIXES:
-        from PIL import Image
+        return (arr.astype(np.float32), None) if alpha else arr.astype(np.float32)
+    if suffix not in IMAGE_SUFFIXES:
+        raise ValueError(f"IN: expected a .png, .jpg, .jpeg or .npy file, got {str(path)!r}")
+    from PIL import Image
 
-        with Image.open(path) as im:
-            if im.mode in ("I;16", "I;16B", "I"):
-                return np.asarray(im, dtype=np.float32) / 65535.0
-            if im.mode not in ("L", "RGB"):
-                im = im.convert("RGB")
-            return np.asarray(im, dtype=np.float32) / 255.0
-    raise ValueError(f"IN: expected a .png, .jpg, .jpeg or .npy file, got {str(path)!r}")
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("P", "PA"):
+            im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
+        a = im.getchannel("A") if im.mode in ("LA", "La", "RGBA", "RGBa") else None
+        if im.mode in ("1", "LA", "La"):
+            im = im.convert("L")
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(im, dtype=np.float32) / 65535.0
+        else:
+            arr = np.asarray(im if im.mode == "L" else im.convert("RGB"), dtype=np.float32) / 255.0
+    a = None if a is None else np.asarray(a, dtype=np.float32) / 255.0
+    return (arr, a) if alpha else arr
 
 
-def write_image(path: str | os.PathLike, image) -> Path:
-    """Write ``.npy`` (float32 as is) or PNG / JPEG (clipped to ``[0, 1]``, 8 bit)."""
+def write_image(path: str | os.PathLike, image, alpha=None) -> Path:
+    """Write ``.npy`` (float32 as is) or PNG / JPEG (clipped to ``[0, 1]``, 8 bit; grey or RGB).
+
+    ``alpha`` (``[H, W]`` in ``[0, 1]``, from :func:`read_image`) goes back beside the image:
+    a PNG becomes grey + alpha or RGBA, a ``.npy`` gets it as its last channel; a JPEG has none."""
     import numpy as np
 
     path = Path(path)
     suffix = path.suffix.lower()
     arr = np.asarray(image, dtype=np.float32)
     if suffix == ".npy":
+        if alpha is not None:
+            arr = np.concatenate([arr.reshape(*arr.shape[:2], -1), np.asarray(alpha, np.float32)[..., None]], -1)
         np.save(path, arr, allow_pickle=False)
         return path
-    if suffix in IMAGE_SUFFIXES:
-        from PIL import Image
+    if suffix not in IMAGE_SUFFIXES:
+        raise ValueError(f"OUT: expected a .png, .jpg, .jpeg or .npy file name, got {str(path)!r}")
+    from PIL import Image
 
-        q = np.clip(np.rint(np.clip(arr, 0.0, 1.0) * 255.0), 0, 255).astype(np.uint8)
-        Image.fromarray(q).save(path, **({"quality": 95} if suffix != ".png" else {}))
-        return path
-    raise ValueError(f"OUT: expected a .png, .jpg, .jpeg or .npy file name, got {str(path)!r}")
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 2 and not (arr.ndim == 3 and arr.shape[-1] == 3):
+        raise ValueError(f"OUT: a {suffix} file holds a grey [H, W] or RGB [H, W, 3] image, got shape {arr.shape}; "
+                         "write a .npy")
+    if alpha is not None and suffix == ".png":
+        arr = np.concatenate([arr.reshape(*arr.shape[:2], -1), np.asarray(alpha, np.float32)[..., None]], -1)
+    q = np.clip(np.rint(np.clip(arr, 0.0, 1.0) * 255.0), 0, 255).astype(np.uint8)
+    Image.fromarray(q).save(path, **({"quality": 95} if suffix != ".png" else {}))
+    return path
+
+
+def image_channels(image) -> int:
+    """The number of channels the denoiser sees in an ``[H, W]`` or ``[H, W, C]`` array."""
+    return 1 if image.ndim == 2 else int(image.shape[-1])
+
+
+def check_pixel_values(image, sigma: float, name: str = "image") -> None:
+    """``image`` holds pixel values on the ``[0, 1]`` scale, noise of ``sigma`` (0-255 scale)
+    included: within ``[-m, 1 + m]``, ``m = 0.5 + 8 sigma / 255``. Data on the 0-255 scale, or
+    a [-1, 1] normalisation, is refused rather than denoised as nonsense."""
+    import numpy as np
+
+    margin = 0.5 + 8.0 * float(sigma) / 255.0
+    low, high = float(np.min(image)), float(np.max(image))
+    if low < -margin or high > 1.0 + margin:
+        hint = "; 0-255 data: divide it by 255" if high > 2.0 + margin else ""
+        raise ValueError(f"{name}: expected pixel values on the [0, 1] scale (with noise of sigma {float(sigma):g}: "
+                         f"within [{-margin:.2f}, {1 + margin:.2f}]), got values from {low:.4g} to {high:.4g}{hint}")
+
+
+def check_channels_last(image, name: str = "image") -> None:
+    """``[H, W]`` or ``[H, W, C]``: an array whose first axis is a handful and its last many
+    (``(3, 64, 64)``) is channels-first, which would be read as 3 rows of 64 channels."""
+    if image.ndim not in (2, 3) or image.size == 0:
+        raise ValueError(f"{name}: expected a non-empty [H, W] or [H, W, C] array, got shape {tuple(image.shape)}")
+    if image.ndim == 3 and image.shape[0] <= 4 < image.shape[2]:
+        raise ValueError(f"{name}: expected channels last, [H, W, C], got shape {tuple(image.shape)}, which looks "
+                         "channels-first [C, H, W] (np.moveaxis(image, 0, -1) gives [H, W, C])")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,13 +160,25 @@ def validate(args: argparse.Namespace):
     src = check_input_file(args.input, "IN", (*IMAGE_SUFFIXES, ".npy"), what="an image")
     check_output_file(args.output, "--output", (*IMAGE_SUFFIXES, ".npy"), inputs=[src], overwrite=args.overwrite)
     try:
-        image = read_image(src)
+        image, alpha = read_image(src, alpha=True)
     except Exception as err:  # not an image, an integer .npy, a truncated file
         detail = " ".join(str(err).split()).removeprefix("IN: ")
         raise UsageError("IN", "a .png/.jpg/.jpeg image or a float .npy array", f"{str(src)!r} ({detail})") from err
-    if image.ndim not in (2, 3) or image.size == 0:
-        raise UsageError("IN", "a non-empty [H, W] or [H, W, C] image", f"shape {image.shape}")
-    return image
+    import numpy as np
+
+    try:
+        check_channels_last(image, "IN")
+        if not np.isfinite(image).all():
+            raise ValueError("IN: expected finite pixel values, got NaN or infinite values")
+        check_pixel_values(image, args.sigma, "IN")
+    except ValueError as err:
+        expected, _, got = str(err).removeprefix("IN: expected ").partition(", got ")
+        raise UsageError("IN", expected, got) from None
+    suffix = Path(args.output).suffix.lower()
+    if suffix in IMAGE_SUFFIXES and image_channels(image) not in (1, 3):
+        raise UsageError("--output", f"a .npy file for an image of {image_channels(image)} channels",
+                         f"{args.output!r} (a {suffix} file holds a grey or RGB image)")
+    return image, alpha
 
 
 def check_checkpoint(args: argparse.Namespace) -> None:
@@ -146,17 +211,18 @@ def check_checkpoint(args: argparse.Namespace) -> None:
                          f"{args.model!r}, but {str(meta_path)!r} holds {model!r}")
     args.model = model
     sigma = meta.get("sigma")
-    if isinstance(sigma, (int, float)) and not isinstance(sigma, bool):
-        if args.sigma is not None and float(args.sigma) != float(sigma):
-            raise UsageError("--sigma", f"the checkpoint's sigma {float(sigma):g} (or no --sigma)",
-                             f"{args.sigma:g}, but {str(meta_path)!r} was trained for sigma {float(sigma):g}")
-        args.sigma = float(sigma)
-    elif args.sigma is None:
-        args.sigma = float(DEFAULT_SIGMA)
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 < sigma < float("inf"):
+        got = f"sigma {sigma!r}" if "sigma" in meta else "no \"sigma\""
+        raise UsageError("--checkpoint", f"a denoiser directory whose {DENOISER_JSON} gives the \"sigma\" it was "
+                         "trained for, a positive number", f"{str(meta_path)!r} with {got}")
+    if args.sigma is not None and float(args.sigma) != float(sigma):
+        raise UsageError("--sigma", f"the checkpoint's sigma {float(sigma):g} (or no --sigma)",
+                         f"{args.sigma:g}, but {str(meta_path)!r} was trained for sigma {float(sigma):g}")
+    args.sigma = float(sigma)
 
 
 def run(args: argparse.Namespace) -> int:
-    image = validate(args)
+    image, alpha = validate(args)
 
     import numpy as np
     import torch
@@ -165,8 +231,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if not np.isfinite(image).all():
-        raise UsageError("IN", "finite pixel values", "NaN or infinite values")
     den = load_denoiser(args.sigma, args.checkpoint, model=args.model)
     if args.add_noise:
         rng = np.random.default_rng(args.seed)
@@ -175,8 +239,10 @@ def run(args: argparse.Namespace) -> int:
     out = denoise(image, denoiser=den)
     cpu = time.process_time() - t0
     with atomic_path(args.output) as tmp:
-        write_image(tmp, out)
-    print(f"denoised {args.input} ({'x'.join(map(str, image.shape))}, sigma {args.sigma:g}) -> {args.output} "
+        write_image(tmp, out, alpha)
+    kept = "" if alpha is None else (", alpha kept" if Path(args.output).suffix.lower() in (".png", ".npy")
+                                     else ", alpha dropped (JPEG has none)")
+    print(f"denoised {args.input} ({'x'.join(map(str, image.shape))}, sigma {args.sigma:g}{kept}) -> {args.output} "
           f"in {cpu:.2f} s CPU [{den.kind}, {'checkpoint ' + str(args.checkpoint) if args.checkpoint else 'shipped'}]")
     return 0
 

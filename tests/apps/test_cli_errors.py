@@ -48,7 +48,13 @@ def files(tmp_path, monkeypatch):
     (tmp_path / "foe50" / "denoiser.json").write_text(json.dumps({"kind": "foe_energy", "sigma": 50.0}))
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "denoiser.json").write_text('{"kind": "foe_energy", ')
-    for name, meta in (("kindless", {"sigma": 25.0}), ("unknown", {"kind": "nonsense", "sigma": 25.0})):
+    grey = (np.arange(256).reshape(16, 16) / 255).astype(np.float32)
+    np.save("chw.npy", np.stack([grey] * 3))             # channels first
+    np.save("scale255.npy", grey * 255)                   # 0-255 values in a float array
+    np.save("five.npy", np.stack([grey] * 5, -1))         # five channels: no PNG holds them
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "nothing-here.png")
+    for name, meta in (("kindless", {"sigma": 25.0}), ("unknown", {"kind": "nonsense", "sigma": 25.0}),
+                       ("sigmaless", {"kind": "foe_energy"}), ("badsigma", {"kind": "foe_energy", "sigma": "abc"})):
         (tmp_path / name).mkdir()
         (tmp_path / name / "denoiser.json").write_text(json.dumps(meta))
     return tmp_path
@@ -105,6 +111,12 @@ WRONG = {
         (["img.png", "-o", "out.png", "--checkpoint", "img.png"], "--checkpoint"),   # a file
         (["img.png", "-o", "out.png", "--checkpoint", "foe50", "--model", "staged"], "--model"),
         (["img.png", "-o", "out.png", "--checkpoint", "foe50", "--sigma", "15"], "--sigma"),
+        (["img.png", "-o", "out.png", "--checkpoint", "sigmaless"], "--checkpoint"),  # no "sigma"
+        (["img.png", "-o", "out.png", "--checkpoint", "badsigma"], "--checkpoint"),   # "sigma": "abc"
+        (["chw.npy", "-o", "out.npy"], "IN"),              # [C, H, W]: would be 3 rows of 16 channels
+        (["scale255.npy", "-o", "out.npy"], "IN"),         # values on the 0-255 scale
+        (["five.npy", "-o", "out.png"], "--output"),       # five channels into a PNG (found after the work before)
+        (["img.png", "-o", "dangling.png"], "--output"),   # a broken symbolic link is not replaced unasked
         (["img.png", "-o", "out.png", "--threads", "0"], "--threads"),
         (["img.png", "-o", "out.png", "--seed", "x"], "--seed"),
     ],
@@ -325,7 +337,8 @@ def test_an_empty_path_is_reported_as_given(argv, files, capsys):
 def test_a_failure_is_one_line_with_status_1_and_debug_shows_the_traceback(files, capsys):
     """A checkpoint folder that passes the checks but has no weights fails while loading."""
     (files / "ckpt").mkdir()
-    (files / "ckpt" / "denoiser.json").write_text(json.dumps({"kind": "foe_energy", "sigma": 25.0}))
+    (files / "ckpt" / "denoiser.json").write_text(json.dumps({"kind": "foe_energy", "sigma": 25.0, "offset": 0.5,
+                                                             "scale": 4.0}))
     argv = ["denoise", "img.png", "-o", "out.png", "--checkpoint", "ckpt"]
     with pytest.raises(SystemExit) as exit_info:
         cli.main(argv)

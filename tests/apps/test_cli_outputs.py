@@ -66,7 +66,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_partial_one(image, monkeypatc
     np.save(out, np.ones(3, np.float32))
     old = out.read_bytes()
 
-    def half_written(path, array):  # writes part of the file, then the disk is full
+    def half_written(path, array, alpha=None):  # writes part of the file, then the disk is full
         with open(path, "wb") as f:
             f.write(b"\x93NUMPY partial")
         raise OSError(28, "No space left on device")

@@ -94,3 +94,19 @@ def test_per_draw_differences_and_the_draws_option(load_script):
     for bad in ("0", "-2"):
         with pytest.raises(SystemExit):
             mod.main(["--draws", bad, "--sigmas", "25"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--images", "bogus"], "--images: expected names among"),
+    (["--outside", "--images", "camera"], "--images: expected names among ['china', 'flower', 'grace_hopper']"),
+    (["--sigmas", "20"], "--sigmas: the shipped rows"),
+    (["--sigmas", "0", "--methods", "TV"], "--sigmas: expected positive noise levels"),
+    (["--extra", "mine=/nonexistent/{sigma}", "--methods", "mine"], "--extra: expected a denoiser folder"),
+    (["--extra", "mine=/nonexistent/{sigma}", "--methods", "TV"], "--extra: expected a denoiser folder"),
+])
+def test_wrong_arguments_are_one_line_before_any_work(load_script, argv, message, capsys):
+    mod = load_script("benchmarks/denoising.py")
+    with pytest.raises(SystemExit) as exit_info:
+        mod.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err, err

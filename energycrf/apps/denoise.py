@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from .denoise_checkpoints import DEFAULT_MODEL, DEFAULT_SIGMA, DENOISER_JSON, KIND_MODELS, MODELS, SIGMAS
+from .denoise_inputs import check_channels_last, check_pixel_values
 
 __all__ = [
     "SIGMAS",
@@ -386,8 +387,6 @@ def denoise(image: np.ndarray, sigma: int | float | None = None, denoiser: Pixel
     Channels are denoised one by one with the one-channel model. Returns float32, same
     shape, not clipped.
     """
-    from .denoise_command import check_channels_last, check_pixel_values
-
     if denoiser is not None and not isinstance(denoiser, PixelDenoiser):
         raise TypeError(f"denoiser: expected a PixelDenoiser (load_denoiser(...)) or None, "
                         f"got {type(denoiser).__name__}")

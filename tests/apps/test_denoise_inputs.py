@@ -10,7 +10,8 @@ from PIL import Image
 
 from energycrf import cli
 from energycrf.apps.denoise import denoise, heldout_pair, load_denoiser, pretrained_dir
-from energycrf.apps.denoise_command import check_pixel_values, read_image, write_image
+from energycrf.apps.denoise_command import read_image, write_image
+from energycrf.apps.denoise_inputs import check_pixel_values
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,11 @@ phase only (Chen and Pock train every sigma from scratch; about a seventh of the
 
     python scripts/train_denoisers_full.py --model staged --sigma 15 --run-dir /work/runs/denoise/staged-sigma15 \
         --init /work/runs/denoise/staged-sigma25/final --set greedy_steps=0 --set joint_steps=600
+
+``run.json`` names the start by the SHA-256 of its weights: once the run has a checkpoint, ``--resume``
+needs no ``--init`` folder; an ``--init`` given to a resume must hold the same weights (at any path).
+Every option and ``--set`` entry is checked before anything is created (``_denoise_run_settings.py``):
+a mistake is one line naming the option, exit status 2.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ import argparse
 import hashlib
 import json
 import math
-import shlex
+import os
 import sys
 import time
 from pathlib import Path
@@ -74,6 +79,9 @@ from energycrf.training import ImagePatches, TrainConfig, Trainer
 from energycrf.training.distributed import init_distributed
 from energycrf.training.logs import read_log
 from energycrf.training.resume import newest_resumable, restore
+
+from _denoise_run_settings import KEYS  # noqa: F401  (every --set key's type and range)
+from _denoise_run_settings import UsageError, check_patches, check_run_dir, check_settings, run_settings, write_run_json
 
 # architectures: TNRD's 5 stages of 48 filters 7x7; opt-MRF's 48 Student-t experts 7x7
 ARCH = {
@@ -125,7 +133,9 @@ def phases(model: str, arch: dict, recipe: dict) -> list[dict]:
     T = arch["num_stages"]
     out = [dict(name=f"greedy-{t}", steps=recipe["greedy_steps"], lr=recipe["lr"], stages=t, trains=t - 1)
            for t in range(1, T + 1) if recipe["greedy_steps"] > 0]
-    return out + [dict(name="joint", steps=recipe["joint_steps"], lr=recipe["joint_lr"], stages=T, trains=None)]
+    if recipe["joint_steps"] > 0:  # greedy_steps=0 and joint_steps=0: no phase, the start is measured
+        out.append(dict(name="joint", steps=recipe["joint_steps"], lr=recipe["joint_lr"], stages=T, trains=None))
+    return out
 
 
 class StageView(torch.nn.Module):
@@ -242,28 +252,24 @@ def shipped_reference(model: str, sigma: float, images, crop: int) -> float | No
     return float(np.mean([scores[i] for i in images])) if all(i in scores for i in images) else None
 
 
-def read_init(path: str | None, model: str, den: PixelDenoiser) -> dict | None:
-    """Check the ``--init`` folder (a trained denoiser of this kind and architecture) and name it by
-    path and the SHA-256 of its weights, so that ``--resume`` can tell it is still the same start."""
-    if path is None:
-        return None
+def read_init(path: str, model: str, den: PixelDenoiser) -> dict:
+    """Load the ``--init`` folder (a trained denoiser of this kind and architecture) into ``den``; name
+    it by path and the SHA-256 of its weights, which is what ``--resume`` compares."""
     folder = Path(path)
     weights = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
     if not (folder / "denoiser.json").is_file() or not weights:
-        raise SystemExit(f"error: --init: expected a trained denoiser folder (a run's final/, safetensors and "
-                         f"JSON), got {path!r}")
+        raise UsageError("--init", "a trained denoiser folder (a run's final/, safetensors and JSON)", repr(path))
     try:
         start = PixelDenoiser.from_pretrained(folder)
     except (ValueError, OSError, KeyError) as err:
-        raise SystemExit(f"error: --init: {path!r} could not be loaded: {err}") from None
+        raise UsageError("--init", "a denoiser folder that loads", f"{path!r} ({err})") from None
     if start.kind != den.kind:
-        raise SystemExit(f"error: --init: expected a {den.kind!r} denoiser for --model {model}, got a {start.kind!r} "
-                         f"one in {path!r}")
+        raise UsageError("--init", f"a {den.kind!r} denoiser for --model {model}", f"a {start.kind!r} one in {path!r}")
     mine, theirs = den.model.state_dict(), start.model.state_dict()
     wrong = sorted(k for k in mine if k not in theirs or theirs[k].shape != mine[k].shape)
     if wrong or set(theirs) - set(mine):
-        raise SystemExit(f"error: --init: {path!r} has another architecture than this run's (first difference: "
-                         f"{(wrong or sorted(set(theirs) - set(mine)))[0]!r}); pass the same --set entries")
+        raise UsageError("--init", "a denoiser of this run's architecture (pass the same --set entries)",
+                         f"{path!r}, another one (first difference: {(wrong or sorted(set(theirs) - set(mine)))[0]!r})")
     den.model.load_state_dict(theirs)
     digest = hashlib.sha256(b"".join(w.read_bytes() for w in weights)).hexdigest()
     out = {"path": str(folder.resolve()), "sha256": digest, "sigma": start.sigma}
@@ -277,34 +283,27 @@ def read_init(path: str | None, model: str, den: PixelDenoiser) -> dict | None:
     return out
 
 
-def start_run(args, arch: dict, recipe: dict, argv: list[str], init: dict | None = None) -> dict:
-    """Create or check ``run.json``: a new run needs an empty folder, ``--resume`` the same settings."""
-    run_dir = Path(args.run_dir)
-    meta_path = run_dir / "run.json"
-    settings = {"model": args.model, "sigma": args.sigma, "arch": arch, "recipe": recipe, "seed": args.seed,
-                "val_images": list(args.val_images), "train_images": list(args.train_images),
-                **({"init": init} if init else {})}
-    command = {"command": "python scripts/train_denoisers_full.py " + shlex.join(argv),
-               "started": time.strftime("%Y-%m-%d %H:%M:%S"), "device": args.device, "threads": args.threads,
-               "torch": torch.__version__}
-    if meta_path.is_file():
-        if not args.resume:
-            raise SystemExit(f"error: --run-dir {str(run_dir)!r} already holds a run (run.json); pass --resume to "
-                             "continue it, or choose another folder")
-        meta = json.loads(meta_path.read_text())
-        diff = sorted(k for k in settings if meta.get("settings", {}).get(k) != json.loads(json.dumps(settings[k])))
-        if diff:
-            raise SystemExit(f"error: --resume: the run in {str(run_dir)!r} was started with other settings "
-                             f"({', '.join(diff)} differ); resume it with its own command (run.json)")
-    else:
-        if run_dir.exists() and any(run_dir.iterdir()) and not args.resume:
-            raise SystemExit(f"error: --run-dir {str(run_dir)!r} is not empty and holds no run.json; choose an "
-                             "empty or new folder")
-        meta = {"settings": settings, "commands": []}
-    meta["commands"].append(command)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(meta_path, json.dumps(meta, indent=1) + "\n")
-    return meta
+def resolve_init(args, meta: dict | None, plan: list[dict], den: PixelDenoiser) -> dict | None:
+    """The run's start: ``--init`` (checked against the weights ``run.json`` records, by SHA-256, not
+    by path), the recorded one (loaded only while the run has no checkpoint), or none."""
+    recorded = (meta or {}).get("settings", {}).get("init")
+    if args.init is None and recorded is None:
+        return None
+    if args.init is None and plan and (Path(args.run_dir) / plan[0]["name"] / "latest").is_file():
+        return recorded  # the first phase resumes from its checkpoint: the start is not needed
+    path = args.init if args.init is not None else recorded["path"]
+    if args.init is None and not (Path(path) / "denoiser.json").is_file():
+        raise UsageError("--init", f"the start of the run in {args.run_dir!r}, which has no checkpoint yet",
+                         f"nothing: {path!r} (run.json) is gone", "pass --init with a folder of the same weights "
+                         f"(sha256 {recorded['sha256'][:16]}...)")
+    init = read_init(path, args.model, den)
+    if meta is not None and recorded is None:
+        raise UsageError("--init", f"none (the run in {args.run_dir!r} started without one)", repr(path))
+    if recorded is not None and {**recorded, "path": None} != {**init, "path": None}:
+        raise UsageError("--init", f"the weights the run in {args.run_dir!r} started from (sha256 "
+                         f"{recorded['sha256'][:16]}..., sigma {recorded['sigma']:g})",
+                         f"other weights in {path!r} (sha256 {init['sha256'][:16]}..., sigma {init['sigma']:g})")
+    return init
 
 
 def finished_step(phase_dir: Path) -> int:
@@ -321,7 +320,7 @@ def cost(phase: dict) -> float:
     return phase["stages"] + 2.0 if phase["trains"] is not None else 3.0 * phase["stages"]
 
 
-def run_phase(den, k: int, phase: dict, plan: list[dict], args, recipe: dict, dist, budget: list) -> bool:
+def run_phase(den, k: int, phase: dict, plan: list[dict], args, recipe: dict, dist, budget: list, images) -> bool:
     """Train one phase to its end (or until the step budget of this invocation runs out): returns
     whether the phase is complete."""
     run_dir = Path(args.run_dir)
@@ -329,7 +328,7 @@ def run_phase(den, k: int, phase: dict, plan: list[dict], args, recipe: dict, di
     offset = sum(p["steps"] for p in plan[:k])
     torch.manual_seed(args.seed + 1000 * k)
     freeze_for(den, phase)
-    ds = ImagePatches([skimage_gray(n) for n in args.train_images], patch_size=recipe["patch_size"],
+    ds = ImagePatches(images, patch_size=recipe["patch_size"],
                       length=phase["steps"] * recipe["batch_size"], seed=args.seed + k)
     cfg = TrainConfig(output_dir=str(phase_dir), stage=1, max_steps=phase["steps"], batch_size=recipe["batch_size"],
                       lr=phase["lr"], weight_decay=0.0, warmup_steps=min(recipe["warmup"], phase["steps"]),
@@ -391,7 +390,7 @@ def run_phase(den, k: int, phase: dict, plan: list[dict], args, recipe: dict, di
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[1],
+    p = argparse.ArgumentParser(prog="train_denoisers_full.py", description=__doc__.splitlines()[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, choices=sorted(RECIPES),
                    help="staged: the 5-stage model (TNRD); foe: one FoE energy learned through its minimiser")
@@ -416,37 +415,28 @@ def main(argv=None) -> int:
                    help="start from this trained denoiser (same kind and architecture, e.g. another sigma's final/)")
     args = p.parse_args(argv)
     arch, recipe = dict(ARCH[args.model]), dict(RECIPES[args.model])
-    if args.model == "foe":
-        arch["unary_weight"] = arch["unary_weight"] * (25.0 / args.sigma) ** 2  # the MAP weight scales as 1/sigma^2
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or (key not in arch and key not in recipe):
-            p.error(f"--set {item!r}: expected KEY=VALUE with KEY one of {sorted(arch) + sorted(recipe)}")
+    try:  # every usage mistake is found here, before anything is created or trained
+        if args.model == "foe" and math.isfinite(args.sigma) and args.sigma > 0:
+            arch["unary_weight"] = arch["unary_weight"] * (25.0 / args.sigma) ** 2  # the MAP weight: 1/sigma^2
+        given = check_settings(args, arch, recipe, TRAIN_IMAGES, TEST_IMAGES)
+        images = [skimage_gray(n) for n in args.train_images]
+        check_patches(recipe, given, [im.shape for im in images])
         try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        (arch if key in arch else recipe)[key] = parsed
-    unknown = [n for n in args.train_images if n not in TRAIN_IMAGES]
-    if unknown or not args.train_images:
-        p.error(f"--train-images: expected names among {list(TRAIN_IMAGES)} (never the held-out photographs), "
-                f"got {unknown or 'none'}")
-    if recipe["validate_every"] % recipe["checkpoint_every"]:
-        p.error(f"validate_every ({recipe['validate_every']}) must be a multiple of checkpoint_every "
-                f"({recipe['checkpoint_every']})")
-    if args.max_steps_now is not None and args.max_steps_now < 0:
-        p.error(f"--max-steps-now: expected an int >= 0, got {args.max_steps_now}")
+            den = build(args.model, args.sigma, arch, recipe)
+        except (ValueError, TypeError) as err:
+            raise UsageError("--set", "an architecture the model accepts", str(err)) from None
+        plan = phases(args.model, arch, recipe)
+        settings = run_settings(args, arch, recipe)
+        meta = check_run_dir(args, settings)
+        init = resolve_init(args, meta, plan, den)  # the first phase starts from den's weights
+    except UsageError as err:
+        p.exit(2, f"{p.prog}: error: {err}\n")
     torch.set_num_threads(args.threads)
     dist = init_distributed(device=args.device)
-    den = build(args.model, args.sigma, arch, recipe)
-    recorded = Path(args.run_dir) / "run.json"
-    if args.resume and args.init is None and recorded.is_file():  # the start the run was made with
-        args.init = json.loads(recorded.read_text()).get("settings", {}).get("init", {}).get("path")
-    init = read_init(args.init, args.model, den)  # the first phase starts from den's weights
     den = den.to(getattr(torch, recipe["dtype"]))
-    meta = start_run(args, arch, recipe, argv, init)
+    meta = write_run_json(args, meta, settings, init, argv)
+    print(json.dumps({"started": args.run_dir, "pid": os.getpid()}), flush=True)  # denoise_runs.sh waits for it
     run_dir = Path(args.run_dir)
-    plan = phases(args.model, arch, recipe)
     budget = [args.max_steps_now]
     t0 = time.process_time()
     if all(ph["steps"] == 0 for ph in plan):  # nothing to train (e.g. --init with a rescaled unary): measure it
@@ -461,7 +451,7 @@ def main(argv=None) -> int:
         if finished_step(run_dir / phase["name"]) >= phase["steps"] and k + 1 < len(plan) \
                 and finished_step(run_dir / plan[k + 1]["name"]) > 0:
             continue  # done, and the next phase has its own checkpoints
-        if not run_phase(den, k, phase, plan, args, recipe, dist, budget):
+        if not run_phase(den, k, phase, plan, args, recipe, dist, budget, images):
             print(json.dumps({"stopped": phase["name"], "resume": "the same command with --resume"}), flush=True)
             return 0
     den = den.cpu().float().eval()  # the last phase ran (or was restored) above: den holds its final weights

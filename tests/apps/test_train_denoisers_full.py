@@ -30,6 +30,18 @@ def _run(mod, model, run_dir, *extra):
     assert mod.main(argv + list(extra)) == 0
 
 
+def _usage_error(capsys, call, option):
+    """``call()`` is refused as a usage mistake: exit status 2 and one line naming ``option``."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        call()
+    err = capsys.readouterr().err
+    assert info.value.code == 2, err
+    assert err.count("\n") == 1 and err.startswith(f"train_denoisers_full.py: error: {option}"), err
+    assert "expected" in err and "got" in err, err
+    return err
+
+
 def _strip(records):
     return [{k: v for k, v in r.items() if k not in ("seconds", "time")} for r in records]
 
@@ -82,13 +94,13 @@ def _settings(mod):
     return arch, recipe
 
 
-def test_resume_with_other_settings_is_refused(tmp_path, load_script):
+def test_resume_with_other_settings_is_refused(tmp_path, load_script, capsys):
     mod = load_script("scripts/train_denoisers_full.py")
     _run(mod, "staged", tmp_path / "r", "--max-steps-now", "0")
-    with pytest.raises(SystemExit, match="already holds a run"):
-        _run(mod, "staged", tmp_path / "r")
-    with pytest.raises(SystemExit, match=r"other settings \(recipe differ\)"):
-        _run(mod, "staged", tmp_path / "r", "--resume", "--set", "lr=0.5")
+    err = _usage_error(capsys, lambda: _run(mod, "staged", tmp_path / "r"), "--run-dir")
+    assert "which holds a run (run.json); pass --resume" in err
+    err = _usage_error(capsys, lambda: _run(mod, "staged", tmp_path / "r", "--resume", "--set", "lr=0.5"), "--resume")
+    assert "other settings: recipe lr=0.5 (run.json: 0.002)" in err
 
 
 def test_foe_implicit_gradient_matches_finite_differences():
@@ -165,15 +177,19 @@ def test_init_starts_from_a_trained_denoiser_and_resumes_without_repeating_it(tm
     assert [p["name"] for p in info["info"]["phases"]] == ["joint"]
 
 
-def test_init_refuses_what_is_not_the_same_model(tmp_path, load_script):
+def test_init_refuses_what_is_not_the_same_model(tmp_path, load_script, capsys):
     mod = load_script("scripts/train_denoisers_full.py")
-    with pytest.raises(SystemExit, match="--init: expected a trained denoiser folder"):
-        _run(mod, "staged", tmp_path / "r", "--init", str(tmp_path / "nothing"))
+    err = _usage_error(capsys, lambda: _run(mod, "staged", tmp_path / "r", "--init", str(tmp_path / "nothing")),
+                       "--init")
+    assert "expected a trained denoiser folder" in err and not (tmp_path / "r").exists()
     _run(mod, "staged", tmp_path / "a")
-    with pytest.raises(SystemExit, match="another architecture"):
-        _run(mod, "staged", tmp_path / "b", "--init", str(tmp_path / "a" / "final"), "--set", "num_filters=4")
-    with pytest.raises(SystemExit, match="expected a 'foe_energy' denoiser"):
-        _run(mod, "foe", tmp_path / "c", "--init", str(tmp_path / "a" / "final"))
+    err = _usage_error(capsys, lambda: _run(mod, "staged", tmp_path / "b", "--init", str(tmp_path / "a" / "final"),
+                                            "--set", "num_filters=4"), "--init")
+    assert "another one (first difference" in err
+    err = _usage_error(capsys, lambda: _run(mod, "foe", tmp_path / "c", "--init", str(tmp_path / "a" / "final")),
+                       "--init")
+    assert "expected a 'foe_energy' denoiser" in err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
     _run(mod, "staged", tmp_path / "d", "--init", str(tmp_path / "a" / "final"), "--max-steps-now", "0")
     (tmp_path / "a" / "final" / "model.safetensors").write_bytes(
         (tmp_path / "a" / "final" / "model.safetensors").read_bytes())  # same bytes: still the same start
@@ -185,8 +201,8 @@ def test_init_refuses_what_is_not_the_same_model(tmp_path, load_script):
         for w in other.parameters():
             w.add_(0.01)
     other.save_pretrained(tmp_path / "a" / "final")  # another start in the recorded folder: refused
-    with pytest.raises(SystemExit, match=r"other settings \(init differ\)"):
-        _run(mod, "staged", tmp_path / "d", "--resume")
+    err = _usage_error(capsys, lambda: _run(mod, "staged", tmp_path / "d", "--resume"), "--init")
+    assert "expected the weights the run in" in err and "got other weights in" in err
 
 
 def test_foe_prior_moves_to_another_sigma_by_the_map_weight(tmp_path, load_script):
@@ -209,12 +225,146 @@ def test_foe_prior_moves_to_another_sigma_by_the_map_weight(tmp_path, load_scrip
     assert not (tmp_path / "c" / "train").exists()
 
 
-def test_train_images_subset_is_recorded_and_held_out_photographs_are_refused(tmp_path, load_script):
+def test_train_images_subset_is_recorded_and_held_out_photographs_are_refused(tmp_path, load_script, capsys):
     mod = load_script("scripts/train_denoisers_full.py")
     _run(mod, "staged", tmp_path / "r", "--train-images", "astronaut", "coffee", "--max-steps-now", "0")
     meta = json.loads((tmp_path / "r" / "run.json").read_text())
     assert meta["settings"]["train_images"] == ["astronaut", "coffee"]
-    with pytest.raises(SystemExit, match=r"other settings \(train_images differ\)"):
-        _run(mod, "staged", tmp_path / "r", "--resume")
-    with pytest.raises(SystemExit):
-        _run(mod, "staged", tmp_path / "s", "--train-images", "camera")  # a held-out photograph
+    err = _usage_error(capsys, lambda: _run(mod, "staged", tmp_path / "r", "--resume"), "--resume")
+    assert "other settings: train_images=" in err
+    _usage_error(capsys, lambda: _run(mod, "staged", tmp_path / "s", "--train-images", "camera"),  # held out
+                 "--train-images")
+
+
+# --- usage mistakes: refused up front (status 2, one line naming the option), nothing created ---------------
+
+_NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+BAD = [  # (model, arguments after the tiny settings, the option the error names)
+    ("staged", ["--set", "joint_steps=-5"], "--set joint_steps"),
+    ("staged", ["--set", "joint_steps=abc"], "--set joint_steps"),
+    ("staged", ["--set", "greedy_steps=2.5"], "--set greedy_steps"),
+    ("staged", ["--set", "lr=-1"], "--set lr"),
+    ("staged", ["--set", "lr=NaN"], "--set lr"),
+    ("staged", ["--set", "joint_lr=nan"], "--set joint_lr"),
+    ("staged", ["--set", "margin=30", "--set", "patch_size=40"], "--set patch_size"),  # no interior for the loss
+    ("staged", ["--set", "margin=10"], "--set margin"),  # the tiny patches are 20 pixels
+    ("staged", ["--set", "patch_size=200"], "--set patch_size"),  # 'text' is 172 pixels tall
+    ("staged", ["--set", "dtype=float16"], "--set dtype"),
+    ("staged", ["--set", "checkpoint_every=0"], "--set checkpoint_every"),
+    ("staged", ["--set", "checkpoint_every=3"], "--set checkpoint_every"),  # validate_every=4
+    ("staged", ["--set", "validate_every=3"], "--set validate_every"),  # checkpoint_every=2
+    ("staged", ["--set", "num_stages=0"], "--set num_stages"),
+    ("staged", ["--set", "kernel_size=4"], "--set kernel_size"),
+    ("staged", ["--set", "num_filters=9"], "--set num_filters"),  # a 3x3 DCT has 8 filters
+    ("staged", ["--set", "num_knots=1"], "--set num_knots"),
+    ("staged", ["--set", "batch_size=0"], "--set batch_size"),
+    ("staged", ["--set", "warmup=-1"], "--set warmup"),
+    ("staged", ["--set", "val_crop=-1"], "--set val_crop"),
+    ("staged", ["--set", "span=0"], "--set span"),
+    ("staged", ["--set", "unary_weight=true"], "--set unary_weight"),
+    ("staged", ["--set", "steps=3"], "--set"),  # the FoE run's key
+    ("staged", ["--set", "lr"], "--set"),
+    ("foe", ["--set", "steps=-1"], "--set steps"),
+    ("foe", ["--set", "method=bogus"], "--set method"),
+    ("foe", ["--set", "differentiation=magic"], "--set differentiation"),
+    ("foe", ["--set", "gtol=0"], "--set gtol"),
+    ("foe", ["--set", "num_iterations=0"], "--set num_iterations"),
+    ("foe", ["--sigma", "0"], "--sigma"),  # was a ZeroDivisionError
+    ("staged", ["--sigma", "0"], "--sigma"),  # trained at no noise
+    ("staged", ["--sigma", "-5"], "--sigma"),
+    ("staged", ["--sigma", "nan"], "--sigma"),
+    ("staged", ["--val-images", "bogus"], "--val-images"),  # crashed at the first validation, after training
+    ("staged", ["--val-images", "astronaut"], "--val-images"),  # a training photograph
+    ("staged", ["--train-images", "camera"], "--train-images"),
+    ("staged", ["--threads", "0"], "--threads"),
+    ("staged", ["--seed", "-1"], "--seed"),
+    ("staged", ["--max-steps-now", "-1"], "--max-steps-now"),
+    ("staged", ["--device", "bogus"], "--device"),
+    pytest.param("staged", ["--device", "cuda"], "--device", marks=_NO_CUDA),
+    ("staged", ["--run-dir", "FILE"], "--run-dir"),
+    ("staged", ["--export", "FILE"], "--export"),
+    ("staged", ["--init", "MISSING"], "--init"),
+]
+
+
+def _paths(extra, tmp_path):
+    return [str(tmp_path / "a-file") if a == "FILE" else str(tmp_path / "nothing") if a == "MISSING" else a
+            for a in extra]
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("model, extra, option", BAD)
+def test_a_usage_mistake_is_refused_before_anything_is_created(tmp_path, load_script, capsys, model, extra, option):
+    mod = load_script("scripts/train_denoisers_full.py")
+    (tmp_path / "a-file").write_text("not a folder")
+    before = _tree(tmp_path)
+    _usage_error(capsys, lambda: _run(mod, model, tmp_path / "r", "--max-steps-now", "0", *_paths(extra, tmp_path)),
+                 option)
+    assert _tree(tmp_path) == before
+
+
+def test_a_usage_mistake_leaves_an_existing_run_as_it_was(tmp_path, load_script, capsys):
+    mod = load_script("scripts/train_denoisers_full.py")
+    _run(mod, "staged", tmp_path / "r", "--max-steps-now", "1")
+    (tmp_path / "a-file").write_text("not a folder")
+    before = _tree(tmp_path / "r")
+    for extra, option in [(["--set", "lr=-1"], "--set lr"), (["--set", "lr=0.5"], "--resume"),
+                          (["--sigma", "0"], "--sigma"), (["--val-images", "bogus"], "--val-images"),
+                          (["--init", str(tmp_path / "r" / "greedy-1")], "--init"),
+                          (["--export", str(tmp_path / "a-file")], "--export")]:
+        _usage_error(capsys, lambda: _run(mod, "staged", tmp_path / "r", "--resume", *extra), option)
+    _usage_error(capsys, lambda: _run(mod, "staged", tmp_path / "r"), "--run-dir")  # no --resume
+    assert _tree(tmp_path / "r") == before
+
+
+def test_every_recipe_and_architecture_key_has_a_type_and_range(load_script):
+    mod = load_script("scripts/train_denoisers_full.py")
+    keys = {k for table in (mod.ARCH, mod.RECIPES) for entry in table.values() for k in entry}
+    assert keys <= set(mod.KEYS), keys - set(mod.KEYS)
+
+
+def test_resume_needs_the_init_folder_only_before_the_first_checkpoint(tmp_path, load_script, capsys):
+    """A run from --init resumes from its checkpoint after the init folder moved (or went); an
+    --init given to a resume is compared by the SHA-256 of its weights, not by its path."""
+    from energycrf.apps.denoise import PixelDenoiser
+
+    mod = load_script("scripts/train_denoisers_full.py")
+    den = mod.build("staged", 25.0, *_settings(mod))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for w in den.parameters():
+            w.add_(0.01 * torch.randn_like(w))  # not the DCT start
+    den.save_pretrained(tmp_path / "init")
+    fine = ["--sigma", "15", "--set", "greedy_steps=0", "--set", "joint_steps=4"]
+    _run(mod, "staged", tmp_path / "u", *fine, "--init", str(tmp_path / "init"))  # uninterrupted
+    _run(mod, "staged", tmp_path / "c", *fine, "--init", str(tmp_path / "init"), "--max-steps-now", "1")
+    _run(mod, "staged", tmp_path / "n", *fine, "--init", str(tmp_path / "init"), "--max-steps-now", "0")
+    (tmp_path / "init").rename(tmp_path / "moved")
+    _run(mod, "staged", tmp_path / "c", *fine, "--resume", "--max-steps-now", "1")  # its checkpoint is the start
+    other = PixelDenoiser.from_pretrained(tmp_path / "moved")
+    with torch.no_grad():
+        for w in other.parameters():
+            w.add_(0.01)
+    other.save_pretrained(tmp_path / "other")
+    err = _usage_error(capsys, lambda: _run(mod, "staged", tmp_path / "c", *fine, "--resume", "--init",
+                                            str(tmp_path / "other")), "--init")
+    assert "expected the weights the run in" in err and "got other weights in" in err
+    err = _usage_error(capsys, lambda: _run(mod, "staged", tmp_path / "n", *fine, "--resume"), "--init")
+    assert "which has no checkpoint yet" in err and "is gone" in err
+    _run(mod, "staged", tmp_path / "n", *fine, "--resume", "--init", str(tmp_path / "moved"), "--max-steps-now", "0")
+    _run(mod, "staged", tmp_path / "c", *fine, "--resume", "--init", str(tmp_path / "moved"))  # same weights, moved
+    wu, wc = (load_file(tmp_path / r / "final" / "model.safetensors") for r in ("u", "c"))
+    for key in wu:
+        torch.testing.assert_close(wc[key], wu[key], rtol=0, atol=0, msg=key)
+    init_u, init_c = (json.loads((tmp_path / r / "run.json").read_text())["settings"]["init"] for r in ("u", "c"))
+    assert init_c == {**init_u, "path": str((tmp_path / "moved").resolve())}
+
+
+def test_a_phase_of_no_steps_is_left_out(tmp_path, load_script):
+    mod = load_script("scripts/train_denoisers_full.py")
+    _run(mod, "staged", tmp_path / "r", "--set", "joint_steps=0")  # the greedy phases only
+    info = json.loads((tmp_path / "r" / "final" / "denoiser.json").read_text())["info"]
+    assert [p["name"] for p in info["phases"]] == ["greedy-1", "greedy-2"] and not (tmp_path / "r" / "joint").exists()

@@ -79,6 +79,7 @@ from energycrf.training import ImagePatches, TrainConfig, Trainer
 from energycrf.training.distributed import init_distributed
 from energycrf.training.logs import read_log
 from energycrf.training.resume import newest_resumable, restore
+from energycrf.training.stopping import StopRequest
 
 from _denoise_run_settings import KEYS  # noqa: F401  (every --set key's type and range)
 from _denoise_run_settings import UsageError, check_patches, check_run_dir, check_settings, run_settings, write_run_json
@@ -320,9 +321,10 @@ def cost(phase: dict) -> float:
     return phase["stages"] + 2.0 if phase["trains"] is not None else 3.0 * phase["stages"]
 
 
-def run_phase(den, k: int, phase: dict, plan: list[dict], args, recipe: dict, dist, budget: list, images) -> bool:
-    """Train one phase to its end (or until the step budget of this invocation runs out): returns
-    whether the phase is complete."""
+def run_phase(den, k: int, phase: dict, plan: list[dict], args, recipe: dict, dist, budget: list, images,
+              stop: StopRequest) -> bool:
+    """Train one phase to its end (or until the step budget of this invocation runs out, or a stop is
+    requested): returns whether the phase is complete."""
     run_dir = Path(args.run_dir)
     phase_dir = run_dir / phase["name"]
     offset = sum(p["steps"] for p in plan[:k])
@@ -365,7 +367,7 @@ def run_phase(den, k: int, phase: dict, plan: list[dict], args, recipe: dict, di
 
     maybe_validate()  # a run stopped between its checkpoint and its validation catches up
     while trainer.step < phase["steps"]:
-        if budget[0] is not None and budget[0] <= 0:
+        if (budget[0] is not None and budget[0] <= 0) or stop.local():
             return False
         n = chunk if budget[0] is None else min(chunk, budget[0])
         n = min(n, phase["steps"] - trainer.step, chunk - trainer.step % chunk)
@@ -383,7 +385,7 @@ def run_phase(den, k: int, phase: dict, plan: list[dict], args, recipe: dict, di
               flush=True)
         maybe_validate()
         plot_learning_curve(run_dir, plan, reference)
-        if done < n:  # a stop request (SIGINT / SIGTERM) ended fit early: its checkpoint is written
+        if out["stopped"] or done < n or stop.local():  # SIGINT / SIGTERM in fit or between: checkpoint written
             return False
     return True
 
@@ -447,13 +449,15 @@ def main(argv=None) -> int:
                         "mean_psnr": round(float(np.mean(list(scores.values()))), 3), "crop": recipe["val_crop"]}]
             write_jsonl(run_dir / "validation.jsonl", records)
         plan = []
-    for k, phase in enumerate(plan):
-        if finished_step(run_dir / phase["name"]) >= phase["steps"] and k + 1 < len(plan) \
-                and finished_step(run_dir / plan[k + 1]["name"]) > 0:
-            continue  # done, and the next phase has its own checkpoints
-        if not run_phase(den, k, phase, plan, args, recipe, dist, budget, images):
-            print(json.dumps({"stopped": phase["name"], "resume": "the same command with --resume"}), flush=True)
-            return 0
+    with StopRequest() as stop:  # a signal between two fit calls (validating, plotting) is a stop too, not a kill
+        for k, phase in enumerate(plan):
+            if finished_step(run_dir / phase["name"]) >= phase["steps"] and k + 1 < len(plan) \
+                    and finished_step(run_dir / plan[k + 1]["name"]) > 0:
+                continue  # done, and the next phase has its own checkpoints
+            if not run_phase(den, k, phase, plan, args, recipe, dist, budget, images, stop):
+                print(json.dumps({"stopped": phase["name"], "resume": "the same command with --resume"}),
+                      flush=True)
+                return 0
     den = den.cpu().float().eval()  # the last phase ran (or was restored) above: den holds its final weights
     val = read_jsonl(run_dir / "validation.jsonl")
     den.info = {"train_images": list(args.train_images), "test_images": list(args.val_images), "arch": arch,

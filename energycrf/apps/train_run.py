@@ -233,7 +233,8 @@ def noise_level(args, run: dict) -> dict:
 # --------------------------------------------------------------------------- the stages
 def run_stage(stage: int, crf, data, args, dist, noise: dict | None, init, budget: int | None):
     """One stage with :class:`energycrf.training.Trainer`, from its newest checkpoint if any (else
-    from ``init``, a stage-1 checkpoint); returns ``(trainer, the step it started at)``."""
+    from ``init``, a stage-1 checkpoint); returns ``(trainer, the step it started at, whether a stop was
+    asked for)`` (a signal during the stage's last step ends the stage as planned, and the run after it)."""
     from ..learned.losses import LatentDiscriminator
     from ..training import TrainConfig, Trainer
     from ..training.resume import newest_resumable, restore
@@ -259,8 +260,8 @@ def run_stage(stage: int, crf, data, args, dist, noise: dict | None, init, budge
         announce("train", f"resuming from step {start} of stage {stage}"
                  + (f" ({os.fspath(found[0])})" if found is not None else ""))
         args._resumed = True  # said once, for the first stage with steps left
-    trainer.fit(stop_after=budget, resume=False)
-    return trainer, start
+    asked_to_stop = trainer.fit(stop_after=budget, resume=False)["stopped"]
+    return trainer, start, asked_to_stop
 
 
 # --------------------------------------------------------------------------- the command
@@ -340,13 +341,16 @@ def _stages(args, run: dict, dist, noise: dict | None) -> int:
         else:
             data = LatentShards(args.shards, keys=("z_s", "z_f"), optional_keys=("prompt_embeds",))
         init = latest_checkpoint(args.out / "checkpoints" / "stage1") if stage == 2 and 1 in args.stage else None
-        trainer, start = run_stage(stage, crf, data, args, dist, noise if stage == 1 else None, init, budget)
+        trainer, start, asked_to_stop = run_stage(stage, crf, data, args, dist, noise if stage == 1 else None, init,
+                                                  budget)
         seconds[f"stage{stage}"] = round(time.perf_counter() - t0, 1)
         trainers[stage] = trainer
         if budget is not None:
             budget -= trainer.step - start
         if trainer.step < trainer.config.max_steps:
             return stopped(args, dist, trainers, stage, requested=budget == 0)
+        if asked_to_stop and stage != args.stage[-1]:  # a signal in the stage's last step: not the next stage
+            return stopped(args, dist, trainers, stage, requested=False)
     if dist.is_main:
         write_outputs(args, run, crf, trainers, noise, seconds, dist)
     barrier()

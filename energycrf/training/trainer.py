@@ -381,7 +381,9 @@ class Trainer:
         the ranks agree before every step, so all stop after the same one (also when
         ``torchrun`` itself was killed, :mod:`energycrf.training.stopping`). Batches, losses
         and gradients with NaN / inf stop or are skipped (``config.on_nonfinite``).
-        Returns ``{"step", "loss", "checkpoint"}``.
+        Returns ``{"step", "loss", "checkpoint", "stopped"}``; ``stopped`` says a stop was
+        requested during this call, also when it came during the last step, which then ends as
+        planned (call ``fit`` again only when it is False).
         """
         cfg = self.config
         if stop_after is not None and (not isinstance(stop_after, int) or stop_after < 0):
@@ -443,7 +445,10 @@ class Trainer:
                 # the final checkpoint (unless this step's was just written): rank 0 writes, all ranks meet in
                 # its barrier; a repeated signal does not interrupt it
                 path = self._saved_path if self._saved_step == self.step else self.save_checkpoint()
+                # a signal during the last step (or its checkpoint) ended no loop, but it asked for a stop: the
+                # caller must hear of it, or a loop of fit(stop_after=n) calls would lose it (agreed by the ranks)
+                (stopped,) = max_over_ranks([int(stop.local())], self.device)
         finally:
             if bar is not None:
                 bar.close()
-        return {"step": self.step, "loss": last.get("loss", math.nan), "checkpoint": path}
+        return {"step": self.step, "loss": last.get("loss", math.nan), "checkpoint": path, "stopped": bool(stopped)}

@@ -186,6 +186,29 @@ def test_stage_2_alone_from_init_and_generate_uses_the_plan(work):
     assert z.shape == (1, 4, 8, 8) and calls == [(1, 4, 8, 8)]  # the recorded plan: one CRF call
 
 
+def test_a_signal_in_the_last_step_of_stage_1_stops_before_stage_2(work, capsys, monkeypatch):
+    """SIGTERM during stage 1's last step: that step and its checkpoint complete, then the run stops
+    (status 130) instead of losing the request and training stage 2."""
+    import signal
+
+    from energycrf.training.trainer import Trainer
+
+    real = Trainer.train_step
+
+    def train_step(self, *args, **kw):
+        if self.config.stage == 1 and self.step == 3:  # the 4th and last step of stage 1
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    out = work["root"] / "signalled"
+    assert cli.main(["train", "--stage", "1,2", "--pipeline", str(work["pipeline"]), "--images", str(work["images"]),
+                     "--shards", str(work["shards"]), "--out", str(out), "--steps", "4,3", "--batch-size", "2",
+                     *TINY]) == 130
+    assert "interrupted at step 4 of 4 of stage 1" in capsys.readouterr().out
+    assert not (out / "checkpoints" / "stage2").exists() and not (out / "training.json").exists()
+
+
 def test_an_interrupted_run_resumed_equals_the_uninterrupted_run(work, capsys):
     from safetensors.torch import load_file
 

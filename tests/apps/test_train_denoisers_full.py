@@ -20,21 +20,7 @@ from safetensors.torch import load_file
 from energycrf.apps.denoise import FoEEnergyDenoiser, load_denoiser
 from tests.conftest import REPO_ROOT
 
-TINY = {
-    "staged": ["num_stages=2", "num_filters=3", "kernel_size=3", "num_knots=9", "greedy_steps=4", "joint_steps=4",
-               "batch_size=2", "patch_size=20", "margin=3", "pad=4", "checkpoint_every=2", "validate_every=4",
-               "val_crop=24"],
-    "foe": ["num_filters=3", "kernel_size=3", "num_iterations=300", "gtol=1e-5", "steps=4", "batch_size=2",
-            "patch_size=16", "margin=2", "pad=4", "checkpoint_every=2", "validate_every=2", "val_crop=24"],
-}
-
-
-def _run(mod, model, run_dir, *extra):
-    argv = ["--model", model, "--sigma", "25", "--run-dir", str(run_dir), "--val-images", "camera", "--no-progress",
-            "--log-every", "1"]
-    for item in TINY[model]:
-        argv += ["--set", item]
-    assert mod.main(argv + list(extra)) == 0
+from tests.apps.tiny_denoise_runs import TINY, run_tiny as _run  # noqa: F401
 
 
 def _usage_error(capsys, call, option):

@@ -210,3 +210,25 @@ def test_init_from_takes_the_weights_of_a_run_a_checkpoint_or_a_weights_file(tmp
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="path: no checkpoint or .safetensors weights at .*empty"):
         stage2.init_from(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("signal_at, steps, stopped", [(None, 3, False), (3, 3, True), (2, 2, True)])
+def test_fit_says_when_a_stop_was_requested_also_during_its_last_step(tmp_path, signal_at, steps, stopped):
+    """SIGTERM during step 2 of 3 ends fit after it; during step 3 of 3 the call ends as planned
+    but must still say so (a loop of ``fit(stop_after=n)`` calls would otherwise go on)."""
+    import os
+    import signal
+
+    calls = [0]
+
+    def forward(model, x, c):
+        calls[0] += 1
+        if calls[0] == signal_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return model(x)
+
+    ds = ImagePatches(toy_images(3, 32), patch_size=12, length=40, seed=2)
+    torch.manual_seed(0)
+    out = Trainer(ToyDenoiser(), _cfg(tmp_path), ds, forward_fn=forward).fit(stop_after=3)
+    assert (out["step"], out["stopped"]) == (steps, stopped)
+    assert out["checkpoint"] is not None and out["checkpoint"].name == f"step-{steps:07d}"

@@ -116,7 +116,7 @@ def methods(sigma: float, tuned: dict[str, float], extra: dict[str, str] | None 
     wanted = (lambda name: True) if only is None else (lambda name: name in only or name == "BM3D")
     loaders = {name: (lambda model=model: load_denoiser(sigma, model=model)) for name, model in SHIPPED.items()}
     for name, directory in (extra or {}).items():  # a checkpoint outside the package, e.g. a run's final/
-        loaders[name] = lambda directory=directory: load_denoiser(checkpoint=directory.format(sigma=int(sigma)))
+        loaders[name] = lambda directory=directory: load_denoiser(sigma, checkpoint=directory.format(sigma=int(sigma)))
     for name, load in loaders.items():
         if wanted(name):
             out[name] = lambda x, den=load(): denoise(x.astype(np.float32), denoiser=den)
@@ -227,12 +227,17 @@ def main(argv=None) -> int:
     if shipped_rows and unshipped:
         p.error(f"--sigmas: the shipped rows {shipped_rows} exist for sigma in {SIGMAS}, got {unshipped} "
                 "(measure other levels with --methods and --extra)")
-    for name, directory in extra.items():
+    for name, directory in extra.items():  # each loads and is trained for its sigma, before any measurement
         for sigma in args.sigmas:
             folder = Path(directory.format(sigma=int(sigma)))
             if not (folder / "denoiser.json").is_file():
                 p.error(f"--extra: expected a denoiser folder (denoiser.json) for {name!r} at sigma {sigma:g}, "
                         f"got {str(folder)!r}")
+            try:
+                load_denoiser(sigma, checkpoint=folder)
+            except (ValueError, TypeError, OSError, RuntimeError, KeyError) as err:
+                p.error(f"--extra: expected a denoiser for sigma {sigma:g} as {name!r}, got {str(folder)!r}: "
+                        + " ".join(str(err).split()))
     torch.set_num_threads(1)
     print(f"machine: {machine()}")
     print(f"test photographs: {', '.join(args.images)}"
@@ -271,7 +276,8 @@ def main(argv=None) -> int:
         print("|---|---:|---:|---:|---:|---|")
         for name, r in rows.items():
             paired = "" if name == "BM3D" else paired_vs(rows, name)
-            print(f"| {name} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['cpu_s']:.3f} | {r['cpu_s'] / bm:.3f}x | {paired} |")
+            print(f"| {name} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['cpu_s']:.3f} | {r['cpu_s'] / bm:.3f}x "
+                  f"| {paired} |")
         if args.draws > 1:
             for name in rows:
                 if name != "BM3D":

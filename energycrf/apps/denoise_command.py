@@ -32,7 +32,7 @@ def read_image(path: str | os.PathLike, *, alpha: bool = False):
     """Read PNG / JPEG (to float in ``[0, 1]``) or ``.npy`` (float, values kept as they are).
 
     A grey file (8 or 16 bit, or 1 bit) gives ``[H, W]``, a colour one ``[H, W, 3]``. An alpha
-    channel (grey + alpha, RGBA, a palette with transparency) is not an image channel: it is
+    channel (grey + alpha, RGBA, a palette or a colour key with transparency) is not an image channel: it is
     dropped, or with ``alpha=True`` returned apart, ``(image, alpha)`` (``alpha`` is ``None``
     when there is none), so that it can be written back unchanged."""
     import numpy as np
@@ -54,6 +54,8 @@ def read_image(path: str | os.PathLike, *, alpha: bool = False):
         im.load()
         if im.mode in ("P", "PA"):
             im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
+        elif im.mode in ("L", "RGB") and "transparency" in im.info:  # a colour key (tRNS): an alpha channel
+            im = im.convert("LA" if im.mode == "L" else "RGBA")
         a = im.getchannel("A") if im.mode in ("LA", "La", "RGBA", "RGBa") else None
         if im.mode in ("1", "LA", "La"):
             im = im.convert("L")

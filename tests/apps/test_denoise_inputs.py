@@ -24,10 +24,11 @@ def _u8(a):
     return np.clip(np.rint(np.clip(a, 0, 1) * 255), 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("mode", ["LA", "RGBA", "P", "1"])
+@pytest.mark.parametrize("mode", ["LA", "RGBA", "P", "1", "L-key", "RGB-key"])
 def test_alpha_travels_unchanged_and_grey_stays_grey(tmp_path, crop, mode, capsys):
     """Grey + alpha and 1-bit PNGs are grey images (one channel denoised, not three); RGBA and a
-    palette with transparency are RGB; the alpha channel comes back untouched in the PNG."""
+    palette with transparency are RGB; a colour key (tRNS) is an alpha channel; the alpha channel
+    comes back untouched in the PNG."""
     _, noisy = crop
     grey = _u8(noisy)
     alpha = np.tile(np.linspace(0, 255, grey.shape[1]).astype(np.uint8), (grey.shape[0], 1))
@@ -38,17 +39,20 @@ def test_alpha_travels_unchanged_and_grey_stays_grey(tmp_path, crop, mode, capsy
     elif mode == "P":
         im = Image.fromarray(np.stack([grey] * 3, -1)).quantize(64)
         im.info["transparency"] = 0
-    else:
+    elif mode == "1":
         im = Image.fromarray(grey).convert("1")
+    else:  # a colour key: the pixels of one value are transparent (tRNS)
+        im = Image.fromarray(grey if mode == "L-key" else np.stack([grey] * 3, -1))
+        im.info["transparency"] = int(grey[0, 0]) if mode == "L-key" else (int(grey[0, 0]),) * 3
     src, dst = tmp_path / f"in-{mode}.png", tmp_path / f"out-{mode}.png"
     im.save(src)
     image, a = read_image(src, alpha=True)
-    assert image.ndim == (2 if mode in ("LA", "1") else 3)
+    assert image.ndim == (2 if mode in ("LA", "1", "L-key") else 3)
     assert (a is None) == (mode == "1")
     assert cli.main(["denoise", str(src), "-o", str(dst)]) == 0
     assert ("alpha kept" in capsys.readouterr().out) == (a is not None)
     with Image.open(dst) as out:
-        assert out.mode == {"LA": "LA", "RGBA": "RGBA", "P": "RGBA", "1": "L"}[mode]
+        assert out.mode == {"LA": "LA", "RGBA": "RGBA", "P": "RGBA", "1": "L", "L-key": "LA", "RGB-key": "RGBA"}[mode]
         if a is not None:
             np.testing.assert_array_equal(np.asarray(out.getchannel("A")), np.rint(a * 255).astype(np.uint8))
     expected = denoise(image, denoiser=load_denoiser(25))
@@ -141,3 +145,23 @@ def test_a_damaged_description_is_named_with_its_key(tmp_path, meta, message):
     (folder / "denoiser.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_denoiser(checkpoint=folder)
+
+
+def test_the_docs_direct_solve_of_the_foe_energy_is_what_denoise_computes(crop):
+    """docs/denoising.md's block that minimises the shipped FoE energy with ``ec.solve`` runs as
+    written and gives ``denoise``'s output away from the border (which ``denoise`` extends by reflection)."""
+    from tests.conftest import REPO_ROOT
+
+    text = (REPO_ROOT / "docs" / "denoising.md").read_text()
+    block = next(b.split("\n", 1)[1] for b in text.split("```python")[1:] if "ec.solve(den.model.energy" in b)
+    clean, noisy = crop
+    scope = {"noisy": noisy}
+    exec(block.split("```")[0], scope)
+    ref = denoise(noisy, denoiser=load_denoiser(25, model="foe"))
+    inner = (slice(16, -16), slice(16, -16))
+    assert scope["clean"].shape == noisy.shape
+    # the minimiser couples every pixel, so the border's treatment reaches inside, by a grey level at most
+    diff = np.abs(scope["clean"] - ref)[inner]
+    assert diff.max() < 6e-3 and diff.mean() < 1e-3, (diff.max(), diff.mean())
+    psnr = lambda est: -10 * np.log10(np.mean((np.clip(est, 0, 1) - clean)[inner] ** 2))  # noqa: E731
+    assert psnr(scope["clean"]) > psnr(noisy) + 5

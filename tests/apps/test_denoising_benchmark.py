@@ -96,6 +96,33 @@ def test_per_draw_differences_and_the_draws_option(load_script):
             mod.main(["--draws", bad, "--sigmas", "25"])
 
 
+def test_an_extra_denoiser_for_another_sigma_or_damaged_is_refused_up_front(load_script, tmp_path, capsys):
+    import json
+    import shutil
+
+    from energycrf.apps.denoise import pretrained_dir
+
+    mod = load_script("benchmarks/denoising.py")
+    for sigma in (15, 25):
+        shutil.copytree(pretrained_dir(25, "staged"), tmp_path / f"s{sigma}")
+    meta = json.loads((tmp_path / "s15" / "denoiser.json").read_text())
+    for argv, message in (
+        (["--extra", f"mine={pretrained_dir(25, 'staged')}", "--sigmas", "15", "--methods", "mine"],
+         "was trained for sigma 25, got 15"),  # no {sigma}: the sigma-25 model at sigma 15
+        (["--extra", f"mine={tmp_path}/s{{sigma}}", "--sigmas", "25", "15", "--methods", "mine"],
+         "was trained for sigma 25, got 15"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            mod.main(argv)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and message in err and "--extra: expected a denoiser for sigma 15" in err
+    (tmp_path / "s15" / "denoiser.json").write_text(json.dumps({**meta, "sigma": "abc"}))
+    with pytest.raises(SystemExit) as exit_info:
+        mod.main(["--extra", f"mine={tmp_path}/s{{sigma}}", "--sigmas", "25", "15", "--methods", "mine"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "'sigma' must be a positive finite number" in err, err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--images", "bogus"], "--images: expected names among"),
     (["--outside", "--images", "camera"], "--images: expected names among ['china', 'flower', 'grace_hopper']"),

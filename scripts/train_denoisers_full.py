@@ -46,8 +46,9 @@ phase only (Chen and Pock train every sigma from scratch; about a seventh of the
     python scripts/train_denoisers_full.py --model staged --sigma 15 --run-dir /work/runs/denoise/staged-sigma15 \
         --init /work/runs/denoise/staged-sigma25/final --set greedy_steps=0 --set joint_steps=600
 
-``run.json`` names the start by the SHA-256 of its weights: once the run has a checkpoint, ``--resume``
-needs no ``--init`` folder; an ``--init`` given to a resume must hold the same weights (at any path).
+``run.json`` names the start by its path and the SHA-256 of its weights: once the run has a checkpoint,
+``--resume`` needs no ``--init`` folder (the recorded path is accepted also when it is gone); an ``--init``
+at another path must hold the same weights.
 Every option and ``--set`` entry is checked before anything is created (``_denoise_run_settings.py``):
 a mistake is one line naming the option, exit status 2.
 """
@@ -286,11 +287,17 @@ def read_init(path: str, model: str, den: PixelDenoiser) -> dict:
 
 def resolve_init(args, meta: dict | None, plan: list[dict], den: PixelDenoiser) -> dict | None:
     """The run's start: ``--init`` (checked against the weights ``run.json`` records, by SHA-256, not
-    by path), the recorded one (loaded only while the run has no checkpoint), or none."""
+    by path), the recorded one (loaded only while the run has no checkpoint), or none. Once the run
+    has a checkpoint nothing is loaded from the start: ``--init`` may then name its recorded folder
+    even after that folder moved or went."""
     recorded = (meta or {}).get("settings", {}).get("init")
     if args.init is None and recorded is None:
         return None
-    if args.init is None and plan and (Path(args.run_dir) / plan[0]["name"] / "latest").is_file():
+    if meta is not None and recorded is None:
+        raise UsageError("--init", f"none (the run in {args.run_dir!r} started without one)", repr(args.init))
+    checkpointed = bool(plan) and (Path(args.run_dir) / plan[0]["name"] / "latest").is_file()
+    if checkpointed and (args.init is None or not Path(args.init).exists()
+                         and Path(args.init).resolve() == Path(recorded["path"])):
         return recorded  # the first phase resumes from its checkpoint: the start is not needed
     path = args.init if args.init is not None else recorded["path"]
     if args.init is None and not (Path(path) / "denoiser.json").is_file():
@@ -298,8 +305,6 @@ def resolve_init(args, meta: dict | None, plan: list[dict], den: PixelDenoiser) 
                          f"nothing: {path!r} (run.json) is gone", "pass --init with a folder of the same weights "
                          f"(sha256 {recorded['sha256'][:16]}...)")
     init = read_init(path, args.model, den)
-    if meta is not None and recorded is None:
-        raise UsageError("--init", f"none (the run in {args.run_dir!r} started without one)", repr(path))
     if recorded is not None and {**recorded, "path": None} != {**init, "path": None}:
         raise UsageError("--init", f"the weights the run in {args.run_dir!r} started from (sha256 "
                          f"{recorded['sha256'][:16]}..., sigma {recorded['sigma']:g})",

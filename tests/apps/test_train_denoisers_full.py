@@ -3,23 +3,16 @@ FoE energy learned through its minimiser: an interrupted run resumed ends with t
 validations and logs as an uninterrupted one; greedy phases train their own stage only; a usage
 mistake (a bad option or --set entry, a resume with other settings or another --init) is refused up
 front, status 2, nothing created; the implicit gradient of the FoE denoiser matches finite
-differences; scripts/denoise_runs.sh checks its specs, reports a run that exits at once, and --status."""
+differences (scripts/denoise_runs.sh: test_denoise_runs_script.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from energycrf.apps.denoise import FoEEnergyDenoiser, load_denoiser
-from tests.conftest import REPO_ROOT
-
 from tests.apps.tiny_denoise_runs import TINY, run_tiny as _run  # noqa: F401
 
 
@@ -363,93 +356,22 @@ def test_a_phase_of_no_steps_is_left_out(tmp_path, load_script):
     assert [p["name"] for p in info["phases"]] == ["greedy-1", "greedy-2"] and not (tmp_path / "r" / "joint").exists()
 
 
-# --- scripts/denoise_runs.sh ---------------------------------------------------------------------------
-
-def _runs_sh(tmp_path, *specs, **env):
-    env = {**os.environ, "RUNS": str(tmp_path / "runs"), "PYTHON": sys.executable, **env}
-    return subprocess.run(["bash", str(REPO_ROOT / "scripts" / "denoise_runs.sh"), *specs], env=env,
-                          capture_output=True, text=True, timeout=300)
-
-
-@pytest.mark.parametrize("specs", [["bogus:25"], ["staged"], ["staged:0"], ["foe:-5"], ["staged:abc"],
-                                   ["staged:25:fromx"], ["staged:25:from25"], ["staged:25:"], ["--stat"],
-                                   ["staged:25", "bogus:25"], ["foe:25 staged"]])
-def test_runs_script_checks_every_spec_before_it_starts_anything(tmp_path, specs):
-    (tmp_path / "runs").mkdir()
-    out = _runs_sh(tmp_path, *specs)
-    assert out.returncode == 2 and out.stdout == "", out
-    assert out.stderr.count("\n") == 1 and out.stderr.startswith("denoise_runs.sh: error: run spec: expected"), out
-    assert not any((tmp_path / "runs").iterdir())
-
-
-def _lines(path, records):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
-
-
-def test_runs_script_status_lists_every_run_and_its_last_step(tmp_path):
-    runs = tmp_path / "runs"
-    direct = runs / "staged-sigma25"  # started directly: no stdout.log, the phases' logs
-    _lines(direct / "run.json", [{"settings": {}}])
-    _lines(direct / "greedy-1" / "log.jsonl", [{"step": 2, "loss": 0.5}, {"step": 4, "loss": 0.4}])
-    _lines(direct / "greedy-2" / "log.jsonl", [{"step": 2, "loss": 0.3}])
-    os.utime(direct / "greedy-1" / "log.jsonl", (1e9, 1e9))  # greedy-2 is the newer one
-    _lines(direct / "validation.jsonl", [{"global_step": 4, "mean_psnr": 27.5}])
-    stopped = runs / "foe-sigma25"  # by denoise_runs.sh, then stopped
-    step = {"phase": "train", "step": 40, "loss": 0.1, "s_per_step": 31.0}
-    _lines(stopped / "run.json", [{"settings": {}}])
-    _lines(stopped / "stdout.log", [{"started": str(stopped), "pid": 1}, step,
-                                    {"validation": {"global_step": 40}}, {"stopped": "train", "resume": "..."}])
-    _lines(stopped / "validation.jsonl", [{"global_step": 40, "mean_psnr": 28.1}])
-    failed = runs / "staged-sigma15"
-    _lines(failed / "run.json", [{"settings": {}}])
-    _lines(failed / "stdout.log", ["train_denoisers_full.py: error: --resume: expected ..."])
-    (runs / "foe-sigma50" / "final").mkdir(parents=True)
-    _lines(runs / "foe-sigma50" / "run.json", [{"settings": {}}])
-    (runs / "not-a-run").mkdir()
-    out = _runs_sh(tmp_path, "--status")
-    assert out.returncode == 0 and out.stderr == "", out
-    blocks = {b.split("\n")[0].split(": ")[0]: b.strip().split("\n")[1:] for b in out.stdout.split("== ")[1:]}
-    assert set(blocks) == {str(d) for d in (direct, stopped, failed, runs / "foe-sigma50")}, out.stdout
-    assert blocks[str(direct)] == ['progress: greedy-2/log.jsonl: {"step": 2, "loss": 0.3}',
-                                   'validation: {"global_step": 4, "mean_psnr": 27.5}']
-    assert blocks[str(stopped)] == [f"progress: {json.dumps(step)}",
-                                    'validation: {"global_step": 40, "mean_psnr": 28.1}']
-    assert f"== {stopped}: stopped" in out.stdout and f"== {direct}: not running" in out.stdout
-    assert f"== {failed}: not running, its last output: train_denoisers_full.py: error: --resume" in out.stdout
-    assert f"== {runs / 'foe-sigma50'}: finished" in out.stdout
-
-
-def test_runs_script_reports_a_run_that_exits_at_once(tmp_path, load_script, capsys):
-    """A run folder started with other --set settings: the script's one-line refusal, not 'started'."""
+def test_resume_with_the_same_command_after_the_init_folder_went(tmp_path, load_script, capsys):
+    """The command that started a fine-tune resumes it, its --init folder gone, once the run has a
+    checkpoint (nothing is loaded from it); without a checkpoint, or at another path that does not
+    exist, --init is refused."""
     mod = load_script("scripts/train_denoisers_full.py")
-    run = tmp_path / "runs" / "staged-sigma25"
-    assert mod.main(["--model", "staged", "--sigma", "25", "--run-dir", str(run), "--set", "lr=0.5",
-                     "--max-steps-now", "0", "--no-progress"]) == 0
-    out = _runs_sh(tmp_path, "staged:25")
-    assert out.returncode == 2 and "started" not in out.stdout, out
-    assert out.stderr == (f"{run}: not started (exit status 2): train_denoisers_full.py: error: --resume: expected "
-                          f"the settings the run in {str(run)!r} was started with, got other settings: recipe "
-                          "lr=0.002 (run.json: 0.5); resume it with its own command (run.json), or start a new run "
-                          "in another folder\n")
-    assert not (run / "pid").exists()
-
-
-@pytest.mark.parametrize("behaviour", ["starts", "fails"])
-def test_runs_script_says_started_once_the_run_has_checked_its_settings(tmp_path, behaviour):
-    """A stand-in for python: one that says {"started": ..., "pid": N} and goes on is 'started'; one
-    that exits with an error is reported with its last line and its exit status."""
-    fake = tmp_path / "python"
-    fake.write_text("#!/bin/sh\n" + ('echo "{\\"started\\": \\"x\\", \\"pid\\": $$}"\nexec sleep 30\n'
-                                     if behaviour == "starts" else 'echo "boom: it failed" >&2\nexit 3\n'))
-    fake.chmod(0o755)
-    (tmp_path / "runs").mkdir()
-    out = _runs_sh(tmp_path, "foe:25", PYTHON=str(fake))
-    run = tmp_path / "runs" / "foe-sigma25"
-    if behaviour == "starts":
-        pid = int((run / "pid").read_text())
-        os.kill(pid, signal.SIGTERM)
-        assert out.returncode == 0 and out.stdout == f"{run}: started (pid {pid})\n", out
-    else:
-        assert out.returncode == 3 and out.stdout == "", out
-        assert out.stderr == f"{run}: not started (exit status 3): boom: it failed\n"
+    mod.build("staged", 25.0, *_settings(mod)).save_pretrained(tmp_path / "init25")
+    same = ["--sigma", "15", "--init", str(tmp_path / "init25"), "--set", "greedy_steps=0", "--set", "joint_steps=4"]
+    _run(mod, "staged", tmp_path / "c", *same, "--max-steps-now", "2")
+    _run(mod, "staged", tmp_path / "n", *same, "--max-steps-now", "0")
+    recorded = json.loads((tmp_path / "c" / "run.json").read_text())["settings"]["init"]
+    (tmp_path / "init25").rename(tmp_path / "moved")
+    err = _usage_error(capsys, lambda: _run(mod, "staged", tmp_path / "n", *same, "--resume"), "--init")
+    assert "expected a trained denoiser folder" in err  # no checkpoint: the start is needed
+    elsewhere = [a if a != str(tmp_path / "init25") else str(tmp_path / "elsewhere") for a in same]
+    err = _usage_error(capsys, lambda: _run(mod, "staged", tmp_path / "c", *elsewhere, "--resume"), "--init")
+    assert "expected a trained denoiser folder" in err and "elsewhere" in err
+    _run(mod, "staged", tmp_path / "c", *same, "--resume")
+    assert (tmp_path / "c" / "final").is_dir()
+    assert json.loads((tmp_path / "c" / "run.json").read_text())["settings"]["init"] == recorded

@@ -57,6 +57,23 @@ def ddp_worker(rank: int, world: int, port: int, out_dir: str, per_rank_batch: i
         torch.set_num_threads(saved_threads)
 
 
+def forward_signalling_at(call: int | None):
+    """A trainer ``forward_fn`` (``model(x)``) that sends this process SIGTERM during its ``call``-th
+    call (1-based; ``None``: never): a signal arriving in the middle of a training step."""
+    import os
+    import signal
+
+    calls = [0]
+
+    def forward(model, x, c):
+        calls[0] += 1
+        if calls[0] == call:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return model(x)
+
+    return forward
+
+
 def ddp_stop_worker(rank: int, world: int, port: int, out_dir: str, stop_at: dict[int, int], steps: int) -> None:
     """One process of a 2-process run stopped by SIGTERM, then resumed (spawned by the tests).
 
@@ -68,7 +85,6 @@ def ddp_stop_worker(rank: int, world: int, port: int, out_dir: str, stop_at: dic
     """
     import json
     import os
-    import signal
     from pathlib import Path
 
     from energycrf.training import ImagePatches, TrainConfig, Trainer, init_distributed
@@ -83,14 +99,7 @@ def ddp_stop_worker(rank: int, world: int, port: int, out_dir: str, stop_at: dic
 
     def fit(name: str, signal_at: int | None = None) -> dict:
         torch.manual_seed(0)
-        calls = [0]
-
-        def forward(model, x, c):
-            calls[0] += 1
-            if calls[0] == signal_at:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return model(x)
-
+        forward = forward_signalling_at(signal_at)
         cfg = TrainConfig(output_dir=str(out / name), max_steps=steps, batch_size=2, lr=3e-3, warmup_steps=2,
                           noise_mode="sigma", noise_level=(0.05, 0.2), log_every=1, progress=False, seed=5)
         res = Trainer(ToyDenoiser(dropout=0.1), cfg, ds, forward_fn=forward, dist=info).fit()

@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 from energycrf.learned.losses import LatentDiscriminator
 from energycrf.training import ImagePatches, LatentShards, TrainConfig, Trainer, read_log
 
-from ._toy import ToyDenoiser, toy_images
+from ._toy import ToyDenoiser, forward_signalling_at, toy_images
 
 
 def _cfg(tmp, **kw):
@@ -216,17 +216,7 @@ def test_init_from_takes_the_weights_of_a_run_a_checkpoint_or_a_weights_file(tmp
 def test_fit_says_when_a_stop_was_requested_also_during_its_last_step(tmp_path, signal_at, steps, stopped):
     """SIGTERM during step 2 of 3 ends fit after it; during step 3 of 3 the call ends as planned
     but must still say so (a loop of ``fit(stop_after=n)`` calls would otherwise go on)."""
-    import os
-    import signal
-
-    calls = [0]
-
-    def forward(model, x, c):
-        calls[0] += 1
-        if calls[0] == signal_at:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return model(x)
-
+    forward = forward_signalling_at(signal_at)
     ds = ImagePatches(toy_images(3, 32), patch_size=12, length=40, seed=2)
     torch.manual_seed(0)
     out = Trainer(ToyDenoiser(), _cfg(tmp_path), ds, forward_fn=forward).fit(stop_after=3)

@@ -10,11 +10,14 @@ collective's tensors a moment after the caller has the result (and a later ``bar
 them until it is itself dropped). If the tensor's Python object has died by then, dropping it
 needs the GIL; while the interpreter exits, a thread that asks for the GIL is ended and the
 process aborts ("terminate called without an active exception", SIGABRT, seen on a finished
-2-process run). With the Python object alive, the thread only lowers a reference count.
+2-process run). With the Python object alive, the thread only lowers a reference count. "Alive"
+includes the interpreter's exit, which clears the module dicts that hold the buffers: each
+buffer carries one reference that is never dropped (a few bytes per shape, for the process's life).
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 from dataclasses import dataclass
@@ -133,7 +136,11 @@ _BUFFERS: dict[tuple[int, torch.dtype, str], torch.Tensor] = {}
 def _buffer(numel: int, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
     key = (numel, dtype, str(torch.device(device)))
     if key not in _BUFFERS:
-        _BUFFERS[key] = torch.empty(numel, dtype=dtype, device=device)
+        buf = torch.empty(numel, dtype=dtype, device=device)
+        # one reference that nothing drops: the interpreter's exit clears this module's dict, and a gloo
+        # thread still holding the last collective's work would then own the Python object (see above)
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(buf))
+        _BUFFERS[key] = buf
     return _BUFFERS[key]
 
 

@@ -124,3 +124,12 @@ def test_collective_tensors_outlive_the_calls_that_hand_them_to_gloo(monkeypatch
     assert distributed.all_reduce_mean(torch.tensor(3.0)).shape == ()
     gc.collect()
     assert len(handed) == 5 and all(ref() is not None for ref in handed)
+    # also while the interpreter exits, which clears the module's dict: the buffers keep their Python objects
+    saved = dict(distributed._BUFFERS)
+    try:
+        distributed._BUFFERS.clear()
+        del saved
+        gc.collect()
+        assert all(ref() is not None for ref in handed)
+    finally:
+        distributed._BUFFERS.update({(t.numel(), t.dtype, str(t.device)): t for t in (r() for r in handed)})

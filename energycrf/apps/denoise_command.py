@@ -77,22 +77,21 @@ def write_image(path: str | os.PathLike, image, alpha=None) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     arr = np.asarray(image, dtype=np.float32)
+    if suffix not in (*IMAGE_SUFFIXES, ".npy"):
+        raise ValueError(f"OUT: expected a .png, .jpg, .jpeg or .npy file name, got {str(path)!r}")
+    if suffix != ".npy":
+        if arr.ndim == 3 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        if arr.ndim != 2 and not (arr.ndim == 3 and arr.shape[-1] == 3):
+            raise ValueError(f"OUT: a {suffix} file holds a grey [H, W] or RGB [H, W, 3] image, got shape "
+                             f"{arr.shape}; write a .npy")
+    if alpha is not None and suffix in (".npy", ".png"):  # the last channel; a JPEG has none
+        arr = np.concatenate([arr.reshape(*arr.shape[:2], -1), np.asarray(alpha, np.float32)[..., None]], -1)
     if suffix == ".npy":
-        if alpha is not None:
-            arr = np.concatenate([arr.reshape(*arr.shape[:2], -1), np.asarray(alpha, np.float32)[..., None]], -1)
         np.save(path, arr, allow_pickle=False)
         return path
-    if suffix not in IMAGE_SUFFIXES:
-        raise ValueError(f"OUT: expected a .png, .jpg, .jpeg or .npy file name, got {str(path)!r}")
     from PIL import Image
 
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim != 2 and not (arr.ndim == 3 and arr.shape[-1] == 3):
-        raise ValueError(f"OUT: a {suffix} file holds a grey [H, W] or RGB [H, W, 3] image, got shape {arr.shape}; "
-                         "write a .npy")
-    if alpha is not None and suffix == ".png":
-        arr = np.concatenate([arr.reshape(*arr.shape[:2], -1), np.asarray(alpha, np.float32)[..., None]], -1)
     q = np.clip(np.rint(np.clip(arr, 0.0, 1.0) * 255.0), 0, 255).astype(np.uint8)
     Image.fromarray(q).save(path, **({"quality": 95} if suffix != ".png" else {}))
     return path
